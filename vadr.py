@@ -284,6 +284,21 @@ def sample_frame_indices(total_frames: int, num_frames: int = 16, keep=((0.0, 1.
     return kept[pos]  # (N,) frame indices
 
 
+def _open_video(path: str):
+    import decord  # imported here so that modules that never read video do not need it
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"video not found: {path}")
+    try:
+        return decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+    except decord.DECORDError as e:  # a corrupt or unsupported file: name it, do not traceback deep
+        raise RuntimeError(f"cannot decode video {path}: {e}") from e
+
+
+def count_frames(path: str) -> int:
+    """Number of decodable frames (RL rows carry no total_frames; the trims need it)."""
+    return len(_open_video(path))
+
+
 def read_video(path: str, num_frames: int = 16, keep=None) -> dict:
     """Decode N uniformly sampled frames with decord.
 
@@ -291,15 +306,8 @@ def read_video(path: str, num_frames: int = 16, keep=None) -> dict:
     sampled_fps, total_frames). sampled_fps = N / K * fps for K kept frames: the frame rate the
     model sees, from which second_per_grid_ts = temporal_patch_size / sampled_fps (facts note s.4).
     """
-    import decord  # imported here so that modules that never read video do not need it
-
     keep = ((0.0, 1.0),) if keep is None else tuple(keep)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"video not found: {path}")
-    try:
-        vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
-    except decord.DECORDError as e:  # a corrupt or unsupported file: name it, do not traceback deep
-        raise RuntimeError(f"cannot decode video {path}: {e}") from e
+    vr = _open_video(path)
     total = len(vr)
     fps = float(vr.get_avg_fps()) or 1.0
     idx = sample_frame_indices(total, num_frames, keep)  # (N,)
@@ -563,6 +571,9 @@ def load_model(name_or_dir: str = "toy", dtype=None, device=None, corpus: list[s
         model.generation_config.bos_token_id = pad_token_id(tokenizer)
         model.to(dtype)
     else:
+        if os.path.isfile(os.path.join(name_or_dir, "latest")) and \
+                not os.path.isfile(os.path.join(name_or_dir, "config.json")):
+            name_or_dir = os.path.join(name_or_dir, open(os.path.join(name_or_dir, "latest")).read().strip())
         if not os.path.isdir(name_or_dir):
             raise FileNotFoundError(
                 f"--model {name_or_dir!r} is neither 'toy' nor a local checkpoint directory "
@@ -814,6 +825,117 @@ def save_run_config(out_dir: str, config: dict):
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "run_config.json"), "w") as f:
         json.dump(config, f, indent=1, default=str)
+
+
+
+# ------------------------------------------------------------------------------------------------
+# 9. Training helpers shared by train_sft.py and train_rl.py (one copy, here)
+# ------------------------------------------------------------------------------------------------
+
+def add_video_args(ap: argparse.ArgumentParser):
+    g = ap.add_argument_group("video input (paper App. C.3)")
+    g.add_argument("--frames", type=int, default=16, help="frames sampled uniformly per video (paper: 16)")
+    g.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help="max pixels per frame after smart_resize (paper: 128*28*28)")
+    g.add_argument("--min-pixels", type=int, default=DEFAULT_MIN_PIXELS, help="min pixels per frame")
+    return g
+
+
+def add_run_args(ap: argparse.ArgumentParser, default_out: str):
+    g = ap.add_argument_group("run, checkpoints, distributed")
+    g.add_argument("--out", default=default_out, help="run directory: checkpoints, log.jsonl, run_config.json")
+    g.add_argument("--save-every", type=int, default=None, help="checkpoint every N optimizer steps (and at the end)")
+    g.add_argument("--keep-last", type=int, default=2, help="keep only the newest N step checkpoints")
+    g.add_argument("--resume", default=None, help="checkpoint or run directory to continue exactly")
+    g.add_argument("--fsdp", action="store_true", help="shard with FSDP2 fully_shard (under torchrun); default DDP")
+    g.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    g.add_argument("--seed", type=int, default=0, help="seed for init, data order, sampling")
+    g.add_argument("--grad-ckpt", action="store_true", help="gradient checkpointing (saves activation memory)")
+    g.add_argument("--freeze-vision", action="store_true", help="train the language model only")
+    return g
+
+
+def apply_preset(args, preset: dict, name: str) -> list[str]:
+    """Fill every flag the user left unset (None) from a preset; returns what was filled, so the
+    scripts can print it. Paper defaults apply to real models; the toy preset scales them to a
+    model 5000x smaller that must learn in minutes (values and reasons in the scripts)."""
+    filled = []
+    for k, v in preset.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+            filled.append(f"{k}={v}")
+    return filled
+
+
+def make_optimizer(model, lr: float, weight_decay: float, betas=(0.9, 0.999)):
+    """AdamW over trainable parameters; no decay on biases and norms (the usual convention)."""
+    decay, no_decay = [], []
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 else decay).append(p)
+    return torch.optim.AdamW([dict(params=decay, weight_decay=weight_decay),
+                              dict(params=no_decay, weight_decay=0.0)], lr=lr, betas=betas)
+
+
+def cosine_schedule(optimizer, total_steps: int, warmup_steps: int):
+    """Linear warmup then cosine decay to 0 (the authors' cosine schedule)."""
+    def f(step):
+        if step < warmup_steps:
+            return (step + 1) / max(1, warmup_steps)
+        t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, f)
+
+
+def prepare_model(model, args, dist_info: dict):
+    """Freeze / checkpoint / move / wrap, in the order FSDP2 needs (optimizer after wrapping)."""
+    if getattr(args, "freeze_vision", False):
+        model.model.visual.requires_grad_(False)
+    if getattr(args, "grad_ckpt", False):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    model.to(dist_info["device"])
+    mode = ("fsdp" if args.fsdp else "ddp") if dist_info["distributed"] else "none"
+    if args.fsdp and not dist_info["distributed"]:
+        print("--fsdp has no effect without torchrun: running one process")
+    bf16 = dist_info["device"].type == "cuda"
+    return wrap_model(model, mode, dist_info["device"], bf16=bf16), mode
+
+
+def autocast(device):
+    """bf16 autocast on GPU (paper: bf16), plain fp32 on CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+def to_device(batch: dict, device) -> dict:
+    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
+def epoch_order(n_rows: int, epoch: int, seed: int, global_batch: int, rank: int, world: int) -> list[int]:
+    """This rank's row indices for one epoch, in micro-batch order. The epoch's permutation is the
+    same on every rank (seeded by seed and epoch); global batch s = perm[s*GB:(s+1)*GB] and rank r
+    takes its items r, r+W, ... (data strided by rank). Incomplete last global batch dropped."""
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    perm = torch.randperm(n_rows, generator=g).tolist()  # (n_rows,)
+    order = []
+    for s in range(n_rows // global_batch):
+        order += shard_for_rank(perm[s * global_batch:(s + 1) * global_batch], rank, world)
+    return order
+
+
+MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values_videos",
+                    "video_grid_thw", "second_per_grid_ts")
+
+
+def model_inputs(batch: dict) -> dict:
+    """The tensors the Qwen2.5-VL forward takes; always with the vision inputs (never a text-only
+    forward by accident: the placeholder tokens would then be embedded as plain tokens)."""
+    missing = [k for k in MODEL_INPUT_KEYS if batch.get(k) is None]
+    if missing:
+        raise ValueError(f"model inputs lack {missing}")
+    return {k: batch[k] for k in MODEL_INPUT_KEYS}
 
 
 def _demo(argv=None):

@@ -1,0 +1,381 @@
+"""train_rl.py -- stage 2 of Vad-R1: AVA-GRPO reinforcement learning (Algorithm 2).
+
+Paper Sec. 3.3, App. C.2, Algorithms 1-2, Eq. 1-3, Table 7. Starting from the SFT model, for each
+video of Vad-Reasoning-RL (weak labels only: Abnormal / Normal):
+
+  Alg.2 line 5    sample a group of G completions                      grpo.sample_group
+  Alg.2 line 6-7  accuracy and format rewards                          rewards.accuracy_reward, format_reward
+  Alg.2 line 8    anomaly verification (Algorithm 1): trim each completion's video, sample one new
+                  completion on each trimmed video (all G in one batch), compare the predictions
+                                                                       rewards.verification_trim, verification_reward
+  Alg.2 line 9    length reward                                        rewards.length_rewards_group
+  Alg.2 line 10   R = R_acc + R_format + R_ano + R_len                 rewards.total_reward's sum
+  Alg.2 line 11   A = (R - mean(R)) / std(R) within the group (Eq. 1)  grpo.group_advantages
+  Alg.2 line 12   update with Eq. 3 (clipped surrogate - beta * KL_k3) grpo.grpo_loss
+The reference model is a frozen copy of the starting checkpoint (eval mode, no gradients;
+sharded like the policy under FSDP).
+
+Run it:
+    python train_rl.py                       # toy preset: runs/toy/sft -> runs/toy/rl on the toy world
+    torchrun --nproc_per_node 4 train_rl.py --model SFT_DIR --data Vad-Reasoning-RL.jsonl \
+        --video-root ROOT --fsdp --grad-ckpt                  # the paper's setting (4 x 80 GB)
+    python train_rl.py --resume runs/toy/rl                   # continue a killed run exactly
+    python train_rl.py --no-verification-reward --no-length-reward   # plain GRPO (Table 10)
+
+Departures from the paper / the authors' scripts:
+  * Verification follows Algorithm 1 per completion. The authors' script read the first prediction
+    from a stale loop variable and gated the -0.2 on accuracy/format (facts note s.2); not copied.
+  * Length reward: words of think+answer with tags stripped, range chosen by the predicted class
+    (rewards.py); `--length-mode authors` counts completion tokens, only for correct completions
+    and only when more than one completion in the group is correct, as their script did.
+  * Sampling uses a torch.Generator seeded by (seed, step, rank), so a resumed run re-samples
+    exactly what the uninterrupted run sampled.
+  * The toy preset (--model toy world defaults) replaces the paper's lr / lengths / step counts
+    with values for a 1M-parameter model; it fills only flags left unset and prints them.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import random
+import time
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import data
+import grpo
+import rewards
+import vadr
+
+TOY_DATA_DIR = "data/toy"
+TOY_SFT_DIR = "runs/toy/sft"
+
+# Paper / facts-note defaults (real model): App. C.3, facts note s.2.
+PAPER = dict(epochs=1, lr=1e-6, batch_size=1, num_generations=4, beta=0.04, temperature=1.0,
+             top_p=0.95, max_new_tokens=768, weight_decay=0.01, max_grad_norm=5.0, warmup_ratio=0.0,
+             save_every=100, num_workers=2)
+# Toy preset: short completions, a larger lr for a tiny model, a few hundred videos.
+TOY = dict(epochs=1, lr=5e-5, batch_size=2, num_generations=4, beta=0.04, temperature=1.0,
+           top_p=0.95, max_new_tokens=256, weight_decay=0.0, max_grad_norm=1.0, warmup_ratio=0.0,
+           save_every=20, num_workers=1)
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = ap.add_argument_group("model")
+    g.add_argument("--model", default=None, help="SFT checkpoint directory (default: runs/toy/sft, the toy SFT run)")
+    g = ap.add_argument_group("data")
+    g.add_argument("--data", default=None, help="Vad-Reasoning-RL.jsonl (default: the toy world's)")
+    g.add_argument("--video-root", default=None, help="directory the manifest's videos are resolved under")
+    g.add_argument("--skip-bad", action="store_true", help="skip (and count) bad manifest rows instead of failing")
+    g.add_argument("--num-workers", type=int, default=None, help="DataLoader workers decoding videos")
+    vadr.add_video_args(ap)
+    g = ap.add_argument_group("AVA-GRPO (paper Sec. 3.3, App. C.2-C.3; None = paper default or toy preset)")
+    g.add_argument("--num-generations", type=int, default=None, help="G completions per video (paper: 4)")
+    g.add_argument("--temperature", type=float, default=None, help="sampling temperature (authors: 1.0)")
+    g.add_argument("--top-p", type=float, default=None, help="nucleus sampling (authors: 0.95)")
+    g.add_argument("--max-new-tokens", type=int, default=None, help="max completion length (paper: 768)")
+    g.add_argument("--beta", type=float, default=None, help="KL coefficient (paper: 0.04)")
+    g.add_argument("--epsilon", type=float, default=0.2, help="clip range of the ratio (live only with --mu > 1)")
+    g.add_argument("--mu", type=int, default=1, help="policy updates per rollout (paper: 1, ratio = 1)")
+    g.add_argument("--loss-type", default="sequence", choices=["sequence", "token"],
+                   help="average per completion then over the group (paper Eq. 2) or over all tokens")
+    g.add_argument("--adv-std", default="unbiased", choices=["unbiased", "biased"],
+                   help="std of Eq. 1: n-1 (torch.std, the authors' trainer) or n")
+    g = ap.add_argument_group("rewards (Table 7; switches for the Table 10 ablation)")
+    g.add_argument("--no-accuracy-reward", action="store_true", help="drop the accuracy reward (1.0)")
+    g.add_argument("--no-format-reward", action="store_true", help="drop the format reward (1.0)")
+    g.add_argument("--no-verification-abnormal", action="store_true", help="drop the +0.5 of Abnormal -> Normal")
+    g.add_argument("--no-verification-normal", action="store_true", help="drop the -0.2 of Normal -> Abnormal")
+    g.add_argument("--no-verification-reward", action="store_true", help="drop both verification rewards (no 2nd rollout)")
+    g.add_argument("--no-length-reward", action="store_true", help="drop the length reward (0.2)")
+    g.add_argument("--length-mode", default="words", choices=["words", "authors"],
+                   help="words of think+answer (paper) or the authors' token count on correct completions")
+    g.add_argument("--length-ranges-from", default=None,
+                   help="SFT manifest to compute the length ranges from (default: paper's [140,261]/[233,456]; "
+                        "the toy preset uses the toy SFT manifest)")
+    g = ap.add_argument_group("optimisation (None = paper default or toy preset)")
+    g.add_argument("--epochs", type=int, default=None, help="passes over the RL data (paper: 1)")
+    g.add_argument("--max-steps", type=int, default=None, help="stop after this many rollout steps")
+    g.add_argument("--batch-size", type=int, default=None, help="videos per rollout step per process (authors: 1)")
+    g.add_argument("--lr", type=float, default=None, help="learning rate (paper: 1e-6, cosine)")
+    g.add_argument("--warmup-ratio", type=float, default=None, help="fraction of steps of linear warmup")
+    g.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay (authors: 0.01)")
+    g.add_argument("--max-grad-norm", type=float, default=None, help="gradient clipping (authors: 5)")
+    vadr.add_run_args(ap, default_out="runs/toy/rl")
+    args = ap.parse_args(argv)
+    toy = args.data is None
+    if args.model is None:
+        if not toy:
+            ap.error("--model is required with --data (an SFT checkpoint directory)")
+        args.model = TOY_SFT_DIR
+    args.preset_filled = vadr.apply_preset(args, TOY if toy else PAPER, "toy" if toy else "paper")
+    if toy and args.length_ranges_from is None:
+        args.length_ranges_from = os.path.join(TOY_DATA_DIR, "Vad-Reasoning-SFT-train.jsonl")
+    if args.no_verification_reward:
+        args.no_verification_abnormal = args.no_verification_normal = True
+    return args
+
+
+def decode_completions(tok, ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
+    """Completion text up to (not including) the end token."""
+    out = []
+    for row, m in zip(ids.tolist(), mask.tolist()):
+        n = int(sum(m))
+        out.append(tok.decode(row[:n], skip_special_tokens=True))
+    return out
+
+
+def expand_inputs(inputs: dict, G: int) -> dict:
+    """Repeat each prompt (and its video) G times: rows b*G .. b*G+G-1 belong to prompt b."""
+    B = inputs["input_ids"].shape[0]
+    n_patch = inputs["video_grid_thw"].prod(-1)                                        # (B,)
+    chunks = torch.split(inputs["pixel_values_videos"], n_patch.tolist())              # B x (N_b, 1176)
+    return dict(
+        input_ids=inputs["input_ids"].repeat_interleave(G, 0),                         # (B*G, P)
+        attention_mask=inputs["attention_mask"].repeat_interleave(G, 0),
+        mm_token_type_ids=inputs["mm_token_type_ids"].repeat_interleave(G, 0),
+        pixel_values_videos=torch.cat([c for c in chunks for _ in range(G)], 0),       # (G*sum N_b, 1176)
+        video_grid_thw=inputs["video_grid_thw"].repeat_interleave(G, 0),               # (B*G, 3)
+        second_per_grid_ts=inputs["second_per_grid_ts"].repeat_interleave(G, 0),       # (B*G,)
+    )
+
+
+def verification_inputs(tok, rows: list[dict], completions: list[str], G: int, rng: random.Random,
+                        args, prompt: str, device) -> tuple[dict | None, list[int]]:
+    """Algorithm 1 lines 3-9 for all B*G completions: each completion decides its own trim (the
+    kept windows), the video is re-sampled to the same N frames from what remains, and the trimmed
+    videos form one batch for a single sampling call (line 10). A trim that would leave no frame
+    (rewards.verification_trim returns []) gets no second pass: its reward stays 0 (Alg. 1 line 1).
+    Returns (batch or None, indices of the completions in the batch)."""
+    videos, which = [], []
+    n_frames = {}
+    for i, c in enumerate(completions):
+        path = rows[i // G]["video_path"]
+        if path not in n_frames:
+            n_frames[path] = vadr.count_frames(path)
+        keep = rewards.verification_trim(c, rng, total_frames=n_frames[path])  # kept fraction windows
+        if not keep:
+            continue
+        videos.append(vadr.encode_video(path, args.frames, keep=keep,
+                                        min_pixels=args.min_pixels, max_pixels=args.max_pixels))
+        which.append(i)
+    if not videos:
+        return None, []
+    vids = vadr.collate_videos(videos)
+    chat = vadr.build_chat_inputs(tok, [prompt] * len(videos), vids["video_grid_thw"])
+    return vadr.to_device({**chat, **vids}, device), which
+
+
+def rl_step(model, ref_model, tok, opt, sched, batch: dict, args, step: int, rank: int, mode: str,
+            length_ranges: dict, prompt: str) -> dict:
+    """One rollout step of Algorithm 2 (lines 5-12) on this rank's videos; returns the log fields."""
+    device = batch["input_ids"].device
+    G, inner = args.num_generations, vadr.unwrap(model)
+    end_ids, pad_id = vadr.end_token_ids(tok), vadr.pad_token_id(tok)
+    gen = torch.Generator(device=device).manual_seed(args.seed * 1_000_003 + step * 1009 + rank)
+    trim_rng = random.Random(args.seed * 7_919 + step * 101 + rank)
+    sample_kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                     end_ids=end_ids, pad_id=pad_id, generator=gen, sync_ranks=(mode == "fsdp"))
+    inputs = {k: batch[k] for k in vadr.MODEL_INPUT_KEYS}
+    t = {}
+
+    # ---- Alg.2 line 5: a group of G completions per video (vision + prefill once per video)
+    t0 = time.time()
+    model.eval()
+    roll = grpo.sample_group(model, inputs, num_samples=G, **sample_kw)
+    ids, mask = roll["completion_ids"], roll["completion_mask"]                          # (B*G, T)
+    texts = decode_completions(tok, ids, mask)
+    t["time_generation"] = time.time() - t0
+
+    # ---- Alg.2 lines 6, 7, 9: accuracy, format, length (pure functions of the text)
+    sols = [r["solution"] for r in batch["rows"] for _ in range(G)]
+    r_acc = [rewards.accuracy_reward(c, s) for c, s in zip(texts, sols)]
+    r_fmt = [rewards.format_reward(c) for c in texts]
+    r_len = []
+    for b in range(len(batch["rows"])):
+        grp = slice(b * G, (b + 1) * G)
+        r_len += rewards.length_rewards_group(texts[grp], sols[grp.start], length_ranges, mode=args.length_mode,
+                                              n_tokens=mask[grp].sum(1).tolist())
+
+    # ---- Alg.2 line 8 = Algorithm 1: trim, one new completion per original, compare predictions
+    t0 = time.time()
+    r_ano = [0.0] * len(texts)
+    if not (args.no_verification_abnormal and args.no_verification_normal):
+        v_inputs, which = verification_inputs(tok, batch["rows"], texts, G, trim_rng, args, prompt, device)
+        if v_inputs is None and mode == "fsdp":
+            # Every trim on this rank was empty (all completions claimed [0, 1]). Under FSDP each
+            # forward is a collective, so this rank still runs the sampling loop, on its untrimmed
+            # first video, and throws the result away (its rewards stay 0).
+            vid = vadr.encode_video(batch["rows"][0]["video_path"], args.frames,
+                                    min_pixels=args.min_pixels, max_pixels=args.max_pixels)
+            dummy = {**vadr.build_chat_inputs(tok, [prompt], vid["video_grid_thw"]), **vid}
+            grpo.sample_group(model, vadr.to_device(dummy, device), num_samples=1, **sample_kw)
+        if v_inputs is not None:
+            v_roll = grpo.sample_group(model, v_inputs, num_samples=1, **sample_kw)
+            v_texts = decode_completions(tok, v_roll["completion_ids"], v_roll["completion_mask"])
+            for i, v in zip(which, v_texts):
+                first = vadr.parse_completion(texts[i])["label"]   # Alg. 1 line 3 (this completion's own)
+                second = vadr.parse_completion(v)["label"]         # Alg. 1 line 11
+                r = rewards.verification_reward(first, second)     # Alg. 1 lines 12-16
+                if (r > 0 and args.no_verification_abnormal) or (r < 0 and args.no_verification_normal):
+                    r = 0.0
+                r_ano[i] = r
+    t["time_verification"] = time.time() - t0
+
+    # ---- Alg.2 line 10: R = R_acc + R_format + R_ano + R_len (switched-off rewards count 0)
+    R = torch.tensor([(0 if args.no_accuracy_reward else a) + (0 if args.no_format_reward else f)
+                      + v + (0 if args.no_length_reward else ln)
+                      for a, f, v, ln in zip(r_acc, r_fmt, r_ano, r_len)], dtype=torch.float32)  # (B*G,)
+    # ---- Alg.2 line 11 (Eq. 1): group-normalised advantages
+    adv, zero_std = grpo.group_advantages(R, G, std=args.adv_std)                      # (B*G,), (B,)
+    adv = adv.to(device)
+
+    # ---- reference (and, for mu > 1, old-policy) log-probs, no gradient
+    t0 = time.time()
+    full = expand_inputs(inputs, G)
+    with torch.no_grad(), vadr.autocast(device):
+        ref_logp = grpo.completion_logprobs(ref_model, full, ids, temperature=args.temperature) \
+            if args.beta > 0 else None
+        old_logp = grpo.completion_logprobs(model, full, ids, temperature=args.temperature) \
+            if args.mu > 1 else None
+    t["time_reference"] = time.time() - t0
+
+    # ---- Alg.2 line 12: mu policy updates on this rollout (Eq. 3; Eq. 2 when mu > 1)
+    t0 = time.time()
+    model.train()
+    stats_acc = []
+    for _ in range(args.mu):
+        with vadr.autocast(device):
+            logp = grpo.completion_logprobs(model, full, ids, temperature=args.temperature)  # (B*G, T)
+            loss, stats = grpo.grpo_loss(logp, old_logp, ref_logp, adv, mask.to(logp.dtype),
+                                         beta=args.beta, epsilon=args.epsilon, loss_type=args.loss_type)
+        loss.backward()
+        gn = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+        gn = gn.full_tensor() if hasattr(gn, "full_tensor") else gn
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        stats_acc.append(dict(stats, loss=float(loss), grad_norm=float(gn)))
+    t["time_update"] = time.time() - t0
+
+    Rn = R.numpy()
+    out = dict(reward=float(Rn.mean()), reward_std=float(R.view(-1, G).std(1, unbiased=False).mean()),
+               reward_accuracy=float(np.mean(r_acc)), reward_format=float(np.mean(r_fmt)),
+               reward_verification=float(np.mean(r_ano)), reward_length=float(np.mean(r_len)),
+               completion_length=float(mask.sum(1).float().mean()),
+               zero_std_fraction=float(zero_std.float().mean()), lr=sched.get_last_lr()[0], **t)
+    for k in stats_acc[0]:
+        out[k] = float(np.mean([s[k] for s in stats_acc]))
+    out["_texts"] = texts
+    return out
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    dist_info = vadr.setup_distributed(args.device)
+    rank, world, device = dist_info["rank"], dist_info["world_size"], dist_info["device"]
+    if vadr.is_main() and args.preset_filled:
+        print("[preset] " + " ".join(args.preset_filled))
+
+    if args.data is None:  # the toy world (made by train_sft.py or data.py toy)
+        if vadr.is_main():
+            data.ensure_toy_world(TOY_DATA_DIR)
+        vadr.barrier()
+        args.data = os.path.join(TOY_DATA_DIR, "Vad-Reasoning-RL.jsonl")
+        args.video_root = args.video_root or os.path.join(TOY_DATA_DIR, "videos")
+    start_dir = vadr.resolve_resume(args.resume) if args.resume else None
+    if start_dir is None and not os.path.exists(args.model):
+        raise SystemExit(f"--model {args.model} does not exist. Make the toy SFT model first with "
+                         f"`python train_sft.py` (or `make toy`), or pass --model SFT_CHECKPOINT_DIR.")
+    rows = data.read_manifest(args.data, "rl", video_root=args.video_root, skip_bad=args.skip_bad)
+    length_ranges = rewards.length_ranges_from_manifest(args.length_ranges_from) if args.length_ranges_from \
+        else dict(rewards.DEFAULT_LENGTH_RANGES)
+    global_batch = args.batch_size * world
+    steps_per_epoch = len(rows) // global_batch
+    if steps_per_epoch == 0:
+        raise SystemExit(f"{args.data}: {len(rows)} rows are fewer than one global batch of {global_batch}")
+    total_steps = args.epochs * steps_per_epoch
+    if args.max_steps is not None:
+        total_steps = min(total_steps, args.max_steps)
+
+    # ---- policy and the frozen reference (Alg. 2 lines 1-2: pi_ref <- pi_theta at the start).
+    # On resume the reference is still the ORIGINAL starting checkpoint, recorded in the config.
+    start = dict(step=0, epoch=0, step_in_epoch=0)
+    if start_dir:
+        saved = torch.load(os.path.join(start_dir, "training_state.pt"), map_location="cpu", weights_only=False)
+        args.model = saved["config"]["model"]
+    model, tok = vadr.load_model(start_dir or args.model, seed=args.seed)
+    ref_model = None
+    if args.beta > 0:
+        ref_model, _ = vadr.load_model(args.model) if start_dir else (copy.deepcopy(model), None)
+        ref_model.requires_grad_(False).eval().to(device)
+        if dist_info["distributed"] and args.fsdp:
+            ref_model = vadr.wrap_model(ref_model, "fsdp", device, bf16=device.type == "cuda")
+    model, mode = vadr.prepare_model(model, args, dist_info)
+    opt = vadr.make_optimizer(model, args.lr, args.weight_decay)
+    sched = vadr.cosine_schedule(opt, total_steps * args.mu, int(args.warmup_ratio * total_steps * args.mu))
+    if start_dir:
+        st = vadr.load_training_state(start_dir, model, opt, sched, rank)
+        start = dict(step=st["step"], epoch=st["epoch"], step_in_epoch=st["step_in_epoch"])
+
+    config = dict(vars(args), world_size=world, parallel=mode, total_steps=total_steps,
+                  steps_per_epoch=steps_per_epoch, length_ranges=length_ranges, n_rows=len(rows))
+    log_path = os.path.join(args.out, "log.jsonl")
+    if vadr.is_main():
+        vadr.save_run_config(args.out, config)
+        if start_dir:
+            vadr.truncate_jsonl(log_path, start["step"])
+        elif os.path.exists(log_path):
+            os.remove(log_path)
+
+    prompt = vadr.build_prompt("binary")  # RL: <which> holds Abnormal / Normal (facts note s.2)
+    ds = data.RLDataset(rows, prompt_variant="binary", num_frames=args.frames,
+                        min_pixels=args.min_pixels, max_pixels=args.max_pixels)
+    collate = data.make_collate(tok, with_targets=False)
+    step = start["step"]
+    pbar = tqdm(total=total_steps, initial=step, disable=not vadr.is_main(), desc="rl", dynamic_ncols=True)
+    done = step >= total_steps
+    for epoch in range(start["epoch"], args.epochs):
+        if done:
+            break
+        first = start["step_in_epoch"] if epoch == start["epoch"] else 0
+        order = vadr.epoch_order(len(rows), epoch, args.seed, global_batch, rank, world)[first * args.batch_size:]
+        loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size, sampler=order, collate_fn=collate,
+                                             num_workers=args.num_workers)
+        for s, batch in zip(range(first, steps_per_epoch), loader):
+            ts = time.time()
+            res = rl_step(model, ref_model, tok, opt, sched, vadr.to_device(batch, device), args, step, rank,
+                          mode, length_ranges, prompt)
+            texts = res.pop("_texts")
+            step += 1
+            rec = dict(step=step, epoch=epoch, **vadr.all_reduce_mean(res, device), step_time=time.time() - ts)
+            if vadr.is_main():
+                rec["sample"] = texts[0][:400]
+                vadr.log_jsonl(log_path, rec)
+                pbar.set_postfix(R=f"{rec['reward']:.3f}", acc=f"{rec['reward_accuracy']:.2f}",
+                                 fmt=f"{rec['reward_format']:.2f}", kl=f"{rec.get('kl', 0):.4f}")
+                pbar.update(1)
+            last = step >= total_steps
+            if last or (args.save_every and step % args.save_every == 0):
+                nxt = (epoch, s + 1) if s + 1 < steps_per_epoch else (epoch + 1, 0)
+                vadr.save_checkpoint(args.out, f"step-{step}", model, tok, opt, sched,
+                                     dict(step=step, epoch=nxt[0], step_in_epoch=nxt[1]), config,
+                                     keep_last=args.keep_last)
+            if last:
+                done = True
+                break
+    pbar.close()
+    if vadr.is_main() and os.path.exists(os.path.join(args.out, "latest")):
+        print(f"done: {step} steps, checkpoint {os.path.join(args.out, open(os.path.join(args.out, 'latest')).read().strip())}")
+    vadr.barrier()
+    if dist_info["distributed"]:
+        torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
