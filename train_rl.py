@@ -372,6 +372,8 @@ def main(argv=None):
     pbar.close()
     if vadr.is_main() and os.path.exists(os.path.join(args.out, "latest")):
         print(f"done: {step} steps, checkpoint {os.path.join(args.out, open(os.path.join(args.out, 'latest')).read().strip())}")
+    if dist_info["distributed"]:
+        vadr.write_rank_checksums(model, os.path.join(args.out, "rank_checksums.json"))
     vadr.barrier()
     if dist_info["distributed"]:
         torch.distributed.destroy_process_group()

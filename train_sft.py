@@ -146,7 +146,7 @@ def main(argv=None):
     # ---- model (a resumed run reloads its own weights; the toy tokenizer is trained on the SFT text)
     start = dict(step=0, epoch=0, step_in_epoch=0)
     resume_dir = vadr.resolve_resume(args.resume) if args.resume else None
-    corpus = [r["think"] + "\n" + r["answer"] for r in rows] if args.model == "toy" else None
+    corpus = [t for r in rows for t in (r["think"], r["answer"])] if args.model == "toy" else None  # = data.toy_corpus
     model, tok = vadr.load_model(resume_dir or args.model, corpus=corpus, seed=args.seed)
     model, mode = vadr.prepare_model(model, args, dist_info)
     opt = vadr.make_optimizer(model, args.lr, args.weight_decay)
@@ -221,6 +221,8 @@ def main(argv=None):
     pbar.close()
     if vadr.is_main():
         print(f"done: {step} steps, checkpoint {os.path.join(args.out, open(os.path.join(args.out, 'latest')).read().strip())}")
+    if dist_info["distributed"]:
+        vadr.write_rank_checksums(model, os.path.join(args.out, "rank_checksums.json"))
     vadr.barrier()
     if dist_info["distributed"]:
         torch.distributed.destroy_process_group()

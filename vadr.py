@@ -649,6 +649,18 @@ def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def write_rank_checksums(model, path: str):
+    """Every rank's float64 sum of its parameters, gathered into one JSON on rank 0: under DDP
+    all ranks must hold identical weights (a cheap check that no rank drifted). Under FSDP each
+    rank holds a different shard, so the sums differ by design."""
+    s = sum(float(p.detach().to_local().double().sum()) if hasattr(p, "to_local") else float(p.detach().double().sum())
+            for p in unwrap(model).parameters())
+    sums = _gather_objects(s)
+    if is_main():
+        with open(path, "w") as f:
+            json.dump(sums, f)
+
+
 def shard_for_rank(items: list, rank: int, world: int) -> list:
     """Data strided by rank: rank r takes items r, r+W, r+2W, ..."""
     return items[rank::world]
@@ -731,6 +743,8 @@ def save_checkpoint(out_dir: str, name: str, model, tokenizer, optimizer=None, s
     only rank 0 writes. Returns the final path on rank 0."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()  # no "Writing model shards" bar in our logs
     inner = unwrap(model)
     sd = full_state_dict(model)
     opt_sd = None
