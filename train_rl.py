@@ -260,7 +260,7 @@ def rl_step(model, ref_model, tok, opt, sched, batch: dict, args, step: int, ran
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        stats_acc.append(dict(stats, loss=float(loss), grad_norm=float(gn)))
+        stats_acc.append(dict({k: float(v) for k, v in stats.items()}, loss=float(loss.detach()), grad_norm=float(gn)))
     t["time_update"] = time.time() - t0
 
     Rn = R.numpy()
