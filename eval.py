@@ -936,6 +936,9 @@ def score_predictions(pred_rows: list[dict], gt_rows: list[dict]) -> dict:
     res["category"] = category_metrics(outs, gts)
     res.update(reasoning_metrics(outs, gts))
     res["frame"] = frame_metrics(outs, gts)
+    # share of outputs whose whole text matches the 2- or 4-step layout (the format reward, Table 7)
+    res["format"] = {"pass_rate": _mean([float(vadr.check_format(o) is not None) for o in outs]),
+                     "n": len(outs)}
     disagree = 0
     for o in outs:
         p = parse_completion(o)
@@ -1163,6 +1166,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", help="write every figure here (layout: module docstring)")
     s.add_argument("--with-paper", action="store_true", help="print the paper's published rows beside ours")
     s.add_argument("--name", default="ours", help="row name in the printed table")
+    s.add_argument("--report", metavar="RUN_DIR", help="write RUN_DIR/table.md, curves and frame strips "
+                   "from eval_*.json and the logs (with --data/--video-root for the strips)")
     return ap
 
 
@@ -1178,6 +1183,9 @@ def main(argv=None) -> int:
         return 0
     if args.model:
         return run_inference(args)
+    if args.report:
+        print(run_report(args.report, args.data, args.video_root))
+        return 0
     build_parser().print_help()
     return 2
 
@@ -1296,6 +1304,133 @@ def run_inference(args) -> int:
     if dist_info["distributed"]:
         torch.distributed.destroy_process_group()
     return 0
+
+
+# ================================================================================================
+# 14. REPORT: the toy pipeline's Table-4-style table, training curves (SVG) and frame strips (PNG)
+# ================================================================================================
+#   python eval.py --report runs/toy [--data data/toy/Vad-Reasoning-SFT-test.jsonl --video-root data/toy/videos]
+# reads runs/toy/eval_{base,sft,rl,rl_only}.json, sft/log.jsonl and rl/log.jsonl, and writes
+# table.md, sft_curves.svg, rl_curves.svg (the paper's Figure 10: total reward, its std, completion
+# length, plus each reward's mean) and strips/<video>.png (the 16 sampled frames with the
+# ground-truth interval in green and the predicted one in red under them). No plotting library:
+# SVG is text and PNG is written with zlib (data.write_png).
+
+REPORT_ROWS = [("base", "Toy Qwen2.5-VL (untrained)"), ("rl_only", "+AVA-GRPO"), ("sft", "+SFT"),
+               ("rl", "+SFT+AVA-GRPO")]
+
+
+def svg_curves(path: str, panels: list[tuple[str, list, list]], cols: int = 3, w: int = 300, h: int = 200):
+    """Small multiples: one line chart per (title, xs, ys) panel, with min/max labels."""
+    rows = max(1, math.ceil(len(panels) / cols))
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{cols * w}" height="{rows * h}" '
+           f'font-family="sans-serif" font-size="11">', f'<rect width="100%" height="100%" fill="white"/>']
+    for k, (title, xs, ys) in enumerate(panels):
+        ox, oy = (k % cols) * w, (k // cols) * h
+        L, R, T, B = ox + 45, ox + w - 10, oy + 22, oy + h - 25   # plot box
+        out.append(f'<text x="{ox + w / 2}" y="{oy + 14}" text-anchor="middle" font-weight="bold">{title}</text>')
+        out.append(f'<rect x="{L}" y="{T}" width="{R - L}" height="{B - T}" fill="none" stroke="#999"/>')
+        pts = [(x, y) for x, y in zip(xs, ys) if y is not None and math.isfinite(y)]
+        if not pts:
+            continue
+        x0, x1 = min(p[0] for p in pts), max(p[0] for p in pts)
+        y0, y1 = min(p[1] for p in pts), max(p[1] for p in pts)
+        x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1e-9)
+        poly = " ".join(f"{L + (x - x0) / (x1 - x0) * (R - L):.1f},{B - (y - y0) / (y1 - y0) * (B - T):.1f}"
+                        for x, y in pts)
+        out.append(f'<polyline points="{poly}" fill="none" stroke="#1f77b4" stroke-width="1.5"/>')
+        out.append(f'<text x="{L - 3}" y="{T + 8}" text-anchor="end">{y1:.3g}</text>')
+        out.append(f'<text x="{L - 3}" y="{B}" text-anchor="end">{y0:.3g}</text>')
+        out.append(f'<text x="{L}" y="{B + 14}">{x0:g}</text><text x="{R}" y="{B + 14}" text-anchor="end">{x1:g} steps</text>')
+    out.append("</svg>")
+    with open(path, "w") as f:
+        f.write("\n".join(out))
+
+
+def _smooth(ys: list, k: int) -> list:
+    """Trailing moving average over k steps (RL rewards are noisy at 2 videos per step)."""
+    return [float(np.mean(ys[max(0, i - k + 1):i + 1])) for i in range(len(ys))]
+
+
+def frame_strip(frames, total: int, indices, gt: tuple | None, pred: tuple | None, scale: int = 1):
+    """The sampled frames side by side over two timeline bars (fractions of the video):
+    ground truth in green, prediction in red; a normal video / prediction leaves its bar grey."""
+    T, H, W, _ = frames.shape
+    strip = np.concatenate([np.pad(f, ((0, 0), (1, 1), (0, 0)), constant_values=255) for f in frames], 1)
+    width = strip.shape[1]
+    bars = np.full((22, width, 3), 255, np.uint8)
+    for row, (iv, rgb) in enumerate([(gt, (40, 160, 60)), (pred, (210, 40, 40))]):
+        y = 2 + row * 10
+        bars[y:y + 8] = (215, 215, 215)
+        if iv is not None:
+            a, b = sorted((min(max(iv[0], 0.0), 1.0), min(max(iv[1], 0.0), 1.0)))
+            bars[y:y + 8, int(a * width):max(int(a * width) + 1, int(b * width))] = rgb
+    for i in indices:  # tick marks where the sampled frames sit
+        x = min(width - 1, int(i / max(1, total) * width))
+        bars[20:22, x] = 0
+    img = np.concatenate([strip, bars], 0)
+    return img.repeat(scale, 0).repeat(scale, 1)
+
+
+def run_report(run_dir: str, data_path: str | None, video_root: str | None, n_strips: int = 8) -> str:
+    import data as data_mod
+
+    named = {}
+    for key, label in REPORT_ROWS:
+        p = os.path.join(run_dir, f"eval_{key}.json")
+        if os.path.isfile(p):
+            named[label] = json.load(open(p))
+    lines = ["# Toy Vad-R1: what each stage adds (layout of the paper's Table 4)", "",
+             format_table(named, layout="table4"), "", "Detection and format (authors' protocol):", "",
+             "| Model | Acc | F1 | mIoU | format pass rate | category acc |", "|---|---:|---:|---:|---:|---:|"]
+    for name, m in named.items():
+        cells = [get_metric(m, k) for k in ("detection.accuracy", "detection.f1", "detection.miou",
+                                            "format.pass_rate", "category.accuracy")]
+        lines.append(f"| {name} | " + " | ".join("-" if v is None else f"{v:.3f}" for v in cells) + " |")
+    rl_log = os.path.join(run_dir, "rl", "log.jsonl")
+    if os.path.isfile(rl_log):
+        recs = load_jsonl(rl_log)
+        n = max(1, len(recs) // 10)
+        first, last = np.mean([r["reward"] for r in recs[:n]]), np.mean([r["reward"] for r in recs[-n:]])
+        lines += ["", f"RL: mean total reward over the first tenth of steps {first:.3f}, over the last tenth "
+                  f"{last:.3f} ({len(recs)} steps)."]
+        xs = [r["step"] for r in recs]
+        k = max(1, len(recs) // 20)
+        panels = [(f"{t} (avg {k})", xs, _smooth([r.get(key) for r in recs], k)) for t, key in
+                  [("total reward", "reward"), ("reward std", "reward_std"), ("completion length", "completion_length"),
+                   ("accuracy", "reward_accuracy"), ("format", "reward_format"), ("verification", "reward_verification"),
+                   ("length", "reward_length"), ("KL", "kl"), ("zero-std groups", "zero_std_fraction")]]
+        svg_curves(os.path.join(run_dir, "rl_curves.svg"), panels)
+    sft_log = os.path.join(run_dir, "sft", "log.jsonl")
+    if os.path.isfile(sft_log):
+        recs = load_jsonl(sft_log)
+        xs = [r["step"] for r in recs]
+        svg_curves(os.path.join(run_dir, "sft_curves.svg"),
+                   [("SFT loss (nats / target token)", xs, [r["loss"] for r in recs]),
+                    ("learning rate", xs, [r["lr"] for r in recs]), ("grad norm", xs, [r["grad_norm"] for r in recs])])
+    preds_path = next((os.path.join(run_dir, f"preds_{k}.jsonl") for k in ("rl", "sft", "base")
+                       if os.path.isfile(os.path.join(run_dir, f"preds_{k}.jsonl"))), None)
+    if preds_path and data_path:
+        os.makedirs(os.path.join(run_dir, "strips"), exist_ok=True)
+        gt = data_mod.read_manifest(data_path, "sft", video_root=video_root)
+        preds = {(str(r["source"]), str(r["video"])): r["output"] for r in load_jsonl(preds_path)}
+        ab = [r for r in gt if r["label"] == "Abnormal"][: n_strips // 2]
+        no = [r for r in gt if r["label"] == "Normal"][: n_strips - len(ab)]
+        for r in ab + no:
+            out = preds.get((str(r["source"]), str(r["video"])))
+            if out is None:
+                continue
+            p = parse_completion(out)
+            v = vadr.read_video(r["video_path"], 16)
+            pred_iv = p["when"] if p["label"] == "Abnormal" else None
+            img = frame_strip(v["frames"], v["total_frames"], v["indices"], r["when"], pred_iv)
+            data_mod.write_png(os.path.join(run_dir, "strips", f"{r['video']}.png"), img)
+        lines += ["", f"Frame strips ({os.path.basename(preds_path)}): {os.path.join(run_dir, 'strips')}/ "
+                  "(green = ground truth, red = predicted interval)."]
+    text = "\n".join(lines) + "\n"
+    with open(os.path.join(run_dir, "table.md"), "w") as f:
+        f.write(text)
+    return text
 
 
 if __name__ == "__main__":

@@ -1,0 +1,68 @@
+# The main job on the embedded default (README "Quick start"): toy world -> SFT -> AVA-GRPO -> eval.
+#   make toy            run every stage into runs/toy/ (a stage whose output exists is skipped)
+#   make toy REDO=1     redo every stage
+#   make toy-rl-only    also the "+AVA-GRPO alone" row (RL from the untrained model)
+#   make toy-smoke      a few steps per stage into runs/toy-smoke/ (what CI's pipeline test runs)
+PY ?= python
+DATA ?= data/toy
+RUN ?= runs/toy
+SFT_ARGS ?=
+RL_ARGS ?=
+EVAL_ARGS ?= --max-new-tokens 320
+WORLD_ARGS ?=
+TEST := --data $(DATA)/Vad-Reasoning-SFT-test.jsonl --video-root $(DATA)/videos
+
+ifdef REDO
+FORCE := force
+endif
+
+.PHONY: toy toy-rl-only toy-smoke force clean-toy
+
+toy: $(RUN)/table.md
+
+$(DATA)/toy_world.json: $(FORCE)
+	$(PY) data.py toy --out $(DATA) $(WORLD_ARGS)
+
+$(RUN)/sft/latest: $(DATA)/toy_world.json
+	$(PY) train_sft.py --data $(DATA)/Vad-Reasoning-SFT-train.jsonl --video-root $(DATA)/videos --out $(RUN)/sft $(SFT_ARGS)
+
+$(RUN)/rl/latest: $(RUN)/sft/latest
+	$(PY) train_rl.py --model $(RUN)/sft --data $(DATA)/Vad-Reasoning-RL.jsonl --video-root $(DATA)/videos \
+		--length-ranges-from $(DATA)/Vad-Reasoning-SFT-train.jsonl --out $(RUN)/rl $(RL_ARGS)
+
+$(RUN)/rl_only/latest: $(RUN)/sft/latest
+	$(PY) train_rl.py --model $(RUN)/sft/init --data $(DATA)/Vad-Reasoning-RL.jsonl --video-root $(DATA)/videos \
+		--length-ranges-from $(DATA)/Vad-Reasoning-SFT-train.jsonl --out $(RUN)/rl_only $(RL_ARGS)
+
+$(RUN)/eval_base.json: $(RUN)/sft/latest
+	rm -f $(RUN)/preds_base.jsonl
+	$(PY) eval.py --model $(RUN)/sft/init $(TEST) --out $(RUN)/preds_base.jsonl --json $@ --name base $(EVAL_ARGS)
+
+$(RUN)/eval_sft.json: $(RUN)/sft/latest
+	rm -f $(RUN)/preds_sft.jsonl
+	$(PY) eval.py --model $(RUN)/sft $(TEST) --out $(RUN)/preds_sft.jsonl --json $@ --name sft $(EVAL_ARGS)
+
+$(RUN)/eval_rl.json: $(RUN)/rl/latest
+	rm -f $(RUN)/preds_rl.jsonl
+	$(PY) eval.py --model $(RUN)/rl $(TEST) --out $(RUN)/preds_rl.jsonl --json $@ --name rl $(EVAL_ARGS)
+
+$(RUN)/eval_rl_only.json: $(RUN)/rl_only/latest
+	rm -f $(RUN)/preds_rl_only.jsonl
+	$(PY) eval.py --model $(RUN)/rl_only $(TEST) --out $(RUN)/preds_rl_only.jsonl --json $@ --name rl_only $(EVAL_ARGS)
+
+$(RUN)/table.md: $(RUN)/eval_base.json $(RUN)/eval_sft.json $(RUN)/eval_rl.json
+	$(PY) eval.py --report $(RUN) $(TEST)
+
+toy-rl-only: $(RUN)/eval_rl_only.json
+	$(PY) eval.py --report $(RUN) $(TEST)
+
+SMOKE ?= runs/toy-smoke
+toy-smoke:
+	$(MAKE) toy DATA=$(SMOKE)/data RUN=$(SMOKE) \
+		WORLD_ARGS="--n-sft 8 --n-test 4 --n-rl 8 --frames 16 24" \
+		SFT_ARGS="--max-steps 2 --frames 4 --num-workers 0" \
+		RL_ARGS="--max-steps 2 --frames 4 --max-new-tokens 16 --num-workers 0" \
+		EVAL_ARGS="--max-new-tokens 16 --frames 4 --num-workers 0"
+
+clean-toy:
+	rm -rf $(RUN)

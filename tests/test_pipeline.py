@@ -1,0 +1,48 @@
+"""The main job, shortened: `make toy-smoke` runs every stage of `make toy` (toy world, SFT,
+AVA-GRPO, three evaluations, the report) for a few steps each. Every stage must leave its outputs
+and every eval JSON must carry every documented field. Run: pytest tests/test_pipeline.py"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIELDS = ["detection.accuracy", "detection.precision", "detection.recall", "detection.f1", "detection.miou",
+          "detection.r@0.3", "detection.r@0.5", "detection.r@0.7", "detection_abnormal_only.miou",
+          "detection_abnormal_only.r@0.3", "detection_abnormal_only.r@0.5", "detection_abnormal_only.r@0.7",
+          "category.accuracy", "reasoning.bleu2", "reasoning.meteor", "reasoning.rouge1", "reasoning.rouge2",
+          "reasoning.rouge_l", "reasoning_common.bleu2", "reasoning_common.rouge1", "reasoning_common.rouge2",
+          "reasoning_common.rouge_l", "frame.auc", "frame.best_f1", "format.pass_rate", "counts.n_gt",
+          "counts.n_pred", "counts.n_matched", "counts.n_missing", "counts.n_unknown_pred", "counts.n_empty"]
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make (the README's entry point)")
+def test_make_toy_smoke_runs_every_stage(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    p = subprocess.run(["make", "toy-smoke", f"PY={sys.executable}", f"SMOKE={tmp_path}"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=1200)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    for f in ["data/toy_world.json", "data/Vad-Reasoning-RL.jsonl", "sft/latest", "sft/init/config.json",
+              "sft/log.jsonl", "rl/latest", "rl/log.jsonl", "preds_base.jsonl", "preds_sft.jsonl", "preds_rl.jsonl",
+              "eval_base.json", "eval_sft.json", "eval_rl.json", "table.md", "sft_curves.svg", "rl_curves.svg"]:
+        assert os.path.exists(tmp_path / f), f
+    for name in ("base", "sft", "rl"):
+        m = json.load(open(tmp_path / f"eval_{name}.json"))
+        for key in FIELDS:
+            node = m
+            for part in key.split("."):
+                assert part in node, (name, key)
+                node = node[part]
+        assert m["counts"]["n_gt"] == m["counts"]["n_matched"] == 4
+        assert len(open(tmp_path / f"preds_{name}.jsonl").read().splitlines()) == 4
+    assert len(open(tmp_path / "rl" / "log.jsonl").read().splitlines()) == 2
+    assert len(os.listdir(tmp_path / "strips")) == 4  # 2 abnormal + 2 normal test videos
+    table = open(tmp_path / "table.md").read()
+    assert "+SFT+AVA-GRPO" in table and "R@0.7" in table
+    # a second `make toy-smoke` finds every output and redoes nothing
+    p2 = subprocess.run(["make", "-n", "toy-smoke", f"PY={sys.executable}", f"SMOKE={tmp_path}"], cwd=ROOT,
+                        capture_output=True, text=True)
+    assert "train_sft.py" not in p2.stdout and "train_rl.py" not in p2.stdout
