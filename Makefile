@@ -28,11 +28,11 @@ $(RUN)/sft/latest: $(DATA)/toy_world.json
 
 $(RUN)/rl/latest: $(RUN)/sft/latest
 	$(PY) train_rl.py --model $(RUN)/sft --data $(DATA)/Vad-Reasoning-RL.jsonl --video-root $(DATA)/videos \
-		--length-ranges-from $(DATA)/Vad-Reasoning-SFT-train.jsonl --out $(RUN)/rl $(RL_ARGS)
+		--length-ranges-from $(DATA)/Vad-Reasoning-SFT-train.jsonl --preset toy --out $(RUN)/rl $(RL_ARGS)
 
 $(RUN)/rl_only/latest: $(RUN)/sft/latest
 	$(PY) train_rl.py --model $(RUN)/sft/init --data $(DATA)/Vad-Reasoning-RL.jsonl --video-root $(DATA)/videos \
-		--length-ranges-from $(DATA)/Vad-Reasoning-SFT-train.jsonl --out $(RUN)/rl_only $(RL_ARGS)
+		--length-ranges-from $(DATA)/Vad-Reasoning-SFT-train.jsonl --preset toy --out $(RUN)/rl_only $(RL_ARGS)
 
 $(RUN)/eval_base.json: $(RUN)/sft/latest
 	rm -f $(RUN)/preds_base.jsonl

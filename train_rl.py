@@ -13,7 +13,8 @@ video of Vad-Reasoning-RL (weak labels only: Abnormal / Normal):
   Alg.2 line 11   A = (R - mean(R)) / std(R) within the group (Eq. 1)  grpo.group_advantages
   Alg.2 line 12   update with Eq. 3 (clipped surrogate - beta * KL_k3) grpo.grpo_loss
 The reference model is a frozen copy of the starting checkpoint (eval mode, no gradients;
-sharded like the policy under FSDP).
+sharded like the policy under FSDP); with --lora-rank it is the policy with its adapters switched
+off (vadr section 10), so no second copy of the weights exists.
 
 Run it:
     python train_rl.py                       # toy preset: runs/toy/sft -> runs/toy/rl on the toy world
@@ -30,13 +31,13 @@ Departures from the paper / the authors' scripts:
     and only when more than one completion in the group is correct, as their script did.
   * Sampling uses a torch.Generator seeded by (seed, step, rank), so a resumed run re-samples
     exactly what the uninterrupted run sampled.
-  * The toy preset (--model toy world defaults) replaces the paper's lr / lengths / step counts
+  * The toy preset (`--preset toy`, the default without --data) replaces the paper's lr / lengths / step counts
     with values for a 1M-parameter model; it fills only flags left unset and prints them.
 """
 from __future__ import annotations
 
 import argparse
-import copy
+import contextlib
 import os
 import random
 import time
@@ -58,8 +59,8 @@ PAPER = dict(epochs=1, lr=1e-6, batch_size=1, num_generations=4, beta=0.04, temp
              top_p=0.95, max_new_tokens=768, weight_decay=0.01, max_grad_norm=5.0, warmup_ratio=0.0,
              save_every=100, num_workers=2)
 # Toy preset: short completions, a larger lr for a tiny model, a few hundred videos.
-TOY = dict(epochs=1, lr=5e-5, batch_size=2, num_generations=4, beta=0.04, temperature=1.0,
-           top_p=0.95, max_new_tokens=256, weight_decay=0.0, max_grad_norm=1.0, warmup_ratio=0.0,
+TOY = dict(epochs=1, max_steps=60, lr=5e-5, batch_size=2, num_generations=4, beta=0.04, temperature=1.0,
+           top_p=0.95, max_new_tokens=320, weight_decay=0.0, max_grad_norm=1.0, warmup_ratio=0.0,
            save_every=20, num_workers=1)
 
 
@@ -107,13 +108,17 @@ def parse_args(argv=None):
     g.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay (authors: 0.01)")
     g.add_argument("--max-grad-norm", type=float, default=None, help="gradient clipping (authors: 5)")
     vadr.add_run_args(ap, default_out="runs/toy/rl")
+    vadr.add_scale_args(ap, stage="rl")  # --lora-*, --merge, --dry-run, --no-rollout-gather (vadr section 10)
+    g.add_argument("--preset", default=None, choices=["paper", "toy"],
+                   help="defaults for unset flags: paper (real model) or toy (default when --data is not given)")
     args = ap.parse_args(argv)
     toy = args.data is None
+    preset = args.preset or ("toy" if toy else "paper")
     if args.model is None:
         if not toy:
             ap.error("--model is required with --data (an SFT checkpoint directory)")
         args.model = TOY_SFT_DIR
-    args.preset_filled = vadr.apply_preset(args, TOY if toy else PAPER, "toy" if toy else "paper")
+    args.preset_filled = vadr.apply_preset(args, TOY if preset == "toy" else PAPER, preset)
     if toy and args.length_ranges_from is None:
         args.length_ranges_from = os.path.join(TOY_DATA_DIR, "Vad-Reasoning-SFT-train.jsonl")
     if args.no_verification_reward:
@@ -179,14 +184,21 @@ def rl_step(model, ref_model, tok, opt, sched, batch: dict, args, step: int, ran
     end_ids, pad_id = vadr.end_token_ids(tok), vadr.pad_token_id(tok)
     gen = torch.Generator(device=device).manual_seed(args.seed * 1_000_003 + step * 1009 + rank)
     trim_rng = random.Random(args.seed * 7_919 + step * 101 + rank)
+    # ignore_eos: not a training flag; bench.py sets it on its args to force every completion to
+    # max_new_tokens (the paper-length rollouts of a benchmark on a random model). Absent = False.
     sample_kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                     end_ids=end_ids, pad_id=pad_id, generator=gen, sync_ranks=(mode == "fsdp"))
+                     end_ids=end_ids, pad_id=pad_id, generator=gen, sync_ranks=(mode == "fsdp"),
+                     ignore_eos=getattr(args, "ignore_eos", False))
     inputs = {k: batch[k] for k in vadr.MODEL_INPUT_KEYS}
     t = {}
 
     # ---- Alg.2 line 5: a group of G completions per video (vision + prefill once per video)
     t0 = time.time()
     model.eval()
+    # vadr section 10: under FSDP gather the full weights ONCE for both sampling passes of this step
+    # (this one and Algorithm 1's below), instead of an all-gather of every layer per decode step
+    rollout = contextlib.ExitStack()
+    gathered = rollout.enter_context(vadr.rollout_weights(model, enabled=not args.no_rollout_gather))
     roll = grpo.sample_group(model, inputs, num_samples=G, **sample_kw)
     ids, mask = roll["completion_ids"], roll["completion_mask"]                          # (B*G, T)
     texts = decode_completions(tok, ids, mask)
@@ -226,6 +238,8 @@ def rl_step(model, ref_model, tok, opt, sched, batch: dict, args, step: int, ran
                     r = 0.0
                 r_ano[i] = r
     t["time_verification"] = time.time() - t0
+    rollout.close()  # vadr section 10: reshard; the reference pass and the update run sharded
+    t["rollout_copy_gb"] = gathered["bytes"] / vadr.GiB  # measured size of the gathered copy (0 without FSDP)
 
     # ---- Alg.2 line 10: R = R_acc + R_format + R_ano + R_len (switched-off rewards count 0)
     R = torch.tensor([(0 if args.no_accuracy_reward else a) + (0 if args.no_format_reward else f)
@@ -239,8 +253,11 @@ def rl_step(model, ref_model, tok, opt, sched, batch: dict, args, step: int, ran
     t0 = time.time()
     full = expand_inputs(inputs, G)
     with torch.no_grad(), vadr.autocast(device):
-        ref_logp = grpo.completion_logprobs(ref_model, full, ids, temperature=args.temperature) \
-            if args.beta > 0 else None
+        # KL reference log pi_ref: the frozen copy ref_model or, with LoRA (ref_model is None), the policy
+        # itself with every adapter switched off = exactly the starting weights (vadr.reference_policy)
+        with (vadr.reference_policy(model, ref_model) if args.beta > 0 else contextlib.nullcontext()) as ref:
+            ref_logp = grpo.completion_logprobs(ref, full, ids, temperature=args.temperature) \
+                if args.beta > 0 else None
         old_logp = grpo.completion_logprobs(model, full, ids, temperature=args.temperature) \
             if args.mu > 1 else None
     t["time_reference"] = time.time() - t0
@@ -277,6 +294,8 @@ def rl_step(model, ref_model, tok, opt, sched, batch: dict, args, step: int, ran
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.merge or args.dry_run:  # vadr section 10: fold LoRA adapters into a full HF dir / memory estimate
+        return vadr.offline_command(args, "rl", paper_preset=PAPER)
     dist_info = vadr.setup_distributed(args.device)
     rank, world, device = dist_info["rank"], dist_info["world_size"], dist_info["device"]
     if vadr.is_main() and args.preset_filled:
@@ -309,13 +328,11 @@ def main(argv=None):
     if start_dir:
         saved = torch.load(os.path.join(start_dir, "training_state.pt"), map_location="cpu", weights_only=False)
         args.model = saved["config"]["model"]
-    model, tok = vadr.load_model(start_dir or args.model, seed=args.seed)
-    ref_model = None
-    if args.beta > 0:
-        ref_model, _ = vadr.load_model(args.model) if start_dir else (copy.deepcopy(model), None)
-        ref_model.requires_grad_(False).eval().to(device)
-        if dist_info["distributed"] and args.fsdp:
-            ref_model = vadr.wrap_model(ref_model, "fsdp", device, bf16=device.type == "cuda")
+    # vadr section 10: load_model plus LoRA adapters (--lora-rank; a LoRA checkpoint is base + adapters),
+    # gradient checkpointing on for a real model, and the vision-tower guard
+    model, tok = vadr.load_for_training(start_dir or args.model, args, resume=start_dir is not None, seed=args.seed)
+    # the reference: a frozen copy of the starting weights, or None with LoRA (adapters switched off)
+    ref_model = vadr.make_reference_model(model, args, resume=start_dir is not None, dist_info=dist_info)
     model, mode = vadr.prepare_model(model, args, dist_info)
     opt = vadr.make_optimizer(model, args.lr, args.weight_decay)
     sched = vadr.cosine_schedule(opt, total_steps * args.mu, int(args.warmup_ratio * total_steps * args.mu))

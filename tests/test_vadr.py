@@ -282,3 +282,18 @@ def test_toy_model_round_trip_from_pretrained(toy, tmp_path):
 def test_load_model_missing_dir_is_clear():
     with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
         vadr.load_model("/no/such/Qwen2.5-VL-7B")
+
+
+def test_toy_model_forward_on_a_real_toy_video(tiny_world, tiny_model):
+    import data
+    model, tok = tiny_model
+    row = data.read_manifest(tiny_world["sft_test"], "sft")[0]
+    v = vadr.read_video(row["video_path"], 16)
+    assert v["frames"].shape[0] == 16 and v["total_frames"] == row["total_frames"]
+    vid = vadr.encode_frames(v["frames"], v["sampled_fps"])
+    batch = vadr.build_chat_inputs(tok, [vadr.build_prompt("fine")], vid["video_grid_thw"])
+    with torch.no_grad():
+        out = model(**batch, **vid)
+    assert vid["video_grid_thw"].tolist() == [[8, 8, 8]]  # 16 frames of 112x112 -> 128 video tokens
+    assert out.logits.shape == (1, batch["input_ids"].shape[1], model.config.text_config.vocab_size)
+    assert torch.isfinite(out.logits).all()
