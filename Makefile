@@ -17,6 +17,8 @@ FORCE := force
 endif
 
 .PHONY: toy toy-rl-only toy-smoke force clean-toy
+# make deletes a target whose recipe is interrupted; `latest` must survive a killed run (resume)
+.PRECIOUS: $(RUN)/sft/latest $(RUN)/rl/latest $(RUN)/rl_only/latest
 
 toy: $(RUN)/table.md
 
@@ -35,19 +37,19 @@ $(RUN)/rl_only/latest: $(RUN)/sft/latest
 		--length-ranges-from $(DATA)/Vad-Reasoning-SFT-train.jsonl --preset toy --out $(RUN)/rl_only $(RL_ARGS)
 
 $(RUN)/eval_base.json: $(RUN)/sft/latest
-	rm -f $(RUN)/preds_base.jsonl
+	[ $(RUN)/preds_base.jsonl -nt $(RUN)/sft/latest ] || rm -f $(RUN)/preds_base.jsonl  # resume unless stale
 	$(PY) eval.py --model $(RUN)/sft/init $(TEST) --out $(RUN)/preds_base.jsonl --json $@ --name base $(EVAL_ARGS)
 
 $(RUN)/eval_sft.json: $(RUN)/sft/latest
-	rm -f $(RUN)/preds_sft.jsonl
+	[ $(RUN)/preds_sft.jsonl -nt $(RUN)/sft/latest ] || rm -f $(RUN)/preds_sft.jsonl  # resume unless stale
 	$(PY) eval.py --model $(RUN)/sft $(TEST) --out $(RUN)/preds_sft.jsonl --json $@ --name sft $(EVAL_ARGS)
 
 $(RUN)/eval_rl.json: $(RUN)/rl/latest
-	rm -f $(RUN)/preds_rl.jsonl
+	[ $(RUN)/preds_rl.jsonl -nt $(RUN)/rl/latest ] || rm -f $(RUN)/preds_rl.jsonl  # resume unless stale
 	$(PY) eval.py --model $(RUN)/rl $(TEST) --out $(RUN)/preds_rl.jsonl --json $@ --name rl $(EVAL_ARGS)
 
 $(RUN)/eval_rl_only.json: $(RUN)/rl_only/latest
-	rm -f $(RUN)/preds_rl_only.jsonl
+	[ $(RUN)/preds_rl_only.jsonl -nt $(RUN)/rl_only/latest ] || rm -f $(RUN)/preds_rl_only.jsonl  # resume unless stale
 	$(PY) eval.py --model $(RUN)/rl_only $(TEST) --out $(RUN)/preds_rl_only.jsonl --json $@ --name rl_only $(EVAL_ARGS)
 
 $(RUN)/table.md: $(RUN)/eval_base.json $(RUN)/eval_sft.json $(RUN)/eval_rl.json

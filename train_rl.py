@@ -72,6 +72,9 @@ def parse_args(argv=None):
     g = ap.add_argument_group("data")
     g.add_argument("--data", default=None, help="Vad-Reasoning-RL.jsonl (default: the toy world's)")
     g.add_argument("--video-root", default=None, help="directory the manifest's videos are resolved under")
+    g.add_argument("--prompt-variant", default="binary", choices=["binary", "fine"],
+                   help="<which> asks for Abnormal/Normal (paper, authors' RL prompt) or the fine category "
+                        "(the SFT prompt; accuracy still compares the binary label)")
     g.add_argument("--skip-bad", action="store_true", help="skip (and count) bad manifest rows instead of failing")
     g.add_argument("--num-workers", type=int, default=None, help="DataLoader workers decoding videos")
     vadr.add_video_args(ap)
@@ -350,8 +353,9 @@ def main(argv=None):
         elif os.path.exists(log_path):
             os.remove(log_path)
 
-    prompt = vadr.build_prompt("binary")  # RL: <which> holds Abnormal / Normal (facts note s.2)
-    ds = data.RLDataset(rows, prompt_variant="binary", num_frames=args.frames,
+    # RL: <which> holds Abnormal / Normal (facts note s.2); any category also reads as Abnormal
+    prompt = vadr.build_prompt(args.prompt_variant)
+    ds = data.RLDataset(rows, prompt_variant=args.prompt_variant, num_frames=args.frames,
                         min_pixels=args.min_pixels, max_pixels=args.max_pixels)
     collate = data.make_collate(tok, with_targets=False)
     step = start["step"]

@@ -803,7 +803,13 @@ def resolve_resume(path: str) -> str:
     latest = os.path.join(path, "latest")
     if os.path.isfile(latest):
         return os.path.join(path, open(latest).read().strip())
-    raise FileNotFoundError(f"--resume {path}: no training_state.pt and no 'latest' file there")
+    # no `latest` (e.g. deleted by an interrupted make): the newest complete step-N checkpoint
+    steps = sorted((d for d in os.listdir(path) if re.fullmatch(r"step-\d+", d)
+                    and os.path.isfile(os.path.join(path, d, "training_state.pt"))) if os.path.isdir(path) else [],
+                   key=lambda d: int(d.split("-")[1]))
+    if steps:
+        return os.path.join(path, steps[-1])
+    raise FileNotFoundError(f"--resume {path}: no training_state.pt, no 'latest' file and no step-N checkpoint there")
 
 
 def load_training_state(ckpt_dir: str, model, optimizer=None, scheduler=None, rank: int = 0) -> dict:
@@ -1580,8 +1586,10 @@ def sequence_shapes(args, stage: str, frame_hw: tuple[int, int] | None = None) -
     112x112 -> 16), else the max_pixels bound max_pixels / 28^2 (16 frames at 128*28*28 -> 8 x 128 =
     1024); patches = 4 x that (2x2 merge); prompt text ~ len(system + P2C-CoT prompt) / 3.5 + 12
     template tokens; target = SFT_TARGET_TOKENS or RL's --max-new-tokens. SFT rows = --batch-size, RL
-    rows = batch x G (the update scores all G completions in one forward, each with its own copy of
-    the video)."""
+    rows = batch x G (the update scores all G completions in one forward); the vision tower encodes
+    each video once (grpo's scoring passes share one encoding among a video's G rows). Padding: SFT
+    rows differ in target length when batch > 1; RL rows of different videos differ in prompt length
+    unless every frame has the same size (a known --dry-run-video-hw, the toy world)."""
     frames = getattr(args, "frames", 16)
     max_pixels = getattr(args, "max_pixels", DEFAULT_MAX_PIXELS)
     if frame_hw:
@@ -1596,8 +1604,9 @@ def sequence_shapes(args, stage: str, frame_hw: tuple[int, int] | None = None) -
     target = args.max_new_tokens if stage == "rl" else SFT_TARGET_TOKENS
     videos = args.batch_size
     rows = videos * (args.num_generations if stage == "rl" else 1)
+    padded = videos > 1 and (stage == "sft" or not frame_hw)
     return dict(video_tokens=vt, prompt_tokens=vt + text, target=target, rows=rows, videos=videos,
-                seq_len=vt + text + target, patches=4 * vt * rows, keep=target + 1, padded=videos > 1)
+                seq_len=vt + text + target, patches=4 * vt * videos, keep=target + 1, padded=padded)
 
 
 def estimate_memory(config, args, stage: str, world: int = 1, device_type: str = "cuda",
@@ -1678,7 +1687,8 @@ def estimate_memory(config, args, stage: str, world: int = 1, device_type: str =
 
 def format_memory_report(est: dict, stage: str, model_name: str) -> str:
     pc, sh = est["params"], est["shapes"]
-    g = lambda b: f"{b / GiB:8.2f} GiB"
+    scale, su = (GiB, "GiB") if est["peak"] >= 2 * GiB else (2 ** 20, "MiB")  # the toy reads in MiB
+    g = lambda b: f"{b / scale:8.2f} {su}"
     unit = "GPU" if est["device_type"] == "cuda" else "CPU process"
     par = f"FSDP2 over {est['world']} {unit}s" if est["fsdp"] else \
         (f"DDP over {est['world']} {unit}s (full replicas)" if est["world"] > 1 else f"1 {unit}")
@@ -1689,9 +1699,9 @@ def format_memory_report(est: dict, stage: str, model_name: str) -> str:
         f"({pc['n_layers']} layers x {pc['layer']:,}, embeddings {pc['embed']:,}) + lm_head {pc['lm_head']:,}",
         f"trainable {est['trainable']:,} ({mode}); FSDP root group {pc['root']:,}",
         f"setting: {stage}, {par}, compute {'bf16' if est['compute_bytes'] == 2 else 'fp32'}, gradient checkpointing "
-        f"{'on' if est['grad_ckpt'] else 'off'}; {sh['videos']} video(s) x {sh['rows'] // sh['videos']} rows, "
-        f"{sh['video_tokens']} video tokens + {sh['prompt_tokens'] - sh['video_tokens']} prompt text + {sh['target']} "
-        f"target tokens per row, {sh['patches']} vision patches",
+        f"{'on' if est['grad_ckpt'] else 'off'}; micro-batch of {sh['videos']} video(s) = {sh['rows']} rows "
+        f"(RL: x G), {sh['video_tokens']} video tokens + {sh['prompt_tokens'] - sh['video_tokens']} prompt text + "
+        f"{sh['target']} target tokens per row, {sh['patches']} vision patches",
         f"per-{unit} memory (estimate; formulas in vadr.estimate_memory):",
         f"  weights              {g(est['weights'])}",
         f"  gradients            {g(est['gradients'])}",
@@ -1700,8 +1710,9 @@ def format_memory_report(est: dict, stage: str, model_name: str) -> str:
         f"  rollout copy         {g(est['rollout_copy'])}",
         f"  KV cache (sampling)  {g(est['kv_cache'])}",
         f"  compute copies       {g(est['compute_copies'])}",
-        f"  activations          {g(est['activations'])}  (held {est['activation_parts']['held'] / GiB:.2f}"
-        f" + recompute {est['activation_parts']['recompute'] / GiB:.2f} + logits {est['activation_parts']['logits_peak'] / GiB:.2f})",
+        f"  activations          {g(est['activations'])}  (held {est['activation_parts']['held'] / scale:.2f}"
+        f" + recompute {est['activation_parts']['recompute'] / scale:.2f} + logits "
+        f"{est['activation_parts']['logits_peak'] / scale:.2f})",
         f"  peak                 {g(est['peak'])}  ({est['peak_phase']} phase"
         + ("; + CUDA context ~0.5 GiB and fragmentation)" if unit == "GPU" else "; + the Python process itself)"),
     ]
@@ -1712,7 +1723,7 @@ def dry_run(args, stage: str, paper_preset: dict | None = None) -> dict:
     """--dry-run: config alone -> parameter counts and the per-GPU estimate, printed; nothing is
     loaded, no process group is started. Planned GPUs: --dry-run-gpus, else WORLD_SIZE, else 1."""
     config = load_config(args.model)
-    if paper_preset and not is_toy_config(config):
+    if paper_preset and not is_toy_config(config) and getattr(args, "preset", None) is None:
         # train_rl picks its preset from --data (absent in a dry run): a real model gets the paper's
         for item in getattr(args, "preset_filled", []):
             k = item.split("=", 1)[0]

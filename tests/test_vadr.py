@@ -297,3 +297,15 @@ def test_toy_model_forward_on_a_real_toy_video(tiny_world, tiny_model):
     assert vid["video_grid_thw"].tolist() == [[8, 8, 8]]  # 16 frames of 112x112 -> 128 video tokens
     assert out.logits.shape == (1, batch["input_ids"].shape[1], model.config.text_config.vocab_size)
     assert torch.isfinite(out.logits).all()
+
+
+def test_resolve_resume_falls_back_to_newest_complete_step(tmp_path):
+    for d in ("step-3", "step-10", "step-12"):
+        (tmp_path / d).mkdir()
+    for d in ("step-3", "step-10"):  # step-12 has no training_state.pt: incomplete
+        (tmp_path / d / "training_state.pt").write_bytes(b"x")
+    assert vadr.resolve_resume(str(tmp_path)) == str(tmp_path / "step-10")   # no `latest`
+    (tmp_path / "latest").write_text("step-3")
+    assert vadr.resolve_resume(str(tmp_path)) == str(tmp_path / "step-3")    # `latest` wins
+    with pytest.raises(FileNotFoundError, match="no step-N"):
+        vadr.resolve_resume(str(tmp_path / "step-12"))
