@@ -48,10 +48,10 @@ Decisions and departures (paper vs the authors' scripts vs this file)
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Sequence
 
 import torch
-from torch.utils.checkpoint import checkpoint
 
 import vadr
 
@@ -121,11 +121,139 @@ def completion_mask(completion_ids: torch.Tensor, end_ids: Sequence[int], pad_id
 # log pi_theta(o_it | q, o_i<t): one teacher-forced forward
 # ------------------------------------------------------------------------------------------------
 
-def _token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
-    """log softmax(logits / T)[token] = logit[token]/T - logsumexp(logits/T), for (R, V) logits and (R,)
-    tokens -> (R,) float32, without building the (R, V) log-softmax."""
-    x = logits.float() / temperature                                   # (R, V) float32 (bf16 logits upcast)
-    return x.gather(-1, tokens[:, None]).squeeze(-1) - torch.logsumexp(x, dim=-1)   # (R,)
+class _ChunkedTokenLogprobs(torch.autograd.Function):
+    """logp[n, t] = log softmax(logits[n, t] / T)[tokens[n, t]] for t < T_c, from logits (N, T_c + 1, V)
+    (the last position, which predicts past the completion, is ignored and gets zero gradient).
+
+    Memory (the reason this exists; measured by bench.py --sections scoring). The naive
+    log_softmax(logits.float()).gather(...) allocates a float32 (N, T_c, V) log-softmax, keeps it for
+    backward, and backward allocates two more tensors of that size (the scattered gradient of the gather
+    and the log-softmax's input gradient): with Qwen's 152k vocabulary and 4 x 768 tokens each is 1.9 GB.
+    Here the forward walks `chunk` rows at a time and keeps only the per-token logsumexp (N, T_c);
+    the backward rebuilds each chunk's softmax from the saved logits and the logsumexp and writes the
+    gradient (1[v = token] - softmax_v) * g / T straight into the LOGITS' OWN storage, which nothing else
+    needs any more (lm_head's backward keeps its input and weight, not its output; Megatron's
+    vocab-parallel cross-entropy uses the same in-place trick). So beyond the logits that the model's
+    forward produced anyway, only one chunk of float32 temporaries is ever alive: forward or backward.
+    A per-chunk torch.utils.checkpoint (the earlier version) saved the forward's copy but not backward's:
+    each chunk's slice-backward allocated a full-size zero gradient for the whole logits tensor.
+    Consequence: the logits tensor passed in is overwritten by backward; backward may run only once.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, tokens, temperature, chunk):
+        N, T = tokens.shape                                                  # logits (N, T+1, V)
+        tgt = torch.empty(N, T, dtype=torch.float32, device=logits.device)   # (N, T) logit[token] / T
+        lse = torch.empty(N, T, dtype=torch.float32, device=logits.device)   # (N, T) logsumexp(logits / T)
+        for n in range(N):
+            for t0 in range(0, T, chunk):
+                t1 = min(T, t0 + chunk)
+                x = logits[n, t0:t1].float() / temperature                   # (c, V) the one float32 temporary
+                tgt[n, t0:t1] = x.gather(-1, tokens[n, t0:t1, None]).squeeze(-1)
+                m = x.amax(dim=-1, keepdim=True)                             # (c, 1) logsumexp, stabilised,
+                lse[n, t0:t1] = x.sub_(m).exp_().sum(-1).log_() + m[:, 0]    # in place (no second (c, V) copy)
+                del x                                                        # free it before the next chunk's
+        ctx.save_for_backward(logits, tokens, lse)
+        ctx.temperature, ctx.chunk, ctx.used = temperature, chunk, False
+        return tgt - lse                                                     # (N, T)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):                                                    # g (N, T): dL/dlogp
+        if ctx.used:
+            raise RuntimeError("completion_logprobs' backward overwrites the logits in place and can run once "
+                               "(retain_graph=True with a second backward is not supported)")
+        ctx.used = True
+        logits, tokens, lse = ctx.saved_tensors
+        N, T = tokens.shape
+        temp, chunk = ctx.temperature, ctx.chunk
+        gs = g.float() / temp                                                # (N, T)
+        grad = logits                                                        # (N, T+1, V) written in place
+        for n in range(N):
+            for t0 in range(0, T, chunk):
+                t1 = min(T, t0 + chunk)
+                # d logp / d logits_v = (1[v = token] - softmax(logits / T)_v) / T
+                p = logits[n, t0:t1].float() / temp                          # (c, V) the one float32 temporary
+                p.sub_(lse[n, t0:t1, None]).exp_()                           # softmax(logits / T), in place
+                p.mul_(-gs[n, t0:t1, None])
+                p.scatter_add_(-1, tokens[n, t0:t1, None], gs[n, t0:t1, None])
+                grad[n, t0:t1].copy_(p)                                      # read fully above, then overwritten
+                del p                                                        # free it before the next chunk's
+        grad[:, T:].zero_()                                                  # the dropped last position
+        return grad, None, None, None
+
+
+def _video_groups(inputs: dict) -> list[int] | None:
+    """Sizes of the runs of consecutive rows that carry the very same video (expand_inputs repeats each
+    video for its G rows), or None if no two neighbouring rows share one."""
+    grid, spg, pv = inputs["video_grid_thw"], inputs["second_per_grid_ts"], inputs["pixel_values_videos"]
+    n = grid.prod(-1).tolist()                                                   # patches per row's video
+    if sum(n) != pv.shape[0]:
+        return None
+    chunks = torch.split(pv, n)
+    sizes = [1]
+    for i in range(1, len(chunks)):
+        same = n[i] == n[i - 1] and torch.equal(grid[i], grid[i - 1]) and torch.equal(spg[i], spg[i - 1]) \
+            and torch.equal(chunks[i], chunks[i - 1])
+        if same:
+            sizes[-1] += 1
+        else:
+            sizes.append(1)
+    return sizes if len(sizes) < len(chunks) else None
+
+
+@contextlib.contextmanager
+def _encode_each_video_once(model, inputs: dict):
+    """While inside, the vision tower encodes one copy of each video of `inputs` and its features are
+    repeated for the rows that share it (a group of G completions of one video).
+
+    Why: the scoring passes (reference, policy) run over G-expanded inputs, so the vision tower would
+    encode every video G times (on the toy preset ~40% of a scoring forward+backward; Qwen2.5-VL-7B: a
+    675M-parameter tower over ~3840 patches per video, ~12% of the FLOPs and G x its activations).
+    The repeat is a differentiable copy, so the vision tower's gradient is the sum over the G rows, as
+    before (same values up to float summation order; tested). It is done with hooks on the tower
+    INSIDE the model's own forward, so FSDP/DDP wrapping is untouched (the tower's parameters are
+    gathered by the root forward as usual)."""
+    inner = vadr.unwrap(model)
+    visual = getattr(getattr(inner, "model", None), "visual", None)
+    sizes = _video_groups(inputs) if visual is not None and inputs.get("pixel_values_videos") is not None else None
+    if sizes is None:
+        yield
+        return
+    grid = inputs["video_grid_thw"]                                              # (N, 3)
+    n_patch = grid.prod(-1)                                                      # (N,)
+    first = torch.tensor([sum(sizes[:j]) for j in range(len(sizes))], device=grid.device)  # first row per group
+    starts = torch.cumsum(n_patch, 0) - n_patch                                  # (N,) patch offsets
+    keep = torch.cat([torch.arange(int(starts[f]), int(starts[f] + n_patch[f]), device=grid.device)
+                      for f in first.tolist()])                                  # patches of one copy each
+    merged = (n_patch[first] // visual.spatial_merge_size ** 2).tolist()         # LLM tokens per unique video
+    total, state = int(n_patch.sum()), {}
+    plain = {"grid_thw", "return_dict", "output_attentions", "output_hidden_states"}
+
+    def pre(mod, args, kwargs):
+        hs = args[0] if args else kwargs.get("hidden_states")
+        state["on"] = hs is not None and hs.shape[0] == total and set(kwargs) - {"hidden_states"} <= plain
+        if not state["on"]:                       # not this batch's call, or precomputed extras: leave it
+            return None
+        kwargs = dict(kwargs, grid_thw=grid[first])
+        if args:
+            return (hs[keep],) + tuple(args[1:]), kwargs
+        return args, dict(kwargs, hidden_states=hs[keep])
+
+    def post(mod, args, kwargs, out):
+        if not state.pop("on", False):
+            return None
+        parts = torch.split(out.pooler_output, merged)                          # one (tokens, D) per video
+        out.pooler_output = torch.cat([p for p, k in zip(parts, sizes) for _ in range(k)])  # rows' layout
+        return out
+
+    handles = [visual.register_forward_pre_hook(pre, with_kwargs=True),
+               visual.register_forward_hook(post, with_kwargs=True)]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def completion_logprobs(model, inputs: dict, completion_ids: torch.Tensor, temperature: float = 1.0,
@@ -165,30 +293,21 @@ def completion_logprobs(model, inputs: dict, completion_ids: torch.Tensor, tempe
                           inputs["mm_token_type_ids"].new_zeros(N, T)], dim=1)            # (N, P+T)
     video = {k: inputs[k] for k in ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
              if inputs.get(k) is not None}
-    out = model(input_ids=input_ids, attention_mask=attention_mask, mm_token_type_ids=mm_types,
-                use_cache=False, logits_to_keep=T + 1, **video)
+    with _encode_each_video_once(model, inputs):   # one vision pass per distinct video, not per row
+        out = model(input_ids=input_ids, attention_mask=attention_mask, mm_token_type_ids=mm_types,
+                    use_cache=False, logits_to_keep=T + 1, **video)
     # logits_to_keep=T+1: only the last T+1 positions go through lm_head (the prompt's logits are never
-    # needed). Position p predicts token p+1, so the logits at positions P-1 .. P+T-2 score the T
-    # completion tokens; the last kept position (predicting past the completion) is dropped.
-    logits = out.logits[:, :-1]                                                           # (N, T, V)
-
-    # Why chunks: log_softmax over the whole (N, T, V) block would allocate a float32 copy as large as the
-    # logits (Qwen's vocabulary has 152k entries: 4 completions x 768 tokens x 152k x 4 bytes = 1.9 GB),
-    # and autograd would keep it for backward. We compute logit[tok] - logsumexp(logits) for `chunk`
-    # tokens at a time; under autograd each chunk is recomputed during backward (activation
-    # checkpointing), so only one chunk's float32 copy is ever alive.
-    recompute = torch.is_grad_enabled() and logits.requires_grad
-    rows = []
-    for n in range(N):
-        parts = []
-        for t0 in range(0, T, chunk):
-            lg, tok = logits[n, t0:t0 + chunk], completion_ids[n, t0:t0 + chunk]          # (c, V), (c,)
-            if recompute:
-                parts.append(checkpoint(_token_logprobs, lg, tok, temperature, use_reentrant=False))
-            else:
-                parts.append(_token_logprobs(lg, tok, temperature))                       # (c,)
-        rows.append(torch.cat(parts) if parts else logits.new_zeros(0, dtype=torch.float32))  # (T,)
-    return torch.stack(rows)                                                               # (N, T)
+    # needed). Position p predicts token p+1, so the logits at positions P-1 .. P+T-2 (the first T kept
+    # ones) score the T completion tokens; the last kept position (predicting past the completion) is ignored.
+    # Why not log_softmax(logits).gather(...): see _ChunkedTokenLogprobs (a float32 (N, T, V) log-softmax
+    # is 1.9 GB for 4 x 768 tokens of Qwen's 152k vocabulary, and backward would allocate two more).
+    # The whole out.logits goes in, not the view logits[:, :-1]: a view's backward would allocate a
+    # full-size zero gradient for the base tensor.
+    logits = out.logits                                                                   # (N, T+1, V)
+    del out                                      # the logits are now referenced only here (overwritten by backward)
+    if T == 0:
+        return logits.new_zeros(N, 0, dtype=torch.float32)
+    return _ChunkedTokenLogprobs.apply(logits, completion_ids, temperature, chunk)       # (N, T)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -291,7 +410,50 @@ def _top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     return torch.full_like(logits, float("-inf")).scatter(-1, sorted_idx, sorted_logits)
 
 
-@torch.no_grad()
+def _preallocate_kv(cache, capacity: int) -> None:
+    """Move each plain DynamicLayer of `cache` into K/V buffers of `capacity` positions (in place).
+
+    Why: HF's DynamicLayer appends a decode step's K/V with torch.cat, which copies the WHOLE cache
+    (prompt included: ~800 video tokens + the prompt text, x G samples) for every layer at every step.
+    Writing the new column into a buffer sized for prompt + max_new_tokens makes the step O(1) in
+    copies; attention reads a view of the filled part. Measured on the toy preset (CPU, 1 thread,
+    ~1600-token prompt): about 20% off each decode step; on a GPU the copy is a small share of a step.
+    The values the attention sees are the same tensors, so the logits are the same (tested against
+    HF generate). Layers of any other kind (sliding window, quantized, ...) are left as they are.
+    """
+    from transformers.cache_utils import DynamicLayer
+
+    class _PreallocatedLayer(DynamicLayer):
+        def __init__(self, layer, capacity):
+            super().__init__()
+            k, v = layer.keys, layer.values                                       # (N, H_kv, P, D)
+            self.n = k.shape[-2]
+            self.kbuf = k.new_empty(*k.shape[:-2], capacity, k.shape[-1])        # (N, H_kv, cap, D)
+            self.vbuf = v.new_empty(*v.shape[:-2], capacity, v.shape[-1])
+            self.kbuf[..., :self.n, :], self.vbuf[..., :self.n, :] = k, v
+            self.keys, self.values = self.kbuf[..., :self.n, :], self.vbuf[..., :self.n, :]
+            self.dtype, self.device, self.is_initialized = k.dtype, k.device, True
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            m = key_states.shape[-2]
+            if self.n + m > self.kbuf.shape[-2]:                                  # past capacity: grow like HF
+                self.kbuf, self.vbuf = torch.cat([self.keys, key_states], -2), torch.cat([self.values, value_states], -2)
+            else:
+                self.kbuf[..., self.n:self.n + m, :] = key_states                 # one new column, no copy
+                self.vbuf[..., self.n:self.n + m, :] = value_states
+            self.n += m
+            self.keys, self.values = self.kbuf[..., :self.n, :], self.vbuf[..., :self.n, :]
+            return self.keys, self.values
+
+    layers = getattr(cache, "layers", None)
+    if layers is None:
+        return
+    for i, layer in enumerate(layers):
+        if type(layer) is DynamicLayer and layer.is_initialized and layer.keys is not None \
+                and layer.keys.numel() > 0:
+            layers[i] = _PreallocatedLayer(layer, capacity)
+
+
 def sample_group(model, inputs: dict, num_samples: int = 1, max_new_tokens: int = 768,
                  temperature: float = 1.0, top_p: float = 1.0, greedy: bool = False,
                  end_ids=(), pad_id: int = 0, generator: torch.Generator | None = None,
@@ -309,6 +471,20 @@ def sample_group(model, inputs: dict, num_samples: int = 1, max_new_tokens: int 
       decode steps: the stop test (all rows finished) is all-reduced over ranks.
     ignore_eos: keep sampling to max_new_tokens (the benchmark's forced-length setting).
     """
+    # inference_mode rather than no_grad: no autograd bookkeeping at all (version counters, view
+    # tracking) on the ~20 small ops of every decode step, ~10% of a toy-preset step on CPU. Not under
+    # FSDP (sync_ranks): FSDP2 reuses its unsharded-parameter buffers across forwards, and a buffer
+    # made in inference mode could not be written by the next training forward.
+    with (torch.no_grad() if sync_ranks else torch.inference_mode()):
+        out = _sample_group(model, inputs, num_samples, max_new_tokens, temperature, top_p, greedy, end_ids,
+                            pad_id, generator, ignore_eos, suppress_vision, sync_ranks)
+    # clones made outside inference mode are ordinary tensors (the completions feed autograd later)
+    return {k: v.clone() for k, v in out.items()}
+
+
+def _sample_group(model, inputs, num_samples, max_new_tokens, temperature, top_p, greedy, end_ids, pad_id,
+                  generator, ignore_eos, suppress_vision, sync_ranks) -> dict:
+    """sample_group's body (see there), run under inference_mode / no_grad."""
     inner = getattr(model, "module", model)
     B, P = inputs["input_ids"].shape
     G, dev = num_samples, inputs["input_ids"].device
@@ -323,7 +499,20 @@ def sample_group(model, inputs: dict, num_samples: int = 1, max_new_tokens: int 
     if G > 1:
         cache.batch_repeat_interleave(G)
         logits = logits.repeat_interleave(G, 0)                                         # (B*G, V)
+    _preallocate_kv(cache, P + max_new_tokens)  # decode steps write in place (no per-step torch.cat)
     attn = inputs["attention_mask"].repeat_interleave(G, 0)                             # (B*G, P)
+    # Decode-step attention mask, built once. With SDPA, HF would rebuild a (N, 1, 1, L) boolean mask
+    # from the 2D mask at every step (create_causal_mask); its text model also accepts an already
+    # prepared mapping {"full_attention": mask} and then uses it as is. A batch without left padding
+    # gets None, as create_causal_mask itself returns for a one-token query with no padding
+    # (_ignore_causal_mask_sdpa). Other attention kernels (eager, flash-attention 2) take the 2D mask,
+    # grown by one column per step as before.
+    text_cfg = inner.config.get_text_config()
+    sdpa = getattr(text_cfg, "_attn_implementation", None) == "sdpa" and \
+        all(k == "full_attention" for k in (getattr(text_cfg, "layer_types", None) or ["full_attention"]))
+    if sdpa:
+        no_pad = bool(attn.all())
+        full_mask = torch.cat([attn, attn.new_ones(B * G, max_new_tokens)], 1).bool()[:, None, None, :]  # (N, 1, 1, P+T)
     next_pos = (pos.amax(dim=(0, 2)) + 1).repeat_interleave(G, 0)                       # (B*G,)
     end = torch.tensor(list(end_ids), device=dev, dtype=torch.long)
     banned = torch.tensor(vision_token_ids(inner.config) if suppress_vision else [], device=dev,
@@ -353,10 +542,16 @@ def sample_group(model, inputs: dict, num_samples: int = 1, max_new_tokens: int 
                 torch.distributed.all_reduce(all_done, op=torch.distributed.ReduceOp.MIN)
             if bool(all_done):
                 break
+        if t == max_new_tokens - 1:  # the last token is chosen: its forward's logits would go unused
+            break
         # 4. one decode step: one token per row at position next_pos on all three mRoPE axes
-        attn = torch.cat([attn, torch.ones(N, 1, dtype=attn.dtype, device=dev)], 1)  # (N, P+t+1)
+        if sdpa:
+            step_mask = {"full_attention": None if no_pad else full_mask[..., :P + t + 1]}  # (N, 1, 1, P+t+1)
+        else:
+            attn = torch.cat([attn, torch.ones(N, 1, dtype=attn.dtype, device=dev)], 1)  # (N, P+t+1)
+            step_mask = attn
         step_pos = next_pos.view(1, N, 1).expand(3, N, 1)                               # (3, N, 1)
-        out = inner(input_ids=tok[:, None], attention_mask=attn, position_ids=step_pos,
+        out = inner(input_ids=tok[:, None], attention_mask=step_mask, position_ids=step_pos,
                     past_key_values=cache, use_cache=True)
         cache, logits = out.past_key_values, out.logits[:, -1].float()
         next_pos = next_pos + 1

@@ -1,0 +1,309 @@
+"""The fast paths give the naive paths' results (bench.py measures what they save).
+
+  * grpo.sample_group (vision + prefill once per video, KV cache copied to the G samples, prepared
+    decode masks, preallocated cache) vs HF generate(num_return_sequences=G): identical greedy
+    completions (with an early end token, left padding, G = 1 and 2), identical SAMPLED completions
+    under one seed (HF's sampler draws from the global RNG the way sample_group draws from its
+    generator: one multinomial over the (B*G, V) probabilities per step), and the same per-step
+    distributions (the top-p filtered scores equal HF's processed scores).
+  * the sampling-time log-probs equal completion_logprobs' teacher-forced ones, and the mRoPE positions
+    used at every decode step equal get_rope_index over prompt + completion.
+  * the vision tower runs once per video per group, in sampling and in scoring (same gradients).
+  * one batched verification call = one call per trimmed video.
+  * the chunked log-prob function: naive values and gradients; its memory accounting (bench.py) is the
+    same on real and fake tensors and at most half the naive one at the real vocabulary.
+  * bench.py's random 7B-shaped model is built right (meta device + to_empty), and bench.py runs.
+Run: python -m pytest tests/test_fastpath.py -q
+"""
+import contextlib
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import bench
+import grpo
+import train_rl
+import vadr
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread here (restored after): on a shared 2-core machine two threads that wait on
+    each other make these small forwards several times slower (bench.py's docstring)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def toy():
+    corpus = ["<think><step1>a grey road with two walkers and a red car</step1></think>",
+              "<answer><which>Normal</which><what>people walk</what></answer>"]
+    model, tok = vadr.load_model("toy", corpus=corpus, seed=0)
+    model.eval()
+    rng = np.random.default_rng(0)
+    v1 = vadr.encode_frames(rng.integers(0, 256, (4, 56, 56, 3), dtype=np.uint8), 2.0)
+    v2 = vadr.encode_frames(rng.integers(0, 256, (4, 112, 84, 3), dtype=np.uint8), 1.0)
+    v3 = vadr.encode_frames(rng.integers(0, 256, (4, 84, 112, 3), dtype=np.uint8), 4.0)
+    vids = vadr.collate_videos([v1, v2])
+    # two prompts of different lengths and videos of different sizes: the shorter row is LEFT-padded
+    inputs = dict(vadr.build_chat_inputs(tok, ["short", "a longer prompt here"], vids["video_grid_thw"]), **vids)
+    return dict(model=model, tok=tok, inputs=inputs, videos=[v1, v2, v3], end=vadr.end_token_ids(tok),
+                pad=vadr.pad_token_id(tok), vis=grpo.vision_token_ids(model.config))
+
+
+def _generate(t, model, inputs, G, T, **kw):
+    """HF generate, G completions per prompt (greedy generate refuses num_return_sequences > 1: the
+    prompts are repeated instead, as expand_inputs does)."""
+    if not kw.get("do_sample") and G > 1:
+        inputs, G = train_rl.expand_inputs(inputs, G), 1
+    P = inputs["input_ids"].shape[1]
+    with torch.no_grad():
+        g = model.generate(**inputs, num_return_sequences=G, max_new_tokens=T, eos_token_id=t["end"],
+                           pad_token_id=t["pad"], suppress_tokens=t["vis"], top_k=0, return_dict_in_generate=True,
+                           output_logits=True, output_scores=True, **kw)
+    return g.sequences[:, P:], g
+
+
+# ---------------------------------------------------------------- greedy and sampled completions = HF generate
+
+@pytest.mark.parametrize("G", [1, 2])
+def test_greedy_equals_hf_generate(toy, G):
+    t = toy
+    ours = grpo.sample_group(t["model"], t["inputs"], num_samples=G, max_new_tokens=8, greedy=True,
+                             end_ids=t["end"], pad_id=t["pad"])
+    hf, _ = _generate(t, t["model"], t["inputs"], G, 8, do_sample=False)
+    assert torch.equal(ours["completion_ids"], hf)
+
+
+def test_greedy_equals_hf_generate_with_an_early_end(toy):
+    """Make <|im_end|> win exactly where video 0's completion would first emit a token x that video 1's
+    never does: W[end] = 1.01 W[x] (x's logit is the positive maximum there). Video 0's samples stop and
+    are padded, video 1's go on: as generate does."""
+    t = toy
+    first = grpo.sample_group(t["model"], t["inputs"], num_samples=1, max_new_tokens=8, greedy=True,
+                              end_ids=t["end"], pad_id=t["pad"])["completion_ids"]
+    k = next(i for i, v in enumerate(first[0].tolist()) if v not in first[1].tolist())
+    x = int(first[0, k])
+    model = copy.deepcopy(t["model"])
+    im_end = t["tok"].convert_tokens_to_ids("<|im_end|>")
+    with torch.no_grad():
+        model.lm_head.weight[im_end] = 1.01 * model.lm_head.weight[x]
+    ours = grpo.sample_group(model, t["inputs"], num_samples=2, max_new_tokens=8, greedy=True,
+                             end_ids=t["end"], pad_id=t["pad"])
+    hf, _ = _generate(t, model, t["inputs"], 2, 8, do_sample=False)
+    ids = ours["completion_ids"]
+    assert torch.equal(ids, hf)
+    assert ids.shape == (4, 8) and (ids[:2, k] == im_end).all()         # video 0's samples end at step k
+    assert ours["completion_mask"][:2].sum(1).tolist() == [k + 1, k + 1]  # the end token counts, padding not
+    assert (ids[:2, k + 1:] == t["pad"]).all() and ours["completion_mask"][2:].sum() == 16
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_sampled_completions_equal_hf_generate_under_one_seed(toy, seed):
+    t = toy
+    ours = grpo.sample_group(t["model"], t["inputs"], num_samples=3, max_new_tokens=10, temperature=0.7,
+                             top_p=0.9, end_ids=t["end"], pad_id=t["pad"],
+                             generator=torch.Generator().manual_seed(seed))
+    torch.manual_seed(seed)                                # HF samples from the global generator
+    hf, g = _generate(t, t["model"], t["inputs"], 3, 10, do_sample=True, temperature=0.7, top_p=0.9)
+    assert torch.equal(ours["completion_ids"], hf)
+    # the per-step distributions are the same: HF's processed scores (vision ids suppressed, / T,
+    # top-p) equal ours, and our sampling-time log-probs are log softmax of the suppressed logits / T
+    raw = torch.stack(g.logits, 1).float()                                  # (N, T, V) raw logits
+    scaled = raw / 0.7
+    scaled[..., t["vis"]] = float("-inf")
+    mine = grpo._top_p_filter(scaled.flatten(0, 1), 0.9).view_as(scaled)
+    theirs = torch.stack(g.scores, 1)
+    assert torch.equal(torch.isinf(mine), torch.isinf(theirs))
+    fin = torch.isfinite(mine)
+    assert torch.allclose(mine[fin], theirs[fin], atol=1e-5)
+    lp = torch.log_softmax(scaled, -1).gather(-1, hf[..., None]).squeeze(-1)
+    assert torch.allclose(lp * ours["completion_mask"], ours["logprobs"], atol=1e-5)
+
+
+# ---------------------------------------------------------------- sampling-time log-probs, positions, prefill once
+
+@pytest.mark.parametrize("greedy", [True, False])
+def test_sampling_logprobs_equal_teacher_forced(toy, greedy):
+    """With suppress_vision=False the sampled distribution is softmax(logits / T) exactly, the one
+    completion_logprobs scores (with suppression the sampling-time values are renormalised over the
+    allowed ids: larger by -log(1 - p(vision ids)), a few 1e-3 on the random toy)."""
+    t, G, temp = toy, 2, (1.0 if greedy else 0.7)
+    out = grpo.sample_group(t["model"], t["inputs"], num_samples=G, max_new_tokens=9, temperature=temp,
+                            top_p=0.9, greedy=greedy, end_ids=t["end"], pad_id=t["pad"], suppress_vision=False,
+                            generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        tf = grpo.completion_logprobs(t["model"], train_rl.expand_inputs(t["inputs"], G), out["completion_ids"],
+                                      temperature=temp)
+    m = out["completion_mask"]
+    assert m.sum() > 0 and torch.allclose(tf * m, out["logprobs"], atol=2e-5)
+
+
+def test_decode_positions_equal_get_rope_index_and_prefill_runs_once(toy):
+    t, G, T = toy, 3, 6
+    model, inputs = t["model"], t["inputs"]
+    B, P = inputs["input_ids"].shape
+    calls, vision = [], []
+    h1 = model.register_forward_pre_hook(
+        lambda m, a, kw: calls.append((kw["input_ids"].shape, kw["position_ids"].clone())), with_kwargs=True)
+    h2 = model.model.visual.register_forward_hook(lambda m, a, o: vision.append(a[0].shape[0]))
+    try:
+        out = grpo.sample_group(model, inputs, num_samples=G, max_new_tokens=T, temperature=1.0, end_ids=t["end"],
+                                pad_id=t["pad"], ignore_eos=True, generator=torch.Generator().manual_seed(0))
+    finally:
+        h1.remove()
+        h2.remove()
+    # vision tower once, on the B videos' patches (not G copies); prefill once on B rows; T-1 decode steps
+    assert vision == [inputs["pixel_values_videos"].shape[0]]
+    assert calls[0][0] == (B, P) and len(calls) == T and all(c[0] == (B * G, 1) for c in calls[1:])
+    # get_rope_index over prompt + completion, the sequence the teacher-forced passes see
+    comp = out["completion_ids"]                                                   # (B*G, T)
+    full = train_rl.expand_inputs(inputs, G)
+    ids = torch.cat([full["input_ids"], comp], 1)
+    attn = torch.cat([full["attention_mask"], torch.ones_like(comp)], 1)
+    mm = torch.cat([full["mm_token_type_ids"], torch.zeros_like(comp).int()], 1)
+    want, _ = model.model.get_rope_index(ids, mm, None, full["video_grid_thw"], full["second_per_grid_ts"], attn)
+    prefill = calls[0][1]                                                          # (3, B, P)
+    assert torch.equal(prefill.repeat_interleave(G, 1), want[:, :, :P])
+    for step, (_, pos) in enumerate(calls[1:]):                                    # token `step` is fed at P+step
+        assert torch.equal(pos[:, :, 0], want[:, :, P + step]), step
+
+
+def test_batched_verification_equals_one_call_per_video(toy):
+    """Algorithm 1's G trimmed videos in one left-padded batch give what G separate calls give."""
+    t = toy
+    vids = t["videos"]
+    prompt = "Is anything abnormal in this video?"
+    batch = dict(vadr.build_chat_inputs(t["tok"], [prompt] * 3, torch.cat([v["video_grid_thw"] for v in vids])),
+                 **vadr.collate_videos(vids))
+    assert (batch["attention_mask"] == 0).any()                                    # really padded
+    kw = dict(num_samples=1, max_new_tokens=6, greedy=True, end_ids=t["end"], pad_id=t["pad"])
+    together = grpo.sample_group(t["model"], batch, **kw)
+    for b, v in enumerate(vids):
+        one = dict(vadr.build_chat_inputs(t["tok"], [prompt], v["video_grid_thw"]), **v)
+        alone = grpo.sample_group(t["model"], one, **kw)
+        n = alone["completion_ids"].shape[1]
+        assert torch.equal(together["completion_ids"][b, :n], alone["completion_ids"][0])
+        assert torch.allclose(together["logprobs"][b, :n], alone["logprobs"][0], atol=1e-5)
+    # and the naive baseline (one HF generate per video) agrees
+    naive = bench.naive_sample_group(t["model"], batch, **kw)
+    assert torch.equal(naive["completion_ids"], together["completion_ids"])
+
+
+# ---------------------------------------------------------------- scoring: vision once, chunked log-probs
+
+def test_scoring_encodes_each_video_once_with_the_same_gradients(toy):
+    t, G = toy, 3
+    model = copy.deepcopy(t["model"])
+    full = train_rl.expand_inputs(t["inputs"], G)
+    comp = torch.randint(20, len(t["tok"]), (2 * G, 7), generator=torch.Generator().manual_seed(0))
+    w = torch.randn(2 * G, 7, generator=torch.Generator().manual_seed(1))
+    seen = []
+    h = model.model.visual.register_forward_hook(lambda m, a, o: seen.append(a[0].shape[0]))
+
+    def grads(dedupe):
+        model.zero_grad()
+        ctx = contextlib.nullcontext() if dedupe else _no_dedupe()
+        with ctx:
+            lp = grpo.completion_logprobs(model, full, comp)
+            (lp * w).sum().backward()
+        return lp.detach(), [p.grad.clone() for p in model.parameters()]
+    try:
+        lp1, g1 = grads(True)
+        lp2, g2 = grads(False)
+    finally:
+        h.remove()
+    assert seen == [t["inputs"]["pixel_values_videos"].shape[0], full["pixel_values_videos"].shape[0]]
+    assert torch.allclose(lp1, lp2, atol=1e-6)
+    assert max((a - b).abs().max().item() for a, b in zip(g1, g2)) < 1e-5
+    vis = [a for (n, _), a in zip(model.named_parameters(), g1) if n.startswith("model.visual")]
+    assert max(v.abs().max().item() for v in vis) > 0                      # the vision tower is trained too
+    with torch.no_grad():                                                   # and naive scoring agrees
+        assert torch.allclose(bench.naive_logprobs(model, full, comp), lp1, atol=1e-5)
+
+
+@contextlib.contextmanager
+def _no_dedupe():
+    saved = grpo._encode_each_video_once
+    grpo._encode_each_video_once = lambda model, inputs: contextlib.nullcontext()
+    try:
+        yield
+    finally:
+        grpo._encode_each_video_once = saved
+
+
+@pytest.mark.parametrize("temperature,chunk", [(1.0, 5), (0.7, 64)])
+def test_chunked_logprobs_values_and_gradients(temperature, chunk):
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(3, 17, 8, generator=g, requires_grad=True)
+    W = torch.randn(50, 8, generator=g, requires_grad=True)
+    tok = torch.randint(0, 50, (3, 17), generator=g)
+    w = torch.randn(3, 17, generator=g)
+    (bench.naive_head_logprobs(h, W, tok, temperature) * w).sum().backward()
+    want = (h.grad.clone(), W.grad.clone())
+    h.grad = W.grad = None
+    lp = bench.ours_head_logprobs(h, W, tok, temperature, chunk)
+    assert torch.allclose(lp, bench.naive_head_logprobs(h, W, tok, temperature), atol=1e-5)
+    (lp * w).sum().backward()
+    assert torch.allclose(h.grad, want[0], atol=1e-5) and torch.allclose(W.grad, want[1], atol=1e-5)
+    # the backward writes into the logits: a second backward through the same graph is refused
+    lp = bench.ours_head_logprobs(h, W, tok, temperature, chunk)
+    lp.sum().backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="once"):
+        lp.sum().backward()
+
+
+def test_scoring_memory_accounting_real_equals_fake_and_target():
+    real = bench.scoring_memory(N=2, T=40, V=3000, H=16, fake=False, chunk=16)
+    fake = bench.scoring_memory(N=2, T=40, V=3000, H=16, fake=True, chunk=16)
+    for k in ("naive_ref", "naive_policy", "ours_ref", "ours_policy"):
+        assert real[k] == fake[k] > 0, k
+    S = real["logits_bytes"]
+    assert real["naive_policy"] >= 2.9 * S                   # log-softmax + its gradients: ~3 logits-sized tensors
+    full = bench.scoring_memory()                             # 4 x 768 tokens, vocabulary 152064 (fake: no memory)
+    assert full["V"] == 152064 and full["ours_policy"] <= 0.5 * full["naive_policy"]
+    assert full["ours_ref"] <= 0.5 * full["naive_ref"]
+
+
+# ---------------------------------------------------------------- bench.py: the 7B-shaped builder and a smoke run
+
+TINY_TEXT = dict(num_hidden_layers=1, hidden_size=256, num_attention_heads=2, num_key_value_heads=1,
+                 intermediate_size=64, vocab_size=2048)
+TINY_VISION = dict(depth=2, hidden_size=64, num_heads=2, intermediate_size=32, out_hidden_size=256,
+                   fullatt_block_indexes=[1])
+
+
+def test_meta_built_model_has_right_buffers_and_runs(toy):
+    cfg = bench.qwen7b_config(toy["tok"], TINY_TEXT, TINY_VISION)
+    assert cfg.text_config.rope_parameters["mrope_section"] == [16, 24, 24]   # head_dim 128 as the 7B
+    model = bench.random_model(cfg, toy["tok"], torch.device("cpu"), torch.float32, seed=0)
+    from transformers import Qwen2_5_VLForConditionalGeneration
+    plain = Qwen2_5_VLForConditionalGeneration(cfg)
+    for (n, b), (_, b2) in zip(model.named_buffers(), plain.named_buffers()):
+        assert torch.equal(b, b2), n
+    w = model.model.language_model.layers[0].mlp.up_proj.weight
+    assert abs(w.std().item() - 0.02) < 0.003 and model.model.language_model.norm.weight.eq(1).all()
+    with torch.no_grad():
+        out = model(**vadr.model_inputs(toy["inputs"]), logits_to_keep=1)
+    assert torch.isfinite(out.logits).all()
+
+
+def test_bench_smoke(tmp_path, toy):
+    """Every section on CPU at tiny sizes, on the 7B-shaped builder (shrunk) with an MFU peak given:
+    the code path the GPU run takes, minus CUDA."""
+    path = tmp_path / "bench.json"
+    res = bench.main(["--device", "cpu", "--model", "qwen7b", "--qwen7b-text", json.dumps(TINY_TEXT),
+                      "--qwen7b-vision", json.dumps(TINY_VISION), "--clip-size", "56", "84", "--clip-frames", "20",
+                      "--frames", "4", "--new-tokens", "3", "--score-tokens", "8", "--repeats", "1",
+                      "--rl-repeats", "1", "--peak-tflops", "1", "--json", str(path)])
+    saved = json.loads(path.read_text())
+    for k in ("rollout_speedup", "rl_step_speedup", "scoring_memory_ratio", "verification_speedup", "sft_speedup"):
+        assert saved[k] > 0, k
+    assert saved["device"].startswith("cpu") and saved["device_type"] == "cpu"
+    assert "mfu" in saved["sections"]["rollout"]["ours"] and "rollout tokens/s" in res["table"]
+    assert abs(saved["sections"]["sft"]["loss_naive"] - saved["sections"]["sft"]["loss_ours"]) < 1e-4
