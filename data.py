@@ -33,13 +33,14 @@ Without a root only candidate 5 is tried. A miss is reported as `file:line` with
 
 Departures from the paper / the released data (each documented where it happens):
   * The toy world replaces real surveillance videos. Its anomalies are synthetic cartoons; the
-    P2C-CoT texts are template-generated and shorter (about 45-130 words instead of 151-441), so
-    a tiny model can learn them on CPU. The paper's length ranges ([140, 261] / [233, 456]) do
+    P2C-CoT texts are template-generated and shorter (about 65-85 words for normal and 110-145
+    for abnormal videos, instead of 151-252 and 252-441), so a tiny model can learn them on CPU. The paper's length ranges ([140, 261] / [233, 456]) do
     not fit them: `length_ranges(rows)` computes the ranges of any SFT manifest the same way the
     paper's were computed (words of think + answer, tags stripped; facts s.1).
   * Toy events are drawn on frames start <= t < end (end exclusive), so that removing the
-    fraction window [round(start/T, 3), round(end/T, 3)] with vadr.kept_frames removes exactly
-    the event frames (AVA-GRPO's verification trim, Algorithm 1). For the real data the meaning
+    fraction window [round(start/T, 3), round(end/T, 3)] with vadr.kept_frames removes the event
+    frames (AVA-GRPO's verification trim, Algorithm 1), up to one frame at each boundary that
+    the 3-decimal rounding of the fractions (facts s.1) can shift. For the real data the meaning
     of `end` (inclusive or not) is not documented; we only require start < end <= total_frames.
   * Toy SFT rows carry one extra field, `bbox` = [x1, y1, x2, y2] in pixels (x2, y2 exclusive),
     the union of the event's drawn pixels over [start, end); readers pass it through.

@@ -78,6 +78,7 @@ def parse_args(argv=None):
     g.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay")
     g.add_argument("--max-grad-norm", type=float, default=None, help="gradient clipping (paper: 5)")
     vadr.add_run_args(ap, default_out="runs/toy/sft")
+    vadr.add_scale_args(ap, stage="sft")  # --lora-*, --merge, --dry-run (vadr section 10)
     args = ap.parse_args(argv)
     filled = vadr.apply_preset(args, TOY if args.model == "toy" else PAPER, "toy" if args.model == "toy" else "paper")
     args.preset_filled = filled
@@ -122,6 +123,8 @@ def backward_global_batch(model, micro: list[dict], world: int, mode: str, devic
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.merge or args.dry_run:  # vadr section 10: fold LoRA adapters into a full HF dir / memory estimate
+        return vadr.offline_command(args, "sft")
     dist_info = vadr.setup_distributed(args.device)
     rank, world, device = dist_info["rank"], dist_info["world_size"], dist_info["device"]
     if vadr.is_main() and args.preset_filled:
@@ -147,7 +150,10 @@ def main(argv=None):
     start = dict(step=0, epoch=0, step_in_epoch=0)
     resume_dir = vadr.resolve_resume(args.resume) if args.resume else None
     corpus = [t for r in rows for t in (r["think"], r["answer"])] if args.model == "toy" else None  # = data.toy_corpus
-    model, tok = vadr.load_model(resume_dir or args.model, corpus=corpus, seed=args.seed)
+    # vadr section 10: load_model plus LoRA adapters (--lora-rank; a LoRA checkpoint is base + adapters),
+    # gradient checkpointing on for a real model, and the vision-tower guard
+    model, tok = vadr.load_for_training(resume_dir or args.model, args, resume=resume_dir is not None,
+                                        corpus=corpus, seed=args.seed)
     model, mode = vadr.prepare_model(model, args, dist_info)
     opt = vadr.make_optimizer(model, args.lr, args.weight_decay)
     sched = vadr.cosine_schedule(opt, total_steps, int(args.warmup_ratio * total_steps))

@@ -976,7 +976,7 @@ def model_inputs(batch: dict) -> dict:
 #   10d. Memory estimates from a config alone (--dry-run), checked against the toy's measured memory
 #        (tests/test_scale.py).
 
-import contextlib
+import contextlib  # (this section's own imports, kept here so the section reads on its own)
 
 import torch.nn as nn
 
@@ -1628,7 +1628,8 @@ def estimate_memory(config, args, stage: str, world: int = 1, device_type: str =
                    weights, and gradients when trainable (embeddings, lm_head, ...: kept from forward
                    to the end of backward) c P_root + c P_root_trainable, two gathered layers (current
                    + prefetched) 2 c P_layer, one layer's unsharded fp32 gradients 4 T_layer
-      activations  activation_memory(): held for backward + one recomputed layer + the loss's logits
+      activations  activation_memory(): held for backward + max(one recomputed layer, the loss's
+                   transient logits copies)
     Peak = weights + optimizer + reference + max(rollout phase: rollout copy + KV cache,
                                                  update phase: gradients + compute copies + activations)
     (gradients are freed before sampling; the rollout copy is freed before the update). Not counted:
@@ -1671,7 +1672,9 @@ def estimate_memory(config, args, stage: str, world: int = 1, device_type: str =
                             vision_trainable=not lora and not getattr(args, "freeze_vision", False),
                             lora_dropout=(getattr(args, "lora_dropout", 0.0) or 0.0) if lora else 0.0,
                             lora_targets=lora["targets"] if lora else (), lora_rank=lora["rank"] if lora else 0)
-    activations = act["held"] + act["recompute"] + act["logits_peak"]
+    # the loss's transient logits copies live at the end of forward / start of backward, the recomputed
+    # layer later in backward: the two peaks do not add up
+    activations = act["held"] + max(act["recompute"], act["logits_peak"])
     persistent = weights + optim + reference
     rollout_phase = rollout_copy + kv_cache
     update_phase = grads + compute_copies + activations
@@ -1711,8 +1714,8 @@ def format_memory_report(est: dict, stage: str, model_name: str) -> str:
         f"  KV cache (sampling)  {g(est['kv_cache'])}",
         f"  compute copies       {g(est['compute_copies'])}",
         f"  activations          {g(est['activations'])}  (held {est['activation_parts']['held'] / scale:.2f}"
-        f" + recompute {est['activation_parts']['recompute'] / scale:.2f} + logits "
-        f"{est['activation_parts']['logits_peak'] / scale:.2f})",
+        f" + max(recompute {est['activation_parts']['recompute'] / scale:.2f}, loss logits "
+        f"{est['activation_parts']['logits_peak'] / scale:.2f}))",
         f"  peak                 {g(est['peak'])}  ({est['peak_phase']} phase"
         + ("; + CUDA context ~0.5 GiB and fragmentation)" if unit == "GPU" else "; + the Python process itself)"),
     ]
@@ -1748,29 +1751,32 @@ def dry_run(args, stage: str, paper_preset: dict | None = None) -> dict:
 
 
 def measure_cpu_memory(fn) -> dict:
-    """Run fn() under torch.profiler(profile_memory=True) and read the CPU allocator's running total:
-    dict(held = bytes allocated when fn calls the `mark()` it receives (e.g. after the forward),
-    peak = the highest net allocation during fn, end = net allocation at its end), all relative to
-    the start. The CPU stand-in for torch.cuda.max_memory_allocated in the tests."""
+    """Run fn(mark) under torch.profiler(profile_memory=True) and follow the CPU allocator's running
+    total: dict(held = bytes allocated (net) when fn calls mark(), e.g. right after the forward, i.e.
+    what the forward left for backward; peak = the highest net allocation during fn; end = the net at
+    its end), all relative to the start. The CPU stand-in for torch.cuda.max_memory_allocated that
+    tests/test_scale.py checks the estimates against."""
+    import tempfile
+
     from torch.profiler import ProfilerActivity, profile
 
-    MARK = 7_777_777  # an allocation of this many bytes marks the point of interest in the trace
+    MARK = 7_777_777  # a (freed at once) allocation of this many bytes marks the point in the trace
+
     def mark():
         torch.empty(MARK, dtype=torch.uint8)
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn(mark)
-    import tempfile
-    net = peak = 0
-    held = None
-    # the allocator records live in the Kineto trace: walk them in time order
-    with tempfile.NamedTemporaryFile(suffix=".json") as f:
+    with tempfile.NamedTemporaryFile(suffix=".json") as f:  # the allocator records live in the Kineto trace
         prof.export_chrome_trace(f.name)
         trace = json.load(open(f.name))
     recs = sorted((e for e in trace["traceEvents"] if e.get("name") == "[memory]"), key=lambda e: e["ts"])
-    for e in recs:
+    net = peak = 0
+    held = None
+    for e in recs:  # in time order
         b = e["args"]["Bytes"]
-        if b == MARK and held is None:
-            held = net
+        if abs(b) == MARK:  # the marker itself counts neither in the net nor in the peak
+            held = net if held is None else held
+            continue
         net += b
         peak = max(peak, net)
     return dict(held=held, peak=peak, end=net)
