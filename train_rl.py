@@ -381,23 +381,13 @@ def main(argv=None):
                 pbar.set_postfix(R=f"{rec['reward']:.3f}", acc=f"{rec['reward_accuracy']:.2f}",
                                  fmt=f"{rec['reward_format']:.2f}", kl=f"{rec.get('kl', 0):.4f}")
                 pbar.update(1)
-            last = step >= total_steps
-            if last or (args.save_every and step % args.save_every == 0):
-                nxt = (epoch, s + 1) if s + 1 < steps_per_epoch else (epoch + 1, 0)
-                vadr.save_checkpoint(args.out, f"step-{step}", model, tok, opt, sched,
-                                     dict(step=step, epoch=nxt[0], step_in_epoch=nxt[1]), config,
-                                     keep_last=args.keep_last)
+            last = vadr.save_if_due(args, step, total_steps, epoch, s, steps_per_epoch, model, tok, opt, sched,
+                                    config)
             if last:
                 done = True
                 break
     pbar.close()
-    if vadr.is_main() and os.path.exists(os.path.join(args.out, "latest")):
-        print(f"done: {step} steps, checkpoint {os.path.join(args.out, open(os.path.join(args.out, 'latest')).read().strip())}")
-    if dist_info["distributed"]:
-        vadr.write_rank_checksums(model, os.path.join(args.out, "rank_checksums.json"))
-    vadr.barrier()
-    if dist_info["distributed"]:
-        torch.distributed.destroy_process_group()
+    vadr.finish_run(args, model, dist_info, step)
 
 
 if __name__ == "__main__":

@@ -746,15 +746,26 @@ def save_checkpoint(out_dir: str, name: str, model, tokenizer, optimizer=None, s
     if lora_config(model) is not None:  # section 10: a LoRA run's checkpoint holds its adapters alone
         return save_lora_checkpoint(out_dir, name, model, tokenizer, optimizer, scheduler, train_state,
                                     config, keep_last)
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()  # no "Writing model shards" bar in our logs
-    inner = unwrap(model)
-    sd = full_state_dict(model)
+    sd = full_state_dict(model)        # collective under FSDP
+    write = lambda tmp: unwrap(model).save_pretrained(tmp, state_dict=sd, safe_serialization=True,
+                                                      max_shard_size=max_shard_size)
+    return _write_checkpoint(out_dir, name, write, model, tokenizer, optimizer, scheduler, train_state,
+                             config, keep_last)
+
+
+def _write_checkpoint(out_dir: str, name: str, write_weights, model, tokenizer, optimizer, scheduler,
+                      train_state, config, keep_last) -> str | None:
+    """The part every checkpoint shares: gather the optimizer state and every rank's RNG streams
+    (collectives), then on rank 0 write weights (write_weights(tmp_dir)), tokenizer,
+    training_state.pt and run_config.json into a temporary directory, rename it into place, point
+    `latest` at it and prune old step-N directories."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
     opt_sd = None
     if optimizer is not None:
-        opt_sd = get_optimizer_state_dict(inner, optimizer,
+        opt_sd = get_optimizer_state_dict(unwrap(model), optimizer,
                                           options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     rngs = _gather_objects(rng_state())  # one per rank: each rank resumes its own streams
     final = os.path.join(out_dir, name)
@@ -762,7 +773,8 @@ def save_checkpoint(out_dir: str, name: str, model, tokenizer, optimizer=None, s
         os.makedirs(out_dir, exist_ok=True)
         tmp = os.path.join(out_dir, f".tmp-{name}-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
-        inner.save_pretrained(tmp, state_dict=sd, safe_serialization=True, max_shard_size=max_shard_size)
+        os.makedirs(tmp)
+        write_weights(tmp)
         tokenizer.save_pretrained(tmp)
         state = dict(train_state or {}, rng=rngs, config=config or {},
                      optimizer=opt_sd, scheduler=scheduler.state_dict() if scheduler else None)
@@ -948,6 +960,30 @@ def epoch_order(n_rows: int, epoch: int, seed: int, global_batch: int, rank: int
     for s in range(n_rows // global_batch):
         order += shard_for_rank(perm[s * global_batch:(s + 1) * global_batch], rank, world)
     return order
+
+
+def save_if_due(args, step: int, total_steps: int, epoch: int, s: int, steps_per_epoch: int, model, tok, opt,
+                sched, config) -> bool:
+    """Checkpoint every --save-every steps and at the last step, recording where the data order
+    resumes (the next batch of this epoch, or the next epoch). Returns True at the last step."""
+    last = step >= total_steps
+    if last or (args.save_every and step % args.save_every == 0):
+        nxt = (epoch, s + 1) if s + 1 < steps_per_epoch else (epoch + 1, 0)
+        save_checkpoint(args.out, f"step-{step}", model, tok, opt, sched,
+                        dict(step=step, epoch=nxt[0], step_in_epoch=nxt[1]), config, keep_last=args.keep_last)
+    return last
+
+
+def finish_run(args, model, dist_info: dict, step: int):
+    """Print where the last checkpoint is, check the ranks agree (DDP) and leave the process group."""
+    latest = os.path.join(args.out, "latest")
+    if is_main() and os.path.exists(latest):
+        print(f"done: {step} steps, checkpoint {os.path.join(args.out, open(latest).read().strip())}")
+    if dist_info["distributed"]:
+        write_rank_checksums(model, os.path.join(args.out, "rank_checksums.json"))
+    barrier()
+    if dist_info["distributed"]:
+        torch.distributed.destroy_process_group()
 
 
 MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values_videos",
@@ -1203,41 +1239,20 @@ def save_lora_checkpoint(out_dir: str, name: str, model, tokenizer, optimizer=No
     continues exactly. A few hundred MB for the 7B instead of 17 GB; `--merge` makes a full HF dir.
     Collective under torch.distributed (adapters and optimizer state are gathered); rank 0 writes."""
     from safetensors.torch import save_file
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
     lcfg = lora_config(model)
     if not lcfg.get("base_model"):
         raise RuntimeError("this LoRA model does not record its base checkpoint (use vadr.load_for_training)")
     sd = lora_state_dict(model)
-    opt_sd = None
-    if optimizer is not None:
-        opt_sd = get_optimizer_state_dict(unwrap(model), optimizer,
-                                          options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    rngs = _gather_objects(rng_state())
-    final = os.path.join(out_dir, name)
-    if is_main():
-        os.makedirs(out_dir, exist_ok=True)
-        tmp = os.path.join(out_dir, f".tmp-{name}-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
+
+    def write(tmp):
         save_file(sd, os.path.join(tmp, ADAPTER_WEIGHTS))
         with open(os.path.join(tmp, ADAPTER_CONFIG), "w") as f:
             json.dump(dict(format=LORA_FORMAT, scope="model.language_model", **lcfg,
                            adapter_parameters=sum(t.numel() for t in sd.values())), f, indent=1)
-        tokenizer.save_pretrained(tmp)
-        state = dict(train_state or {}, rng=rngs, config=config or {},
-                     optimizer=opt_sd, scheduler=scheduler.state_dict() if scheduler else None)
-        torch.save(state, os.path.join(tmp, "training_state.pt"))
-        with open(os.path.join(tmp, "run_config.json"), "w") as f:
-            json.dump(config or {}, f, indent=1, default=str)
-        if os.path.exists(final):
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _atomic_write(os.path.join(out_dir, "latest"), name)
-        if keep_last:
-            _prune_checkpoints(out_dir, keep_last, protect=name)
-    barrier()
-    return final if is_main() else None
+
+    return _write_checkpoint(out_dir, name, write, model, tokenizer, optimizer, scheduler, train_state,
+                             config, keep_last)
 
 
 def merge_checkpoint(src: str, out: str) -> str:
