@@ -1,6 +1,9 @@
 """Shared fixtures: a tiny toy world (a few short videos) and the toy model built on its text."""
 import os
+import signal
+import subprocess
 import sys
+import time
 
 import pytest
 
@@ -23,3 +26,38 @@ def tiny_world(tmp_path_factory):
 def tiny_model(tiny_world):
     """The toy preset with its tokenizer trained on the tiny world's SFT text (seed 0)."""
     return vadr.load_model("toy", corpus=data.toy_corpus(tiny_world["root"]), seed=0)
+
+
+def run_script(script, args, out, nproc=1, wait=True):
+    """Run train_sft.py / train_rl.py on CPU into `out` (torchrun with gloo when nproc > 1).
+    wait=False returns the Popen, for the kill-and-resume tests."""
+    cmd = [sys.executable] + (["-m", "torch.distributed.run", "--nproc_per_node", str(nproc)] if nproc > 1 else []) \
+        + [script] + list(args) + ["--out", str(out), "--device", "cpu", "--num-workers", "0"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    if not wait:
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return p
+
+
+def kill_when_saved(p, ckpt_dir, timeout=300):
+    """SIGKILL the running process `p` as soon as the checkpoint `ckpt_dir` is complete."""
+    deadline = time.time() + timeout
+    while not os.path.isfile(os.path.join(ckpt_dir, "training_state.pt")):
+        assert p.poll() is None, p.stderr.read().decode()[-2000:]
+        assert time.time() < deadline
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+
+
+def saved_weights(path):
+    """The weights of a checkpoint (or of a run directory's `latest`) as the model sees them: through
+    from_pretrained, because transformers may write a checkpoint's key names in the old or the new
+    Qwen2.5-VL layout (one process vs a wrapped model)."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+    path = str(path)
+    if os.path.isfile(os.path.join(path, "latest")):
+        path = os.path.join(path, open(os.path.join(path, "latest")).read().strip())
+    return Qwen2_5_VLForConditionalGeneration.from_pretrained(path).state_dict()

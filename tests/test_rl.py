@@ -4,45 +4,22 @@ stay identical; a SIGKILLed run resumed ends with the uninterrupted run's weight
 Run: pytest tests/test_rl.py"""
 import itertools
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from conftest import kill_when_saved, run_script, saved_weights
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOG_FIELDS = ["step", "epoch", "reward", "reward_std", "reward_accuracy", "reward_format", "reward_verification",
               "reward_length", "completion_length", "kl", "clip_frac", "ratio", "loss", "grad_norm",
               "zero_std_fraction", "lr", "time_generation", "time_verification", "time_reference", "time_update",
               "step_time", "sample"]
 
 
-def _run(script, args, out, nproc=1, wait=True):
-    cmd = [sys.executable] + (["-m", "torch.distributed.run", "--nproc_per_node", str(nproc)] if nproc > 1 else []) \
-        + [script] + args + ["--out", str(out), "--device", "cpu", "--num-workers", "0"]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    if not wait:
-        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, p.stderr[-3000:]
-    return p
-
-
-def _weights(d):
-    if os.path.isfile(os.path.join(d, "latest")):
-        d = os.path.join(d, open(os.path.join(d, "latest")).read().strip())
-    return load_file(os.path.join(d, "model.safetensors"))
-
-
 @pytest.fixture(scope="module")
 def sft_ckpt(tiny_world, tmp_path_factory):
     """A few SFT steps on the tiny world: the RL starting point (and its tokenizer)."""
     out = tmp_path_factory.mktemp("sft")
-    _run("train_sft.py", ["--data", tiny_world["sft_train"], "--video-root", tiny_world["videos"], "--frames", "4",
+    run_script("train_sft.py", ["--data", tiny_world["sft_train"], "--video-root", tiny_world["videos"], "--frames", "4",
                           "--max-steps", "2", "--batch-size", "2", "--grad-accum", "1"], out)
     return str(out)
 
@@ -57,10 +34,10 @@ def test_no_signal_step_leaves_weights_exactly_unchanged(tiny_world, sft_ckpt, t
     # An almost untrained model scores 0 on every reward: every group has zero std, so A = 0 (Eq. 1),
     # and at the first step policy = reference, so k3 = 0 with zero gradient. With no weight decay
     # the AdamW update is exactly 0: the weights must not move by a single bit.
-    _run("train_rl.py", _rl_args(tiny_world, sft_ckpt, 1, ["--weight-decay", "0"]), tmp_path)
+    run_script("train_rl.py", _rl_args(tiny_world, sft_ckpt, 1, ["--weight-decay", "0"]), tmp_path)
     (log,) = [json.loads(x) for x in open(tmp_path / "log.jsonl")]
     assert log["zero_std_fraction"] == 1.0 and log["kl"] == 0.0 and log["grad_norm"] == 0.0
-    before, after = _weights(sft_ckpt), _weights(tmp_path)
+    before, after = saved_weights(sft_ckpt), saved_weights(tmp_path)
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
@@ -77,7 +54,7 @@ def test_one_rl_step_changes_weights_and_logs_every_field(tiny_world, sft_ckpt, 
     assert log["zero_std_fraction"] < 1.0 and log["grad_norm"] > 0
     assert log["completion_length"] <= 12
     assert log["ratio"] == pytest.approx(1.0) and log["clip_frac"] == 0.0  # mu = 1: ratio is 1 in value (Eq. 3)
-    before, after = _weights(sft_ckpt), _weights(tmp_path)
+    before, after = saved_weights(sft_ckpt), saved_weights(tmp_path)
     assert any(not torch.equal(before[k], after[k]) for k in before)
     cfg = json.load(open(tmp_path / "run_config.json"))
     assert cfg["beta"] == 0.04 and cfg["mu"] == 1 and cfg["num_generations"] == 3
@@ -85,20 +62,13 @@ def test_one_rl_step_changes_weights_and_logs_every_field(tiny_world, sft_ckpt, 
 
 def test_rl_two_ranks_identical_and_kill_resume(tiny_world, sft_ckpt, tmp_path):
     args = _rl_args(tiny_world, sft_ckpt, 3, ["--save-every", "1", "--keep-last", "10", "--temperature", "3.0"])
-    _run("train_rl.py", args, tmp_path / "ddp", nproc=2)
+    run_script("train_rl.py", args, tmp_path / "ddp", nproc=2)
     sums = json.load(open(tmp_path / "ddp" / "rank_checksums.json"))
     assert len(sums) == 2 and sums[0] == sums[1]
-    _run("train_rl.py", args, tmp_path / "full")
-    p = _run("train_rl.py", args, tmp_path / "killed", wait=False)
-    deadline = time.time() + 300
-    while not os.path.isfile(tmp_path / "killed" / "step-1" / "training_state.pt"):
-        assert p.poll() is None, p.stderr.read().decode()[-2000:]
-        assert time.time() < deadline
-        time.sleep(0.05)
-    p.send_signal(signal.SIGKILL)
-    p.wait()
-    _run("train_rl.py", args + ["--resume", str(tmp_path / "killed")], tmp_path / "killed")
-    a, b = _weights(tmp_path / "full"), _weights(tmp_path / "killed")
+    run_script("train_rl.py", args, tmp_path / "full")
+    kill_when_saved(run_script("train_rl.py", args, tmp_path / "killed", wait=False), tmp_path / "killed" / "step-1")
+    run_script("train_rl.py", args + ["--resume", str(tmp_path / "killed")], tmp_path / "killed")
+    a, b = saved_weights(tmp_path / "full"), saved_weights(tmp_path / "killed")
     for k in a:
         assert torch.equal(a[k], b[k]), k
     la = [json.loads(x) for x in open(tmp_path / "full" / "log.jsonl")]

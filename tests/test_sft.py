@@ -3,19 +3,15 @@ overfitting one batch, DDP/FSDP2 (2 gloo ranks) = one process, checkpoint round 
 SIGKILL-and-resume = uninterrupted. Run: pytest tests/test_sft.py"""
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
 
+from conftest import kill_when_saved, run_script, saved_weights
 import data
 import train_sft
 import vadr
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _batch(tok, rows, frames=4):
@@ -85,23 +81,7 @@ def test_toy_model_overfits_one_batch(tiny_world):
 
 
 def _run(args, out, nproc=1, wait=True):
-    base = [sys.executable] + (["-m", "torch.distributed.run", "--nproc_per_node", str(nproc)] if nproc > 1 else []) \
-        + ["train_sft.py"]
-    cmd = base + args + ["--out", str(out), "--device", "cpu", "--num-workers", "0"]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    if not wait:
-        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, p.stderr[-3000:]
-    return p
-
-
-def _weights(run_dir):
-    """The saved weights as the model sees them: through from_pretrained, because transformers may
-    write a checkpoint's key names in the old or the new Qwen2.5-VL layout (one process vs wrapped)."""
-    from transformers import Qwen2_5_VLForConditionalGeneration
-    d = os.path.join(run_dir, open(os.path.join(run_dir, "latest")).read().strip())
-    return Qwen2_5_VLForConditionalGeneration.from_pretrained(d).state_dict()
+    return run_script("train_sft.py", args, out, nproc, wait)
 
 
 def _common(w):
@@ -114,9 +94,9 @@ def test_ddp_and_fsdp_two_ranks_equal_one_process(tiny_world, tmp_path):
     _run(_common(w) + ["--max-steps", "2", "--batch-size", "1", "--grad-accum", "1"], tmp_path / "ddp", nproc=2)
     _run(_common(w) + ["--max-steps", "2", "--batch-size", "1", "--grad-accum", "1", "--fsdp"], tmp_path / "fsdp",
          nproc=2)
-    one = _weights(tmp_path / "one")
+    one = saved_weights(tmp_path / "one")
     for mode in ("ddp", "fsdp"):
-        other = _weights(tmp_path / mode)
+        other = saved_weights(tmp_path / mode)
         assert one.keys() == other.keys()
         for k in one:
             assert torch.allclose(one[k], other[k], atol=1e-5, rtol=1e-4), (mode, k)
@@ -135,17 +115,10 @@ def test_checkpoint_round_trip_and_kill_resume_equivalence(tiny_world, tmp_path)
                                   "--save-every", "1", "--keep-last", "10"]
     _run(args, tmp_path / "full")
     # a run killed with SIGKILL once step 2 is checkpointed, then resumed, ends with the same weights
-    p = _run(args, tmp_path / "killed", wait=False)
-    deadline = time.time() + 300
-    while not os.path.isfile(tmp_path / "killed" / "step-2" / "training_state.pt"):
-        assert p.poll() is None, p.stderr.read().decode()[-2000:]
-        assert time.time() < deadline
-        time.sleep(0.05)
-    p.send_signal(signal.SIGKILL)
-    p.wait()
+    kill_when_saved(_run(args, tmp_path / "killed", wait=False), tmp_path / "killed" / "step-2")
     assert not os.path.isdir(tmp_path / "killed" / "step-5")
     _run(args + ["--resume", str(tmp_path / "killed")], tmp_path / "killed")
-    a, b = _weights(tmp_path / "full"), _weights(tmp_path / "killed")
+    a, b = saved_weights(tmp_path / "full"), saved_weights(tmp_path / "killed")
     for k in a:
         assert torch.equal(a[k], b[k]), k
     la = [json.loads(x) for x in open(tmp_path / "full" / "log.jsonl")]
