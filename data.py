@@ -92,7 +92,7 @@ REASONS = ("bad-json", "missing-field", "bad-value", "unknown-category", "bad-in
            "missing-video", "unreadable-video")
 
 
-class ManifestError(ValueError):
+class ManifestError(vadr.InputError):
     """Every problem of one manifest, one per line of the message: `file:line: reason: detail`.
     `.problems` holds (line, reason, detail) tuples in file order."""
 
@@ -1477,4 +1477,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    vadr.run_main(main)

@@ -119,7 +119,7 @@ except ImportError:  # pragma: no cover
 def load_jsonl(path: str) -> list[dict]:
     """Read a JSON Lines file: one JSON object per non-blank line.
 
-    A malformed line raises ValueError("PATH:LINE: ...") naming the file and the 1-based line,
+    A malformed line raises vadr.InputError (a ValueError) "PATH:LINE: ..." naming the file and the 1-based line,
     so a broken prediction file is never silently half-scored."""
     rows = []
     with open(path, encoding="utf-8") as f:
@@ -129,10 +129,10 @@ def load_jsonl(path: str) -> list[dict]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: malformed JSON ({e.msg}, column {e.colno}): "
+                raise vadr.InputError(f"{path}:{lineno}: malformed JSON ({e.msg}, column {e.colno}): "
                                  f"{line.strip()[:120]!r}") from None
             if not isinstance(obj, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+                raise vadr.InputError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
             rows.append(obj)
     return rows
 
@@ -1434,4 +1434,4 @@ def run_report(run_dir: str, data_path: str | None, video_root: str | None, n_st
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(vadr.run_main(main))

@@ -391,4 +391,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    vadr.run_main(main)

@@ -49,6 +49,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+class InputError(ValueError):
+    """Bad input from the user (a manifest row, a predictions line, a flag): the message names the
+    file and line. Entry points print it without a traceback (run_main); a bug still gets one."""
+
+
+def run_main(main, argv=None):
+    """Run a script's main(); an InputError ends the process with its message and exit code 1."""
+    import sys
+    try:
+        return main(argv)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
 # ------------------------------------------------------------------------------------------------
 # 1. Categories and the P2C-CoT prompt (paper Sec. 3.1, App. C.1 / Fig. 9)
 # ------------------------------------------------------------------------------------------------

@@ -406,3 +406,24 @@ def test_sft_batch_of_two_video_sizes(tmp_path):
     dl = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=2, collate_fn=data.make_collate(tok, with_targets=True))
     wb = next(iter(dl))
     assert torch.equal(wb["input_ids"], ids) and torch.equal(wb["pixel_values_videos"], batch["pixel_values_videos"])
+
+
+def test_scripts_report_bad_input_without_a_traceback(tiny_world, tmp_path):
+    """A broken manifest given to a training script: one clear message naming file:line, exit 1,
+    no Python traceback (vadr.run_main); a malformed predictions file likewise for eval.py."""
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    w = tiny_world[1]  # this module's tiny_world fixture: (out_dir, manifest paths)
+    good = open(w["sft_train"]).read().splitlines()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\n".join(good[:2] + ['{"source": "TOY", "video": "x"']) + "\n")
+    p = subprocess.run([sys.executable, "train_sft.py", "--data", str(bad), "--video-root", w["videos"],
+                        "--out", str(tmp_path / "run")], cwd=root, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    assert f"{bad}:3: bad-json" in p.stderr
+    preds = tmp_path / "preds.jsonl"
+    preds.write_text('{"source": "TOY", "video": "a", "output": ""}\n{oops\n')
+    p = subprocess.run([sys.executable, "eval.py", "--score", str(preds), "--gt", w["sft_test"]],
+                       cwd=root, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 1 and "Traceback" not in p.stderr and f"{preds}:2: malformed JSON" in p.stderr
