@@ -1,4 +1,5 @@
-# The main job on the embedded default (README "Quick start"): toy world -> SFT -> AVA-GRPO -> eval.
+# The main job on the embedded default (README "Quick start"): toy world -> stage 0 (captioning, the
+# toy stand-in for the VLM pretraining Qwen2.5-VL already has) -> SFT -> AVA-GRPO -> eval.
 #   make toy            run every stage into runs/toy/ (a stage whose output exists is skipped)
 #   make toy REDO=1     redo every stage
 #   make toy-rl-only    also the "+AVA-GRPO alone" row (RL from the untrained model)
@@ -6,6 +7,7 @@
 PY ?= python
 DATA ?= data/toy
 RUN ?= runs/toy
+BASE_ARGS ?=
 SFT_ARGS ?=
 RL_ARGS ?=
 EVAL_ARGS ?= --max-new-tokens 320
@@ -18,27 +20,33 @@ endif
 
 .PHONY: toy toy-rl-only toy-smoke force clean-toy
 # make deletes a target whose recipe is interrupted; `latest` must survive a killed run (resume)
-.PRECIOUS: $(RUN)/sft/latest $(RUN)/rl/latest $(RUN)/rl_only/latest
+.PRECIOUS: $(RUN)/base/latest $(RUN)/sft/latest $(RUN)/rl/latest $(RUN)/rl_only/latest
 
 toy: $(RUN)/table.md
 
 $(DATA)/toy_world.json: $(FORCE)
 	$(PY) data.py toy --out $(DATA) $(WORLD_ARGS)
 
-$(RUN)/sft/latest: $(DATA)/toy_world.json
-	$(PY) train_sft.py --data $(DATA)/Vad-Reasoning-SFT-train.jsonl --video-root $(DATA)/videos --out $(RUN)/sft $(SFT_ARGS)
+# stage 0: the toy base model (random init -> captioner); its tokenizer is trained on all the toy text
+$(RUN)/base/latest: $(DATA)/toy_world.json
+	$(PY) train_sft.py --task caption --data $(DATA)/Toy-Caption.jsonl --video-root $(DATA)/videos \
+		--tokenizer-corpus $(DATA)/Vad-Reasoning-SFT-train.jsonl $(DATA)/Toy-Caption.jsonl --out $(RUN)/base $(BASE_ARGS)
+
+$(RUN)/sft/latest: $(RUN)/base/latest
+	$(PY) train_sft.py --model $(RUN)/base --preset toy --data $(DATA)/Vad-Reasoning-SFT-train.jsonl \
+		--video-root $(DATA)/videos --out $(RUN)/sft $(SFT_ARGS)
 
 $(RUN)/rl/latest: $(RUN)/sft/latest
 	$(PY) train_rl.py --model $(RUN)/sft --data $(DATA)/Vad-Reasoning-RL.jsonl --video-root $(DATA)/videos \
 		--length-ranges-from $(DATA)/Vad-Reasoning-SFT-train.jsonl --preset toy --out $(RUN)/rl $(RL_ARGS)
 
-$(RUN)/rl_only/latest: $(RUN)/sft/latest
-	$(PY) train_rl.py --model $(RUN)/sft/init --data $(DATA)/Vad-Reasoning-RL.jsonl --video-root $(DATA)/videos \
+$(RUN)/rl_only/latest: $(RUN)/base/latest
+	$(PY) train_rl.py --model $(RUN)/base --data $(DATA)/Vad-Reasoning-RL.jsonl --video-root $(DATA)/videos \
 		--length-ranges-from $(DATA)/Vad-Reasoning-SFT-train.jsonl --preset toy --out $(RUN)/rl_only $(RL_ARGS)
 
-$(RUN)/eval_base.json: $(RUN)/sft/latest
-	[ $(RUN)/preds_base.jsonl -nt $(RUN)/sft/latest ] || rm -f $(RUN)/preds_base.jsonl  # resume unless stale
-	$(PY) eval.py --model $(RUN)/sft/init $(TEST) --out $(RUN)/preds_base.jsonl --json $@ --name base $(EVAL_ARGS)
+$(RUN)/eval_base.json: $(RUN)/base/latest
+	[ $(RUN)/preds_base.jsonl -nt $(RUN)/base/latest ] || rm -f $(RUN)/preds_base.jsonl  # resume unless stale
+	$(PY) eval.py --model $(RUN)/base $(TEST) --out $(RUN)/preds_base.jsonl --json $@ --name base $(EVAL_ARGS)
 
 $(RUN)/eval_sft.json: $(RUN)/sft/latest
 	[ $(RUN)/preds_sft.jsonl -nt $(RUN)/sft/latest ] || rm -f $(RUN)/preds_sft.jsonl  # resume unless stale
@@ -61,7 +69,8 @@ toy-rl-only: $(RUN)/eval_rl_only.json
 SMOKE ?= runs/toy-smoke
 toy-smoke:
 	$(MAKE) toy DATA=$(SMOKE)/data RUN=$(SMOKE) \
-		WORLD_ARGS="--n-sft 8 --n-test 4 --n-rl 8 --frames 16 24" \
+		WORLD_ARGS="--n-sft 8 --n-test 4 --n-rl 8 --n-caption 8 --frames 16 24" \
+		BASE_ARGS="--max-steps 2 --frames 4 --num-workers 0" \
 		SFT_ARGS="--max-steps 2 --frames 4 --num-workers 0" \
 		RL_ARGS="--max-steps 2 --frames 4 --max-new-tokens 16 --num-workers 0" \
 		EVAL_ARGS="--max-new-tokens 16 --frames 4 --num-workers 0"

@@ -83,6 +83,7 @@ import vadr
 SFT_FIELDS = ("source", "video", "anomaly_type", "path", "total_frames", "think", "answer")
 SFT_INTERVAL_FIELDS = ("start", "end")        # abnormal SFT rows only: frame indices
 RL_FIELDS = ("source", "video", "anomaly_type", "path", "data_type", "solution")
+CAPTION_FIELDS = ("source", "video", "path", "caption")   # toy stage 0 only (not a released file)
 EXTRA_FIELDS = ("bbox",)                      # toy world only; passed through
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov")
 
@@ -183,14 +184,15 @@ def _check_row(obj, kind: str, bad) -> dict | None:
     if not isinstance(obj, dict):
         bad("bad-json", f"a JSON object is expected, got {type(obj).__name__}")
         return None
-    fields = SFT_FIELDS if kind == "sft" else RL_FIELDS
+    fields = {"sft": SFT_FIELDS, "rl": RL_FIELDS, "caption": CAPTION_FIELDS}[kind]
     missing = [f for f in fields if f not in obj]
     if missing:
         bad("missing-field", "missing " + ", ".join(repr(f) for f in missing))
         return None
     n_bad = 0
-    for f in ("source", "anomaly_type", "path") + (("think", "answer") if kind == "sft" else
-                                                   ("data_type", "solution")):
+    text_fields = {"sft": ("anomaly_type", "think", "answer"), "rl": ("anomaly_type", "data_type", "solution"),
+                   "caption": ("caption",)}[kind]
+    for f in ("source", "path") + text_fields:
         if not isinstance(obj[f], str):
             bad("bad-value", f"{f!r} must be a string, got {obj[f]!r:.60}")
             n_bad += 1
@@ -206,6 +208,14 @@ def _check_row(obj, kind: str, bad) -> dict | None:
             bad("bad-value", f"'bbox' must be 4 integers [x1, y1, x2, y2], got {b!r:.60}")
             return None
         row["bbox"] = [int(v) for v in b]
+    if kind == "caption":
+        if not obj["caption"].strip():
+            bad("bad-value", "'caption' is empty")
+            return None
+        # label: whether an event is described (toy rows carry anomaly_type; reports only)
+        atype = obj.get("anomaly_type")
+        return dict(row, caption=obj["caption"], anomaly_type=atype,
+                    label=None if atype is None else "Normal" if atype == "Normal" else "Abnormal")
     return _check_sft(obj, row, bad) if kind == "sft" else _check_rl(obj, row, bad)
 
 
@@ -312,8 +322,8 @@ def check_manifest(path: str, kind: str = "sft", video_root: str | None = None,
     row; raises FileNotFoundError if the manifest itself is missing. Blank lines are skipped
     (line numbers still count them: they are physical 1-based line numbers).
     """
-    if kind not in ("sft", "rl"):
-        raise ValueError(f"kind must be 'sft' or 'rl', got {kind!r}")
+    if kind not in ("sft", "rl", "caption"):
+        raise ValueError(f"kind must be 'sft', 'rl' or 'caption', got {kind!r}")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"manifest not found: {path}")
     mdir = os.path.dirname(os.path.abspath(path))
@@ -366,7 +376,8 @@ def skipped_counts(problems) -> Counter:
 
 def read_manifest(path: str, kind: str = "sft", video_root: str | None = None, skip_bad: bool = False,
                   check_videos: bool = True, probe_videos: bool = False) -> list[dict]:
-    """Read and validate a Vad-Reasoning manifest (kind 'sft' or 'rl').
+    """Read and validate a Vad-Reasoning manifest (kind 'sft' or 'rl'; 'caption' for the toy
+    world's Toy-Caption.jsonl).
 
     Raises one ManifestError listing every problem with file:line, unless skip_bad, which drops
     the bad rows and prints their count by reason to stderr. Returned rows hold the normalised
@@ -375,6 +386,7 @@ def read_manifest(path: str, kind: str = "sft", video_root: str | None = None, s
       SFT: anomaly_type = one of the 37 categories or 'Normal', start/end (abnormal only),
            when = (round(start/total, 3), round(end/total, 3)) or None;
       RL:  anomaly_type = label = 'Abnormal' / 'Normal', solution as written;
+      caption: caption, anomaly_type and label as written (None when absent);
       bbox when the row has one (toy world).
     """
     rows, problems = check_manifest(path, kind, video_root, check_videos, probe_videos)
@@ -453,6 +465,27 @@ class RLDataset(torch.utils.data.Dataset):
                     row=row)
 
 
+class CaptionDataset(torch.utils.data.Dataset):
+    """Toy stage 0: one item per caption row, dict(video, prompt=CAPTION_PROMPT, target=caption,
+    row). Same item layout as SFTDataset, so the same collate and loss train on it."""
+
+    def __init__(self, rows: list[dict], num_frames: int = 16, min_pixels: int = vadr.DEFAULT_MIN_PIXELS,
+                 max_pixels: int = vadr.DEFAULT_MAX_PIXELS):
+        missing = [r.get("line") for r in rows if "caption" not in r]
+        if missing:
+            raise ValueError(f"CaptionDataset needs caption rows; rows at lines {missing[:10]} have none")
+        self.rows, self.prompt = rows, CAPTION_PROMPT
+        self.num_frames, self.min_pixels, self.max_pixels = num_frames, min_pixels, max_pixels
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        row = self.rows[i]
+        video = vadr.encode_video(row["video_path"], self.num_frames, None, self.min_pixels, self.max_pixels)
+        return dict(video=video, prompt=self.prompt, target=row["caption"], row=row)
+
+
 def collate_batch(items: list[dict], tokenizer, system: str = vadr.DEFAULT_SYSTEM_PROMPT,
                   with_targets: bool = True) -> dict:
     """Items of SFTDataset / RLDataset -> one batch dict:
@@ -495,10 +528,10 @@ TOY_CATEGORIES = ("Fighting", "Falling", "Fire", "Wrong-Way Driving", "Falling O
                   "Pedestrian Jaywalking")
 assert all(c in vadr.CATEGORIES for c in TOY_CATEGORIES)
 TOY_SOURCE = "TOY"
-TOY_VERSION = 1  # bump when rendering or text changes, so ensure_toy_world regenerates
-TOY_DEFAULTS = dict(seed=0, n_sft=240, n_test=60, n_rl=240, size=(112, 112), frames=(48, 96), fps=8)
+TOY_VERSION = 2  # bump when rendering or text changes, so ensure_toy_world regenerates
+TOY_DEFAULTS = dict(seed=0, n_sft=240, n_test=60, n_rl=240, n_caption=2000, size=(112, 112), frames=(48, 96), fps=8)
 MANIFEST_NAMES = dict(sft_train="Vad-Reasoning-SFT-train.jsonl", sft_test="Vad-Reasoning-SFT-test.jsonl",
-                      rl="Vad-Reasoning-RL.jsonl")
+                      rl="Vad-Reasoning-RL.jsonl", caption="Toy-Caption.jsonl")
 
 # Named colours (RGB) so that the texts can name what the pixels show.
 SKY = {"pale blue": (170, 200, 235), "light blue": (135, 185, 240), "grey": (178, 182, 188),
@@ -1180,17 +1213,15 @@ def _dir_words(d: int) -> tuple[str, str]:
     return ("from left to right", "to the right") if d > 0 else ("from right to left", "to the left")
 
 
-def toy_texts(meta: dict, rng) -> tuple[str, str]:
-    """(think, answer) in P2C-CoT form for one rendered toy video (meta of render_toy_video)."""
+def _fact_words(meta: dict) -> dict:
+    """The words that fill the templates, from the rendered facts (scene, and the event's when,
+    where and who on abnormal videos). Shared by the P2C-CoT texts and the captions."""
     f = meta["facts"]
-    pick = lambda options: options[int(rng.integers(len(options)))]
     v = dict(sky=f["sky"], walk=f["walk"], strip=f["strip"], nb=_NUM[f["n_buildings"]],
-             np=_NUM[f["n_people"]], NP=_NUM[f["n_people"]].capitalize(), nc=_NUM[f["n_cars"]],
-             cdir=_dir_words(f["d_car"])[0])
-    step1 = pick(_GLOBAL).format(**v)
+             NB=_NUM[f["n_buildings"]].capitalize(), np=_NUM[f["n_people"]],
+             NP=_NUM[f["n_people"]].capitalize(), nc=_NUM[f["n_cars"]], cdir=_dir_words(f["d_car"])[0])
     if meta["label"] == "Normal":
-        think = f"<think><step1>{step1}</step1><step2>{pick(_NORMAL_STEP2).format(**v)}</step2></think>"
-        return think, pick(_NORMAL_ANSWER).format(**v)
+        return v
     H, W = meta["background"].shape[:2]
     x1, y1, x2, y2 = meta["bbox"]
     cx, cy = (x1 + x2) / 2 / W, (y1 + y2) / 2 / H
@@ -1200,18 +1231,66 @@ def toy_texts(meta: dict, rng) -> tuple[str, str]:
     at = f"in the middle of the {zone}" if h == "center" else f"on the {h} side of the {zone}"
     T, s, e, fps = meta["total_frames"], meta["start"], meta["end"], meta["fps"]
     mid = (s + e) / 2 / T
-    v.update(t0=f"{s / fps:.1f}", t1=f"{e / fps:.1f}", at=at, h=h, when=format_when(s, e, T),
+    v.update(t0=f"{s / fps:.1f}", t1=f"{e / fps:.1f}", at=at, h=h, vert=vert, when=format_when(s, e, T),
              Phase="Early in the video," if mid < 0.4 else "Midway through the video," if mid < 0.65
              else "Late in the video,",
              shirt=f.get("shirt", ""), shirt2=f.get("shirt2", ""), car=f.get("car", ""),
              bag=f.get("bag", ""), box=f.get("box", ""), cat=meta["category"],
              wdir=_dir_words(f.get("dw", 1))[0], rdir=_dir_words(f.get("dr", 1))[1])
+    return v
+
+
+def toy_texts(meta: dict, rng) -> tuple[str, str]:
+    """(think, answer) in P2C-CoT form for one rendered toy video (meta of render_toy_video)."""
+    pick = lambda options: options[int(rng.integers(len(options)))]
+    v = _fact_words(meta)
+    step1 = pick(_GLOBAL).format(**v)
+    if meta["label"] == "Normal":
+        think = f"<think><step1>{step1}</step1><step2>{pick(_NORMAL_STEP2).format(**v)}</step2></think>"
+        return think, pick(_NORMAL_ANSWER).format(**v)
     tx = _EVENT_TEXT[meta["category"]]
     v.update(what=pick(tx["what"]).format(**v), why=pick(tx["why"]).format(**v), how=pick(tx["how"]).format(**v),
-             where=pick([f"the {vert} {h} of the frame", at.split(" ", 1)[1]]))
+             where=pick([f"the {v['vert']} {v['h']} of the frame", v['at'].split(" ", 1)[1]]))
     think = (f"<think><step1>{step1}</step1><step2>{pick(tx['local']).format(**v)}</step2>"
              f"<step3>{pick(tx['shallow']).format(**v)}</step3><step4>{pick(tx['deep']).format(**v)}</step4></think>")
     return think, pick(_ABNORMAL_ANSWER).format(**v)
+
+
+# ------------------------------------------------------------------ captions (toy stage 0, not in the paper)
+# Vad-R1 starts from Qwen2.5-VL-7B-Instruct, a model that can already say what a video shows. The
+# random toy model cannot, and behind the ~700-token P2C-CoT prompt it never learns to look: the
+# video is ~130 of ~840 tokens the first answer token attends to, and SFT loss falls by fitting the
+# templates alone (README "What you should see" has the measurements). So the toy pipeline first
+# teaches the toy model to caption toy videos with a one-line prompt -- our stand-in for the
+# pretraining every real VLM has had. Captions are plain descriptions of the pixels, on their own
+# videos (no video is shared with the SFT, RL or test splits). They never use the word "anomaly",
+# a category name or the P2C-CoT tags: judging events is what SFT and AVA-GRPO teach.
+CAPTION_PROMPT = "Describe the video."
+_CAPTION_SCENE = [
+    "A street under a {sky} sky with {nb} buildings. {NP} people walk on the {walk} walkway and {nc} cars "
+    "drive {cdir} on the road beside a {strip}.",
+    "{NB} buildings under a {sky} sky, a {walk} walkway with {np} people, and {nc} cars driving {cdir} "
+    "next to a {strip}.",
+]
+_CAPTION_EVENT = {
+    "Fighting": "a person in {shirt} and a person in {shirt2} punch each other {at}",
+    "Falling": "a person in {shirt} falls over {at} and lies on the ground",
+    "Fire": "flames and grey smoke rise {at}",
+    "Wrong-Way Driving": "a {car} car drives {wdir} while the other cars drive {cdir}",
+    "Falling Objects": "a {box} box drops from above and breaks {at}",
+    "Stealing": "a person in {shirt} picks up a {bag} bag {at} and runs {rdir}",
+    "Pedestrian Jaywalking": "a person in {shirt} walks across the road {at}",
+}
+assert set(_CAPTION_EVENT) == set(TOY_CATEGORIES)
+
+
+def toy_caption(meta: dict, rng) -> str:
+    """A plain caption of one rendered toy video: the scene, then what happens and when."""
+    v = _fact_words(meta)
+    text = _CAPTION_SCENE[int(rng.integers(len(_CAPTION_SCENE)))].format(**v)
+    if meta["label"] == "Abnormal":
+        text += f" From {v['t0']} s to {v['t1']} s, {_CAPTION_EVENT[meta['category']].format(**v)}."
+    return text
 
 
 # ------------------------------------------------------------------ writing videos and manifests
@@ -1253,6 +1332,8 @@ def _toy_job(job: dict) -> dict:
     if job["split"] == "rl":  # weak labels only (App. B.1)
         return dict(row, anomaly_type=meta["label"], path=job["path"], data_type="video", solution=meta["label"])
     row.update(anomaly_type=meta["category"], path=job["path"], total_frames=meta["total_frames"])
+    if job["split"] == "caption":  # toy stage 0 (see CAPTION_PROMPT): a plain description
+        return dict(row, caption=toy_caption(meta, np.random.default_rng([job["seed"], 7])))
     if meta["label"] == "Abnormal":
         row.update(start=meta["start"], end=meta["end"])
     think, answer = toy_texts(meta, np.random.default_rng([job["seed"], 7]))
@@ -1262,12 +1343,13 @@ def _toy_job(job: dict) -> dict:
     return row
 
 
-def _toy_jobs(out_dir: str, seed: int, n_sft: int, n_test: int, n_rl: int, size, frames, fps) -> list:
+def _toy_jobs(out_dir: str, seed: int, n_sft: int, n_test: int, n_rl: int, n_caption: int, size, frames,
+              fps) -> list:
     """The list of videos to make: per split about half abnormal, spread evenly over the
     categories, in a random order; neutral names from a random permutation of all videos."""
     rng = np.random.default_rng(seed)
     specs = []
-    for split, n in (("sft_train", n_sft), ("sft_test", n_test), ("rl", n_rl)):
+    for split, n in (("sft_train", n_sft), ("sft_test", n_test), ("rl", n_rl), ("caption", n_caption)):
         n_abn = n // 2
         offset = int(rng.integers(len(TOY_CATEGORIES)))
         cats = [TOY_CATEGORIES[(offset + i) % len(TOY_CATEGORIES)] for i in range(n_abn)] + [None] * (n - n_abn)
@@ -1289,22 +1371,23 @@ def manifest_paths(out_dir: str) -> dict:
 
 
 def generate_toy_world(out_dir: str, seed: int = 0, n_sft: int = 240, n_test: int = 60, n_rl: int = 240,
-                       size=(112, 112), frames=(48, 96), fps: float = 8, workers: int | None = None,
-                       quiet: bool = False) -> dict:
-    """Write the toy world: out_dir/videos/toy_NNNNN.mp4 and the three manifests in the
-    Vad-Reasoning schema. Deterministic by seed: same arguments and out_dir -> byte-identical
+                       n_caption: int = 2000, size=(112, 112), frames=(48, 96), fps: float = 8,
+                       workers: int | None = None, quiet: bool = False) -> dict:
+    """Write the toy world: out_dir/videos/toy_NNNNN.mp4, the three manifests in the
+    Vad-Reasoning schema and Toy-Caption.jsonl (rows source, video, anomaly_type, path,
+    total_frames, caption: the captioning stage 0 of the toy pipeline, see CAPTION_PROMPT). Deterministic by seed: same arguments and out_dir -> byte-identical
     manifests and identical decoded frames (only the absolute `path` field depends on out_dir).
     Returns manifest_paths(out_dir) plus 'videos'."""
     t0 = time.time()
     params = dict(version=TOY_VERSION, seed=int(seed), n_sft=int(n_sft), n_test=int(n_test), n_rl=int(n_rl),
-                  size=[int(size[0]), int(size[1])], frames=list(_frames_range(frames)), fps=float(fps))
+                  n_caption=int(n_caption), size=[int(size[0]), int(size[1])], frames=list(_frames_range(frames)), fps=float(fps))
     out_dir = os.path.abspath(out_dir)
     os.makedirs(os.path.join(out_dir, "videos"), exist_ok=True)
     paths = manifest_paths(out_dir)
     for p in list(paths.values()) + [os.path.join(out_dir, "toy_world.json")]:
         if os.path.exists(p):  # manifests last-written = complete; remove first so a crash leaves none
             os.remove(p)
-    jobs = _toy_jobs(out_dir, seed, n_sft, n_test, n_rl, size, frames, fps)
+    jobs = _toy_jobs(out_dir, seed, n_sft, n_test, n_rl, n_caption, size, frames, fps)
     workers = workers or min(8, os.cpu_count() or 1)
     if workers > 1 and len(jobs) > 1:
         ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
@@ -1312,7 +1395,7 @@ def generate_toy_world(out_dir: str, seed: int = 0, n_sft: int = 240, n_test: in
             rows = pool.map(_toy_job, jobs, chunksize=4)  # ordered: determinism does not depend on workers
     else:
         rows = [_toy_job(j) for j in jobs]
-    for key in ("sft_train", "sft_test", "rl"):
+    for key in ("sft_train", "sft_test", "rl", "caption"):
         part = [r for j, r in zip(jobs, rows) if j["split"] == key]
         tmp = paths[key] + ".tmp"
         with open(tmp, "w", encoding="utf-8") as f:
@@ -1322,7 +1405,8 @@ def generate_toy_world(out_dir: str, seed: int = 0, n_sft: int = 240, n_test: in
     with open(os.path.join(out_dir, "toy_world.json"), "w") as f:
         json.dump(dict(params=params, categories=list(TOY_CATEGORIES)), f, indent=1)
     if not quiet:
-        print(f"toy world: {len(jobs)} videos ({n_sft} SFT-train, {n_test} SFT-test, {n_rl} RL) in {out_dir} "
+        print(f"toy world: {len(jobs)} videos ({n_sft} SFT-train, {n_test} SFT-test, {n_rl} RL, {n_caption} caption) "
+              f"in {out_dir} "
               f"[{time.time() - t0:.1f} s]", file=sys.stderr)
     return dict(paths, videos=os.path.join(out_dir, "videos"))
 
@@ -1333,7 +1417,7 @@ def ensure_toy_world(out_dir: str, **kw) -> dict:
     then barrier."""
     args = dict(TOY_DEFAULTS, **{k: v for k, v in kw.items() if k not in ("workers", "quiet")})
     want = dict(version=TOY_VERSION, seed=int(args["seed"]), n_sft=int(args["n_sft"]), n_test=int(args["n_test"]),
-                n_rl=int(args["n_rl"]), size=[int(args["size"][0]), int(args["size"][1])],
+                n_rl=int(args["n_rl"]), n_caption=int(args["n_caption"]), size=[int(args["size"][0]), int(args["size"][1])],
                 frames=list(_frames_range(args["frames"])), fps=float(args["fps"]))
     stamp = os.path.join(out_dir, "toy_world.json")
     paths = manifest_paths(os.path.abspath(out_dir))
@@ -1346,9 +1430,20 @@ def ensure_toy_world(out_dir: str, **kw) -> dict:
 
 
 def toy_corpus(out_dir: str) -> list[str]:
-    """All think and answer strings of the toy SFT-train manifest (to train the toy tokenizer)."""
-    rows = read_manifest(manifest_paths(out_dir)["sft_train"], "sft", check_videos=False)
-    return [t for r in rows for t in (r["think"], r["answer"])]
+    """All think and answer strings of the toy SFT-train manifest and the captions (to train the
+    toy tokenizer)."""
+    return manifest_texts([p for k, p in manifest_paths(out_dir).items() if k in ("sft_train", "caption")])
+
+
+def manifest_texts(paths: list[str]) -> list[str]:
+    """The text fields (think, answer, caption) of every row of these manifests, in order: the
+    corpus the toy tokenizer is trained on. A missing file is an error."""
+    out = []
+    for p in paths:
+        kind = "caption" if os.path.basename(p) == MANIFEST_NAMES["caption"] else "sft"
+        rows = read_manifest(p, kind, check_videos=False)
+        out += [r[k] for r in rows for k in ("think", "answer", "caption") if k in r]
+    return out
 
 
 # ================================================================================================
@@ -1389,10 +1484,11 @@ def contact_sheet(frames, indices, start=None, end=None, bbox=None, cols: int = 
 
 
 def _cmd_toy(a):
-    generate_toy_world(a.out, seed=a.seed, n_sft=a.n_sft, n_test=a.n_test, n_rl=a.n_rl, size=tuple(a.size),
+    generate_toy_world(a.out, seed=a.seed, n_sft=a.n_sft, n_test=a.n_test, n_rl=a.n_rl, n_caption=a.n_caption,
+                       size=tuple(a.size),
                        frames=tuple(a.frames), fps=a.fps, workers=a.workers)
     for key, p in manifest_paths(a.out).items():
-        rows = read_manifest(p, "rl" if key == "rl" else "sft")
+        rows = read_manifest(p, {"rl": "rl", "caption": "caption"}.get(key, "sft"))
         c = Counter(r["label"] for r in rows)
         print(f"{p}: {len(rows)} rows ({c['Abnormal']} abnormal, {c['Normal']} normal)")
         if key == "sft_train":
@@ -1443,6 +1539,8 @@ def main(argv=None):
     t.add_argument("--n-sft", type=int, default=TOY_DEFAULTS["n_sft"], help="SFT-train videos (half abnormal)")
     t.add_argument("--n-test", type=int, default=TOY_DEFAULTS["n_test"], help="SFT-test videos (half abnormal)")
     t.add_argument("--n-rl", type=int, default=TOY_DEFAULTS["n_rl"], help="RL videos, weak labels (half abnormal)")
+    t.add_argument("--n-caption", type=int, default=TOY_DEFAULTS["n_caption"],
+                   help="captioned videos for the toy model's stage 0 (half with an event)")
     t.add_argument("--size", type=int, nargs=2, default=TOY_DEFAULTS["size"], metavar=("H", "W"),
                    help="frame height and width in pixels (even)")
     t.add_argument("--frames", type=int, nargs="+", default=TOY_DEFAULTS["frames"], metavar="F",

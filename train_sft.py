@@ -13,6 +13,8 @@ Run it:
     torchrun --nproc_per_node 4 train_sft.py --model /ckpt/Qwen2.5-VL-7B-Instruct \
         --data Vad-Reasoning-SFT-train.jsonl --video-root /data/vad-reasoning --fsdp --grad-ckpt
     python train_sft.py --resume runs/toy/sft             # continue a killed run exactly
+    python train_sft.py --task caption --out runs/toy/base    # toy stage 0: the captioning base model
+    python train_sft.py --model runs/toy/base --preset toy --out runs/toy/sft   # SFT from it (make toy)
 
 Departures from the paper / the authors' scripts:
   * Loss on the assistant tokens only (target text and the closing <|im_end|>). The authors'
@@ -25,6 +27,10 @@ Departures from the paper / the authors' scripts:
     per micro-batch would weight a token of a short answer more than one of a long answer.
   * Weight decay 0.01 and a 3% linear warmup before the cosine decay: the paper does not state
     them for SFT; the authors' RL stage uses weight decay 0.01 and cosine.
+  * --task caption (toy only, not in the paper): stage 0 of the toy pipeline trains the random toy
+    model to caption Toy-Caption.jsonl videos behind a one-line prompt, the stand-in for the VLM
+    pretraining Qwen2.5-VL-7B-Instruct already had; without it the toy model never learns to look
+    at the video behind the ~700-token P2C-CoT prompt (README "Stage 0" has the measurements).
   * The toy preset (--model toy, the default) replaces the paper's lr/epochs/batch with values for a
     1M-parameter model that must learn in minutes on a CPU; it fills only flags you did not set
     and prints them.
@@ -53,6 +59,10 @@ PAPER = dict(epochs=4, lr=1e-6, batch_size=1, grad_accum=2, warmup_ratio=0.03, w
 # Toy preset: a 1M-parameter model learns the P2C-CoT templates in minutes with a far larger lr.
 TOY = dict(epochs=6, lr=2e-3, batch_size=4, grad_accum=1, warmup_ratio=0.05, weight_decay=0.0,
            max_grad_norm=1.0, save_every=50, num_workers=1)
+# Toy stage 0 (--task caption): captions are short and the prompt is one line, so a step is ~3x
+# cheaper; a larger batch of the 2000 caption videos teaches the toy model to look at the video.
+TOY_CAPTION = dict(epochs=2, lr=2e-3, batch_size=8, grad_accum=1, warmup_ratio=0.05, weight_decay=0.0,
+                   max_grad_norm=1.0, save_every=100, num_workers=1)
 
 
 def parse_args(argv=None):
@@ -61,12 +71,22 @@ def parse_args(argv=None):
     g = ap.add_argument_group("model")
     g.add_argument("--model", default="toy", help="'toy' or a local Qwen2.5-VL checkpoint directory")
     g = ap.add_argument_group("data")
-    g.add_argument("--data", default=None, help="Vad-Reasoning-SFT-train.jsonl (default: the toy world's)")
+    g.add_argument("--task", default="p2c", choices=["p2c", "caption"],
+                   help="p2c: Vad-R1 SFT, think + answer behind the P2C-CoT prompt (the paper). caption: toy "
+                        "stage 0 (not in the paper), captions behind a one-line prompt on Toy-Caption.jsonl, "
+                        "standing in for the VLM pretraining Qwen2.5-VL already has (data.CAPTION_PROMPT)")
+    g.add_argument("--data", default=None,
+                   help="Vad-Reasoning-SFT-train.jsonl, or Toy-Caption.jsonl with --task caption "
+                        "(default: the toy world's)")
     g.add_argument("--video-root", default=None, help="directory the manifest's videos are resolved under")
     g.add_argument("--prompt-variant", default="fine", choices=["fine", "binary"],
                    help="<which> holds the fine-grained category (SFT data) or Abnormal/Normal")
     g.add_argument("--skip-bad", action="store_true", help="skip (and count) bad manifest rows instead of failing")
     g.add_argument("--num-workers", type=int, default=None, help="DataLoader workers decoding videos")
+    g.add_argument("--tokenizer-corpus", nargs="+", default=None, metavar="JSONL",
+                   help="--model toy only: manifests whose texts (think, answer, caption) train the toy "
+                        "tokenizer; later stages reuse it, so stage 0 must see the SFT text too "
+                        "(default: the toy world's SFT and caption text, or --data's)")
     vadr.add_video_args(ap)
     g = ap.add_argument_group("optimisation (paper App. C.3; None = paper default or toy preset)")
     g.add_argument("--epochs", type=int, default=None, help="passes over the data (paper: 4)")
@@ -79,9 +99,13 @@ def parse_args(argv=None):
     g.add_argument("--max-grad-norm", type=float, default=None, help="gradient clipping (paper: 5)")
     vadr.add_run_args(ap, default_out="runs/toy/sft")
     vadr.add_scale_args(ap, stage="sft")  # --lora-*, --merge, --dry-run (vadr section 10)
+    g.add_argument("--preset", default=None, choices=["paper", "toy"],
+                   help="defaults for unset flags: paper (real model) or toy (default with --model toy or "
+                        "without --data)")
     args = ap.parse_args(argv)
-    filled = vadr.apply_preset(args, TOY if args.model == "toy" else PAPER, "toy" if args.model == "toy" else "paper")
-    args.preset_filled = filled
+    args.preset = args.preset or ("toy" if args.model == "toy" or args.data is None else "paper")
+    preset = {"paper": PAPER, "toy": TOY_CAPTION if args.task == "caption" else TOY}[args.preset]
+    args.preset_filled = vadr.apply_preset(args, preset, args.preset)
     return args
 
 
@@ -128,16 +152,19 @@ def main(argv=None):
     dist_info = vadr.setup_distributed(args.device)
     rank, world, device = dist_info["rank"], dist_info["world_size"], dist_info["device"]
     if vadr.is_main() and args.preset_filled:
-        print(f"[{'toy' if args.model == 'toy' else 'paper'} preset] " + " ".join(args.preset_filled))
+        print(f"[{args.preset} preset] " + " ".join(args.preset_filled))
 
     # ---- data
     if args.data is None:
         if vadr.is_main():
             data.ensure_toy_world(TOY_DATA_DIR)
         vadr.barrier()
-        args.data = os.path.join(TOY_DATA_DIR, "Vad-Reasoning-SFT-train.jsonl")
+        args.data = data.manifest_paths(TOY_DATA_DIR)["caption" if args.task == "caption" else "sft_train"]
         args.video_root = args.video_root or os.path.join(TOY_DATA_DIR, "videos")
-    rows = data.read_manifest(args.data, "sft", video_root=args.video_root, skip_bad=args.skip_bad)
+        if args.model == "toy" and args.tokenizer_corpus is None:
+            args.tokenizer_corpus = [data.manifest_paths(TOY_DATA_DIR)[k] for k in ("sft_train", "caption")]
+    kind = "caption" if args.task == "caption" else "sft"
+    rows = data.read_manifest(args.data, kind, video_root=args.video_root, skip_bad=args.skip_bad)
     global_batch = args.batch_size * args.grad_accum * world
     steps_per_epoch = len(rows) // global_batch
     if steps_per_epoch == 0:
@@ -149,7 +176,10 @@ def main(argv=None):
     # ---- model (a resumed run reloads its own weights; the toy tokenizer is trained on the SFT text)
     start = dict(step=0, epoch=0, step_in_epoch=0)
     resume_dir = vadr.resolve_resume(args.resume) if args.resume else None
-    corpus = [t for r in rows for t in (r["think"], r["answer"])] if args.model == "toy" else None  # = data.toy_corpus
+    corpus = None
+    if args.model == "toy":
+        corpus = data.manifest_texts(args.tokenizer_corpus) if args.tokenizer_corpus else \
+            [r[k] for r in rows for k in ("think", "answer", "caption") if k in r]
     # vadr section 10: load_model plus LoRA adapters (--lora-rank; a LoRA checkpoint is base + adapters),
     # gradient checkpointing on for a real model, and the vision-tower guard
     model, tok = vadr.load_for_training(resume_dir or args.model, args, resume=resume_dir is not None,
@@ -178,8 +208,11 @@ def main(argv=None):
         elif os.path.exists(log_path):
             os.remove(log_path)
 
-    ds = data.SFTDataset(rows, prompt_variant=args.prompt_variant, num_frames=args.frames,
-                         min_pixels=args.min_pixels, max_pixels=args.max_pixels)
+    if args.task == "caption":
+        ds = data.CaptionDataset(rows, num_frames=args.frames, min_pixels=args.min_pixels, max_pixels=args.max_pixels)
+    else:
+        ds = data.SFTDataset(rows, prompt_variant=args.prompt_variant, num_frames=args.frames,
+                             min_pixels=args.min_pixels, max_pixels=args.max_pixels)
     collate = data.make_collate(tok, with_targets=True)
     per_step = args.batch_size * args.grad_accum  # rows this rank consumes per optimizer step
 

@@ -170,7 +170,7 @@ def test_path_resolution_order(tmp_path):
 
 # ================================================================ the toy world
 
-TINY = dict(n_sft=14, n_test=4, n_rl=6, size=(64, 80), frames=(16, 24), fps=8, workers=1, quiet=True)
+TINY = dict(n_sft=14, n_test=4, n_rl=6, n_caption=4, size=(64, 80), frames=(16, 24), fps=8, workers=1, quiet=True)
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +190,7 @@ def _decode_all(path):
 
 
 def test_toy_world_is_deterministic(tmp_path):
-    kw = dict(n_sft=4, n_test=2, n_rl=2, size=(64, 64), frames=(16, 20), quiet=True)
+    kw = dict(n_sft=4, n_test=2, n_rl=2, n_caption=2, size=(64, 64), frames=(16, 20), quiet=True)
     a, b, c, d = (str(tmp_path / n) for n in "abcd")
     data.generate_toy_world(a, seed=3, workers=1, **kw)
     data.generate_toy_world(b, seed=3, workers=2, **kw)   # worker count must not matter
@@ -250,7 +250,30 @@ def test_toy_schema(tiny_world):
     train = data.read_manifest(paths["sft_train"], "sft")
     # 7 abnormal training videos spread evenly: each toy category exactly once
     assert sorted(r["anomaly_type"] for r in train if r["label"] == "Abnormal") == sorted(data.TOY_CATEGORIES)
-    assert len(data.toy_corpus(out)) == 2 * 14
+    assert len(data.toy_corpus(out)) == 2 * 14 + 4  # think + answer per SFT row, then the captions
+
+
+def test_toy_captions_describe_pixels_without_judging(tiny_world):
+    """Stage-0 captions (toy only): own videos, plain description, the event's time in seconds; no
+    category name, no 'anomaly', no P2C-CoT tag, so that judging is left to SFT and AVA-GRPO."""
+    out, paths = tiny_world
+    rows = data.read_manifest(paths["caption"], "caption", probe_videos=True)
+    assert len(rows) == 4 and sum(r["label"] == "Abnormal" for r in rows) == 2
+    others = {json.loads(ln)["video"] for k in ("sft_train", "sft_test", "rl") for ln in open(paths[k])}
+    for r in rows:
+        assert r["video"] not in others
+        c = r["caption"]
+        assert "<" not in c and "anomal" not in c.lower() and "normal" not in c.lower()
+        assert not any(cat.lower() in c.lower() for cat in data.TOY_CATEGORIES)
+        m = re.search(r" From (\d+\.\d) s to (\d+\.\d) s, ", c)
+        assert (m is not None) == (r["label"] == "Abnormal"), c
+        if m:
+            assert float(m.group(1)) < float(m.group(2)) <= 24 / 8   # at most 24 frames at 8 fps
+    ds = data.CaptionDataset(rows, num_frames=16)
+    item = ds[0]
+    assert item["prompt"] == data.CAPTION_PROMPT and item["target"] == rows[0]["caption"]
+    with pytest.raises(ValueError, match="caption rows"):
+        data.CaptionDataset([{"line": 3, "think": "", "answer": ""}])
 
 
 def test_when_formatting():
@@ -261,7 +284,7 @@ def test_when_formatting():
 
 def test_ensure_toy_world_reuses_and_regenerates(tiny_world, tmp_path):
     out = str(tmp_path / "w")
-    kw = dict(seed=1, n_sft=2, n_test=2, n_rl=2, size=(64, 64), frames=(16, 16), workers=1, quiet=True)
+    kw = dict(seed=1, n_sft=2, n_test=2, n_rl=2, n_caption=2, size=(64, 64), frames=(16, 16), workers=1, quiet=True)
     p = data.ensure_toy_world(out, **kw)
     stamp = os.stat(p["sft_train"]).st_mtime_ns
     assert data.ensure_toy_world(out, **kw) == p and os.stat(p["sft_train"]).st_mtime_ns == stamp  # reused
