@@ -1316,7 +1316,7 @@ def run_inference(args) -> int:
 # ground-truth interval in green and the predicted one in red under them). No plotting library:
 # SVG is text and PNG is written with zlib (data.write_png).
 
-REPORT_ROWS = [("base", "Toy Qwen2.5-VL (untrained)"), ("rl_only", "+AVA-GRPO"), ("sft", "+SFT"),
+REPORT_ROWS = [("base", "Toy Qwen2.5-VL (stage-0 captioner)"), ("rl_only", "+AVA-GRPO"), ("sft", "+SFT"),
                ("rl", "+SFT+AVA-GRPO")]
 
 

@@ -217,7 +217,7 @@ def main(argv=None):
     per_step = args.batch_size * args.grad_accum  # rows this rank consumes per optimizer step
 
     step = start["step"]
-    pbar = tqdm(total=total_steps, initial=step, disable=not vadr.is_main(), desc="sft", dynamic_ncols=True)
+    pbar = tqdm(total=total_steps, initial=step, disable=not vadr.is_main(), desc=args.task, dynamic_ncols=True)
     t0, tokens_seen = time.time(), 0
     model.train()
     done = step >= total_steps
