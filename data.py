@@ -18,7 +18,7 @@ What is here (paper sections in brackets; "facts" = ../shared/notes/vad-r1-facts
      method (SFT -> AVA-GRPO -> evaluation) runs on a laptop CPU.
 
 Run it:
-    python data.py toy --out data/toy                       # ~540 videos, well under a minute
+    python data.py toy --out data/toy                       # ~2,540 videos (2,000 for captions), under a minute
     python data.py toy --out /tmp/tiny --n-sft 14 --n-test 4 --n-rl 8 --frames 24 32
     python data.py validate --manifest Vad-Reasoning-SFT-train.jsonl --kind sft --video-root /data/vad
     python data.py validate --manifest data/toy/Vad-Reasoning-RL.jsonl --kind rl --skip-bad
