@@ -429,9 +429,10 @@ class SFTDataset(torch.utils.data.Dataset):
 
     def __init__(self, rows: list[dict], prompt_variant: str = "fine", num_frames: int = 16,
                  min_pixels: int = vadr.DEFAULT_MIN_PIXELS, max_pixels: int = vadr.DEFAULT_MAX_PIXELS):
-        missing = [r.get("line") for r in rows if "think" not in r or "answer" not in r]
+        missing = [r.get("line") for r in rows if any(k not in r for k in self.target_fields)]
         if missing:
-            raise ValueError(f"SFTDataset needs SFT rows with think/answer; rows at lines {missing[:10]} have none")
+            raise ValueError(f"{type(self).__name__} needs rows with {'/'.join(self.target_fields)}; "
+                             f"rows at lines {missing[:10]} have none")
         self.rows, self.prompt = rows, vadr.build_prompt(prompt_variant)
         self.num_frames, self.min_pixels, self.max_pixels = num_frames, min_pixels, max_pixels
 
@@ -441,7 +442,12 @@ class SFTDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict:
         row = self.rows[i]
         video = vadr.encode_video(row["video_path"], self.num_frames, None, self.min_pixels, self.max_pixels)
-        return dict(video=video, prompt=self.prompt, target=row["think"] + "\n" + row["answer"], row=row)
+        return dict(video=video, prompt=self.prompt, target=self.target(row), row=row)
+
+    target_fields = ("think", "answer")
+
+    def target(self, row: dict) -> str:
+        return row["think"] + "\n" + row["answer"]  # facts s.2
 
 
 class RLDataset(torch.utils.data.Dataset):
@@ -465,25 +471,18 @@ class RLDataset(torch.utils.data.Dataset):
                     row=row)
 
 
-class CaptionDataset(torch.utils.data.Dataset):
+class CaptionDataset(SFTDataset):
     """Toy stage 0: one item per caption row, dict(video, prompt=CAPTION_PROMPT, target=caption,
-    row). Same item layout as SFTDataset, so the same collate and loss train on it."""
+    row). SFTDataset's item layout and decoding, so the same collate and loss train on it."""
+    target_fields = ("caption",)
 
     def __init__(self, rows: list[dict], num_frames: int = 16, min_pixels: int = vadr.DEFAULT_MIN_PIXELS,
                  max_pixels: int = vadr.DEFAULT_MAX_PIXELS):
-        missing = [r.get("line") for r in rows if "caption" not in r]
-        if missing:
-            raise ValueError(f"CaptionDataset needs caption rows; rows at lines {missing[:10]} have none")
-        self.rows, self.prompt = rows, CAPTION_PROMPT
-        self.num_frames, self.min_pixels, self.max_pixels = num_frames, min_pixels, max_pixels
+        super().__init__(rows, "fine", num_frames, min_pixels, max_pixels)
+        self.prompt = CAPTION_PROMPT
 
-    def __len__(self):
-        return len(self.rows)
-
-    def __getitem__(self, i: int) -> dict:
-        row = self.rows[i]
-        video = vadr.encode_video(row["video_path"], self.num_frames, None, self.min_pixels, self.max_pixels)
-        return dict(video=video, prompt=self.prompt, target=row["caption"], row=row)
+    def target(self, row: dict) -> str:
+        return row["caption"]
 
 
 def collate_batch(items: list[dict], tokenizer, system: str = vadr.DEFAULT_SYSTEM_PROMPT,
@@ -1260,7 +1259,7 @@ def toy_texts(meta: dict, rng) -> tuple[str, str]:
 # Vad-R1 starts from Qwen2.5-VL-7B-Instruct, a model that can already say what a video shows. The
 # random toy model cannot, and behind the ~700-token P2C-CoT prompt it never learns to look: the
 # video is ~130 of ~840 tokens the first answer token attends to, and SFT loss falls by fitting the
-# templates alone (README "What you should see" has the measurements). So the toy pipeline first
+# templates alone (README "Stage 0" has the measurements). So the toy pipeline first
 # teaches the toy model to caption toy videos with a one-line prompt -- our stand-in for the
 # pretraining every real VLM has had. Captions are plain descriptions of the pixels, on their own
 # videos (no video is shared with the SFT, RL or test splits). They never use the word "anomaly",

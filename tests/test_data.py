@@ -272,7 +272,7 @@ def test_toy_captions_describe_pixels_without_judging(tiny_world):
     ds = data.CaptionDataset(rows, num_frames=16)
     item = ds[0]
     assert item["prompt"] == data.CAPTION_PROMPT and item["target"] == rows[0]["caption"]
-    with pytest.raises(ValueError, match="caption rows"):
+    with pytest.raises(ValueError, match="CaptionDataset needs rows with caption"):
         data.CaptionDataset([{"line": 3, "think": "", "answer": ""}])
 
 
