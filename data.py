@@ -528,7 +528,8 @@ TOY_CATEGORIES = ("Fighting", "Falling", "Fire", "Wrong-Way Driving", "Falling O
 assert all(c in vadr.CATEGORIES for c in TOY_CATEGORIES)
 TOY_SOURCE = "TOY"
 TOY_VERSION = 2  # bump when rendering or text changes, so ensure_toy_world regenerates
-TOY_DEFAULTS = dict(seed=0, n_sft=240, n_test=60, n_rl=240, n_caption=2000, size=(112, 112), frames=(48, 96), fps=8)
+TOY_DEFAULTS = dict(seed=0, n_sft=240, n_test=60, n_rl=240, n_caption=2000, size=(112, 112), frames=(48, 96), fps=8,
+                    sprite_scale=1.0, categories=TOY_CATEGORIES)
 MANIFEST_NAMES = dict(sft_train="Vad-Reasoning-SFT-train.jsonl", sft_test="Vad-Reasoning-SFT-test.jsonl",
                       rl="Vad-Reasoning-RL.jsonl", caption="Toy-Caption.jsonl")
 
@@ -601,9 +602,10 @@ def _disc(img, cx, cy, r, rgb) -> list:
     return [(a + int(xs.min()), c + int(ys.min()), a + int(xs.max()) + 1, c + int(ys.max()) + 1)]
 
 
-def _sizes(H: int) -> dict:
-    """Sprite sizes in pixels for a frame of height H (designed at H = 112: figures 5 x 14 px)."""
-    u = H / 112.0
+def _sizes(H: int, scale: float = 1.0) -> dict:
+    """Sprite sizes in pixels for a frame of height H (designed at H = 112: figures 5 x 14 px),
+    times `scale` (the world's sprite_scale: larger sprites = larger, more salient events)."""
+    u = H / 112.0 * scale
     k = lambda v: max(1, int(round(v * u)))
     return dict(u=u, head=k(4), body_w=k(5), body_h=k(5), leg_w=k(2), leg_h=k(5), arm=k(2),
                 punch=k(4), fig_h=k(4) + k(5) + k(5), car_len=k(18), car_h=k(5), cab_h=k(4),
@@ -674,9 +676,9 @@ def _wrap(x: float, W: int, margin: int) -> float:
 
 # ------------------------------------------------------------------ the scene
 
-def _plan_scene(rng, H: int, W: int) -> dict:
+def _plan_scene(rng, H: int, W: int, sprite_scale: float = 1.0) -> dict:
     """Layout, colours and the static background (H, W, 3) uint8 of one video."""
-    S = _sizes(H)
+    S = _sizes(H, sprite_scale)
     u = S["u"]
     hz = int(round(H * rng.uniform(0.22, 0.30)))            # sky/buildings above the walkway
     rt = hz + int(round(H * rng.uniform(0.28, 0.34)))       # walkway [hz, rt), road top rt
@@ -978,14 +980,15 @@ def _frames_range(frames) -> tuple[int, int]:
 
 
 def render_toy_video(seed: int, category: str | None = None, size=(112, 112), frames=(48, 96),
-                     fps: float = 8.0, draw_event: bool = True):
+                     fps: float = 8.0, draw_event: bool = True, sprite_scale: float = 1.0):
     """Render one toy video without writing anything.
 
     seed: everything random (layout, colours, length, event window) comes from it.
     category: one of TOY_CATEGORIES, or None for a normal video.
     size: (H, W), even numbers (H.264 yuv420p). frames: length, an int or an inclusive (lo, hi)
     range drawn per video. draw_event=False renders the same video without the event's sprites
-    (a counterfactual for tests and previews).
+    (a counterfactual for tests and previews). sprite_scale: people, cars, bags and every event's
+    sprites drawn this many times larger (the layout of the street stays the same).
     -> frames uint8 (T, H, W, 3), meta dict(category, label, total_frames, fps, start, end, bbox,
        background (H, W, 3) uint8, facts). start/end/bbox are None for normal videos.
     """
@@ -997,7 +1000,9 @@ def render_toy_video(seed: int, category: str | None = None, size=(112, 112), fr
     lo, hi = _frames_range(frames)
     rng = np.random.default_rng(seed)
     T = int(rng.integers(lo, hi + 1))           # independent of the label
-    sc = _plan_scene(rng, H, W)
+    if not 0.5 <= sprite_scale <= 4:
+        raise ValueError(f"sprite_scale must be in [0.5, 4], got {sprite_scale}")
+    sc = _plan_scene(rng, H, W, sprite_scale)
     n_people = int(rng.integers(2, 6))          # actors replace ordinary walkers (honesty)
     event, s, e = None, None, None
     if category is not None:
@@ -1325,7 +1330,8 @@ def write_video(path: str, frames, fps: float = 8.0, crf: int = 18):
 
 def _toy_job(job: dict) -> dict:
     """Render, encode and describe one video (runs in a worker process)."""
-    frames, meta = render_toy_video(job["seed"], job["category"], job["size"], job["frames"], job["fps"])
+    frames, meta = render_toy_video(job["seed"], job["category"], job["size"], job["frames"], job["fps"],
+                                    sprite_scale=job["sprite_scale"])
     write_video(job["path"], frames, job["fps"])
     row = dict(source=TOY_SOURCE, video=job["name"])
     if job["split"] == "rl":  # weak labels only (App. B.1)
@@ -1343,7 +1349,7 @@ def _toy_job(job: dict) -> dict:
 
 
 def _toy_jobs(out_dir: str, seed: int, n_sft: int, n_test: int, n_rl: int, n_caption: int, size, frames,
-              fps) -> list:
+              fps, sprite_scale: float = 1.0, categories=TOY_CATEGORIES) -> list:
     """The list of videos to make: per split about half abnormal, spread evenly over the
     categories, in a random order; neutral names from a random permutation of all videos."""
     rng = np.random.default_rng(seed)
@@ -1351,7 +1357,8 @@ def _toy_jobs(out_dir: str, seed: int, n_sft: int, n_test: int, n_rl: int, n_cap
     for split, n in (("sft_train", n_sft), ("sft_test", n_test), ("rl", n_rl), ("caption", n_caption)):
         n_abn = n // 2
         offset = int(rng.integers(len(TOY_CATEGORIES)))
-        cats = [TOY_CATEGORIES[(offset + i) % len(TOY_CATEGORIES)] for i in range(n_abn)] + [None] * (n - n_abn)
+        offset %= len(categories)
+        cats = [categories[(offset + i) % len(categories)] for i in range(n_abn)] + [None] * (n - n_abn)
         order = rng.permutation(n)
         specs += [(split, cats[i]) for i in order]
     names = rng.permutation(len(specs))
@@ -1361,7 +1368,8 @@ def _toy_jobs(out_dir: str, seed: int, n_sft: int, n_test: int, n_rl: int, n_cap
     for (split, cat), num, vs in zip(specs, names, seeds):
         name = f"toy_{int(num):05d}"
         jobs.append(dict(split=split, category=cat, seed=int(vs), name=name, size=tuple(size),
-                         frames=tuple(_frames_range(frames)), fps=fps, path=os.path.join(vdir, name + ".mp4")))
+                         frames=tuple(_frames_range(frames)), fps=fps, sprite_scale=float(sprite_scale),
+                         path=os.path.join(vdir, name + ".mp4")))
     return jobs
 
 
@@ -1371,6 +1379,7 @@ def manifest_paths(out_dir: str) -> dict:
 
 def generate_toy_world(out_dir: str, seed: int = 0, n_sft: int = 240, n_test: int = 60, n_rl: int = 240,
                        n_caption: int = 2000, size=(112, 112), frames=(48, 96), fps: float = 8,
+                       sprite_scale: float = 1.0, categories=TOY_CATEGORIES,
                        workers: int | None = None, quiet: bool = False) -> dict:
     """Write the toy world: out_dir/videos/toy_NNNNN.mp4, the three manifests in the
     Vad-Reasoning schema and Toy-Caption.jsonl (rows source, video, anomaly_type, path,
@@ -1378,15 +1387,16 @@ def generate_toy_world(out_dir: str, seed: int = 0, n_sft: int = 240, n_test: in
     manifests and identical decoded frames (only the absolute `path` field depends on out_dir).
     Returns manifest_paths(out_dir) plus 'videos'."""
     t0 = time.time()
-    params = dict(version=TOY_VERSION, seed=int(seed), n_sft=int(n_sft), n_test=int(n_test), n_rl=int(n_rl),
-                  n_caption=int(n_caption), size=[int(size[0]), int(size[1])], frames=list(_frames_range(frames)), fps=float(fps))
+    categories = _check_categories(categories)
+    params = _world_params(dict(seed=seed, n_sft=n_sft, n_test=n_test, n_rl=n_rl, n_caption=n_caption, size=size,
+                                frames=frames, fps=fps, sprite_scale=sprite_scale, categories=categories))
     out_dir = os.path.abspath(out_dir)
     os.makedirs(os.path.join(out_dir, "videos"), exist_ok=True)
     paths = manifest_paths(out_dir)
     for p in list(paths.values()) + [os.path.join(out_dir, "toy_world.json")]:
         if os.path.exists(p):  # manifests last-written = complete; remove first so a crash leaves none
             os.remove(p)
-    jobs = _toy_jobs(out_dir, seed, n_sft, n_test, n_rl, n_caption, size, frames, fps)
+    jobs = _toy_jobs(out_dir, seed, n_sft, n_test, n_rl, n_caption, size, frames, fps, sprite_scale, categories)
     workers = workers or min(8, os.cpu_count() or 1)
     if workers > 1 and len(jobs) > 1:
         ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
@@ -1402,7 +1412,7 @@ def generate_toy_world(out_dir: str, seed: int = 0, n_sft: int = 240, n_test: in
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")
         os.replace(tmp, paths[key])
     with open(os.path.join(out_dir, "toy_world.json"), "w") as f:
-        json.dump(dict(params=params, categories=list(TOY_CATEGORIES)), f, indent=1)
+        json.dump(dict(params=params, categories=list(categories)), f, indent=1)
     if not quiet:
         print(f"toy world: {len(jobs)} videos ({n_sft} SFT-train, {n_test} SFT-test, {n_rl} RL, {n_caption} caption) "
               f"in {out_dir} "
@@ -1410,14 +1420,29 @@ def generate_toy_world(out_dir: str, seed: int = 0, n_sft: int = 240, n_test: in
     return dict(paths, videos=os.path.join(out_dir, "videos"))
 
 
+def _check_categories(categories) -> tuple:
+    cats = tuple(categories)
+    bad = [c for c in cats if c not in TOY_CATEGORIES]
+    if not cats or bad or len(set(cats)) != len(cats):
+        raise ValueError(f"toy categories must be distinct names from {TOY_CATEGORIES}, got {list(cats)}")
+    return cats
+
+
+def _world_params(a: dict) -> dict:
+    """The parameters that define a toy world, as stored in toy_world.json (ensure_toy_world
+    regenerates when they differ)."""
+    return dict(version=TOY_VERSION, seed=int(a["seed"]), n_sft=int(a["n_sft"]), n_test=int(a["n_test"]),
+                n_rl=int(a["n_rl"]), n_caption=int(a["n_caption"]), size=[int(a["size"][0]), int(a["size"][1])],
+                frames=list(_frames_range(a["frames"])), fps=float(a["fps"]),
+                sprite_scale=float(a["sprite_scale"]), categories=list(_check_categories(a["categories"])))
+
+
 def ensure_toy_world(out_dir: str, **kw) -> dict:
     """Generate the toy world into out_dir unless it is already there with the same parameters
     (toy_world.json). kw: generate_toy_world's arguments. Under torchrun call it on rank 0 only,
     then barrier."""
     args = dict(TOY_DEFAULTS, **{k: v for k, v in kw.items() if k not in ("workers", "quiet")})
-    want = dict(version=TOY_VERSION, seed=int(args["seed"]), n_sft=int(args["n_sft"]), n_test=int(args["n_test"]),
-                n_rl=int(args["n_rl"]), n_caption=int(args["n_caption"]), size=[int(args["size"][0]), int(args["size"][1])],
-                frames=list(_frames_range(args["frames"])), fps=float(args["fps"]))
+    want = _world_params(args)
     stamp = os.path.join(out_dir, "toy_world.json")
     paths = manifest_paths(os.path.abspath(out_dir))
     if os.path.isfile(stamp) and all(os.path.isfile(p) for p in paths.values()):
@@ -1485,7 +1510,8 @@ def contact_sheet(frames, indices, start=None, end=None, bbox=None, cols: int = 
 def _cmd_toy(a):
     generate_toy_world(a.out, seed=a.seed, n_sft=a.n_sft, n_test=a.n_test, n_rl=a.n_rl, n_caption=a.n_caption,
                        size=tuple(a.size),
-                       frames=tuple(a.frames), fps=a.fps, workers=a.workers)
+                       frames=tuple(a.frames), fps=a.fps, sprite_scale=a.sprite_scale,
+                       categories=tuple(a.categories), workers=a.workers)
     for key, p in manifest_paths(a.out).items():
         rows = read_manifest(p, {"rl": "rl", "caption": "caption"}.get(key, "sft"))
         c = Counter(r["label"] for r in rows)
@@ -1518,7 +1544,7 @@ def _cmd_preview(a):
         print(f"{a.video}: {v['total_frames']} frames at {v['fps']:.2f} fps")
     else:
         frames, meta = render_toy_video(a.seed, a.category, tuple(a.size), tuple(a.frames), a.fps,
-                                        draw_event=not a.counterfactual)
+                                        draw_event=not a.counterfactual, sprite_scale=a.sprite_scale)
         idx = vadr.sample_frame_indices(len(frames), a.num_frames)
         sheet = contact_sheet(frames, idx, meta["start"], meta["end"], meta["bbox"])
         think, answer = toy_texts(meta, np.random.default_rng([a.seed, 7]))
@@ -1545,6 +1571,10 @@ def main(argv=None):
     t.add_argument("--frames", type=int, nargs="+", default=TOY_DEFAULTS["frames"], metavar="F",
                    help="frames per video: one number, or LO HI for a per-video random length (>= 16)")
     t.add_argument("--fps", type=float, default=TOY_DEFAULTS["fps"], help="frame rate written to the files")
+    t.add_argument("--sprite-scale", type=float, default=TOY_DEFAULTS["sprite_scale"],
+                   help="draw people, cars and events this many times larger (event salience; README 'Stage 0')")
+    t.add_argument("--categories", nargs="+", default=list(TOY_DEFAULTS["categories"]), choices=TOY_CATEGORIES,
+                   metavar="CATEGORY", help=f"the anomaly categories the world uses (default: all of {TOY_CATEGORIES})")
     t.add_argument("--workers", type=int, default=None, help="processes (default: CPU count, at most 8)")
     t.set_defaults(fn=_cmd_toy)
 
@@ -1564,6 +1594,7 @@ def main(argv=None):
     p.add_argument("--size", type=int, nargs=2, default=TOY_DEFAULTS["size"], metavar=("H", "W"), help="frame size")
     p.add_argument("--frames", type=int, nargs="+", default=TOY_DEFAULTS["frames"], help="length or LO HI")
     p.add_argument("--fps", type=float, default=TOY_DEFAULTS["fps"], help="frame rate")
+    p.add_argument("--sprite-scale", type=float, default=TOY_DEFAULTS["sprite_scale"], help="sprite size factor")
     p.add_argument("--num-frames", type=int, default=16, help="frames sampled into the sheet")
     p.add_argument("--counterfactual", action="store_true", help="render without the event's sprites")
     p.add_argument("--video", default=None, help="preview this video file instead of a toy render")

@@ -450,3 +450,29 @@ def test_scripts_report_bad_input_without_a_traceback(tiny_world, tmp_path):
     p = subprocess.run([sys.executable, "eval.py", "--score", str(preds), "--gt", w["sft_test"]],
                        cwd=root, capture_output=True, text=True, timeout=300)
     assert p.returncode == 1 and "Traceback" not in p.stderr and f"{preds}:2: malformed JSON" in p.stderr
+
+
+def test_world_knobs_categories_and_sprite_scale(tmp_path):
+    """--categories restricts the abnormal videos to those categories (still half of each split) and is
+    recorded in toy_world.json; --sprite-scale draws the same video with sprites that many times larger."""
+    out = str(tmp_path / "w")
+    kw = dict(seed=2, n_sft=6, n_test=2, n_rl=4, n_caption=4, size=(64, 64), frames=(16, 16), workers=1, quiet=True)
+    data.generate_toy_world(out, categories=("Fire",), sprite_scale=2.0, **kw)
+    rows = data.read_manifest(data.manifest_paths(out)["sft_train"], "sft")
+    assert sorted(r["anomaly_type"] for r in rows) == ["Fire"] * 3 + ["Normal"] * 3
+    params = json.load(open(os.path.join(out, "toy_world.json")))["params"]
+    assert (params["categories"], params["sprite_scale"]) == (["Fire"], 2.0)
+    with pytest.raises(ValueError, match="toy categories"):
+        data.generate_toy_world(str(tmp_path / "bad"), categories=("Fire", "Robbery"), **kw)
+    # the default world is unchanged by the knobs' defaults: same rows as without them
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    data.generate_toy_world(a, **kw)
+    data.generate_toy_world(b, categories=data.TOY_CATEGORIES, sprite_scale=1.0, **kw)
+    assert _read_all(a) == [t.replace(b, a) for t in _read_all(b)]
+    # sprite sizes scale: the fire's bbox (radius ~ sprite unit) grows about 2x at scale 2
+    _, m1 = data.render_toy_video(7, "Fire", size=(112, 112), frames=32)
+    _, m2 = data.render_toy_video(7, "Fire", size=(112, 112), frames=32, sprite_scale=2.0)
+    w1, w2 = m1["bbox"][2] - m1["bbox"][0], m2["bbox"][2] - m2["bbox"][0]
+    assert 1.6 < w2 / w1 < 2.4, (w1, w2)
+    with pytest.raises(ValueError, match="sprite_scale"):
+        data.render_toy_video(7, "Fire", size=(112, 112), frames=32, sprite_scale=10)
