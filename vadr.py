@@ -1629,7 +1629,7 @@ def sequence_shapes(args, stage: str, frame_hw: tuple[int, int] | None = None) -
     else:
         per_pair = max_pixels // IMAGE_FACTOR ** 2
     vt = math.ceil(frames / TEMPORAL_PATCH_SIZE) * per_pair
-    variant = "binary" if stage == "rl" else getattr(args, "prompt_variant", "fine")
+    variant = getattr(args, "prompt_variant", None) or ("binary" if stage == "rl" else "fine")
     text = math.ceil((len(DEFAULT_SYSTEM_PROMPT) + len(build_prompt(variant))) / CHARS_PER_TOKEN) + 12
     target = args.max_new_tokens if stage == "rl" else SFT_TARGET_TOKENS
     videos = args.batch_size

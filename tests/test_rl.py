@@ -75,3 +75,13 @@ def test_rl_two_ranks_identical_and_kill_resume(tiny_world, sft_ckpt, tmp_path):
     lb = [json.loads(x) for x in open(tmp_path / "killed" / "log.jsonl")]
     assert [r["step"] for r in lb] == [1, 2, 3]
     assert [r["reward"] for r in la] == [r["reward"] for r in lb] and [r["sample"] for r in la] == [r["sample"] for r in lb]
+
+
+def test_rl_prompt_variant_follows_the_preset():
+    """The paper preset samples under the binary RL prompt (facts note s.2); the toy preset under the
+    SFT (fine) prompt, the only one the toy SFT model has seen; an explicit flag wins over both."""
+    import train_rl
+    assert train_rl.parse_args([]).prompt_variant == "fine"
+    assert train_rl.parse_args(["--data", "rl.jsonl", "--model", "sft_dir"]).prompt_variant == "binary"
+    assert train_rl.parse_args(["--prompt-variant", "binary"]).prompt_variant == "binary"
+    assert train_rl.parse_args(["--data", "rl.jsonl", "--model", "m", "--prompt-variant", "fine"]).prompt_variant == "fine"
