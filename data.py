@@ -527,9 +527,15 @@ TOY_CATEGORIES = ("Fighting", "Falling", "Fire", "Wrong-Way Driving", "Falling O
                   "Pedestrian Jaywalking")
 assert all(c in vadr.CATEGORIES for c in TOY_CATEGORIES)
 TOY_SOURCE = "TOY"
-TOY_VERSION = 2  # bump when rendering or text changes, so ensure_toy_world regenerates
+TOY_VERSION = 3  # bump when rendering or text changes, so ensure_toy_world regenerates
+# The world `data.py toy`, `make toy` and the scripts' no-argument runs make. One category (Fire) at
+# sprite scale 2.5: the one setting in which the toy model measurably learned to detect the event
+# within the CPU budget (README "What you should see": with all seven categories, at scale 1, 1.7 or
+# 2.5, a direct Yes/No probe stayed at chance for 800 steps). `--categories` and `--sprite-scale`
+# give back the harder worlds. generate_toy_world's own keyword defaults still draw all seven
+# categories at scale 1 (the tests' tiny worlds).
 TOY_DEFAULTS = dict(seed=0, n_sft=240, n_test=60, n_rl=240, n_caption=2000, size=(112, 112), frames=(48, 96), fps=8,
-                    sprite_scale=1.0, categories=TOY_CATEGORIES)
+                    sprite_scale=2.5, categories=("Fire",))
 MANIFEST_NAMES = dict(sft_train="Vad-Reasoning-SFT-train.jsonl", sft_test="Vad-Reasoning-SFT-test.jsonl",
                       rl="Vad-Reasoning-RL.jsonl", caption="Toy-Caption.jsonl")
 
@@ -1269,7 +1275,13 @@ def toy_texts(meta: dict, rng) -> tuple[str, str]:
 # pretraining every real VLM has had. Captions are plain descriptions of the pixels, on their own
 # videos (no video is shared with the SFT, RL or test splits). They never use the word "anomaly",
 # a category name or the P2C-CoT tags: judging events is what SFT and AVA-GRPO teach.
+# The event comes FIRST (then the scene), so the caption's first token is decided by the pixels
+# alone and carries the whole detection gradient; with the scene first, the event decision was one
+# token deep inside a long caption, and the captioner never learned it (it always predicted an
+# event). Measured on the Fire-only world at sprite scale 2.5, 500 caption steps, then 12 SFT epochs:
+# SFT Acc 0.500 -> 0.633, format 0.45 -> 0.75 (README "What you should see").
 CAPTION_PROMPT = "Describe the video."
+_CAPTION_QUIET = "People walk and cars drive as usual."  # the first sentence when nothing happens
 _CAPTION_SCENE = [
     "A street under a {sky} sky with {nb} buildings. {NP} people walk on the {walk} walkway and {nc} cars "
     "drive {cdir} on the road beside a {strip}.",
@@ -1289,12 +1301,15 @@ assert set(_CAPTION_EVENT) == set(TOY_CATEGORIES)
 
 
 def toy_caption(meta: dict, rng) -> str:
-    """A plain caption of one rendered toy video: the scene, then what happens and when."""
+    """A plain caption of one rendered toy video: what happens and when (or _CAPTION_QUIET), then
+    the scene. 'Flames and grey smoke rise on the left side of the walkway from 1.6 s to 5.0 s. A
+    street under a pale blue sky with ...'"""
     v = _fact_words(meta)
-    text = _CAPTION_SCENE[int(rng.integers(len(_CAPTION_SCENE)))].format(**v)
+    scene = _CAPTION_SCENE[int(rng.integers(len(_CAPTION_SCENE)))].format(**v)
     if meta["label"] == "Abnormal":
-        text += f" From {v['t0']} s to {v['t1']} s, {_CAPTION_EVENT[meta['category']].format(**v)}."
-    return text
+        event = _CAPTION_EVENT[meta["category"]].format(**v)
+        return f"{event[0].upper()}{event[1:]} from {v['t0']} s to {v['t1']} s. {scene}"
+    return f"{_CAPTION_QUIET} {scene}"
 
 
 # ------------------------------------------------------------------ writing videos and manifests

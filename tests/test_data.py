@@ -265,8 +265,10 @@ def test_toy_captions_describe_pixels_without_judging(tiny_world):
         c = r["caption"]
         assert "<" not in c and "anomal" not in c.lower() and "normal" not in c.lower()
         assert not any(cat.lower() in c.lower() for cat in data.TOY_CATEGORIES)
-        m = re.search(r" From (\d+\.\d) s to (\d+\.\d) s, ", c)
+        # the event first (so the first token is decided by the pixels), then the scene
+        m = re.match(r"[A-Z][^.]* from (\d+\.\d) s to (\d+\.\d) s\. (A street|[A-Z][a-z]+ buildings)", c)
         assert (m is not None) == (r["label"] == "Abnormal"), c
+        assert c.startswith(data._CAPTION_QUIET + " ") == (r["label"] == "Normal"), c
         if m:
             assert float(m.group(1)) < float(m.group(2)) <= 24 / 8   # at most 24 frames at 8 fps
     ds = data.CaptionDataset(rows, num_frames=16)
