@@ -15,7 +15,8 @@ What is here (paper sections in brackets; "facts" = ../shared/notes/vad-r1-facts
      Jaywalking), each with an exact temporal range and bounding box, written as real H.264 mp4
      files plus manifests in exactly the Vad-Reasoning schema, with P2C-CoT text [Sec. 3.1]
      generated from varied templates. It is the default data set of every script, so the whole
-     method (SFT -> AVA-GRPO -> evaluation) runs on a laptop CPU.
+     method (SFT -> AVA-GRPO -> evaluation) runs on a laptop CPU. The default world uses only Fire,
+     drawn 2.5x larger (TOY_DEFAULTS; --categories / --sprite-scale for the harder worlds).
 
 Run it:
     python data.py toy --out data/toy                       # ~2,540 videos (2,000 for captions), under a minute
