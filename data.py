@@ -982,8 +982,14 @@ assert set(_EVENT_PLANNERS) == set(TOY_CATEGORIES)
 def _frames_range(frames) -> tuple[int, int]:
     lo, hi = (int(frames), int(frames)) if np.isscalar(frames) else (int(frames[0]), int(frames[-1]))
     if not 16 <= lo <= hi:
-        raise ValueError(f"frames must be 16 <= lo <= hi (16 sampled frames per video), got {frames}")
+        raise vadr.InputError(f"frames must be 16 <= lo <= hi (16 sampled frames per video), got {frames}")
     return lo, hi
+
+
+def _check_sprite_scale(sprite_scale: float) -> float:
+    if not 0.5 <= sprite_scale <= 4:
+        raise vadr.InputError(f"sprite_scale must be in [0.5, 4], got {sprite_scale}")
+    return float(sprite_scale)
 
 
 def render_toy_video(seed: int, category: str | None = None, size=(112, 112), frames=(48, 96),
@@ -1007,9 +1013,7 @@ def render_toy_video(seed: int, category: str | None = None, size=(112, 112), fr
     lo, hi = _frames_range(frames)
     rng = np.random.default_rng(seed)
     T = int(rng.integers(lo, hi + 1))           # independent of the label
-    if not 0.5 <= sprite_scale <= 4:
-        raise ValueError(f"sprite_scale must be in [0.5, 4], got {sprite_scale}")
-    sc = _plan_scene(rng, H, W, sprite_scale)
+    sc = _plan_scene(rng, H, W, _check_sprite_scale(sprite_scale))
     n_people = int(rng.integers(2, 6))          # actors replace ordinary walkers (honesty)
     event, s, e = None, None, None
     if category is not None:
@@ -1372,8 +1376,9 @@ def _toy_jobs(out_dir: str, seed: int, n_sft: int, n_test: int, n_rl: int, n_cap
     specs = []
     for split, n in (("sft_train", n_sft), ("sft_test", n_test), ("rl", n_rl), ("caption", n_caption)):
         n_abn = n // 2
-        offset = int(rng.integers(len(TOY_CATEGORIES)))
-        offset %= len(categories)
+        # drawn over all seven whatever `categories` is, so the default world's random stream (and
+        # hence its files) is the same as before the knob existed
+        offset = int(rng.integers(len(TOY_CATEGORIES))) % len(categories)
         cats = [categories[(offset + i) % len(categories)] for i in range(n_abn)] + [None] * (n - n_abn)
         order = rng.permutation(n)
         specs += [(split, cats[i]) for i in order]
@@ -1403,9 +1408,10 @@ def generate_toy_world(out_dir: str, seed: int = 0, n_sft: int = 240, n_test: in
     manifests and identical decoded frames (only the absolute `path` field depends on out_dir).
     Returns manifest_paths(out_dir) plus 'videos'."""
     t0 = time.time()
-    categories = _check_categories(categories)
+    # every parameter is checked here, before a worker starts (bad values: an InputError, no traceback)
     params = _world_params(dict(seed=seed, n_sft=n_sft, n_test=n_test, n_rl=n_rl, n_caption=n_caption, size=size,
                                 frames=frames, fps=fps, sprite_scale=sprite_scale, categories=categories))
+    categories = tuple(params["categories"])
     out_dir = os.path.abspath(out_dir)
     os.makedirs(os.path.join(out_dir, "videos"), exist_ok=True)
     paths = manifest_paths(out_dir)
@@ -1440,7 +1446,7 @@ def _check_categories(categories) -> tuple:
     cats = tuple(categories)
     bad = [c for c in cats if c not in TOY_CATEGORIES]
     if not cats or bad or len(set(cats)) != len(cats):
-        raise ValueError(f"toy categories must be distinct names from {TOY_CATEGORIES}, got {list(cats)}")
+        raise vadr.InputError(f"toy categories must be distinct names from {TOY_CATEGORIES}, got {list(cats)}")
     return cats
 
 
@@ -1450,7 +1456,8 @@ def _world_params(a: dict) -> dict:
     return dict(version=TOY_VERSION, seed=int(a["seed"]), n_sft=int(a["n_sft"]), n_test=int(a["n_test"]),
                 n_rl=int(a["n_rl"]), n_caption=int(a["n_caption"]), size=[int(a["size"][0]), int(a["size"][1])],
                 frames=list(_frames_range(a["frames"])), fps=float(a["fps"]),
-                sprite_scale=float(a["sprite_scale"]), categories=list(_check_categories(a["categories"])))
+                sprite_scale=_check_sprite_scale(a["sprite_scale"]),
+                categories=list(_check_categories(a["categories"])))
 
 
 def ensure_toy_world(out_dir: str, **kw) -> dict:
@@ -1481,9 +1488,13 @@ def manifest_texts(paths: list[str]) -> list[str]:
     out = []
     for p in paths:
         kind = "caption" if os.path.basename(p) == MANIFEST_NAMES["caption"] else "sft"
-        rows = read_manifest(p, kind, check_videos=False)
-        out += [r[k] for r in rows for k in ("think", "answer", "caption") if k in r]
+        out += row_texts(read_manifest(p, kind, check_videos=False))
     return out
+
+
+def row_texts(rows: list[dict]) -> list[str]:
+    """The text fields (think, answer, caption) of manifest rows, in order."""
+    return [r[k] for r in rows for k in ("think", "answer", "caption") if k in r]
 
 
 # ================================================================================================
@@ -1588,9 +1599,11 @@ def main(argv=None):
                    help="frames per video: one number, or LO HI for a per-video random length (>= 16)")
     t.add_argument("--fps", type=float, default=TOY_DEFAULTS["fps"], help="frame rate written to the files")
     t.add_argument("--sprite-scale", type=float, default=TOY_DEFAULTS["sprite_scale"],
-                   help="draw people, cars and events this many times larger (event salience; README 'Stage 0')")
+                   help="draw people, cars and events this many times larger, 0.5-4 (event salience; README "
+                        "'The toy world')")
     t.add_argument("--categories", nargs="+", default=list(TOY_DEFAULTS["categories"]), choices=TOY_CATEGORIES,
-                   metavar="CATEGORY", help=f"the anomaly categories the world uses (default: all of {TOY_CATEGORIES})")
+                   metavar="CATEGORY", help=f"the anomaly categories the world uses, any of {TOY_CATEGORIES} "
+                                            f"(default: {' '.join(TOY_DEFAULTS['categories'])})")
     t.add_argument("--workers", type=int, default=None, help="processes (default: CPU count, at most 8)")
     t.set_defaults(fn=_cmd_toy)
 

@@ -181,7 +181,7 @@ def main(argv=None):
     corpus = None
     if args.model == "toy":
         corpus = data.manifest_texts(args.tokenizer_corpus) if args.tokenizer_corpus else \
-            [r[k] for r in rows for k in ("think", "answer", "caption") if k in r]
+            data.row_texts(rows)
     # vadr section 10: load_model plus LoRA adapters (--lora-rank; a LoRA checkpoint is base + adapters),
     # gradient checkpointing on for a real model, and the vision-tower guard
     model, tok = vadr.load_for_training(resume_dir or args.model, args, resume=resume_dir is not None,

@@ -478,3 +478,18 @@ def test_world_knobs_categories_and_sprite_scale(tmp_path):
     assert 1.6 < w2 / w1 < 2.4, (w1, w2)
     with pytest.raises(ValueError, match="sprite_scale"):
         data.render_toy_video(7, "Fire", size=(112, 112), frames=32, sprite_scale=10)
+
+
+def test_bad_world_flags_fail_before_rendering(tmp_path):
+    """data.py toy with an out-of-range flag: one clear message, exit 1, no traceback from a worker
+    process, and nothing written."""
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for flags, msg in ((["--sprite-scale", "9"], "sprite_scale must be in [0.5, 4], got 9.0"),
+                       (["--frames", "8"], "frames must be 16 <= lo <= hi")):
+        out = tmp_path / "w"
+        p = subprocess.run([sys.executable, "data.py", "toy", "--out", str(out), *flags], cwd=root,
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode == 1 and "Traceback" not in p.stderr and f"error: {msg}" in p.stderr, p.stderr
+        assert not out.exists()
