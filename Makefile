@@ -19,8 +19,11 @@ FORCE := force
 endif
 
 .PHONY: toy toy-rl-only toy-smoke force clean-toy
-# make deletes a target whose recipe is interrupted; `latest` must survive a killed run (resume)
-.PRECIOUS: $(RUN)/base/latest $(RUN)/sft/latest $(RUN)/rl/latest $(RUN)/rl_only/latest
+# A stage is finished when its `done` stamp exists (touched after the script exits 0), not when its
+# first checkpoint (`latest`) appears. A killed stage has checkpoints but no stamp, so the next
+# `make toy` continues it with --resume; a stage whose stamp is stale (an earlier stage was redone)
+# or REDO=1 starts afresh.
+RESUME = $(if $(REDO),,$(if $(wildcard $(1)/done),,$(if $(wildcard $(1)/latest $(1)/step-*),--resume $(1))))
 
 toy: $(RUN)/table.md
 
@@ -28,36 +31,40 @@ $(DATA)/toy_world.json: $(FORCE)
 	$(PY) data.py toy --out $(DATA) $(WORLD_ARGS)
 
 # stage 0: the toy base model (random init -> captioner); its tokenizer is trained on all the toy text
-$(RUN)/base/latest: $(DATA)/toy_world.json
+$(RUN)/base/done: $(DATA)/toy_world.json
 	$(PY) train_sft.py --task caption --data $(DATA)/Toy-Caption.jsonl --video-root $(DATA)/videos \
-		--tokenizer-corpus $(DATA)/Vad-Reasoning-SFT-train.jsonl $(DATA)/Toy-Caption.jsonl --out $(RUN)/base $(BASE_ARGS)
+		--tokenizer-corpus $(DATA)/Vad-Reasoning-SFT-train.jsonl $(DATA)/Toy-Caption.jsonl --out $(RUN)/base $(call RESUME,$(RUN)/base) $(BASE_ARGS)
+	touch $@
 
-$(RUN)/sft/latest: $(RUN)/base/latest
+$(RUN)/sft/done: $(RUN)/base/done
 	$(PY) train_sft.py --model $(RUN)/base --preset toy --data $(DATA)/Vad-Reasoning-SFT-train.jsonl \
-		--video-root $(DATA)/videos --out $(RUN)/sft $(SFT_ARGS)
+		--video-root $(DATA)/videos --out $(RUN)/sft $(call RESUME,$(RUN)/sft) $(SFT_ARGS)
+	touch $@
 
-$(RUN)/rl/latest: $(RUN)/sft/latest
+$(RUN)/rl/done: $(RUN)/sft/done
 	$(PY) train_rl.py --model $(RUN)/sft --data $(DATA)/Vad-Reasoning-RL.jsonl --video-root $(DATA)/videos \
-		--length-ranges-from $(DATA)/Vad-Reasoning-SFT-train.jsonl --preset toy --out $(RUN)/rl $(RL_ARGS)
+		--length-ranges-from $(DATA)/Vad-Reasoning-SFT-train.jsonl --preset toy --out $(RUN)/rl $(call RESUME,$(RUN)/rl) $(RL_ARGS)
+	touch $@
 
-$(RUN)/rl_only/latest: $(RUN)/base/latest
+$(RUN)/rl_only/done: $(RUN)/base/done
 	$(PY) train_rl.py --model $(RUN)/base --data $(DATA)/Vad-Reasoning-RL.jsonl --video-root $(DATA)/videos \
-		--length-ranges-from $(DATA)/Vad-Reasoning-SFT-train.jsonl --preset toy --out $(RUN)/rl_only $(RL_ARGS)
+		--length-ranges-from $(DATA)/Vad-Reasoning-SFT-train.jsonl --preset toy --out $(RUN)/rl_only $(call RESUME,$(RUN)/rl_only) $(RL_ARGS)
+	touch $@
 
-$(RUN)/eval_base.json: $(RUN)/base/latest
-	[ $(RUN)/preds_base.jsonl -nt $(RUN)/base/latest ] || rm -f $(RUN)/preds_base.jsonl  # resume unless stale
+$(RUN)/eval_base.json: $(RUN)/base/done
+	[ $(RUN)/preds_base.jsonl -nt $(RUN)/base/done ] || rm -f $(RUN)/preds_base.jsonl  # resume unless stale
 	$(PY) eval.py --model $(RUN)/base $(TEST) --out $(RUN)/preds_base.jsonl --json $@ --name base $(EVAL_ARGS)
 
-$(RUN)/eval_sft.json: $(RUN)/sft/latest
-	[ $(RUN)/preds_sft.jsonl -nt $(RUN)/sft/latest ] || rm -f $(RUN)/preds_sft.jsonl  # resume unless stale
+$(RUN)/eval_sft.json: $(RUN)/sft/done
+	[ $(RUN)/preds_sft.jsonl -nt $(RUN)/sft/done ] || rm -f $(RUN)/preds_sft.jsonl  # resume unless stale
 	$(PY) eval.py --model $(RUN)/sft $(TEST) --out $(RUN)/preds_sft.jsonl --json $@ --name sft $(EVAL_ARGS)
 
-$(RUN)/eval_rl.json: $(RUN)/rl/latest
-	[ $(RUN)/preds_rl.jsonl -nt $(RUN)/rl/latest ] || rm -f $(RUN)/preds_rl.jsonl  # resume unless stale
+$(RUN)/eval_rl.json: $(RUN)/rl/done
+	[ $(RUN)/preds_rl.jsonl -nt $(RUN)/rl/done ] || rm -f $(RUN)/preds_rl.jsonl  # resume unless stale
 	$(PY) eval.py --model $(RUN)/rl $(TEST) --out $(RUN)/preds_rl.jsonl --json $@ --name rl $(EVAL_ARGS)
 
-$(RUN)/eval_rl_only.json: $(RUN)/rl_only/latest
-	[ $(RUN)/preds_rl_only.jsonl -nt $(RUN)/rl_only/latest ] || rm -f $(RUN)/preds_rl_only.jsonl  # resume unless stale
+$(RUN)/eval_rl_only.json: $(RUN)/rl_only/done
+	[ $(RUN)/preds_rl_only.jsonl -nt $(RUN)/rl_only/done ] || rm -f $(RUN)/preds_rl_only.jsonl  # resume unless stale
 	$(PY) eval.py --model $(RUN)/rl_only $(TEST) --out $(RUN)/preds_rl_only.jsonl --json $@ --name rl_only $(EVAL_ARGS)
 
 $(RUN)/table.md: $(RUN)/eval_base.json $(RUN)/eval_sft.json $(RUN)/eval_rl.json
