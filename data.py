@@ -14,9 +14,10 @@ What is here (paper sections in brackets; "facts" = ../shared/notes/vad-r1-facts
      taxonomy (Fighting, Falling, Fire, Wrong-Way Driving, Falling Objects, Stealing, Pedestrian
      Jaywalking), each with an exact temporal range and bounding box, written as real H.264 mp4
      files plus manifests in exactly the Vad-Reasoning schema, with P2C-CoT text [Sec. 3.1]
-     generated from varied templates. It is the default data set of every script, so the whole
-     method (SFT -> AVA-GRPO -> evaluation) runs on a laptop CPU. The default world uses only Fire,
-     drawn 2.5x larger (TOY_DEFAULTS; --categories / --sprite-scale for the harder worlds).
+     generated from templates filled with the rendered facts. It is the default data set of every
+     script, so the whole method (SFT -> AVA-GRPO -> evaluation) runs on a laptop CPU. The default
+     world uses only Fire, drawn 2.5x larger, with one template per text slot (TOY_DEFAULTS;
+     --categories / --sprite-scale / --text-variants for the harder worlds).
 
 Run it:
     python data.py toy --out data/toy                       # ~2,540 videos (2,000 for captions), under a minute
@@ -528,15 +529,18 @@ TOY_CATEGORIES = ("Fighting", "Falling", "Fire", "Wrong-Way Driving", "Falling O
                   "Pedestrian Jaywalking")
 assert all(c in vadr.CATEGORIES for c in TOY_CATEGORIES)
 TOY_SOURCE = "TOY"
-TOY_VERSION = 3  # bump when rendering or text changes, so ensure_toy_world regenerates
+TOY_VERSION = 4  # bump when rendering or text changes, so ensure_toy_world regenerates
 # The world `data.py toy`, `make toy` and the scripts' no-argument runs make. One category (Fire) at
 # sprite scale 2.5: the one setting in which the toy model measurably learned to detect the event
 # within the CPU budget (README "What you should see": with all seven categories, at scale 1, 1.7 or
 # 2.5, a direct Yes/No probe stayed at chance for 800 steps). `--categories` and `--sprite-scale`
-# give back the harder worlds. generate_toy_world's own keyword defaults still draw all seven
-# categories at scale 1 (the tests' tiny worlds).
+# give back the harder worlds. text_variants=1: every P2C-CoT text slot takes its first template, so
+# the text follows from the rendered facts alone; with the 2-4 options per slot drawn at random, the
+# tiny model blended two options inside one answer (a second </where> or </when>) and SFT reached a
+# format pass rate of only 70-87% (README "What you should see"). generate_toy_world's own keyword
+# defaults still draw all seven categories at scale 1 from every template (the tests' tiny worlds).
 TOY_DEFAULTS = dict(seed=0, n_sft=240, n_test=60, n_rl=240, n_caption=2000, size=(112, 112), frames=(48, 96), fps=8,
-                    sprite_scale=2.5, categories=("Fire",))
+                    sprite_scale=2.5, categories=("Fire",), text_variants=1)
 MANIFEST_NAMES = dict(sft_train="Vad-Reasoning-SFT-train.jsonl", sft_test="Vad-Reasoning-SFT-test.jsonl",
                       rl="Vad-Reasoning-RL.jsonl", caption="Toy-Caption.jsonl")
 
@@ -1075,7 +1079,8 @@ def render_toy_video(seed: int, category: str | None = None, size=(112, 112), fr
 
 
 # ------------------------------------------------------------------ P2C-CoT texts (Sec. 3.1)
-# Varied templates filled with scene facts. Perception steps describe what is seen (global:
+# Templates filled with scene facts; each slot has 2-4 options (text_variants = how many of them a
+# world draws from; the default world takes the first of each, README "The toy world"). Perception steps describe what is seen (global:
 # the normal scene only, App. B.1; local: the event, when and where); cognition steps judge it
 # (shallow: is it abnormal and which cues; deep: causes, broken rules, consequences).
 
@@ -1099,22 +1104,25 @@ _NORMAL_STEP2 = [
     "People move calmly, the cars follow the direction of the road, and the street looks the same from "
     "start to end.",
 ]
+# The first answer of each list is the labelled "Category: ... Event: ..." layout, whose every tag
+# follows its own cue word; a world with text_variants=1 (the default world) uses only it.
 _NORMAL_ANSWER = [
-    "<answer>The video is <which>Normal</which>: <what>people walk along a walkway while cars drive "
-    "{cdir}</what>. It is normal because <why>nothing unusual happens</why>.</answer>",
     "<answer>Category: <which>Normal</which>. Event: <what>ordinary street activity</what>. Reason: "
     "<why>people walk calmly and the traffic flows one way</why>.</answer>",
+    "<answer>The video is <which>Normal</which>: <what>people walk along a walkway while cars drive "
+    "{cdir}</what>. It is normal because <why>nothing unusual happens</why>.</answer>",
     "<answer>I judge the video as <which>Normal</which>: <what>pedestrians walk on the {walk} walkway "
     "and cars pass {cdir}</what>, and <why>no one breaks a rule</why>.</answer>",
 ]
 _ABNORMAL_ANSWER = [
+    "<answer>Category: <which>{cat}</which>. Event: <what>{what}</what>. Time: <when>{when}</when>. "
+    "Place: <where>{where}</where>. Reason: <why>{why}</why>. Impact: <how>{how}</how>.</answer>",
     "<answer>The video shows <which>{cat}</which>: <what>{what}</what> during <when>{when}</when> at "
     "<where>{where}</where>. It is abnormal because <why>{why}</why>, and <how>{how}</how>.</answer>",
     "<answer>Anomaly <which>{cat}</which>: <what>{what}</what>, in <when>{when}</when>, at "
     "<where>{where}</where>. Why: <why>{why}</why>. Impact: <how>{how}</how>.</answer>",
-    "<answer>Category: <which>{cat}</which>. Event: <what>{what}</what>. Time: <when>{when}</when>. "
-    "Place: <where>{where}</where>. Reason: <why>{why}</why>. Impact: <how>{how}</how>.</answer>",
 ]
+assert len(_NORMAL_ANSWER) == len(_ABNORMAL_ANSWER)
 # Per category: local perception (step2), shallow (step3) and deep cognition (step4), and the
 # what / why / how of the answer. {t0}/{t1}: seconds; {at}: 'on the left side of the walkway'.
 _EVENT_TEXT = {
@@ -1216,6 +1224,9 @@ _EVENT_TEXT = {
         how=["the person may be hit by a car", "cars may brake suddenly and crash"]),
 }
 assert set(_EVENT_TEXT) == set(TOY_CATEGORIES)
+# The most options any text slot has: text_variants at this value draws from every option.
+TEXT_VARIANTS = max(len(o) for o in [_GLOBAL, _NORMAL_STEP2, _NORMAL_ANSWER, _ABNORMAL_ANSWER]
+                    + [o for tx in _EVENT_TEXT.values() for o in tx.values()])
 
 
 def format_when(start: int, end: int, total: int) -> str:
@@ -1255,9 +1266,12 @@ def _fact_words(meta: dict) -> dict:
     return v
 
 
-def toy_texts(meta: dict, rng) -> tuple[str, str]:
-    """(think, answer) in P2C-CoT form for one rendered toy video (meta of render_toy_video)."""
-    pick = lambda options: options[int(rng.integers(len(options)))]
+def toy_texts(meta: dict, rng, text_variants: int = TEXT_VARIANTS) -> tuple[str, str]:
+    """(think, answer) in P2C-CoT form for one rendered toy video (meta of render_toy_video).
+    text_variants: every slot (step texts, answer layout, what/where/why/how) is drawn from its first
+    this many options; 1 makes the text a function of the rendered facts alone (the default world)."""
+    n = _check_text_variants(text_variants)
+    pick = lambda options: options[int(rng.integers(min(n, len(options))))]
     v = _fact_words(meta)
     step1 = pick(_GLOBAL).format(**v)
     if meta["label"] == "Normal":
@@ -1361,7 +1375,7 @@ def _toy_job(job: dict) -> dict:
         return dict(row, caption=toy_caption(meta, np.random.default_rng([job["seed"], 7])))
     if meta["label"] == "Abnormal":
         row.update(start=meta["start"], end=meta["end"])
-    think, answer = toy_texts(meta, np.random.default_rng([job["seed"], 7]))
+    think, answer = toy_texts(meta, np.random.default_rng([job["seed"], 7]), job["text_variants"])
     row.update(think=think, answer=answer)
     if meta["label"] == "Abnormal":
         row["bbox"] = meta["bbox"]
@@ -1369,7 +1383,8 @@ def _toy_job(job: dict) -> dict:
 
 
 def _toy_jobs(out_dir: str, seed: int, n_sft: int, n_test: int, n_rl: int, n_caption: int, size, frames,
-              fps, sprite_scale: float = 1.0, categories=TOY_CATEGORIES) -> list:
+              fps, sprite_scale: float = 1.0, categories=TOY_CATEGORIES,
+              text_variants: int = TEXT_VARIANTS) -> list:
     """The list of videos to make: per split about half abnormal, spread evenly over the
     categories, in a random order; neutral names from a random permutation of all videos."""
     rng = np.random.default_rng(seed)
@@ -1390,7 +1405,7 @@ def _toy_jobs(out_dir: str, seed: int, n_sft: int, n_test: int, n_rl: int, n_cap
         name = f"toy_{int(num):05d}"
         jobs.append(dict(split=split, category=cat, seed=int(vs), name=name, size=tuple(size),
                          frames=tuple(_frames_range(frames)), fps=fps, sprite_scale=float(sprite_scale),
-                         path=os.path.join(vdir, name + ".mp4")))
+                         text_variants=int(text_variants), path=os.path.join(vdir, name + ".mp4")))
     return jobs
 
 
@@ -1401,6 +1416,7 @@ def manifest_paths(out_dir: str) -> dict:
 def generate_toy_world(out_dir: str, seed: int = 0, n_sft: int = 240, n_test: int = 60, n_rl: int = 240,
                        n_caption: int = 2000, size=(112, 112), frames=(48, 96), fps: float = 8,
                        sprite_scale: float = 1.0, categories=TOY_CATEGORIES,
+                       text_variants: int = TEXT_VARIANTS,
                        workers: int | None = None, quiet: bool = False) -> dict:
     """Write the toy world: out_dir/videos/toy_NNNNN.mp4, the three manifests in the
     Vad-Reasoning schema and Toy-Caption.jsonl (rows source, video, anomaly_type, path,
@@ -1410,7 +1426,8 @@ def generate_toy_world(out_dir: str, seed: int = 0, n_sft: int = 240, n_test: in
     t0 = time.time()
     # every parameter is checked here, before a worker starts (bad values: an InputError, no traceback)
     params = _world_params(dict(seed=seed, n_sft=n_sft, n_test=n_test, n_rl=n_rl, n_caption=n_caption, size=size,
-                                frames=frames, fps=fps, sprite_scale=sprite_scale, categories=categories))
+                                frames=frames, fps=fps, sprite_scale=sprite_scale, categories=categories,
+                                text_variants=text_variants))
     categories = tuple(params["categories"])
     out_dir = os.path.abspath(out_dir)
     os.makedirs(os.path.join(out_dir, "videos"), exist_ok=True)
@@ -1418,7 +1435,8 @@ def generate_toy_world(out_dir: str, seed: int = 0, n_sft: int = 240, n_test: in
     for p in list(paths.values()) + [os.path.join(out_dir, "toy_world.json")]:
         if os.path.exists(p):  # manifests last-written = complete; remove first so a crash leaves none
             os.remove(p)
-    jobs = _toy_jobs(out_dir, seed, n_sft, n_test, n_rl, n_caption, size, frames, fps, sprite_scale, categories)
+    jobs = _toy_jobs(out_dir, seed, n_sft, n_test, n_rl, n_caption, size, frames, fps, sprite_scale, categories,
+                     text_variants)
     workers = workers or min(8, os.cpu_count() or 1)
     if workers > 1 and len(jobs) > 1:
         ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
@@ -1450,6 +1468,12 @@ def _check_categories(categories) -> tuple:
     return cats
 
 
+def _check_text_variants(n) -> int:
+    if isinstance(n, bool) or int(n) != n or not 1 <= int(n) <= TEXT_VARIANTS:
+        raise vadr.InputError(f"text_variants must be an integer in [1, {TEXT_VARIANTS}], got {n!r}")
+    return int(n)
+
+
 def _world_params(a: dict) -> dict:
     """The parameters that define a toy world, as stored in toy_world.json (ensure_toy_world
     regenerates when they differ)."""
@@ -1457,7 +1481,8 @@ def _world_params(a: dict) -> dict:
                 n_rl=int(a["n_rl"]), n_caption=int(a["n_caption"]), size=[int(a["size"][0]), int(a["size"][1])],
                 frames=list(_frames_range(a["frames"])), fps=float(a["fps"]),
                 sprite_scale=_check_sprite_scale(a["sprite_scale"]),
-                categories=list(_check_categories(a["categories"])))
+                categories=list(_check_categories(a["categories"])),
+                text_variants=_check_text_variants(a["text_variants"]))
 
 
 def ensure_toy_world(out_dir: str, **kw) -> dict:
@@ -1538,7 +1563,7 @@ def _cmd_toy(a):
     generate_toy_world(a.out, seed=a.seed, n_sft=a.n_sft, n_test=a.n_test, n_rl=a.n_rl, n_caption=a.n_caption,
                        size=tuple(a.size),
                        frames=tuple(a.frames), fps=a.fps, sprite_scale=a.sprite_scale,
-                       categories=tuple(a.categories), workers=a.workers)
+                       categories=tuple(a.categories), text_variants=a.text_variants, workers=a.workers)
     for key, p in manifest_paths(a.out).items():
         rows = read_manifest(p, {"rl": "rl", "caption": "caption"}.get(key, "sft"))
         c = Counter(r["label"] for r in rows)
@@ -1574,7 +1599,7 @@ def _cmd_preview(a):
                                         draw_event=not a.counterfactual, sprite_scale=a.sprite_scale)
         idx = vadr.sample_frame_indices(len(frames), a.num_frames)
         sheet = contact_sheet(frames, idx, meta["start"], meta["end"], meta["bbox"])
-        think, answer = toy_texts(meta, np.random.default_rng([a.seed, 7]))
+        think, answer = toy_texts(meta, np.random.default_rng([a.seed, 7]), a.text_variants)
         print(f"{meta['category']}: T={meta['total_frames']} start={meta['start']} end={meta['end']} "
               f"bbox={meta['bbox']}\n{think}\n{answer}")
     write_png(a.out, sheet)
@@ -1604,6 +1629,10 @@ def main(argv=None):
     t.add_argument("--categories", nargs="+", default=list(TOY_DEFAULTS["categories"]), choices=TOY_CATEGORIES,
                    metavar="CATEGORY", help=f"the anomaly categories the world uses, any of {TOY_CATEGORIES} "
                                             f"(default: {' '.join(TOY_DEFAULTS['categories'])})")
+    t.add_argument("--text-variants", type=int, default=TOY_DEFAULTS["text_variants"],
+                   help=f"options each P2C-CoT text slot (step sentences, answer layout, what/where/why/how) "
+                        f"is drawn from, 1-{TEXT_VARIANTS} (1: the text follows from the rendered facts alone; "
+                        f"README 'The toy world')")
     t.add_argument("--workers", type=int, default=None, help="processes (default: CPU count, at most 8)")
     t.set_defaults(fn=_cmd_toy)
 
@@ -1624,6 +1653,8 @@ def main(argv=None):
     p.add_argument("--frames", type=int, nargs="+", default=TOY_DEFAULTS["frames"], help="length or LO HI")
     p.add_argument("--fps", type=float, default=TOY_DEFAULTS["fps"], help="frame rate")
     p.add_argument("--sprite-scale", type=float, default=TOY_DEFAULTS["sprite_scale"], help="sprite size factor")
+    p.add_argument("--text-variants", type=int, default=TOY_DEFAULTS["text_variants"],
+                   help=f"options per P2C-CoT text slot to draw from, 1-{TEXT_VARIANTS}")
     p.add_argument("--num-frames", type=int, default=16, help="frames sampled into the sheet")
     p.add_argument("--counterfactual", action="store_true", help="render without the event's sprites")
     p.add_argument("--video", default=None, help="preview this video file instead of a toy render")

@@ -375,6 +375,48 @@ def test_toy_texts_pass_format_and_vary():
     assert len(texts) >= 28  # varied templates and facts, not one text per category
 
 
+def test_text_variants_one_makes_the_text_a_function_of_the_facts():
+    """text_variants=1 (the default world's setting): every slot takes its first option, so the
+    text no longer depends on the random draw, the answer is the labelled "Category: <which>..."
+    layout, and the text equals the first-option text written out here by hand. Out-of-range
+    values fail."""
+    _, meta = data.render_toy_video(5, "Fire", size=(112, 112), frames=32, sprite_scale=2.5)
+    v = data._fact_words(meta)
+    want_think = (f"<think><step1>A street seen from the side: {v['nb']} buildings under a {v['sky']} sky, a "
+                  f"{v['walk']} walkway with {v['np']} people, and a road where {v['nc']} cars drive {v['cdir']}."
+                  f"</step1><step2>From {v['t0']} s to {v['t1']} s, flickering red and orange flames appear "
+                  f"{v['at']}, grow larger and give off grey smoke.</step2><step3>Open flames and smoke do not "
+                  f"belong on a street; the bright flickering colours show a fire.</step3><step4>It may come "
+                  f"from a cigarette or burning rubbish, and it can spread and hurt people.</step4></think>")
+    want_answer = (f"<answer>Category: <which>Fire</which>. Event: <what>a fire burns on the walkway</what>. "
+                   f"Time: <when>{v['when']}</when>. Place: <where>the {v['vert']} {v['h']} of the frame</where>. "
+                   f"Reason: <why>open fire is dangerous on a street</why>. Impact: <how>it may spread and "
+                   f"injure people</how>.</answer>")
+    for seed in range(5):  # the draw does not matter any more
+        assert data.toy_texts(meta, np.random.default_rng(seed), text_variants=1) == (want_think, want_answer)
+    _, meta_n = data.render_toy_video(6, None, size=(112, 112), frames=32)
+    t, a = data.toy_texts(meta_n, np.random.default_rng(0), text_variants=1)
+    assert a == ("<answer>Category: <which>Normal</which>. Event: <what>ordinary street activity</what>. "
+                 "Reason: <why>people walk calmly and the traffic flows one way</why>.</answer>")
+    assert t.startswith("<think><step1>A street seen from the side: ") and vadr.check_format(t + "\n" + a) == "normal"
+    # every category's first-option text passes the format; with every option the texts vary more
+    one, every = set(), set()
+    for i, cat in enumerate([None, *data.TOY_CATEGORIES] * 3):
+        _, m = data.render_toy_video(300 + i, cat, size=(64, 64), frames=16)
+        t1, a1 = data.toy_texts(m, np.random.default_rng([300 + i, 7]), text_variants=1)
+        assert vadr.check_format(t1 + "\n" + a1) == ("normal" if cat is None else "abnormal")
+        ta, aa = data.toy_texts(m, np.random.default_rng([300 + i, 7]))
+        # the judging sentence (step3 if abnormal, else step2) starts with fixed words
+        key = lambda t: t.split("</step2>" if cat else "</step1>")[1][:32]
+        one.add(key(t1))
+        every.add(key(ta))
+    assert len(one) == 1 + len(data.TOY_CATEGORIES) < len(every)
+    assert data.TEXT_VARIANTS == 4
+    for bad in (0, data.TEXT_VARIANTS + 1, 1.5):
+        with pytest.raises(ValueError, match="text_variants"):
+            data.toy_texts(meta, np.random.default_rng(0), text_variants=bad)
+
+
 # ================================================================ Dataset and collate
 
 @needs_batch
@@ -469,8 +511,18 @@ def test_world_knobs_categories_and_sprite_scale(tmp_path):
     # the default world is unchanged by the knobs' defaults: same rows as without them
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
     data.generate_toy_world(a, **kw)
-    data.generate_toy_world(b, categories=data.TOY_CATEGORIES, sprite_scale=1.0, **kw)
+    data.generate_toy_world(b, categories=data.TOY_CATEGORIES, sprite_scale=1.0,
+                            text_variants=data.TEXT_VARIANTS, **kw)
     assert _read_all(a) == [t.replace(b, a) for t in _read_all(b)]
+    # text_variants=1: the same videos and captions, every answer in the first layout, recorded
+    c = str(tmp_path / "c")
+    data.generate_toy_world(c, text_variants=1, **kw)
+    pa, pc = data.manifest_paths(a), data.manifest_paths(c)
+    ra, rc = (data.read_manifest(p["sft_train"], "sft") for p in (pa, pc))
+    assert [r["video"] for r in ra] == [r["video"] for r in rc] and ra != rc
+    assert all(r["answer"].startswith("<answer>Category: <which>") for r in rc)
+    assert open(pa["caption"]).read().replace(a, c) == open(pc["caption"]).read()
+    assert json.load(open(os.path.join(c, "toy_world.json")))["params"]["text_variants"] == 1
     # sprite sizes scale: the fire's bbox (radius ~ sprite unit) grows about 2x at scale 2
     _, m1 = data.render_toy_video(7, "Fire", size=(112, 112), frames=32)
     _, m2 = data.render_toy_video(7, "Fire", size=(112, 112), frames=32, sprite_scale=2.0)
