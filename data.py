@@ -35,9 +35,10 @@ Without a root only candidate 5 is tried. A miss is reported as `file:line` with
 
 Departures from the paper / the released data (each documented where it happens):
   * The toy world replaces real surveillance videos. Its anomalies are synthetic cartoons; the
-    P2C-CoT texts are template-generated and shorter (about 65-85 words for normal and 110-145
-    for abnormal videos, instead of 151-252 and 252-441), so a tiny model can learn them on CPU. The paper's length ranges ([140, 261] / [233, 456]) do
-    not fit them: `length_ranges(rows)` computes the ranges of any SFT manifest the same way the
+    P2C-CoT texts are template-generated and shorter (72-74 words for normal and 127-130 for
+    abnormal videos in the default world, 64-74 and 108-126 with every template drawn, instead of
+    151-252 and 252-441), so a tiny model can learn them on CPU. The paper's length ranges
+    ([140, 261] / [233, 456]) do not fit them: `length_ranges(rows)` computes the ranges of any SFT manifest the same way the
     paper's were computed (words of think + answer, tags stripped; facts s.1).
   * Toy events are drawn on frames start <= t < end (end exclusive), so that removing the
     fraction window [round(start/T, 3), round(end/T, 3)] with vadr.kept_frames removes the event
