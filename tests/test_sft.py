@@ -133,3 +133,33 @@ def test_checkpoint_round_trip_and_kill_resume_equivalence(tiny_world, tmp_path)
     assert st["step"] == 5 and st["config"]["lr"] == 1e-3 and st["optimizer"] is not None
     assert json.load(open(d / "run_config.json"))["max_steps"] == 5
     assert not [x for x in os.listdir(tmp_path / "full") if x.startswith(".tmp")]
+
+
+def test_cached_videos_decode_once_and_train_the_same(tiny_world, tiny_model, monkeypatch, tmp_path):
+    """--cache-videos (the toy preset's setting): each video is decoded once, training does not change
+    the cached tensors, and two epochs give the same losses as without the cache."""
+    model, tok = tiny_model
+    rows = data.read_manifest(tiny_world["sft_train"], "sft", tiny_world["videos"])
+    calls = []
+    real = vadr.encode_video
+    monkeypatch.setattr(vadr, "encode_video", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    cached = data.SFTDataset(rows, num_frames=4, cache_videos=True)
+    collate = data.make_collate(tok, with_targets=True)
+    for _ in range(2):  # two epochs, each with a forward and backward through the cached tensors
+        loss, _ = train_sft.sft_loss_sum(model, collate([cached[i] for i in range(len(rows))]))
+        loss.backward()
+    model.zero_grad(set_to_none=True)
+    assert sorted(calls) == sorted(r["video_path"] for r in rows)  # one decode per video
+    plain = data.SFTDataset(rows, num_frames=4)
+    for i in range(len(rows)):
+        fresh = plain[i]["video"]
+        assert set(fresh) == set(cached.cache[i])
+        for k, v in fresh.items():
+            assert torch.equal(v, cached.cache[i][k]) if torch.is_tensor(v) else v == cached.cache[i][k], k
+    w = tiny_world
+    args = _common(w) + ["--epochs", "2", "--batch-size", "4", "--grad-accum", "1"]
+    _run(args + ["--cache-videos"], tmp_path / "c")
+    _run(args + ["--no-cache-videos"], tmp_path / "n")
+    lc, ln = ([json.loads(x)["loss"] for x in open(tmp_path / d / "log.jsonl")] for d in ("c", "n"))
+    assert len(lc) == 4 and lc == ln
+    assert json.load(open(tmp_path / "c" / "run_config.json"))["cache_videos"] is True
