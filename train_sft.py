@@ -41,6 +41,7 @@ import argparse
 import contextlib
 import math
 import os
+import sys
 import time
 
 import torch
@@ -162,6 +163,10 @@ def main(argv=None):
     rank, world, device = dist_info["rank"], dist_info["world_size"], dist_info["device"]
     if vadr.is_main() and args.preset_filled:
         print(f"[{args.preset} preset] " + " ".join(args.preset_filled))
+    if vadr.is_main() and args.cache_videos and args.num_workers > 0:
+        print(f"note: --cache-videos with --num-workers {args.num_workers}: each worker keeps its own cache and "
+              f"loses it when the epoch ends, so videos are decoded every epoch anyway (use --num-workers 0)",
+              file=sys.stderr)
 
     # ---- data
     if args.data is None:
