@@ -38,8 +38,9 @@ Departures from the paper / the released data (each documented where it happens)
     P2C-CoT texts are template-generated and shorter (72-74 words for normal and 127-130 for
     abnormal videos in the default world, 64-74 and 108-126 with every template drawn, instead of
     151-252 and 252-441), so a tiny model can learn them on CPU. The paper's length ranges
-    ([140, 261] / [233, 456]) do not fit them: `length_ranges(rows)` computes the ranges of any SFT manifest the same way the
-    paper's were computed (words of think + answer, tags stripped; facts s.1).
+    ([140, 261] / [233, 456]) do not fit them: `length_ranges(rows)` computes the ranges of any
+    SFT manifest the same way the paper's were computed (words of think + answer, tags stripped;
+    facts s.1).
   * Toy events are drawn on frames start <= t < end (end exclusive), so that removing the
     fraction window [round(start/T, 3), round(end/T, 3)] with vadr.kept_frames removes the event
     frames (AVA-GRPO's verification trim, Algorithm 1), up to one frame at each boundary that
@@ -1090,9 +1091,10 @@ def render_toy_video(seed: int, category: str | None = None, size=(112, 112), fr
 
 # ------------------------------------------------------------------ P2C-CoT texts (Sec. 3.1)
 # Templates filled with scene facts; each slot has 2-4 options (text_variants = how many of them a
-# world draws from; the default world takes the first of each, README "The toy world"). Perception steps describe what is seen (global:
-# the normal scene only, App. B.1; local: the event, when and where); cognition steps judge it
-# (shallow: is it abnormal and which cues; deep: causes, broken rules, consequences).
+# world draws from; the default world takes the first of each, README "The toy world").
+# Perception steps describe what is seen (global: the normal scene only, App. B.1; local: the
+# event, when and where); cognition steps judge it (shallow: is it abnormal and which cues; deep:
+# causes, broken rules, consequences).
 
 _NUM = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five", 6: "six"}
 
@@ -1430,8 +1432,9 @@ def generate_toy_world(out_dir: str, seed: int = 0, n_sft: int = 240, n_test: in
                        workers: int | None = None, quiet: bool = False) -> dict:
     """Write the toy world: out_dir/videos/toy_NNNNN.mp4, the three manifests in the
     Vad-Reasoning schema and Toy-Caption.jsonl (rows source, video, anomaly_type, path,
-    total_frames, caption: the captioning stage 0 of the toy pipeline, see CAPTION_PROMPT). Deterministic by seed: same arguments and out_dir -> byte-identical
-    manifests and identical decoded frames (only the absolute `path` field depends on out_dir).
+    total_frames, caption: the captioning stage 0 of the toy pipeline, see CAPTION_PROMPT).
+    Deterministic by seed: same arguments and out_dir -> byte-identical manifests and identical
+    decoded frames (only the absolute `path` field depends on out_dir).
     Returns manifest_paths(out_dir) plus 'videos'."""
     t0 = time.time()
     # every parameter is checked here, before a worker starts (bad values: an InputError, no traceback)
