@@ -51,21 +51,10 @@ $(RUN)/rl_only/done: $(RUN)/base/done
 		--length-ranges-from $(DATA)/Vad-Reasoning-SFT-train.jsonl --preset toy --out $(RUN)/rl_only $(call RESUME,$(RUN)/rl_only) $(RL_ARGS)
 	touch $@
 
-$(RUN)/eval_base.json: $(RUN)/base/done
-	[ $(RUN)/preds_base.jsonl -nt $(RUN)/base/done ] || rm -f $(RUN)/preds_base.jsonl  # resume unless stale
-	$(PY) eval.py --model $(RUN)/base $(TEST) --out $(RUN)/preds_base.jsonl --json $@ --name base $(EVAL_ARGS)
-
-$(RUN)/eval_sft.json: $(RUN)/sft/done
-	[ $(RUN)/preds_sft.jsonl -nt $(RUN)/sft/done ] || rm -f $(RUN)/preds_sft.jsonl  # resume unless stale
-	$(PY) eval.py --model $(RUN)/sft $(TEST) --out $(RUN)/preds_sft.jsonl --json $@ --name sft $(EVAL_ARGS)
-
-$(RUN)/eval_rl.json: $(RUN)/rl/done
-	[ $(RUN)/preds_rl.jsonl -nt $(RUN)/rl/done ] || rm -f $(RUN)/preds_rl.jsonl  # resume unless stale
-	$(PY) eval.py --model $(RUN)/rl $(TEST) --out $(RUN)/preds_rl.jsonl --json $@ --name rl $(EVAL_ARGS)
-
-$(RUN)/eval_rl_only.json: $(RUN)/rl_only/done
-	[ $(RUN)/preds_rl_only.jsonl -nt $(RUN)/rl_only/done ] || rm -f $(RUN)/preds_rl_only.jsonl  # resume unless stale
-	$(PY) eval.py --model $(RUN)/rl_only $(TEST) --out $(RUN)/preds_rl_only.jsonl --json $@ --name rl_only $(EVAL_ARGS)
+# eval of one stage's model (stem: base, sft, rl, rl_only) into preds_<stem>.jsonl and eval_<stem>.json
+$(RUN)/eval_%.json: $(RUN)/%/done
+	[ $(RUN)/preds_$*.jsonl -nt $< ] || rm -f $(RUN)/preds_$*.jsonl  # resume unless stale
+	$(PY) eval.py --model $(RUN)/$* $(TEST) --out $(RUN)/preds_$*.jsonl --json $@ --name $* $(EVAL_ARGS)
 
 $(RUN)/table.md: $(RUN)/eval_base.json $(RUN)/eval_sft.json $(RUN)/eval_rl.json
 	$(PY) eval.py --report $(RUN) $(TEST)

@@ -1465,7 +1465,7 @@ def generate_toy_world(out_dir: str, seed: int = 0, n_sft: int = 240, n_test: in
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")
         os.replace(tmp, paths[key])
     with open(os.path.join(out_dir, "toy_world.json"), "w") as f:
-        json.dump(dict(params=params, categories=list(categories)), f, indent=1)
+        json.dump(dict(params=params), f, indent=1)
     if not quiet:
         print(f"toy world: {len(jobs)} videos ({n_sft} SFT-train, {n_test} SFT-test, {n_rl} RL, {n_caption} caption) "
               f"in {out_dir} "

@@ -25,8 +25,8 @@ def test_make_toy_smoke_runs_every_stage(tmp_path):
     p = subprocess.run(["make", "toy-smoke", f"PY={sys.executable}", f"SMOKE={tmp_path}"], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=1200)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
-    for f in ["data/toy_world.json", "data/Vad-Reasoning-RL.jsonl", "data/Toy-Caption.jsonl", "base/latest", "base/done", "sft/done", "rl/done",
-              "base/init/config.json", "base/log.jsonl", "sft/latest",
+    for f in ["data/toy_world.json", "data/Vad-Reasoning-RL.jsonl", "data/Toy-Caption.jsonl", "base/latest",
+              "base/done", "sft/done", "rl/done", "base/init/config.json", "base/log.jsonl", "sft/latest",
               "sft/log.jsonl", "rl/latest", "rl/log.jsonl", "preds_base.jsonl", "preds_sft.jsonl", "preds_rl.jsonl",
               "eval_base.json", "eval_sft.json", "eval_rl.json", "table.md", "sft_curves.svg", "rl_curves.svg"]:
         assert os.path.exists(tmp_path / f), f
