@@ -215,33 +215,40 @@ import json, os, sys
 sys.path.insert(0, os.getcwd())
 import torch, torch.distributed as dist
 import data, grpo, vadr
-ckpt, manifest, out = sys.argv[1:4]
-info = vadr.setup_distributed("cpu")
-rank = info["rank"]
-model, tok = vadr.load_model(ckpt)
-P = sum(p.numel() for p in model.parameters())
-model = vadr.wrap_model(model, "fsdp", info["device"]).eval()
-rows = data.read_manifest(manifest, "rl")[rank::2][:1]          # a different video per rank
-b = data.make_collate(tok, with_targets=False)([data.RLDataset(rows, num_frames=4)[0]])
-calls = []
-real = dist.all_gather_single
-def counted(*a, **k):
-    calls.append(1)
-    return real(*a, **k)
-dist.all_gather_single = counted                                 # FSDP2's parameter all-gather
-res = {}
-for gather in (True, False):  # gathered first: FSDP2 leaves the root unsharded after a forward
-    calls.clear()
-    with vadr.rollout_weights(model, enabled=gather) as g:
-        o = grpo.sample_group(model, {k: b[k] for k in vadr.MODEL_INPUT_KEYS}, num_samples=3, max_new_tokens=12,
-                              temperature=3.0, top_p=1.0, end_ids=[-1], pad_id=vadr.pad_token_id(tok),
-                              generator=torch.Generator().manual_seed(rank), sync_ranks=True)
-    res[str(gather)] = dict(ids=o["completion_ids"].tolist(), logprobs=o["logprobs"].tolist(), all_gathers=len(calls),
-                            bytes=g["bytes"])
-n_fsdp = sum(1 for m in model.modules() if isinstance(m, torch.distributed.fsdp.FSDPModule))
-n_layers = model.config.text_config.num_hidden_layers
-json.dump(dict(res, P=P, n_fsdp=n_fsdp, n_layers=n_layers, steps=12), open(os.path.join(out, f"rank{rank}.json"), "w"))
-dist.destroy_process_group()
+
+
+def main(argv):
+    ckpt, manifest, out = argv
+    info = vadr.setup_distributed("cpu")
+    rank = info["rank"]
+    model, tok = vadr.load_model(ckpt)
+    P = sum(p.numel() for p in model.parameters())
+    model = vadr.wrap_model(model, "fsdp", info["device"]).eval()
+    rows = data.read_manifest(manifest, "rl")[rank::2][:1]          # a different video per rank
+    b = data.make_collate(tok, with_targets=False)([data.RLDataset(rows, num_frames=4)[0]])
+    calls = []
+    real = dist.all_gather_single
+    def counted(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+    dist.all_gather_single = counted                                 # FSDP2's parameter all-gather
+    res = {}
+    for gather in (True, False):  # gathered first: FSDP2 leaves the root unsharded after a forward
+        calls.clear()
+        with vadr.rollout_weights(model, enabled=gather) as g:
+            o = grpo.sample_group(model, {k: b[k] for k in vadr.MODEL_INPUT_KEYS}, num_samples=3, max_new_tokens=12,
+                                  temperature=3.0, top_p=1.0, end_ids=[-1], pad_id=vadr.pad_token_id(tok),
+                                  generator=torch.Generator().manual_seed(rank), sync_ranks=True)
+        res[str(gather)] = dict(ids=o["completion_ids"].tolist(), logprobs=o["logprobs"].tolist(), all_gathers=len(calls),
+                                bytes=g["bytes"])
+    n_fsdp = sum(1 for m in model.modules() if isinstance(m, torch.distributed.fsdp.FSDPModule))
+    n_layers = model.config.text_config.num_hidden_layers
+    with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
+        json.dump(dict(res, P=P, n_fsdp=n_fsdp, n_layers=n_layers, steps=12), f)
+    dist.destroy_process_group()
+
+
+vadr.run_main(main, sys.argv[1:4])  # ends the way the scripts do (os._exit: see run_main)
 '''
 
 
@@ -283,3 +290,57 @@ def test_train_rl_fsdp_identical_with_and_without_rollout_gather(tiny_world, toy
     wg, ws = _latest_weights(tmp_path / "gather"), _latest_weights(tmp_path / "sharded")
     for k in wg:
         assert torch.allclose(wg[k], ws[k], atol=1e-7, rtol=1e-6), k
+
+
+# ---- process exit under torchrun ----------------------------------------------------------------
+
+_EXIT_WORKER = r'''
+import atexit, os, sys
+sys.path.insert(0, os.getcwd())
+import torch, torch.distributed as dist
+import vadr
+
+
+def main(argv):
+    marker = argv[0]
+    info = vadr.setup_distributed("cpu")
+    t = torch.ones(3)
+    if dist.is_initialized():
+        dist.all_reduce(t)
+        dist.destroy_process_group()
+    # written only if the interpreter's teardown runs (atexit handlers are part of it)
+    atexit.register(lambda: open(f"{marker}.teardown{info['rank']}", "w").close())
+    print(f"rank {info['rank']} sum {t[0].item():.0f}", end="")  # no newline: stdout to a pipe is buffered
+    return 7
+
+
+sys.exit(vadr.run_main(main, sys.argv[1:]))
+'''
+
+
+def test_run_main_ends_a_process_group_member_without_interpreter_teardown(tmp_path):
+    """vadr.run_main: a process that started a process group leaves with os._exit (the gloo
+    teardown race, see run_main) after flushing stdout, with main()'s return value as its exit code;
+    a single process still ends normally (its atexit handlers run). Two ranks started by hand, so
+    that each one's exit code is seen (torchrun would fold them into one)."""
+    import socket
+    script = tmp_path / "exit_worker.py"
+    script.write_text(_EXIT_WORKER)
+    marker = str(tmp_path / "m")
+    with socket.socket() as s:  # a free port for the rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    base = dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2")
+    procs = [subprocess.Popen([sys.executable, str(script), marker], cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=dict(base, RANK=str(r), LOCAL_RANK=str(r)))
+             for r in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    for r, (p, (out, err)) in enumerate(zip(procs, outs)):
+        assert p.returncode == 7, err[-2000:]             # main()'s return value, not a signal
+        assert out == f"rank {r} sum 2"                   # flushed before os._exit; the all-reduce ran
+        assert not os.path.exists(f"{marker}.teardown{r}")  # no interpreter teardown
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    one = subprocess.run([sys.executable, str(script), marker], cwd=ROOT, capture_output=True, text=True,
+                         env=dict(env, OMP_NUM_THREADS="1"), timeout=120)
+    assert one.returncode == 7 and one.stdout == "rank 0 sum 1"
+    assert os.path.exists(f"{marker}.teardown0")            # a single process ends the normal way
