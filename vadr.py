@@ -59,8 +59,9 @@ def run_main(main, argv=None):
 
     A process that started a process group (torchrun: setup_distributed) ends with os._exit once
     main() has returned, after flushing stdout and stderr and collecting garbage: Python's own
-    interpreter teardown (Py_FinalizeEx) is skipped. Why (measured, a core dump of a 2-rank gloo
-    FSDP run, about 1 run in 50 on a loaded 2-core machine): the process group outlives
+    interpreter teardown (Py_FinalizeEx) is skipped. Why (a core dump of a 2-rank gloo FSDP
+    train_rl run that aborted, 1 of 48 two-rank runs on a loaded 2-core machine; with this exit,
+    0 of 80): the process group outlives
     destroy_process_group (FSDP2's device mesh and DTensor's sharding caches still hold it), so
     its gloo worker threads are alive at exit. A worker frees the work it ran a moment after the
     collective has returned to Python (in the dump: the final barrier, holding the rank-checksum
