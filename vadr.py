@@ -61,9 +61,8 @@ def run_main(main, argv=None):
     main() has returned, after flushing stdout and stderr and collecting garbage: Python's own
     interpreter teardown (Py_FinalizeEx) is skipped. Why (a core dump of a 2-rank gloo FSDP
     train_rl run that aborted, 1 of 48 two-rank runs on a loaded 2-core machine; with this exit,
-    0 of 80): the process group outlives
-    destroy_process_group (FSDP2's device mesh and DTensor's sharding caches still hold it), so
-    its gloo worker threads are alive at exit. A worker frees the work it ran a moment after the
+    0 of 80): the process group outlives destroy_process_group (FSDP2's device mesh and DTensor's
+    sharding caches still hold it), so its gloo worker threads are alive at exit. A worker frees the work it ran a moment after the
     collective has returned to Python (in the dump: the final barrier, holding the rank-checksum
     all-gather, whose tensors' Python objects must be released under the GIL). If the main
     thread has meanwhile entered Py_FinalizeEx, taking the GIL ends the worker thread
