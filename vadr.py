@@ -59,17 +59,18 @@ def run_main(main, argv=None):
 
     A process that started a process group (torchrun: setup_distributed) ends with os._exit once
     main() has returned, after flushing stdout and stderr and collecting garbage: Python's own
-    interpreter teardown (Py_FinalizeEx) is skipped. Why (a core dump of a 2-rank gloo FSDP
-    train_rl run that aborted, 1 of 48 two-rank runs on a loaded 2-core machine; with this exit,
-    0 of 80): the process group outlives destroy_process_group (FSDP2's device mesh and DTensor's
-    sharding caches still hold it), so its gloo worker threads are alive at exit. A worker frees the work it ran a moment after the
-    collective has returned to Python (in the dump: the final barrier, holding the rank-checksum
-    all-gather, whose tensors' Python objects must be released under the GIL). If the main
-    thread has meanwhile entered Py_FinalizeEx, taking the GIL ends the worker thread
-    (pthread_exit), the forced unwind crosses a C++ destructor and the process aborts ("terminate
-    called without an active exception", SIGABRT) although every file was already written.
-    Skipping the teardown removes the race; errors still end the normal way, with their traceback.
-    Files are all written through `with` blocks, so nothing is left in a buffer but stdio."""
+    interpreter teardown (Py_FinalizeEx) is skipped. Why (a core dump of a 2-rank gloo FSDP train_rl
+    run that aborted, 1 of 48 two-rank runs on a loaded 2-core machine; with this exit, 0 of 80):
+    the process group outlives destroy_process_group (FSDP2's device mesh and DTensor's sharding
+    caches still hold it), so its gloo worker threads are alive at exit. A worker frees the work it
+    ran a moment after the collective has returned to Python (in the dump: the final barrier,
+    holding the rank-checksum all-gather, whose tensors' Python objects must be released under the
+    GIL). If the main thread has meanwhile entered Py_FinalizeEx, taking the GIL ends the worker
+    thread (pthread_exit), the forced unwind crosses a C++ destructor and the process aborts
+    ("terminate called without an active exception", SIGABRT) although every file was already
+    written. Skipping the teardown removes the race; errors still end the normal way, with their
+    traceback. Files are all written through `with` blocks, so nothing is left in a buffer but
+    stdio."""
     import gc
     import sys
     try:
