@@ -51,6 +51,7 @@ import data
 import grpo
 import rewards
 import vadr
+from extras import checkpoint, lora, scale
 
 TOY_DATA_DIR = "data/toy"
 TOY_SFT_DIR = "runs/toy/sft"
@@ -115,7 +116,7 @@ def parse_args(argv=None):
     g.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay (authors: 0.01)")
     g.add_argument("--max-grad-norm", type=float, default=None, help="gradient clipping (authors: 5)")
     vadr.add_run_args(ap, default_out="runs/toy/rl")
-    vadr.add_scale_args(ap, stage="rl")  # --lora-*, --merge, --dry-run, --no-rollout-gather (vadr section 10)
+    scale.add_scale_args(ap, stage="rl")  # --lora-*, --merge, --dry-run, --no-rollout-gather (vadr section 10)
     g.add_argument("--preset", default=None, choices=["paper", "toy"],
                    help="defaults for unset flags: paper (real model) or toy (default when --data is not given)")
     args = ap.parse_args(argv)
@@ -205,7 +206,7 @@ def rl_step(model, ref_model, tok, opt, sched, batch: dict, args, step: int, ran
     # vadr section 10: under FSDP gather the full weights ONCE for both sampling passes of this step
     # (this one and Algorithm 1's below), instead of an all-gather of every layer per decode step
     rollout = contextlib.ExitStack()
-    gathered = rollout.enter_context(vadr.rollout_weights(model, enabled=not args.no_rollout_gather))
+    gathered = rollout.enter_context(scale.rollout_weights(model, enabled=not args.no_rollout_gather))
     roll = grpo.sample_group(model, inputs, num_samples=G, **sample_kw)
     ids, mask = roll["completion_ids"], roll["completion_mask"]                          # (B*G, T)
     texts = decode_completions(tok, ids, mask)
@@ -246,7 +247,7 @@ def rl_step(model, ref_model, tok, opt, sched, batch: dict, args, step: int, ran
                 r_ano[i] = r
     t["time_verification"] = time.time() - t0
     rollout.close()  # vadr section 10: reshard; the reference pass and the update run sharded
-    t["rollout_copy_gb"] = gathered["bytes"] / vadr.GiB  # measured size of the gathered copy (0 without FSDP)
+    t["rollout_copy_gb"] = gathered["bytes"] / scale.GiB  # measured size of the gathered copy (0 without FSDP)
 
     # ---- Alg.2 line 10: R = R_acc + R_format + R_ano + R_len (switched-off rewards count 0)
     R = torch.tensor([(0 if args.no_accuracy_reward else a) + (0 if args.no_format_reward else f)
@@ -261,8 +262,8 @@ def rl_step(model, ref_model, tok, opt, sched, batch: dict, args, step: int, ran
     full = expand_inputs(inputs, G)
     with torch.no_grad(), vadr.autocast(device):
         # KL reference log pi_ref: the frozen copy ref_model or, with LoRA (ref_model is None), the policy
-        # itself with every adapter switched off = exactly the starting weights (vadr.reference_policy)
-        with (vadr.reference_policy(model, ref_model) if args.beta > 0 else contextlib.nullcontext()) as ref:
+        # itself with every adapter switched off = exactly the starting weights (lora.reference_policy)
+        with (lora.reference_policy(model, ref_model) if args.beta > 0 else contextlib.nullcontext()) as ref:
             ref_logp = grpo.completion_logprobs(ref, full, ids, temperature=args.temperature) \
                 if args.beta > 0 else None
         old_logp = grpo.completion_logprobs(model, full, ids, temperature=args.temperature) \
@@ -302,7 +303,7 @@ def rl_step(model, ref_model, tok, opt, sched, batch: dict, args, step: int, ran
 def main(argv=None):
     args = parse_args(argv)
     if args.merge or args.dry_run:  # vadr section 10: fold LoRA adapters into a full HF dir / memory estimate
-        return vadr.offline_command(args, "rl", paper_preset=PAPER)
+        return scale.offline_command(args, "rl", paper_preset=PAPER)
     dist_info = vadr.setup_distributed(args.device)
     rank, world, device = dist_info["rank"], dist_info["world_size"], dist_info["device"]
     if vadr.is_main() and args.preset_filled:
@@ -314,7 +315,7 @@ def main(argv=None):
         vadr.barrier()
         args.data = os.path.join(TOY_DATA_DIR, "Vad-Reasoning-RL.jsonl")
         args.video_root = args.video_root or os.path.join(TOY_DATA_DIR, "videos")
-    start_dir = vadr.resolve_resume(args.resume) if args.resume else None
+    start_dir = checkpoint.resolve_resume(args.resume) if args.resume else None
     if start_dir is None and not os.path.exists(args.model):
         raise SystemExit(f"--model {args.model} does not exist. Make the toy SFT model first with "
                          f"`python train_sft.py` (or `make toy`), or pass --model SFT_CHECKPOINT_DIR.")
@@ -337,23 +338,23 @@ def main(argv=None):
         args.model = saved["config"]["model"]
     # vadr section 10: load_model plus LoRA adapters (--lora-rank; a LoRA checkpoint is base + adapters),
     # gradient checkpointing on for a real model, and the vision-tower guard
-    model, tok = vadr.load_for_training(start_dir or args.model, args, resume=start_dir is not None, seed=args.seed)
+    model, tok = lora.load_for_training(start_dir or args.model, args, resume=start_dir is not None, seed=args.seed)
     # the reference: a frozen copy of the starting weights, or None with LoRA (adapters switched off)
-    ref_model = vadr.make_reference_model(model, args, resume=start_dir is not None, dist_info=dist_info)
+    ref_model = lora.make_reference_model(model, args, resume=start_dir is not None, dist_info=dist_info)
     model, mode = vadr.prepare_model(model, args, dist_info)
     opt = vadr.make_optimizer(model, args.lr, args.weight_decay)
     sched = vadr.cosine_schedule(opt, total_steps * args.mu, int(args.warmup_ratio * total_steps * args.mu))
     if start_dir:
-        st = vadr.load_training_state(start_dir, model, opt, sched, rank)
+        st = checkpoint.load_training_state(start_dir, model, opt, sched, rank)
         start = dict(step=st["step"], epoch=st["epoch"], step_in_epoch=st["step_in_epoch"])
 
     config = dict(vars(args), world_size=world, parallel=mode, total_steps=total_steps,
                   steps_per_epoch=steps_per_epoch, length_ranges=length_ranges, n_rows=len(rows))
     log_path = os.path.join(args.out, "log.jsonl")
     if vadr.is_main():
-        vadr.save_run_config(args.out, config)
+        checkpoint.save_run_config(args.out, config)
         if start_dir:
-            vadr.truncate_jsonl(log_path, start["step"])
+            checkpoint.truncate_jsonl(log_path, start["step"])
         elif os.path.exists(log_path):
             os.remove(log_path)
 
@@ -381,11 +382,11 @@ def main(argv=None):
             rec = dict(step=step, epoch=epoch, **vadr.all_reduce_mean(res, device), step_time=time.time() - ts)
             if vadr.is_main():
                 rec["sample"] = texts[0][:400]
-                vadr.log_jsonl(log_path, rec)
+                checkpoint.log_jsonl(log_path, rec)
                 pbar.set_postfix(R=f"{rec['reward']:.3f}", acc=f"{rec['reward_accuracy']:.2f}",
                                  fmt=f"{rec['reward_format']:.2f}", kl=f"{rec.get('kl', 0):.4f}")
                 pbar.update(1)
-            last = vadr.save_if_due(args, step, total_steps, epoch, s, steps_per_epoch, model, tok, opt, sched,
+            last = checkpoint.save_if_due(args, step, total_steps, epoch, s, steps_per_epoch, model, tok, opt, sched,
                                     config)
             if last:
                 done = True

@@ -51,6 +51,7 @@ from tqdm import tqdm
 
 import data
 import vadr
+from extras import checkpoint, lora, scale
 
 TOY_DATA_DIR = "data/toy"
 
@@ -108,7 +109,7 @@ def parse_args(argv=None):
     g.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay")
     g.add_argument("--max-grad-norm", type=float, default=None, help="gradient clipping (paper: 5)")
     vadr.add_run_args(ap, default_out="runs/toy/sft")
-    vadr.add_scale_args(ap, stage="sft")  # --lora-*, --merge, --dry-run (vadr section 10)
+    scale.add_scale_args(ap, stage="sft")  # --lora-*, --merge, --dry-run (vadr section 10)
     g.add_argument("--preset", default=None, choices=["paper", "toy"],
                    help="defaults for unset flags: paper (real model) or toy (default with --model toy or "
                         "without --data)")
@@ -158,7 +159,7 @@ def backward_global_batch(model, micro: list[dict], world: int, mode: str, devic
 def main(argv=None):
     args = parse_args(argv)
     if args.merge or args.dry_run:  # vadr section 10: fold LoRA adapters into a full HF dir / memory estimate
-        return vadr.offline_command(args, "sft")
+        return scale.offline_command(args, "sft")
     dist_info = vadr.setup_distributed(args.device)
     rank, world, device = dist_info["rank"], dist_info["world_size"], dist_info["device"]
     if vadr.is_main() and args.preset_filled:
@@ -189,20 +190,20 @@ def main(argv=None):
 
     # ---- model (a resumed run reloads its own weights; the toy tokenizer is trained on the SFT text)
     start = dict(step=0, epoch=0, step_in_epoch=0)
-    resume_dir = vadr.resolve_resume(args.resume) if args.resume else None
+    resume_dir = checkpoint.resolve_resume(args.resume) if args.resume else None
     corpus = None
     if args.model == "toy":
         corpus = data.manifest_texts(args.tokenizer_corpus) if args.tokenizer_corpus else \
             data.row_texts(rows)
     # vadr section 10: load_model plus LoRA adapters (--lora-rank; a LoRA checkpoint is base + adapters),
     # gradient checkpointing on for a real model, and the vision-tower guard
-    model, tok = vadr.load_for_training(resume_dir or args.model, args, resume=resume_dir is not None,
+    model, tok = lora.load_for_training(resume_dir or args.model, args, resume=resume_dir is not None,
                                         corpus=corpus, seed=args.seed)
     model, mode = vadr.prepare_model(model, args, dist_info)
     opt = vadr.make_optimizer(model, args.lr, args.weight_decay)
     sched = vadr.cosine_schedule(opt, total_steps, int(args.warmup_ratio * total_steps))
     if resume_dir:
-        st = vadr.load_training_state(resume_dir, model, opt, sched, rank)
+        st = checkpoint.load_training_state(resume_dir, model, opt, sched, rank)
         start = dict(step=st["step"], epoch=st["epoch"], step_in_epoch=st["step_in_epoch"])
     else:
         torch.manual_seed(args.seed + rank)
@@ -210,15 +211,15 @@ def main(argv=None):
     if args.model == "toy" and not resume_dir:
         # Keep the untrained toy model (with the tokenizer every later stage shares) as <out>/init:
         # the "base model" row of the toy Table 4 and the start of RL without SFT.
-        vadr.save_checkpoint(args.out, "init", model, tok, config=dict(vars(args), note="untrained toy preset"))
+        checkpoint.save_checkpoint(args.out, "init", model, tok, config=dict(vars(args), note="untrained toy preset"))
     config = {k: v for k, v in vars(args).items()}
     config.update(world_size=world, parallel=mode, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
                   global_batch=global_batch, n_rows=len(rows))
     log_path = os.path.join(args.out, "log.jsonl")
     if vadr.is_main():
-        vadr.save_run_config(args.out, config)
+        checkpoint.save_run_config(args.out, config)
         if resume_dir:
-            vadr.truncate_jsonl(log_path, start["step"])  # steps after the checkpoint are redone
+            checkpoint.truncate_jsonl(log_path, start["step"])  # steps after the checkpoint are redone
         elif os.path.exists(log_path):
             os.remove(log_path)
 
@@ -260,10 +261,10 @@ def main(argv=None):
                        target_tokens=n_tok, step_time=time.time() - ts,
                        tokens_per_s=tokens_seen / max(1e-9, time.time() - t0))
             if vadr.is_main():
-                vadr.log_jsonl(log_path, rec)
+                checkpoint.log_jsonl(log_path, rec)
                 pbar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}", tok_s=f"{rec['tokens_per_s']:.0f}")
                 pbar.update(1)
-            last = vadr.save_if_due(args, step, total_steps, epoch, s, steps_per_epoch, model, tok, opt, sched,
+            last = checkpoint.save_if_due(args, step, total_steps, epoch, s, steps_per_epoch, model, tok, opt, sched,
                                     config)
             if last:
                 done = True

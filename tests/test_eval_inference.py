@@ -6,12 +6,13 @@ import os
 import data
 import eval as ev
 import vadr
+from extras import checkpoint
 
 
 def test_inference_then_scoring_and_resume(tiny_world, tiny_model, tmp_path):
     model, tok = tiny_model
     ckpt = tmp_path / "ckpt"
-    vadr.save_checkpoint(str(tmp_path), "ckpt", model, tok)
+    checkpoint.save_checkpoint(str(tmp_path), "ckpt", model, tok)
     out, js = tmp_path / "preds.jsonl", tmp_path / "m.json"
     argv = ["--model", str(ckpt), "--data", tiny_world["sft_test"], "--video-root", tiny_world["videos"],
             "--out", str(out), "--json", str(js), "--frames", "4", "--max-new-tokens", "8", "--batch-size", "2",

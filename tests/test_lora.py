@@ -14,8 +14,9 @@ from safetensors.torch import load_file
 
 import data
 import vadr
+from extras import lora
 
-N_TARGETS = len(vadr.LORA_TARGETS)
+N_TARGETS = len(lora.LORA_TARGETS)
 
 
 def _batch(tok, rows, frames=4):
@@ -41,7 +42,7 @@ def base_logits(tiny_model, batch):
 def test_lora_starts_equal_to_base_and_only_adapters_get_gradients(tiny_model, batch, base_logits):
     import train_sft
     model = copy.deepcopy(tiny_model[0]).eval()
-    n = vadr.apply_lora(model, rank=4, alpha=8, seed=0)
+    n = lora.apply_lora(model, rank=4, alpha=8, seed=0)
     assert n == N_TARGETS * model.config.text_config.num_hidden_layers
     # B = 0: the adapter path adds exactly 0, so the logits are bit-identical to the base's
     assert torch.equal(base_logits, _logits(model, batch))
@@ -58,27 +59,27 @@ def test_lora_starts_equal_to_base_and_only_adapters_get_gradients(tiny_model, b
         else:
             assert p.grad is None, k                                              # no gradient off the adapters
     # at B = 0 only B moves first: dL/dA = scale B^T g x = 0, dL/dB = scale g (x A^T) != 0
-    assert all(float(m.lora_B.grad.abs().sum()) > 0 for _, m in vadr.lora_modules(model))
-    assert all(float(m.lora_A.grad.abs().sum()) == 0 for _, m in vadr.lora_modules(model))
+    assert all(float(m.lora_B.grad.abs().sum()) > 0 for _, m in lora.lora_modules(model))
+    assert all(float(m.lora_A.grad.abs().sum()) == 0 for _, m in lora.lora_modules(model))
 
 
 def test_merged_equals_base_plus_adapters_and_adapters_off_equals_base(tiny_model, batch, base_logits, tmp_path):
     from transformers import Qwen2_5_VLForConditionalGeneration
     model = copy.deepcopy(tiny_model[0]).eval()
-    vadr.apply_lora(model, rank=4, alpha=8, seed=1)
+    lora.apply_lora(model, rank=4, alpha=8, seed=1)
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():  # adapters as after some training: B != 0
-        for _, m in vadr.lora_modules(model):
+        for _, m in lora.lora_modules(model):
             m.lora_B.copy_(torch.randn(m.lora_B.shape, generator=g) * 0.05)
     adapted = _logits(model, batch)
     assert not torch.allclose(adapted, base_logits, atol=1e-3)                 # the adapters do something
     # RL's reference: the same module with its adapters off IS the base, bit for bit
-    with vadr.lora_disabled(model):
+    with lora.lora_disabled(model):
         assert torch.equal(_logits(model, batch), base_logits)
-    assert all(m.enabled for _, m in vadr.lora_modules(model))                # switched back on after
+    assert all(m.enabled for _, m in lora.lora_modules(model))                # switched back on after
     # merge: W + scale B A folded in, plain nn.Linear back, same logits up to fp32 rounding
-    merged = vadr.merge_lora(copy.deepcopy(model))
-    assert not vadr.lora_modules(merged) and vadr.lora_config(merged) is None
+    merged = lora.merge_lora(copy.deepcopy(model))
+    assert not lora.lora_modules(merged) and lora.lora_config(merged) is None
     assert merged.state_dict().keys() == tiny_model[0].state_dict().keys()     # the plain HF layout
     merged_logits = _logits(merged, batch)
     torch.testing.assert_close(merged_logits, adapted, atol=2e-5, rtol=1e-4)
@@ -107,18 +108,18 @@ def test_lora_checkpoint_holds_adapters_alone_and_resumes_exactly(tiny_world, lo
     out = lora_sft_run
     d = out / "step-2"
     files = set(os.listdir(d))
-    assert {vadr.ADAPTER_WEIGHTS, vadr.ADAPTER_CONFIG, "training_state.pt", "run_config.json"} <= files
+    assert {lora.ADAPTER_WEIGHTS, lora.ADAPTER_CONFIG, "training_state.pt", "run_config.json"} <= files
     assert not any(f.startswith("model") and f.endswith(".safetensors") for f in files)  # no base weights
-    cfg = json.load(open(d / vadr.ADAPTER_CONFIG))
-    assert cfg["format"] == vadr.LORA_FORMAT and cfg["rank"] == 4 and cfg["alpha"] == 8.0
+    cfg = json.load(open(d / lora.ADAPTER_CONFIG))
+    assert cfg["format"] == lora.LORA_FORMAT and cfg["rank"] == 4 and cfg["alpha"] == 8.0
     assert cfg["base_model"] == str((out / "lora-base").resolve()) and os.path.isfile(out / "lora-base" / "config.json")
-    ad = load_file(d / vadr.ADAPTER_WEIGHTS)
+    ad = load_file(d / lora.ADAPTER_WEIGHTS)
     assert len(ad) == 2 * N_TARGETS * 4 and cfg["adapter_parameters"] == sum(t.numel() for t in ad.values())
     assert all(k.endswith((".lora_A", ".lora_B")) for k in ad)
     st = torch.load(d / "training_state.pt", weights_only=False)
     assert st["step"] == 2 and st["optimizer"] is not None
     # the untrained init checkpoint of the toy preset is an adapter checkpoint with B = 0
-    assert all(float(t.abs().sum()) == 0 for k, t in load_file(out / "init" / vadr.ADAPTER_WEIGHTS).items()
+    assert all(float(t.abs().sum()) == 0 for k, t in load_file(out / "init" / lora.ADAPTER_WEIGHTS).items()
                if k.endswith(".lora_B"))
     # resume from step 1 (step 2 removed) -> the same adapters and log as the uninterrupted run
     res = tmp_path / "res"
@@ -127,9 +128,9 @@ def test_lora_checkpoint_holds_adapters_alone_and_resumes_exactly(tiny_world, lo
     (res / "latest").write_text("step-1")
     train_sft.main(_sft_args(tiny_world, res, ["--max-steps", "2", "--save-every", "1", "--keep-last", "10",
                                                "--resume", str(res)]))
-    a, b = load_file(out / "step-2" / vadr.ADAPTER_WEIGHTS), load_file(res / "step-2" / vadr.ADAPTER_WEIGHTS)
+    a, b = load_file(out / "step-2" / lora.ADAPTER_WEIGHTS), load_file(res / "step-2" / lora.ADAPTER_WEIGHTS)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert not all(torch.equal(a[k], load_file(out / "step-1" / vadr.ADAPTER_WEIGHTS)[k]) for k in a)  # it trained
+    assert not all(torch.equal(a[k], load_file(out / "step-1" / lora.ADAPTER_WEIGHTS)[k]) for k in a)  # it trained
     la = [json.loads(x) for x in open(out / "log.jsonl")]
     lb = [json.loads(x) for x in open(res / "log.jsonl")]
     assert [r["step"] for r in lb] == [1, 2] and [r["loss"] for r in la] == [r["loss"] for r in lb]
@@ -143,12 +144,12 @@ def test_merge_writes_a_hf_dir_that_loads_and_scores(tiny_world, lora_sft_run, t
     train_sft.main(["--merge", str(lora_sft_run), "--out", str(out)])
     m = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(out)).eval()
     tok = AutoTokenizer.from_pretrained(str(out))
-    assert not vadr.lora_modules(m)
+    assert not lora.lora_modules(m)
     # the merged logits equal base + adapters (rebuilt the way --resume does)
     import argparse
     args = argparse.Namespace(lora_rank=None, lora_alpha=None, lora_dropout=0.0, lora_targets="", device="cpu",
                               lora_base_dtype="auto", out=str(tmp_path), grad_ckpt=False, no_grad_ckpt=False)
-    adapted, _ = vadr.load_for_training(str(lora_sft_run / "step-2"), args, resume=True)
+    adapted, _ = lora.load_for_training(str(lora_sft_run / "step-2"), args, resume=True)
     b = _batch(tok, data.read_manifest(tiny_world["sft_train"], "sft")[:1])
     adapted.eval()
     torch.testing.assert_close(_logits(m, b), _logits(adapted, b), atol=2e-5, rtol=1e-4)
@@ -170,8 +171,8 @@ def test_lora_rl_reference_is_the_base_with_adapters_off(tiny_world, lora_sft_ru
     flips = itertools.cycle([1.0, 0.0])  # reward variance, so that the adapters move at step 1
     monkeypatch.setattr(rewards, "accuracy_reward", lambda c, s: next(flips))
     made = []
-    real = vadr.make_reference_model
-    monkeypatch.setattr(vadr, "make_reference_model", lambda *a, **k: made.append(real(*a, **k)) or made[-1])
+    real = lora.make_reference_model
+    monkeypatch.setattr(lora, "make_reference_model", lambda *a, **k: made.append(real(*a, **k)) or made[-1])
     out = tmp_path / "rl"
     train_rl.main(["--model", str(lora_sft_run), "--data", tiny_world["rl"], "--video-root", tiny_world["videos"],
                    "--frames", "4", "--max-new-tokens", "8", "--num-generations", "3", "--batch-size", "1",
@@ -182,7 +183,7 @@ def test_lora_rl_reference_is_the_base_with_adapters_off(tiny_world, lora_sft_ru
     # step 1: policy = reference exactly (B = 0), so k3 = 0; step 2: the adapters moved, the reference did not
     assert logs[0]["kl"] == 0.0 and logs[0]["grad_norm"] > 0 and logs[1]["kl"] > 0
     # the RL adapters sit on the SFT checkpoint, itself adapters on the toy base: the chain merges
-    cfg = json.load(open(out / "step-2" / vadr.ADAPTER_CONFIG))
+    cfg = json.load(open(out / "step-2" / lora.ADAPTER_CONFIG))
     assert cfg["rank"] == 2 and cfg["base_model"] == str((lora_sft_run / "step-2").resolve())
     train_rl.main(["--merge", str(out), "--out", str(tmp_path / "merged")])
     Qwen2_5_VLForConditionalGeneration.from_pretrained(str(tmp_path / "merged"))

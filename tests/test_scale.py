@@ -16,6 +16,7 @@ import torch
 
 import data
 import vadr
+from extras import lora, scale
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE_7B = os.path.join(ROOT, "tests", "fixtures", "qwen2.5-vl-7b")
@@ -48,7 +49,7 @@ def _latest_weights(run_dir):
 def test_dry_run_7b_fixture_counts_parameters_and_fits_the_tiers(capsys):
     import train_rl
     import train_sft
-    cfg = vadr.load_config(FIXTURE_7B)  # config.json alone, no weights, no tokenizer
+    cfg = scale.load_config(FIXTURE_7B)  # config.json alone, no weights, no tokenizer
     tc, vc = cfg.text_config, cfg.vision_config
     assert (tc.hidden_size, tc.num_hidden_layers, tc.num_attention_heads, tc.num_key_value_heads,
             tc.intermediate_size, tc.vocab_size) == (3584, 28, 28, 4, 18944, 152064)
@@ -120,9 +121,9 @@ def test_toy_estimate_matches_measured_memory(tiny_world, tiny_model):
                 loss = grpo.completion_logprobs(model, full, ids).sum()
             mark()                 # activations held for backward = what the forward left allocated
             loss.backward()
-        meas = vadr.measure_cpu_memory(step)
+        meas = scale.measure_cpu_memory(step)
         args = argparse.Namespace(fsdp=False, grad_ckpt=ckpt, beta=0.04, lora_rank=None, freeze_vision=False)
-        est = vadr.estimate_memory(model.config, args, stage, device_type="cpu", shapes=shapes)
+        est = scale.estimate_memory(model.config, args, stage, device_type="cpu", shapes=shapes)
         act = est["activation_parts"]
         assert abs(act["held"] / meas["held"] - 1) < HELD_TOL, (stage, ckpt, act["held"], meas["held"])
         peak_est = est["gradients"] + est["activations"]   # what forward + backward allocate on top
@@ -134,13 +135,13 @@ def test_toy_estimate_matches_measured_memory(tiny_world, tiny_model):
                 assert abs(est[k] / v - 1) < STATE_TOL, (k, est[k], v)
     # the same with LoRA adapters (CPU: fp32 base 4P + adapters 4T, gradients 4T, AdamW 8T)
     model = copy.deepcopy(model0).train()
-    vadr.apply_lora(model, 4, seed=0)
+    lora.apply_lora(model, 4, seed=0)
     opt = vadr.make_optimizer(model, 1e-3, 0.0)
     train_sft.sft_loss_sum(model, b1)[0].backward()
     opt.step()
     args = argparse.Namespace(fsdp=False, grad_ckpt=False, beta=0.0, lora_rank=4, lora_alpha=None,
-                              lora_targets=",".join(vadr.LORA_TARGETS), freeze_vision=False)
-    est = vadr.estimate_memory(model.config, args, "sft", device_type="cpu", shapes=_sft_shapes(b1))
+                              lora_targets=",".join(lora.LORA_TARGETS), freeze_vision=False)
+    est = scale.estimate_memory(model.config, args, "sft", device_type="cpu", shapes=_sft_shapes(b1))
     for k, v in _state_bytes(model, opt).items():
         assert abs(est[k] / v - 1) < STATE_TOL, ("lora", k, est[k], v)
 
@@ -150,7 +151,7 @@ def test_toy_estimate_matches_measured_memory(tiny_world, tiny_model):
 def test_vision_guard_rejects_a_forward_without_video(tiny_world, tiny_model):
     import grpo
     model, tok = copy.deepcopy(tiny_model[0]).eval(), tiny_model[1]
-    vadr.install_vision_guard(model)
+    scale.install_vision_guard(model)
     ds = data.SFTDataset(data.read_manifest(tiny_world["sft_train"], "sft")[:1], num_frames=4)
     b = data.make_collate(tok, with_targets=False)([ds[0]])
     with pytest.raises(RuntimeError, match="without video"), torch.no_grad():
@@ -215,6 +216,7 @@ import json, os, sys
 sys.path.insert(0, os.getcwd())
 import torch, torch.distributed as dist
 import data, grpo, vadr
+from extras import scale
 
 
 def main(argv):
@@ -235,7 +237,7 @@ def main(argv):
     res = {}
     for gather in (True, False):  # gathered first: FSDP2 leaves the root unsharded after a forward
         calls.clear()
-        with vadr.rollout_weights(model, enabled=gather) as g:
+        with scale.rollout_weights(model, enabled=gather) as g:
             o = grpo.sample_group(model, {k: b[k] for k in vadr.MODEL_INPUT_KEYS}, num_samples=3, max_new_tokens=12,
                                   temperature=3.0, top_p=1.0, end_ids=[-1], pad_id=vadr.pad_token_id(tok),
                                   generator=torch.Generator().manual_seed(rank), sync_ranks=True)

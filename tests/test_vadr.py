@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 import vadr
+from extras import checkpoint
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden")
 GOLDEN_SHA256 = {
@@ -264,7 +265,7 @@ def test_toy_model_round_trip_from_pretrained(toy, tmp_path):
     model, tok = toy
     n = sum(p.numel() for p in model.parameters())
     assert 500_000 < n < 10_000_000  # "a few million parameters"
-    vadr.save_checkpoint(str(tmp_path), "step-0", model, tok, config={"a": 1})
+    checkpoint.save_checkpoint(str(tmp_path), "step-0", model, tok, config={"a": 1})
     d = tmp_path / "step-0"
     assert (tmp_path / "latest").read_text() == "step-0"
     m2 = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(d))
@@ -304,8 +305,8 @@ def test_resolve_resume_falls_back_to_newest_complete_step(tmp_path):
         (tmp_path / d).mkdir()
     for d in ("step-3", "step-10"):  # step-12 has no training_state.pt: incomplete
         (tmp_path / d / "training_state.pt").write_bytes(b"x")
-    assert vadr.resolve_resume(str(tmp_path)) == str(tmp_path / "step-10")   # no `latest`
+    assert checkpoint.resolve_resume(str(tmp_path)) == str(tmp_path / "step-10")   # no `latest`
     (tmp_path / "latest").write_text("step-3")
-    assert vadr.resolve_resume(str(tmp_path)) == str(tmp_path / "step-3")    # `latest` wins
+    assert checkpoint.resolve_resume(str(tmp_path)) == str(tmp_path / "step-3")    # `latest` wins
     with pytest.raises(FileNotFoundError, match="no step-N"):
-        vadr.resolve_resume(str(tmp_path / "step-12"))
+        checkpoint.resolve_resume(str(tmp_path / "step-12"))
