@@ -199,6 +199,7 @@ def build_prompt(variant: str = "fine") -> str:
 _TAGS = ("think", "answer", "step1", "step2", "step3", "step4", "which", "what", "when", "where",
          "why", "how")
 _ANY_TAG = r"</?(?:think|answer|step[1-4]|which|what|when|where|why|how)>"
+TAG_RE = re.compile(_ANY_TAG)  # the one tag pattern: parsing, validation, word counts
 # Tag content: any text that contains no project tag (a tempered dot), so that `<step1>` used as a
 # closing tag by mistake (SFT-train video 2088, facts note) breaks the match instead of being eaten.
 _C = r"(?:(?!" + _ANY_TAG + r").)*?"
@@ -254,14 +255,40 @@ def parse_when(s: str | None) -> tuple[float, float] | None:
 
 
 def label_from_which(which: str | None) -> str | None:
-    """Binary label from <which>: 'Normal' -> Normal, any other non-empty text -> Abnormal
-    (the authors' rule, facts note s.3; we also accept case and a trailing period, 'Normal.')."""
-    if which is None:
+    """The one weak-label rule (training's rewards, eval's strict mode, manifest checks).
+    'Normal' -> Normal; 'Abnormal' or one of the 37 categories (any released spelling, so the
+    fine-grained prompt works) -> Abnormal; anything else ('normal', 'Normal.', 'Unknown',
+    'Abnormal or Normal', empty, not a string) -> None, which earns no accuracy reward. The
+    authors' reward is an exact string match (docs/paper-vs-authors.md s.2)."""
+    if not isinstance(which, str):
         return None
-    w = which.strip().rstrip(".").strip()
-    if not w:
+    w = which.strip()
+    if w == "Normal":
+        return "Normal"
+    if w == "Abnormal" or normalize_category(w) is not None:
+        return "Abnormal"
+    return None
+
+
+def weak_label(text) -> str | None:
+    """A manifest's weak label (RL `solution` or `anomaly_type`) -> 'Abnormal' / 'Normal', or None.
+    Tags such as <answer> around it are dropped; case and a trailing period are forgiven here
+    (a manifest is checked once, a model's output is not)."""
+    if not isinstance(text, str):
         return None
-    return "Normal" if w.lower() == "normal" else "Abnormal"
+    w = TAG_RE.sub(" ", text).strip().rstrip(".").strip()
+    return label_from_which({"normal": "Normal", "abnormal": "Abnormal"}.get(w.lower(), w))
+
+
+def strip_tags(text: str | None) -> str:
+    """Each project tag -> one space (App. C.2's length counts words of the text without tags)."""
+    return TAG_RE.sub(" ", text or "")
+
+
+def count_words(text: str | None) -> int:
+    """Words of `text` without its tags, split on whitespace: the one word count behind App. C.2's
+    length ranges, used for SFT statistics and for completions alike."""
+    return len(strip_tags(text).split())
 
 
 def parse_completion(text) -> dict:
@@ -588,6 +615,16 @@ def toy_config(tokenizer):
         vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=False)
 
 
+def latest_checkpoint(run_dir: str) -> str | None:
+    """The checkpoint a run directory's `latest` file names (the one copy of that rule), or None."""
+    try:
+        with open(os.path.join(run_dir, "latest")) as f:
+            name = f.read().strip()
+    except OSError:
+        return None
+    return os.path.join(run_dir, name) if name else None
+
+
 def load_model(name_or_dir: str = "toy", dtype=None, device=None, corpus: list[str] | None = None,
                seed: int = 0):
     """-> (Qwen2_5_VLForConditionalGeneration, tokenizer).
@@ -611,9 +648,8 @@ def load_model(name_or_dir: str = "toy", dtype=None, device=None, corpus: list[s
         model.generation_config.bos_token_id = pad_token_id(tokenizer)
         model.to(dtype)
     else:
-        if os.path.isfile(os.path.join(name_or_dir, "latest")) and \
-                not os.path.isfile(os.path.join(name_or_dir, "config.json")):
-            name_or_dir = os.path.join(name_or_dir, open(os.path.join(name_or_dir, "latest")).read().strip())
+        if not os.path.isfile(os.path.join(name_or_dir, "config.json")):
+            name_or_dir = latest_checkpoint(name_or_dir) or name_or_dir  # a run directory
         if not os.path.isdir(name_or_dir):
             raise FileNotFoundError(
                 f"--model {name_or_dir!r} is neither 'toy' nor a local checkpoint directory "
@@ -856,9 +892,9 @@ def epoch_order(n_rows: int, epoch: int, seed: int, global_batch: int, rank: int
 
 def finish_run(args, model, dist_info: dict, step: int):
     """Print where the last checkpoint is, check the ranks agree (DDP) and leave the process group."""
-    latest = os.path.join(args.out, "latest")
-    if is_main() and os.path.exists(latest):
-        print(f"done: {step} steps, checkpoint {os.path.join(args.out, open(latest).read().strip())}")
+    latest = latest_checkpoint(args.out)
+    if is_main() and latest:
+        print(f"done: {step} steps, checkpoint {latest}")
     if dist_info["distributed"]:
         write_rank_checksums(model, os.path.join(args.out, "rank_checksums.json"))
     barrier()
