@@ -75,7 +75,14 @@ NOR = normal_text(200)
     (NOR, "<answer>Normal</answer>", 1.0),           # Video-R1 style wrapped solution
     (NOR, " normal ", 1.0),
     (ABN, "Fighting", 1.0),                           # a category is Abnormal
-    ("<which>Normal.</which>", "Normal", 1.0),       # parser tolerates a trailing period
+    # one strict label rule (vadr.label_from_which): only 'Normal', 'Abnormal' or a known category
+    ("<which>Normal.</which>", "Normal", 0.0),
+    ("<which>normal</which>", "Normal", 0.0),
+    ("<which>Unknown</which>", "Abnormal", 0.0),
+    ("<which>Abnormal or Normal</which>", "Abnormal", 0.0),
+    ("<which>Normal event</which>", "Normal", 0.0),
+    ("<which>Normal event</which>", "Abnormal", 0.0),
+    ("<which>Fire</which>", "Abnormal", 1.0),
     ("<which>Abnormal</which>", "Abnormal", 1.0),    # accuracy does not need the format
     ("no tags at all", "Normal", 0.0),
     ("no tags at all", "Abnormal", 0.0),             # no label is never right
@@ -86,9 +93,10 @@ def test_accuracy_reward(completion, solution, want):
     assert R.accuracy_reward(completion, solution) == want
 
 
-def test_accuracy_rejects_empty_weak_label():
+@pytest.mark.parametrize("solution", ["  ", "Unknown", None, 1, ["Normal"]])
+def test_accuracy_rejects_a_weak_label_that_is_not_one(solution):
     with pytest.raises(ValueError):
-        R.accuracy_reward(NOR, "  ")
+        R.accuracy_reward(NOR, solution)
 
 
 @pytest.mark.parametrize("completion,want", [

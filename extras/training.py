@@ -1,0 +1,106 @@
+"""extras/training.py -- plumbing both training scripts share: flags, presets, the optimizer and
+schedule, the data order of an epoch, and the end of a run.
+
+Used by train_sft.py and train_rl.py; nothing here is part of the method itself.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+
+import torch
+
+from vadr import (DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, barrier, gather_objects, is_main, latest_checkpoint, shard_for_rank, unwrap)
+
+
+def add_video_args(ap: argparse.ArgumentParser):
+    g = ap.add_argument_group("video input (paper App. C.3)")
+    g.add_argument("--frames", type=int, default=16, help="frames sampled uniformly per video (paper: 16)")
+    g.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help="max pixels per frame after smart_resize (paper: 128*28*28)")
+    g.add_argument("--min-pixels", type=int, default=DEFAULT_MIN_PIXELS, help="min pixels per frame")
+    return g
+
+
+def add_run_args(ap: argparse.ArgumentParser, default_out: str):
+    g = ap.add_argument_group("run, checkpoints, distributed")
+    g.add_argument("--out", default=default_out, help="run directory: checkpoints, log.jsonl, run_config.json")
+    g.add_argument("--save-every", type=int, default=None, help="checkpoint every N optimizer steps (and at the end)")
+    g.add_argument("--keep-last", type=int, default=2, help="keep only the newest N step checkpoints")
+    g.add_argument("--resume", default=None, help="checkpoint or run directory to continue exactly")
+    g.add_argument("--fsdp", action="store_true", help="shard with FSDP2 fully_shard (under torchrun); default DDP")
+    g.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    g.add_argument("--seed", type=int, default=0, help="seed for init, data order, sampling")
+    g.add_argument("--grad-ckpt", action="store_true", help="gradient checkpointing (saves activation memory)")
+    g.add_argument("--freeze-vision", action="store_true", help="train the language model only")
+    return g
+
+
+def apply_preset(args, preset: dict, name: str) -> list[str]:
+    """Fill every flag the user left unset (None) from a preset; returns what was filled, so the
+    scripts can print it. Paper defaults apply to real models; the toy preset scales them to a
+    model 5000x smaller that must learn in minutes (values and reasons in the scripts)."""
+    filled = []
+    for k, v in preset.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+            filled.append(f"{k}={v}")
+    return filled
+
+
+def make_optimizer(model, lr: float, weight_decay: float, betas=(0.9, 0.999)):
+    """AdamW over trainable parameters; no decay on biases and norms (the usual convention)."""
+    decay, no_decay = [], []
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 else decay).append(p)
+    return torch.optim.AdamW([dict(params=decay, weight_decay=weight_decay),
+                              dict(params=no_decay, weight_decay=0.0)], lr=lr, betas=betas)
+
+
+def cosine_schedule(optimizer, total_steps: int, warmup_steps: int):
+    """Linear warmup then cosine decay to 0 (the authors' cosine schedule)."""
+    def f(step):
+        if step < warmup_steps:
+            return (step + 1) / max(1, warmup_steps)
+        t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, f)
+
+
+def epoch_order(n_rows: int, epoch: int, seed: int, global_batch: int, rank: int, world: int) -> list[int]:
+    """This rank's row indices for one epoch, in micro-batch order. The epoch's permutation is the
+    same on every rank (seeded by seed and epoch); global batch s = perm[s*GB:(s+1)*GB] and rank r
+    takes its items r, r+W, ... (data strided by rank). Incomplete last global batch dropped."""
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    perm = torch.randperm(n_rows, generator=g).tolist()  # (n_rows,)
+    order = []
+    for s in range(n_rows // global_batch):
+        order += shard_for_rank(perm[s * global_batch:(s + 1) * global_batch], rank, world)
+    return order
+
+
+def finish_run(args, model, dist_info: dict, step: int):
+    """Print where the last checkpoint is, check the ranks agree (DDP) and leave the process group."""
+    latest = latest_checkpoint(args.out)
+    if is_main() and latest:
+        print(f"done: {step} steps, checkpoint {latest}")
+    if dist_info["distributed"]:
+        write_rank_checksums(model, os.path.join(args.out, "rank_checksums.json"))
+    barrier()
+    if dist_info["distributed"]:
+        torch.distributed.destroy_process_group()
+
+
+def write_rank_checksums(model, path: str):
+    """Every rank's float64 sum of its parameters, gathered into one JSON on rank 0: under DDP
+    all ranks must hold identical weights (a cheap check that no rank drifted). Under FSDP each
+    rank holds a different shard, so the sums differ by design."""
+    s = sum(float(p.detach().to_local().double().sum()) if hasattr(p, "to_local") else float(p.detach().double().sum())
+            for p in unwrap(model).parameters())
+    sums = gather_objects(s)
+    if is_main():
+        with open(path, "w") as f:
+            json.dump(sums, f)
