@@ -312,3 +312,35 @@ def test_group_rewards_matches_total_reward_and_authors_length():
     assert [g["length"] for g in got] == [0.2, 0.0, 0.0, 0.0]
     assert [g["total"] for g in got] == pytest.approx([2.7, 0.8, 2.0, 0.0])
     assert [g["verification"] for g in R.group_rewards(cs, "Abnormal")] == [0.0] * 4
+
+
+# ---------------------------------------------------------------- format edge cases (issue: authors' regexes)
+# Each is a documented choice (docs/paper-vs-authors.md s.2, "Format reward: edge cases").
+
+def test_format_abnormal_answer_after_two_step_think_scores_zero():
+    # the normal layout's answer holds which, what, why only; the abnormal one needs four steps
+    two_step_think = "<think><step1>a</step1><step2>b</step2></think>"
+    six_tag_answer = ABN[ABN.index("<answer>"):]
+    assert R.format_reward(two_step_think + six_tag_answer) == 0.0
+    assert vadr.check_format(two_step_think + six_tag_answer) is None
+
+
+@pytest.mark.parametrize("inside", ["<which>", "</step2>", "<answer>", "<step3>"])
+def test_format_tag_inside_step_text_scores_zero(inside):
+    t = NOR.replace("<step2>fine</step2>", f"<step2>fine {inside} here</step2>")
+    assert R.format_reward(t) == 0.0
+
+
+def test_format_duplicated_which_scores_zero():
+    t = NOR.replace("<which>Normal</which>", "<which>Normal</which><which>Normal</which>")
+    assert R.format_reward(t) == 0.0
+    t = ABN.replace("<which>Fighting</which>", "<which>Fighting</which> and <which>Fire</which>")
+    assert R.format_reward(t) == 0.0
+
+
+@pytest.mark.parametrize("pad", [" ", "\n", "\n\n  \t", ""])
+def test_format_surrounding_whitespace_is_allowed(pad):
+    assert R.format_reward(pad + NOR + pad) == 1.0
+    assert R.format_reward(pad + ABN + pad) == 1.0
+    # whitespace only: any other text around the blocks fails
+    assert R.format_reward("ok " + NOR) == 0.0
