@@ -28,7 +28,7 @@ RESUME = $(if $(REDO),,$(if $(wildcard $(1)/done),,$(if $(wildcard $(1)/latest $
 toy: $(RUN)/table.md
 
 $(DATA)/toy_world.json: $(FORCE)
-	$(PY) data.py toy --out $(DATA) $(WORLD_ARGS)
+	$(PY) -m extras.toy --out $(DATA) $(WORLD_ARGS)
 
 # stage 0: the toy base model (random init -> captioner); its tokenizer is trained on all the toy text
 $(RUN)/base/done: $(DATA)/toy_world.json

@@ -1,97 +1,47 @@
-"""data.py -- the data side of Vad-R1: Vad-Reasoning manifests, torch Datasets, and the toy world.
+"""data.py -- Vad-Reasoning manifests and the Datasets built on them (paper Sec. 3.2, App. B).
 
-What is here (paper sections in brackets; "facts" = ../shared/notes/vad-r1-facts.md):
-
-  1. Readers for the released Vad-Reasoning JSON Lines files [Sec. 3.2, App. B; facts s.1]:
-     SFT rows (source, video, anomaly_type, path, total_frames, think, answer, + start/end on
-     abnormal rows) and RL rows (source, video, anomaly_type Abnormal/Normal, path, data_type,
-     solution). `read_manifest` validates a whole file in one pass and raises ONE ManifestError
-     that lists every problem as `file:line: reason: detail`, or skips bad rows with skip_bad.
-  2. torch Datasets (decoding happens in __getitem__, i.e. in DataLoader workers) and a collate
-     function that builds the Qwen2.5-VL chat batch with vadr.build_chat_inputs [facts s.4].
-  3. The toy anomaly world, "the MNIST of video anomaly reasoning": procedurally rendered street
-     scenes (walkway + one-way road + buildings) with seven anomaly categories from the paper's
-     taxonomy (Fighting, Falling, Fire, Wrong-Way Driving, Falling Objects, Stealing, Pedestrian
-     Jaywalking), each with an exact temporal range and bounding box, written as real H.264 mp4
-     files plus manifests in exactly the Vad-Reasoning schema, with P2C-CoT text [Sec. 3.1]
-     generated from templates filled with the rendered facts. It is the default data set of every
-     script, so the whole method (SFT -> AVA-GRPO -> evaluation) runs on a laptop CPU. The default
-     world uses only Fire, drawn 2.5x larger, with one template per text slot (TOY_DEFAULTS;
-     --categories / --sprite-scale / --text-variants for the harder worlds).
+Reads the released SFT and RL JSON Lines files (docs/paper-vs-authors.md s.1). read_manifest
+checks a whole file in one pass and raises ONE ManifestError that lists every problem as
+`file:line: reason: detail`, or, with skip_bad, drops the bad rows and counts them by reason.
+SFTDataset / RLDataset decode videos in __getitem__ (so in DataLoader workers); make_collate
+builds the Qwen2.5-VL chat batch (vadr.build_chat_inputs, docs/paper-vs-authors.md s.4). The toy
+world, which writes manifests in this schema, is extras/toy.py (docs/toy-world.md).
 
 Run it:
-    python data.py toy --out data/toy                       # ~2,540 videos (2,000 for captions), under a minute
-    python data.py toy --out /tmp/tiny --n-sft 14 --n-test 4 --n-rl 8 --frames 24 32
-    python data.py validate --manifest Vad-Reasoning-SFT-train.jsonl --kind sft --video-root /data/vad
+    python data.py validate --manifest Vad-Reasoning-SFT-train.jsonl --kind sft --video-root R
     python data.py validate --manifest data/toy/Vad-Reasoning-RL.jsonl --kind rl --skip-bad
-    python data.py preview --seed 3 --category Fire --out fire.png      # 16 sampled frames as a PNG
 
-Video path resolution (facts s.1: `path` is an absolute path on the authors' machine). With
---video-root R the candidates are tried in this order, the first existing file wins:
-    1. R/<source>/<video>.mp4      2. R/<video>.mp4
-    3. R/<basename of path>        4. R/<source>/<basename of path>
-    5. `path` as written (relative paths are taken relative to the manifest's folder)
-Without a root only candidate 5 is tried. A miss is reported as `file:line` with every candidate.
-
-Departures from the paper / the released data (each documented where it happens):
-  * The toy world replaces real surveillance videos. Its anomalies are synthetic cartoons; the
-    P2C-CoT texts are template-generated and shorter (72-74 words for normal and 127-130 for
-    abnormal videos in the default world, 64-74 and 108-126 with every template drawn, instead of
-    151-252 and 252-441), so a tiny model can learn them on CPU. The paper's length ranges
-    ([140, 261] / [233, 456]) do not fit them: `length_ranges(rows)` computes the ranges of any
-    SFT manifest the same way the paper's were computed (words of think + answer, tags stripped;
-    facts s.1).
-  * Toy events are drawn on frames start <= t < end (end exclusive), so that removing the
-    fraction window [round(start/T, 3), round(end/T, 3)] with vadr.kept_frames removes the event
-    frames (AVA-GRPO's verification trim, Algorithm 1), up to one frame at each boundary that
-    the 3-decimal rounding of the fractions (facts s.1) can shift. For the real data the meaning
-    of `end` (inclusive or not) is not documented; we only require start < end <= total_frames.
-  * Toy SFT rows carry one extra field, `bbox` = [x1, y1, x2, y2] in pixels (x2, y2 exclusive),
-    the union of the event's drawn pixels over [start, end); readers pass it through.
-  * Toy RL rows carry weak labels only (the schema has no place for the category or interval).
-  * The SFT labels mask the prompt (vadr.build_chat_inputs), unlike the authors' script (facts s.2).
-  * The reader additionally checks that `<when>` equals [round(start/T,3), round(end/T,3)] (true
-    for every released row, facts s.1) and that the think/answer layout matches the label.
-
-Why PyAV writes the toy videos: decord (used for reading, as in the authors' pipeline) can only
-decode. PyAV wraps the same FFmpeg libraries, so libx264 (H.264, yuv420p, crf 18) writes files
-that decord reads back with a mean absolute error of about 2-3 (of 255) against the rendered
-frames (mostly chroma subsampling at sharp colour edges). Encoding is made byte-deterministic
-(one x264 thread, no mb-tree): see write_video.
+Departures from the released data and the authors' scripts:
+  * Beyond the schema, the reader checks that `<when>` is [round(start/T, 3), round(end/T, 3)]
+    (true of every released row) and that the think/answer layout fits the label. Whether `end`
+    is inclusive is not documented, so only start < end <= total_frames is required.
+  * Toy rows may carry `bbox` (passed through); kind 'caption' reads the toy's Toy-Caption.jsonl.
+  * The SFT labels mask the prompt (vadr.build_chat_inputs), unlike the authors' script (s.2).
 """
 from __future__ import annotations
 
 import argparse
 import functools
 import json
-import math
-import multiprocessing
 import os
-import re
 import sys
-import time
-import zlib
-import struct
 from collections import Counter
 
-import numpy as np
 import torch
 
 import vadr
 
-# ================================================================================================
-# 1. Vad-Reasoning manifests (facts s.1)
-# ================================================================================================
+# ---- 1. Vad-Reasoning manifests (docs/paper-vs-authors.md s.1) ----------------------------------
 
-# Field lists of the released files, in the order the facts note gives them.
+# Fields of the released files, in order; abnormal SFT rows add start/end, toy rows may add bbox.
 SFT_FIELDS = ("source", "video", "anomaly_type", "path", "total_frames", "think", "answer")
-SFT_INTERVAL_FIELDS = ("start", "end")        # abnormal SFT rows only: frame indices
+SFT_INTERVAL_FIELDS = ("start", "end")
 RL_FIELDS = ("source", "video", "anomaly_type", "path", "data_type", "solution")
 CAPTION_FIELDS = ("source", "video", "path", "caption")   # toy stage 0 only (not a released file)
-EXTRA_FIELDS = ("bbox",)                      # toy world only; passed through
+_TEXT_FIELDS = {"sft": ("anomaly_type", "think", "answer"),
+                "rl": ("anomaly_type", "data_type", "solution"), "caption": ("caption",)}
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov")
-
-# Reasons a row can be rejected (used as keys of the skip counts).
+# Reasons a row can be rejected (the keys of the skip counts).
 REASONS = ("bad-json", "missing-field", "bad-value", "unknown-category", "bad-interval",
            "interval-out-of-range", "bad-format", "label-mismatch", "when-mismatch",
            "missing-video", "unreadable-video")
@@ -102,16 +52,19 @@ class ManifestError(vadr.InputError):
     `.problems` holds (line, reason, detail) tuples in file order."""
 
     def __init__(self, path: str, problems: list[tuple[int, str, str]]):
-        self.path = path
-        self.problems = list(problems)
-        rows = len({ln for ln, _, _ in problems})
-        head = f"{path}: {len(problems)} problem(s) in {rows} row(s):"
+        self.path, self.problems = path, list(problems)
+        head = f"{path}: {len(problems)} problem(s) in {len({p[0] for p in problems})} row(s):"
         super().__init__("\n".join([head] + [f"{path}:{ln}: {r}: {d}" for ln, r, d in problems]))
 
 
 def video_candidates(source: str, video: str, path: str, video_root: str | None,
                      manifest_dir: str = ".") -> list[str]:
-    """The files tried for one row, in order (module docstring: 'Video path resolution')."""
+    """The files tried for one row, in order; the first existing one wins. `path` is an absolute
+    path on the authors' machine (docs/paper-vs-authors.md s.1), so with a video root R:
+        1. R/<source>/<video>.mp4      2. R/<video>.mp4
+        3. R/<basename of path>        4. R/<source>/<basename of path>
+        5. `path` as written (relative paths are taken relative to the manifest's folder)
+    Without a root only candidate 5. A miss is reported as `file:line` with every candidate."""
     name = video if video.lower().endswith(VIDEO_EXTENSIONS) else video + ".mp4"
     base = os.path.basename(path) if path else ""
     as_written = path if not path or os.path.isabs(path) else os.path.join(manifest_dir, path)
@@ -122,60 +75,43 @@ def video_candidates(source: str, video: str, path: str, video_root: str | None,
             cands += [os.path.join(video_root, base), os.path.join(video_root, source, base)]
     if as_written:
         cands.append(as_written)
-    out = []
-    for c in cands:  # keep order, drop repeats (e.g. basename == <video>.mp4)
-        if c not in out:
-            out.append(c)
-    return out
+    return list(dict.fromkeys(cands))  # keep order, drop repeats (e.g. basename == <video>.mp4)
 
 
 def resolve_video(source: str, video: str, path: str, video_root: str | None,
                   manifest_dir: str = ".") -> tuple[str | None, list[str]]:
     """-> (first existing candidate or None, all candidates tried)."""
     cands = video_candidates(source, video, path, video_root, manifest_dir)
-    for c in cands:
-        if os.path.isfile(c):
-            return c, cands
-    return None, cands
+    return next((c for c in cands if os.path.isfile(c)), None), cands
 
 
 def _as_int(v) -> int | None:
     """JSON ints, and floats with an integral value (12.0), are accepted as ints; bools are not."""
-    if isinstance(v, bool):
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
         return None
-    if isinstance(v, int):
-        return v
-    if isinstance(v, float) and v.is_integer():
-        return int(v)
-    return None
-
-
-_TAG_RE = re.compile(r"</?(?:think|answer|step[1-4]|which|what|when|where|why|how)>")
+    return int(v) if isinstance(v, int) or v.is_integer() else None
 
 
 def expected_tags(layout: str) -> list[str]:
-    """The tag sequence of the 'abnormal' (4 steps, 6 answer tags) or 'normal' layout (facts s.1)."""
-    steps = 4 if layout == "abnormal" else 2
-    answer = ("which", "what", "when", "where", "why", "how") if layout == "abnormal" else \
-        ("which", "what", "why")
-    seq = ["<think>"]
-    for i in range(1, steps + 1):
-        seq += [f"<step{i}>", f"</step{i}>"]
-    seq += ["</think>", "<answer>"]
-    for t in answer:
-        seq += [f"<{t}>", f"</{t}>"]
-    return seq + ["</answer>"]
+    """The tags of the 'abnormal' or 'normal' layout, in order (docs/paper-vs-authors.md s.1)."""
+    abnormal = layout == "abnormal"
+    steps = [f"step{i}" for i in range(1, 5 if abnormal else 3)]
+    answer = ["which", "what"] + (["when", "where", "why", "how"] if abnormal else ["why"])
+    pairs = lambda tags: [x for t in tags for x in (f"<{t}>", f"</{t}>")]
+    return ["<think>", *pairs(steps), "</think>", "<answer>", *pairs(answer), "</answer>"]
 
 
 def diagnose_format(text: str, layout: str) -> str:
-    """Say where `text` first departs from the expected layout, e.g. the released row whose
-    first step is closed by `<step1>` (facts s.1) -> 'tag #3 is <step1> where </step1> is expected'."""
-    found, exp = _TAG_RE.findall(text), expected_tags(layout)
+    """Where `text` first departs from the layout, e.g. 'tag #3 is <step1> where </step1> is
+    expected' for the released row that closes step 1 with <step1> (docs/paper-vs-authors.md
+    s.1)."""
+    found, exp = vadr.TAG_RE.findall(text), expected_tags(layout)
     for i, (a, b) in enumerate(zip(found, exp)):
         if a != b:
             return f"tag #{i + 1} is {a} where {b} is expected ({layout} layout)"
     if len(found) < len(exp):
-        return f"{exp[len(found)]} is missing ({layout} layout, {len(found)} of {len(exp)} tags present)"
+        return (f"{exp[len(found)]} is missing ({layout} layout, {len(found)} of {len(exp)} "
+                "tags present)")
     if len(found) > len(exp):
         return f"extra tag {found[len(exp)]} after the {layout} layout's last tag"
     return (f"tags are in {layout} order, but text stands outside them where only whitespace "
@@ -183,125 +119,116 @@ def diagnose_format(text: str, layout: str) -> str:
 
 
 def _check_row(obj, kind: str, bad) -> dict | None:
-    """Validate one parsed JSON row; report problems through bad(reason, detail). Returns the
-    normalised row (without line / video_path) or None when it cannot be built."""
+    """One parsed JSON row -> the normalised row (without line and video_path), or None. Problems
+    go to bad(reason, detail), which returns None, so `return bad(...)` rejects the row."""
     if not isinstance(obj, dict):
-        bad("bad-json", f"a JSON object is expected, got {type(obj).__name__}")
-        return None
+        return bad("bad-json", f"a JSON object is expected, got {type(obj).__name__}")
     fields = {"sft": SFT_FIELDS, "rl": RL_FIELDS, "caption": CAPTION_FIELDS}[kind]
     missing = [f for f in fields if f not in obj]
     if missing:
-        bad("missing-field", "missing " + ", ".join(repr(f) for f in missing))
-        return None
-    n_bad = 0
-    text_fields = {"sft": ("anomaly_type", "think", "answer"), "rl": ("anomaly_type", "data_type", "solution"),
-                   "caption": ("caption",)}[kind]
-    for f in ("source", "path") + text_fields:
-        if not isinstance(obj[f], str):
-            bad("bad-value", f"{f!r} must be a string, got {obj[f]!r:.60}")
-            n_bad += 1
+        return bad("missing-field", "missing " + ", ".join(repr(f) for f in missing))
+    wrong = [f for f in ("source", "path") + _TEXT_FIELDS[kind] if not isinstance(obj[f], str)]
+    for f in wrong:
+        bad("bad-value", f"{f!r} must be a string, got {obj[f]!r:.60}")
     if not isinstance(obj["video"], (str, int)) or isinstance(obj["video"], bool):
-        bad("bad-value", f"'video' must be a string (or an int), got {obj['video']!r:.60}")
-        n_bad += 1
-    if n_bad:
+        return bad("bad-value", f"'video' must be a string (or an int), got {obj['video']!r:.60}")
+    if wrong:
         return None
     row = dict(source=obj["source"].strip(), video=str(obj["video"]).strip(), path=obj["path"])
     if "bbox" in obj:  # toy world extra field: 4 numbers
         b = obj["bbox"]
         if not (isinstance(b, list) and len(b) == 4 and all(_as_int(v) is not None for v in b)):
-            bad("bad-value", f"'bbox' must be 4 integers [x1, y1, x2, y2], got {b!r:.60}")
-            return None
+            return bad("bad-value", f"'bbox' must be 4 integers [x1, y1, x2, y2], got {b!r:.60}")
         row["bbox"] = [int(v) for v in b]
     if kind == "caption":
         if not obj["caption"].strip():
-            bad("bad-value", "'caption' is empty")
-            return None
+            return bad("bad-value", "'caption' is empty")
         # label: whether an event is described (toy rows carry anomaly_type; reports only)
         atype = obj.get("anomaly_type")
-        return dict(row, caption=obj["caption"], anomaly_type=atype,
-                    label=None if atype is None else "Normal" if atype == "Normal" else "Abnormal")
+        label = None if atype is None else "Normal" if atype == "Normal" else "Abnormal"
+        return dict(row, caption=obj["caption"], anomaly_type=atype, label=label)
     return _check_sft(obj, row, bad) if kind == "sft" else _check_rl(obj, row, bad)
 
 
-def _check_sft(obj: dict, row: dict, bad) -> dict | None:
-    total = _as_int(obj["total_frames"])
-    if total is None or total <= 0:
-        bad("bad-value", f"'total_frames' must be a positive integer, got {obj['total_frames']!r}")
-        return None
-    atype = obj["anomaly_type"]
-    if atype.strip().lower() == "normal":
-        label, category = "Normal", "Normal"
-    else:
-        category = vadr.normalize_category(atype)  # merges the 5 spelling variants (facts s.1)
-        if category is None:
-            bad("unknown-category", f"anomaly_type {atype!r} is not one of the 37 categories (or Normal)")
-            return None
-        label = "Abnormal"
-    row.update(anomaly_type=category, label=label, total_frames=total, think=obj["think"],
-               answer=obj["answer"], when=None)
-    if label == "Abnormal":  # start/end: integer frame indices, abnormal rows only (facts s.1)
-        miss = [f for f in SFT_INTERVAL_FIELDS if f not in obj]
-        if miss:
-            bad("missing-field", "abnormal row without " + ", ".join(repr(f) for f in miss))
-            return None
-        s, e = _as_int(obj["start"]), _as_int(obj["end"])
-        if s is None or e is None:
-            bad("bad-value", f"'start'/'end' must be integer frame indices, got {obj['start']!r}, {obj['end']!r}")
-            return None
-        if s >= e:
-            bad("bad-interval", f"start {s} >= end {e}")
-            return None
-        if s < 0 or e > total:
-            bad("interval-out-of-range", f"[start, end] = [{s}, {e}] is not inside [0, total_frames={total}]")
-            return None
-        # <when> of the answer is exactly this pair (facts s.1, s.3): fractions rounded to 3 places
-        row.update(start=s, end=e, when=(round(s / total, 3), round(e / total, 3)))
-    # The target the SFT stage trains on is think + "\n" + answer (facts s.2): check that whole text.
-    layout = "abnormal" if label == "Abnormal" else "normal"
-    got = vadr.check_format(row["think"] + "\n" + row["answer"])
-    if got is None:
-        bad("bad-format", diagnose_format(row["think"] + "\n" + row["answer"], layout))
-        return None
-    if got != layout:
-        bad("label-mismatch", f"anomaly_type {atype!r} needs the {layout} layout, the text has the {got} layout")
-        return None
-    if label == "Abnormal":
-        when = vadr.parse_completion(row["answer"])["when"]
-        if when is None or abs(when[0] - row["when"][0]) > 1e-9 or abs(when[1] - row["when"][1]) > 1e-9:
-            bad("when-mismatch", f"<when> is {when} but start/end/total_frames give {list(row['when'])}")
-            return None
+def _check_interval(obj: dict, row: dict, bad) -> dict | None:
+    """start/end of an abnormal SFT row: integer frame indices, 0 <= start < end <= total."""
+    total = row["total_frames"]
+    miss = [f for f in SFT_INTERVAL_FIELDS if f not in obj]
+    if miss:
+        return bad("missing-field", "abnormal row without " + ", ".join(repr(f) for f in miss))
+    s, e = _as_int(obj["start"]), _as_int(obj["end"])
+    if s is None or e is None:
+        return bad("bad-value", "'start'/'end' must be integer frame indices, got "
+                   f"{obj['start']!r}, {obj['end']!r}")
+    if s >= e:
+        return bad("bad-interval", f"start {s} >= end {e}")
+    if s < 0 or e > total:
+        return bad("interval-out-of-range",
+                   f"[start, end] = [{s}, {e}] is not inside [0, total_frames={total}]")
+    # <when> of the answer is exactly this pair, fractions rounded to 3 places
+    # (docs/paper-vs-authors.md s.1, s.3)
+    row.update(start=s, end=e, when=(round(s / total, 3), round(e / total, 3)))
     return row
 
 
-def _weak_label(text: str) -> str | None:
-    """'Abnormal' / 'Normal' from an RL `solution` or `anomaly_type`. The facts note calls the
-    solution 'the weak label'; we also accept it wrapped in <answer> or <which> tags."""
-    inner = re.sub(r"</?(?:answer|which)>", "", text).strip().rstrip(".").strip().lower()
-    return {"abnormal": "Abnormal", "normal": "Normal"}.get(inner)
+def _check_sft(obj: dict, row: dict, bad) -> dict | None:
+    total, atype = _as_int(obj["total_frames"]), obj["anomaly_type"]
+    if total is None or total <= 0:
+        return bad("bad-value",
+                   f"'total_frames' must be a positive integer, got {obj['total_frames']!r}")
+    # normalize_category merges the 5 spelling variants (docs/paper-vs-authors.md s.1)
+    normal = atype.strip().lower() == "normal"
+    category = "Normal" if normal else vadr.normalize_category(atype)
+    if category is None:
+        return bad("unknown-category",
+                   f"anomaly_type {atype!r} is not one of the 37 categories (or Normal)")
+    label = "Normal" if normal else "Abnormal"
+    row.update(anomaly_type=category, label=label, total_frames=total, think=obj["think"],
+               answer=obj["answer"], when=None)
+    if not normal and _check_interval(obj, row, bad) is None:
+        return None
+    # SFT trains on think + "\n" + answer (docs/paper-vs-authors.md s.2): check that whole text.
+    text, layout = row["think"] + "\n" + row["answer"], "normal" if normal else "abnormal"
+    got = vadr.check_format(text)
+    if got is None:
+        return bad("bad-format", diagnose_format(text, layout))
+    if got != layout:
+        return bad("label-mismatch", f"anomaly_type {atype!r} needs the {layout} layout, the "
+                   f"text has the {got} layout")
+    if not normal:
+        when, want = vadr.parse_completion(row["answer"])["when"], row["when"]
+        if when is None or abs(when[0] - want[0]) > 1e-9 or abs(when[1] - want[1]) > 1e-9:
+            return bad("when-mismatch",
+                       f"<when> is {when} but start/end/total_frames give {list(want)}")
+    return row
+
+
+def _binary_label(text: str) -> str | None:
+    """vadr.weak_label, except that a category name is refused: RL rows carry only the binary
+    label (docs/paper-vs-authors.md s.1)."""
+    plain = vadr.strip_tags(text).strip().rstrip(".")
+    return None if vadr.normalize_category(plain) else vadr.weak_label(text)
 
 
 def _check_rl(obj: dict, row: dict, bad) -> dict | None:
-    label = _weak_label(obj["anomaly_type"])
+    atype, sol = obj["anomaly_type"], obj["solution"]
+    label, sol_label = _binary_label(atype), _binary_label(sol)
     if label is None:
-        bad("bad-value", f"RL anomaly_type must be 'Abnormal' or 'Normal', got {obj['anomaly_type']!r}")
-        return None
-    sol = _weak_label(obj["solution"])
-    if sol is None:
-        bad("bad-value", f"'solution' must be the weak label Abnormal or Normal, got {obj['solution']!r:.60}")
-        return None
-    if sol != label:
-        bad("label-mismatch", f"solution {obj['solution']!r} disagrees with anomaly_type {obj['anomaly_type']!r}")
-        return None
+        return bad("bad-value", f"RL anomaly_type must be 'Abnormal' or 'Normal', got {atype!r}")
+    if sol_label is None:
+        return bad("bad-value",
+                   f"'solution' must be the weak label Abnormal or Normal, got {sol!r:.60}")
+    if sol_label != label:
+        return bad("label-mismatch", f"solution {sol!r} disagrees with anomaly_type {atype!r}")
     if obj["data_type"] != "video":
-        bad("bad-value", f"'data_type' must be 'video', got {obj['data_type']!r}")
-        return None
-    row.update(anomaly_type=label, label=label, data_type="video", solution=obj["solution"])
+        return bad("bad-value", f"'data_type' must be 'video', got {obj['data_type']!r}")
+    row.update(anomaly_type=label, label=label, data_type="video", solution=sol)
     return row
 
 
-def _check_video(path: str, probe: bool) -> str | None:
-    """None if usable, else why not. Cheap by default (exists, readable, not empty); probe=True
-    also opens the file with decord (slower: a few ms per video)."""
+def _video_problem(path: str, probe: bool) -> str | None:
+    """None if usable, else why not. Cheap by default (readable, not empty); probe=True also
+    opens the file with decord (slower: a few ms per video)."""
     if not os.access(path, os.R_OK):
         return "not readable (permissions)"
     if os.path.getsize(path) == 0:
@@ -312,20 +239,30 @@ def _check_video(path: str, probe: bool) -> str | None:
             n = len(decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1))
         except decord.DECORDError as e:
             return f"decord cannot open it ({str(e).splitlines()[0][:120]})"
-        if n <= 0:
-            return "decord reads 0 frames"
+        return "decord reads 0 frames" if n <= 0 else None
     return None
+
+
+def _find_video(row: dict, video_root, mdir: str, check: bool, probe: bool, bad) -> str | None:
+    """The row's video; with check, reported through bad if missing or unreadable."""
+    args = (row["source"], row["video"], row["path"], video_root, mdir)
+    if not check:  # the best guess, for callers that only read text
+        return video_candidates(*args)[0]
+    found, cands = resolve_video(*args)
+    if found is None:
+        bad("missing-video", f"video {row['video']!r} (source {row['source']!r}) not found; "
+            "tried: " + ", ".join(cands))
+    elif why := _video_problem(found, probe):
+        bad("unreadable-video", f"{found}: {why}")
+    return found
 
 
 def check_manifest(path: str, kind: str = "sft", video_root: str | None = None,
                    check_videos: bool = True, probe_videos: bool = False):
-    """Validate every row of a manifest in one pass.
-
-    -> (rows, problems): rows = the good rows (normalised dicts, see read_manifest); problems =
-    [(line, reason, detail)] for every problem in the file, in order. Never raises for a bad
-    row; raises FileNotFoundError if the manifest itself is missing. Blank lines are skipped
-    (line numbers still count them: they are physical 1-based line numbers).
-    """
+    """Validate every row of a manifest in one pass. -> (rows, problems): the good rows
+    (normalised dicts, see read_manifest) and [(line, reason, detail)] for every problem, in
+    file order. Never raises for a bad row; FileNotFoundError if the manifest is missing. Blank
+    lines are skipped, but counted: line numbers are physical and 1-based."""
     if kind not in ("sft", "rl", "caption"):
         raise ValueError(f"kind must be 'sft', 'rl' or 'caption', got {kind!r}")
     if not os.path.isfile(path):
@@ -343,159 +280,116 @@ def check_manifest(path: str, kind: str = "sft", video_root: str | None = None,
                 _mine.append((_ln, reason, detail))
 
             try:
-                obj = json.loads(raw)
+                row = _check_row(json.loads(raw), kind, bad)
             except json.JSONDecodeError as e:
-                bad("bad-json", f"not valid JSON ({e.msg}, column {e.colno})")
-                problems += mine
-                continue
-            row = _check_row(obj, kind, bad)
-            if row is not None and check_videos:
-                found, cands = resolve_video(row["source"], row["video"], row["path"], video_root, mdir)
-                if found is None:
-                    bad("missing-video", f"video {row['video']!r} (source {row['source']!r}) not found; "
-                        "tried: " + ", ".join(cands))
-                else:
-                    why = _check_video(found, probe_videos)
-                    if why:
-                        bad("unreadable-video", f"{found}: {why}")
-                row["video_path"] = found
-            elif row is not None:  # not checked: the best guess, for callers that only read text
-                row["video_path"] = video_candidates(row["source"], row["video"], row["path"],
-                                                     video_root, mdir)[0]
-            if mine:
-                problems += mine
-                continue
-            row["line"] = lineno
-            rows.append(row)
+                row = bad("bad-json", f"not valid JSON ({e.msg}, column {e.colno})")
+            if row is not None:
+                row["video_path"] = _find_video(row, video_root, mdir, check_videos,
+                                                probe_videos, bad)
+            problems += mine
+            if not mine:
+                rows.append(dict(row, line=lineno))
     return rows, problems
 
 
 def skipped_counts(problems) -> Counter:
     """Rows skipped by reason: each bad row counted once, under its first problem's reason."""
-    first = {}
-    for ln, reason, _ in problems:
-        first.setdefault(ln, reason)
+    first = {ln: reason for ln, reason, _ in reversed(problems)}  # reversed: the first one wins
     return Counter(first.values())
 
 
-def read_manifest(path: str, kind: str = "sft", video_root: str | None = None, skip_bad: bool = False,
-                  check_videos: bool = True, probe_videos: bool = False) -> list[dict]:
-    """Read and validate a Vad-Reasoning manifest (kind 'sft' or 'rl'; 'caption' for the toy
-    world's Toy-Caption.jsonl).
+def _counts_text(counts: Counter) -> str:
+    return ", ".join(f"{r}={n}" for r, n in sorted(counts.items()))
 
-    Raises one ManifestError listing every problem with file:line, unless skip_bad, which drops
-    the bad rows and prints their count by reason to stderr. Returned rows hold the normalised
-    schema fields plus:
-      line (1-based), video_path (resolved file), label ('Abnormal' / 'Normal');
-      SFT: anomaly_type = one of the 37 categories or 'Normal', start/end (abnormal only),
-           when = (round(start/total, 3), round(end/total, 3)) or None;
-      RL:  anomaly_type = label = 'Abnormal' / 'Normal', solution as written;
-      caption: caption, anomaly_type and label as written (None when absent);
-      bbox when the row has one (toy world).
-    """
+
+def read_manifest(path: str, kind: str = "sft", video_root: str | None = None,
+                  skip_bad: bool = False, check_videos: bool = True,
+                  probe_videos: bool = False) -> list[dict]:
+    """Read and validate a manifest (kind 'sft', 'rl', or 'caption' for the toy's
+    Toy-Caption.jsonl). Raises one ManifestError listing every problem with file:line, unless
+    skip_bad: then the bad rows are dropped and their count by reason goes to stderr. Rows hold
+    the normalised schema fields plus line (1-based), video_path (resolved file), label
+    ('Abnormal' / 'Normal') and bbox when present. SFT: anomaly_type = one of the 37 categories
+    or 'Normal'; start/end and when = (round(start/total, 3), round(end/total, 3)) on abnormal
+    rows, else when = None. RL: anomaly_type = label, solution as written. caption: caption,
+    anomaly_type and label as written (None when absent)."""
     rows, problems = check_manifest(path, kind, video_root, check_videos, probe_videos)
     if problems and not skip_bad:
         raise ManifestError(path, problems)
     if problems:
         counts = skipped_counts(problems)
-        print(f"{path}: skipped {sum(counts.values())} bad row(s): " +
-              ", ".join(f"{r}={n}" for r, n in sorted(counts.items())), file=sys.stderr)
+        print(f"{path}: skipped {sum(counts.values())} bad row(s): " + _counts_text(counts),
+              file=sys.stderr)
     if not rows:  # every row bad (skip_bad), or an empty file: nothing to train on is an error
         raise ManifestError(path, problems or [(0, "bad-value", "the manifest holds no rows")])
     return rows
 
 
-def strip_tags(text: str) -> str:
-    """Remove every <tag> (facts s.3: reference text = think + answer with tags removed)."""
-    return re.sub(r"</?[A-Za-z0-9_]+>", " ", text)
-
-
 def length_ranges(rows: list[dict]) -> dict:
-    """Word-count ranges of the SFT reasoning by label: {'Normal': (min, max), 'Abnormal': (min, max)}.
-    Words of think + answer with tags stripped, as in the facts note's statistics (s.1); this is
-    how the paper chose the length-reward ranges (App. C.2), applied to any SFT manifest."""
-    out = {}
-    for label in ("Normal", "Abnormal"):
-        n = [len(strip_tags(r["think"] + " " + r["answer"]).split()) for r in rows if r["label"] == label]
-        if n:
-            out[label] = (min(n), max(n))
-    return out
+    """{'Normal': (min, max), 'Abnormal': (min, max)}: words of think + answer without tags
+    (vadr.count_words) in any SFT manifest, the statistic the paper's length-reward ranges
+    come from (App. C.2; docs/paper-vs-authors.md s.1)."""
+    n = {label: [vadr.count_words(r["think"] + " " + r["answer"]) for r in rows
+                 if r["label"] == label] for label in ("Normal", "Abnormal")}
+    return {label: (min(v), max(v)) for label, v in n.items() if v}
 
 
-# ================================================================================================
-# 2. torch Datasets and collate (decoding in __getitem__, so DataLoader workers decode)
-# ================================================================================================
+# ---- 2. torch Datasets and collate (decoding in __getitem__, so DataLoader workers decode) ------
 
 class SFTDataset(torch.utils.data.Dataset):
     """One item per SFT row: dict(video=vadr.encode_video(...), prompt, target, row).
-    target = think + "\\n" + answer (facts s.2). prompt_variant 'fine' asks for the fine-grained
-    category in <which>, which is what the SFT answers hold (App. C.1)."""
+    target = think + "\\n" + answer (docs/paper-vs-authors.md s.2). prompt_variant 'fine' asks
+    for the fine-grained category in <which>, which is what the SFT answers hold (App. C.1)."""
+    target_fields = ("think", "answer")
 
     def __init__(self, rows: list[dict], prompt_variant: str = "fine", num_frames: int = 16,
-                 min_pixels: int = vadr.DEFAULT_MIN_PIXELS, max_pixels: int = vadr.DEFAULT_MAX_PIXELS,
-                 cache_videos: bool = False):
+                 min_pixels: int = vadr.DEFAULT_MIN_PIXELS,
+                 max_pixels: int = vadr.DEFAULT_MAX_PIXELS, cache_videos: bool = False):
         missing = [r.get("line") for r in rows if any(k not in r for k in self.target_fields)]
         if missing:
-            raise ValueError(f"{type(self).__name__} needs rows with {'/'.join(self.target_fields)}; "
-                             f"rows at lines {missing[:10]} have none")
+            raise ValueError(f"{type(self).__name__} needs rows with {'/'.join(self.target_fields)}"
+                             f"; rows at lines {missing[:10]} have none")
         self.rows, self.prompt = rows, vadr.build_prompt(prompt_variant)
         self.num_frames, self.min_pixels, self.max_pixels = num_frames, min_pixels, max_pixels
-        # cache_videos: keep each encoded video after its first decode (one process's memory: with
-        # DataLoader workers each worker keeps its own, lost when the workers stop at epoch end). For
-        # many epochs over a small set, e.g. the toy SFT (240 videos x (512, 1176) float32 = 0.58 GB).
+        # cache_videos keeps each encoded video after its first decode, for many epochs over a
+        # small set (the toy SFT). Per process: each DataLoader worker keeps, and loses, its own.
         self.cache = {} if cache_videos else None
 
     def __len__(self):
         return len(self.rows)
 
-    def __getitem__(self, i: int) -> dict:
-        row = self.rows[i]
+    def video(self, i: int) -> dict:
+        """Row i's video, encoded by vadr.encode_video (or from the cache)."""
         video = self.cache.get(i) if self.cache is not None else None
         if video is None:
-            video = vadr.encode_video(row["video_path"], self.num_frames, None, self.min_pixels, self.max_pixels)
+            video = vadr.encode_video(self.rows[i]["video_path"], self.num_frames, None,
+                                      self.min_pixels, self.max_pixels)
             if self.cache is not None:
                 self.cache[i] = video
-        return dict(video=video, prompt=self.prompt, target=self.target(row), row=row)
-
-    target_fields = ("think", "answer")
-
-    def target(self, row: dict) -> str:
-        return row["think"] + "\n" + row["answer"]  # facts s.2
-
-
-class RLDataset(torch.utils.data.Dataset):
-    """One item per row: dict(video, prompt, solution, video_path, row). solution = the weak
-    label 'Abnormal' / 'Normal' (facts s.2: the accuracy reward compares <which> with it). The
-    'binary' prompt asks for exactly that in <which>. Works on SFT rows too (their label)."""
-
-    def __init__(self, rows: list[dict], prompt_variant: str = "binary", num_frames: int = 16,
-                 min_pixels: int = vadr.DEFAULT_MIN_PIXELS, max_pixels: int = vadr.DEFAULT_MAX_PIXELS):
-        self.rows, self.prompt = rows, vadr.build_prompt(prompt_variant)
-        self.num_frames, self.min_pixels, self.max_pixels = num_frames, min_pixels, max_pixels
-
-    def __len__(self):
-        return len(self.rows)
+        return video
 
     def __getitem__(self, i: int) -> dict:
         row = self.rows[i]
-        video = vadr.encode_video(row["video_path"], self.num_frames, None, self.min_pixels, self.max_pixels)
-        # video_path travels with the item: AVA-GRPO re-reads the file with a kept window (Alg. 1)
-        return dict(video=video, prompt=self.prompt, solution=row["label"], video_path=row["video_path"],
-                    row=row)
-
-
-class CaptionDataset(SFTDataset):
-    """Toy stage 0: one item per caption row, dict(video, prompt=CAPTION_PROMPT, target=caption,
-    row). SFTDataset's item layout and decoding, so the same collate and loss train on it."""
-    target_fields = ("caption",)
-
-    def __init__(self, rows: list[dict], num_frames: int = 16, min_pixels: int = vadr.DEFAULT_MIN_PIXELS,
-                 max_pixels: int = vadr.DEFAULT_MAX_PIXELS, cache_videos: bool = False):
-        super().__init__(rows, "fine", num_frames, min_pixels, max_pixels, cache_videos)
-        self.prompt = CAPTION_PROMPT
+        return dict(video=self.video(i), prompt=self.prompt, target=self.target(row), row=row)
 
     def target(self, row: dict) -> str:
-        return row["caption"]
+        return row["think"] + "\n" + row["answer"]  # docs/paper-vs-authors.md s.2
+
+
+class RLDataset(SFTDataset):
+    """One item per row: dict(video, prompt, solution, video_path, row). solution = the weak
+    label 'Abnormal' / 'Normal', which the accuracy reward compares <which> with (the 'binary'
+    prompt asks for exactly that; docs/paper-vs-authors.md s.2). SFT rows work too."""
+    target_fields = ()
+
+    def __init__(self, rows: list[dict], prompt_variant: str = "binary", **video_args):
+        super().__init__(rows, prompt_variant, **video_args)  # num_frames, min/max_pixels
+
+    def __getitem__(self, i: int) -> dict:
+        row = self.rows[i]
+        # video_path travels with the item: AVA-GRPO re-reads the file with a kept window (Alg. 1)
+        return dict(video=self.video(i), prompt=self.prompt, solution=row["label"],
+                    video_path=row["video_path"], row=row)
 
 
 def collate_batch(items: list[dict], tokenizer, system: str = vadr.DEFAULT_SYSTEM_PROMPT,
@@ -504,1086 +398,22 @@ def collate_batch(items: list[dict], tokenizer, system: str = vadr.DEFAULT_SYSTE
     input_ids, attention_mask, mm_token_type_ids (B, L) [+ labels (B, L) with targets]
     pixel_values_videos (sum N_i, 1176), video_grid_thw (B, 3), second_per_grid_ts (B,), rows."""
     videos = vadr.collate_videos([it["video"] for it in items])
-    targets = None
-    if with_targets:
-        if any("target" not in it for it in items):
-            raise ValueError("with_targets=True needs items with a 'target' (use SFTDataset)")
-        targets = [it["target"] for it in items]
-    chat = vadr.build_chat_inputs(tokenizer, [it["prompt"] for it in items], videos["video_grid_thw"],
-                                  system=system, targets=targets)
+    if with_targets and any("target" not in it for it in items):
+        raise ValueError("with_targets=True needs items with a 'target' (use SFTDataset)")
+    targets = [it["target"] for it in items] if with_targets else None
+    chat = vadr.build_chat_inputs(tokenizer, [it["prompt"] for it in items],
+                                  videos["video_grid_thw"], system=system, targets=targets)
     return {**chat, **videos, "rows": [it["row"] for it in items]}
 
 
 def make_collate(tokenizer, system: str = vadr.DEFAULT_SYSTEM_PROMPT, *, with_targets: bool):
     """A collate_fn for DataLoader. A functools.partial of a module-level function (not a
     closure) so that it pickles into DataLoader workers under any start method."""
-    return functools.partial(collate_batch, tokenizer=tokenizer, system=system, with_targets=with_targets)
+    return functools.partial(collate_batch, tokenizer=tokenizer, system=system,
+                             with_targets=with_targets)
 
 
-# ================================================================================================
-# 3. The toy anomaly world
-# ================================================================================================
-# A street seen from the side (top to bottom): sky with buildings, a walkway where people walk,
-# a two-lane one-way road, a grass/curb strip. Normal videos: people walk along the walkway,
-# cars drive in the road's direction (headlights at the front, taillights at the back, arrow-
-# headed lane dashes). Abnormal videos add one event drawn on frames start <= t < end; outside
-# that window the scene is normal (actors approach or leave like ordinary people), so removing
-# the window leaves a normal video, as AVA-GRPO's verification reward assumes (Sec. 3.3).
-#
-# Honesty: the label and category are decidable only from pixels. Names are neutral (toy_00017,
-# a random permutation), length is drawn independently of the label, the prompt is the same for
-# every video, and colours, layout, counts, speeds and a horizontal mirror are randomised for
-# every video whatever its label. Actors of an event replace ordinary walkers, so the number of
-# people does not give the label away.
-
-TOY_CATEGORIES = ("Fighting", "Falling", "Fire", "Wrong-Way Driving", "Falling Objects", "Stealing",
-                  "Pedestrian Jaywalking")
-assert all(c in vadr.CATEGORIES for c in TOY_CATEGORIES)
-TOY_SOURCE = "TOY"
-TOY_VERSION = 4  # bump when rendering or text changes, so ensure_toy_world regenerates
-# The world `data.py toy`, `make toy` and the scripts' no-argument runs make. One category (Fire) at
-# sprite scale 2.5: the one setting in which the toy model measurably learned to detect the event
-# within the CPU budget (README "What you should see": with all seven categories, at scale 1, 1.7 or
-# 2.5, a direct Yes/No probe stayed at chance for 800 steps). `--categories` and `--sprite-scale`
-# give back the harder worlds. text_variants=1: every P2C-CoT text slot takes its first template, so
-# the text follows from the rendered facts alone; with the 2-4 options per slot drawn at random, the
-# tiny model blended two options inside one answer (a second </where> or </when>) and SFT reached a
-# format pass rate of only 70-87% (README "What you should see"). generate_toy_world's own keyword
-# defaults still draw all seven categories at scale 1 from every template (the tests' tiny worlds).
-TOY_DEFAULTS = dict(seed=0, n_sft=240, n_test=60, n_rl=240, n_caption=2000, size=(112, 112), frames=(48, 96), fps=8,
-                    sprite_scale=2.5, categories=("Fire",), text_variants=1)
-MANIFEST_NAMES = dict(sft_train="Vad-Reasoning-SFT-train.jsonl", sft_test="Vad-Reasoning-SFT-test.jsonl",
-                      rl="Vad-Reasoning-RL.jsonl", caption="Toy-Caption.jsonl")
-
-# Named colours (RGB) so that the texts can name what the pixels show.
-SKY = {"pale blue": (170, 200, 235), "light blue": (135, 185, 240), "grey": (178, 182, 188),
-       "hazy white": (218, 218, 208), "dusky violet": (150, 135, 175)}
-WALKWAY = {"grey": (150, 150, 150), "beige": (200, 185, 150), "light brown": (168, 138, 105),
-           "pale pink": (205, 172, 168), "sandy": (212, 198, 140)}
-ROAD = (72, 72, 76)
-STRIP = {"green grass": (70, 140, 60), "grey curb": (125, 125, 120), "dark hedge": (40, 95, 50)}
-BUILDING = [(140, 90, 75), (120, 120, 135), (175, 160, 130), (95, 105, 120), (160, 130, 110),
-            (110, 95, 85)]
-SHIRT = {"red": (205, 40, 40), "blue": (40, 70, 205), "green": (40, 150, 60), "yellow": (232, 212, 40),
-         "white": (238, 238, 238), "black": (28, 28, 28), "purple": (135, 50, 165),
-         "cyan": (40, 195, 205), "pink": (238, 120, 175)}
-PANTS = [(40, 45, 90), (30, 30, 30), (100, 100, 105), (95, 70, 45)]
-SKIN = [(232, 180, 130), (200, 140, 80), (145, 95, 55), (250, 215, 175)]
-CAR = {"red": (200, 30, 35), "blue": (35, 80, 200), "white": (235, 235, 235), "silver": (175, 180, 185),
-       "yellow": (235, 205, 30), "green": (40, 140, 70), "orange": (235, 130, 30)}
-BAG = {"brown": (120, 75, 35), "black": (25, 25, 25), "red": (190, 30, 30), "blue": (30, 60, 180),
-       "yellow": (230, 200, 40)}
-BOX = {"brown": (140, 95, 50), "dark green": (35, 90, 45), "blue": (45, 75, 170), "purple": (120, 45, 140),
-       "black": (35, 35, 35)}
-
-
-def _jitter(rng, rgb, amount: int = 10) -> np.ndarray:
-    """A colour varied a little per video (so that exact RGB values identify nothing)."""
-    return np.clip(np.asarray(rgb, np.int64) + rng.integers(-amount, amount + 1, 3), 0, 255).astype(np.uint8)
-
-
-def _pick_name(rng, palette: dict, avoid=(), min_dist: int = 110, exclude=()) -> str:
-    """A colour name from the palette whose colour is at least min_dist (L1) from every colour in
-    `avoid` (e.g. the walkway), so that actors stay visible against the ground."""
-    names = [n for n in palette if n not in exclude and
-             all(np.abs(np.asarray(palette[n]) - np.asarray(a, np.int64)).sum() >= min_dist for a in avoid)]
-    if not names:
-        names = [n for n in palette if n not in exclude]
-    return names[int(rng.integers(len(names)))]
-
-
-# ------------------------------------------------------------------ drawing primitives
-# All draw in place on img (H, W, 3) uint8 and return the clipped boxes they drew,
-# [x1, y1, x2, y2] with x2/y2 exclusive, so that an event's bbox is the union of what it drew.
-
-def _rect(img, x, y, w, h, rgb) -> list:
-    """Fill the w x h rectangle with top-left (x, y) (rounded to ints), clipped to the image."""
-    H, W = img.shape[:2]
-    x, y = int(round(x)), int(round(y))
-    a, b, c, d = max(0, x), min(W, x + int(w)), max(0, y), min(H, y + int(h))
-    if a >= b or c >= d:
-        return []
-    img[c:d, a:b] = rgb
-    return [(a, c, b, d)]
-
-
-def _disc(img, cx, cy, r, rgb) -> list:
-    """Fill a disc of radius r centred at (cx, cy)."""
-    H, W = img.shape[:2]
-    r = max(1.0, float(r))
-    a, b = max(0, int(math.floor(cx - r))), min(W, int(math.ceil(cx + r)) + 1)
-    c, d = max(0, int(math.floor(cy - r))), min(H, int(math.ceil(cy + r)) + 1)
-    if a >= b or c >= d:
-        return []
-    yy, xx = np.ogrid[c:d, a:b]
-    mask = (xx - cx) ** 2 + (yy - cy) ** 2 <= r * r  # (d-c, b-a) bool
-    if not mask.any():
-        return []
-    img[c:d, a:b][mask] = rgb
-    ys, xs = np.nonzero(mask)
-    return [(a + int(xs.min()), c + int(ys.min()), a + int(xs.max()) + 1, c + int(ys.max()) + 1)]
-
-
-def _sizes(H: int, scale: float = 1.0) -> dict:
-    """Sprite sizes in pixels for a frame of height H (designed at H = 112: figures 5 x 14 px),
-    times `scale` (the world's sprite_scale: larger sprites = larger, more salient events)."""
-    u = H / 112.0 * scale
-    k = lambda v: max(1, int(round(v * u)))
-    return dict(u=u, head=k(4), body_w=k(5), body_h=k(5), leg_w=k(2), leg_h=k(5), arm=k(2),
-                punch=k(4), fig_h=k(4) + k(5) + k(5), car_len=k(18), car_h=k(5), cab_h=k(4),
-                wheel=k(3), light=k(2), bag_w=k(5), bag_h=k(4), margin=k(8))
-
-
-def _draw_figure(img, S, x, y, look, pose: str = "walk", t: int = 0, d: int = 1, bag=None) -> list:
-    """A person with feet at row y (exclusive bottom) centred at column x, facing d (+1 right).
-    Poses: walk, run (wider alternating stride), fight (arm punching towards d), tilt (falling
-    over towards d), lie (flat on the ground, head towards d). bag: RGB of a carried bag."""
-    hd, bw, bh, lw, lh = S["head"], S["body_w"], S["body_h"], S["leg_w"], S["leg_h"]
-    x, y = int(round(x)), int(round(y))
-    out = []
-    if pose == "lie":  # legs, body, head laid out along d, all resting on row y
-        L = lh + bh + hd
-        x0 = x - L // 2
-        parts = [(lh, lw * 2, look["pants"]), (bh, bw, look["shirt"]), (hd, hd, look["skin"])]
-        if d < 0:
-            parts = parts[::-1]
-        for length, thick, col in parts:
-            out += _rect(img, x0, y - thick, length, thick, col)
-            x0 += length
-        return out
-    if pose == "tilt":  # half-way down: feet in place, body and head shifted towards d and lower
-        out += _rect(img, x - bw // 2, y - lh + 1, bw, lh - 1, look["pants"])
-        out += _rect(img, x - bw // 2 + d * bw // 2, y - lh - bh + 2, bw + 1, bh, look["shirt"])
-        out += _rect(img, x - hd // 2 + d * (bw + 1), y - lh - bh - hd + 4, hd, hd, look["skin"])
-        return out
-    stride = {"walk": (t // 2) % 2, "run": 1 + t % 2}.get(pose, 0)  # leg spread in px
-    out += _rect(img, x - bw // 2 - stride, y - lh, lw, lh, look["pants"])            # left leg
-    out += _rect(img, x + bw - bw // 2 - lw + stride, y - lh, lw, lh, look["pants"])  # right leg
-    lean = d if pose == "run" else 0
-    out += _rect(img, x - bw // 2 + lean, y - lh - bh, bw, bh, look["shirt"])         # body
-    out += _rect(img, x - hd // 2 + lean, y - lh - bh - hd, hd, hd, look["skin"])     # head
-    if pose == "fight":  # an arm punching towards the opponent: long and short on alternate frames
-        reach = S["punch"] if t % 2 == 0 else S["punch"] // 2 + 1
-        ax = x + bw - bw // 2 if d > 0 else x - bw // 2 - reach
-        out += _rect(img, ax, y - lh - bh + 1, reach, S["arm"], look["skin"])
-    if bag is not None:  # carried at hip height on the front side
-        bx = x + bw - bw // 2 + lean if d > 0 else x - bw // 2 + lean - S["bag_w"]
-        out += _rect(img, bx, y - lh - S["bag_h"] + 2, S["bag_w"], S["bag_h"], bag)
-    return out
-
-
-def _draw_car(img, S, x, y, rgb, d: int) -> list:
-    """A car seen from the side, wheels resting on row y, centred at column x, driving towards d:
-    yellow headlight at the front, red taillight at the back, cabin shifted to the back."""
-    L, ch, cab, wh, li = S["car_len"], S["car_h"], S["cab_h"], S["wheel"], S["light"]
-    x, y = int(round(x)), int(round(y))
-    x0, body_y = x - L // 2, y - wh // 2 - ch
-    out = _rect(img, x0, body_y, L, ch, rgb)
-    cab_x = x0 + L // 8 if d > 0 else x0 + L - L // 8 - L // 2
-    out += _rect(img, cab_x, body_y - cab, L // 2, cab, rgb)
-    out += _rect(img, cab_x + 1, body_y - cab + 1, L // 2 - 2, cab - 1, (160, 200, 220))  # windows
-    for wx in (x0 + 1, x0 + L - wh - 1):
-        out += _rect(img, wx, y - wh, wh, wh, (20, 20, 20))
-    front, back = (x0 + L - li, x0) if d > 0 else (x0, x0 + L - li)
-    out += _rect(img, front, body_y + 1, li, li, (255, 235, 90))
-    out += _rect(img, back, body_y + 1, max(1, li // 2 + 1), li, (230, 30, 30))
-    return out
-
-
-def _wrap(x: float, W: int, margin: int) -> float:
-    """Ordinary walkers and cars leave on one side and come back on the other."""
-    period = W + 2 * margin
-    return (x + margin) % period - margin
-
-
-# ------------------------------------------------------------------ the scene
-
-def _plan_scene(rng, H: int, W: int, sprite_scale: float = 1.0) -> dict:
-    """Layout, colours and the static background (H, W, 3) uint8 of one video."""
-    S = _sizes(H, sprite_scale)
-    u = S["u"]
-    hz = int(round(H * rng.uniform(0.22, 0.30)))            # sky/buildings above the walkway
-    rt = hz + int(round(H * rng.uniform(0.28, 0.34)))       # walkway [hz, rt), road top rt
-    rb = rt + int(round(H * rng.uniform(0.22, 0.27)))       # road [rt, rb), strip [rb, H)
-    sky_n, walk_n, strip_n = (list(p)[int(rng.integers(len(p)))] for p in (SKY, WALKWAY, STRIP))
-    sky, walk, strip = _jitter(rng, SKY[sky_n]), _jitter(rng, WALKWAY[walk_n]), _jitter(rng, STRIP[strip_n])
-    road = _jitter(rng, ROAD, 6)
-    d_car = int(rng.choice([-1, 1]))  # the one-way road's direction (before the mirror)
-    bg = np.empty((H, W, 3), np.uint8)  # (H, W, 3)
-    bg[:hz], bg[hz:rt], bg[rt:rb], bg[rb:] = sky, walk, road, strip
-    bg[rt:rt + max(1, int(u))] = np.clip(walk.astype(int) + 30, 0, 255)  # kerb line
-    nb = int(rng.integers(2, 5))
-    slot, building_rgbs = W / nb, []
-    for i in range(nb):  # buildings with a grid of lit windows
-        bw = int(slot * rng.uniform(0.55, 0.9))
-        bx = int(i * slot + rng.uniform(0, slot - bw))
-        bh = int(hz * rng.uniform(0.5, 0.95))
-        col = _jitter(rng, BUILDING[int(rng.integers(len(BUILDING)))])
-        building_rgbs.append(col)
-        _rect(bg, bx, hz - bh, bw, bh, col)
-        win = np.clip(col.astype(int) + 55, 0, 255)
-        step, ws = max(3, int(round(5 * u))), max(1, int(round(2 * u)))
-        for wy in range(hz - bh + ws, hz - ws, step):
-            for wx in range(bx + ws, bx + bw - ws, step):
-                _rect(bg, wx, wy, ws, ws, win)
-    y_mid = rt + (rb - rt) // 2  # lane dashes with an arrowhead at the front end: the direction
-    dash, gap = max(4, int(round(8 * u))), max(4, int(round(8 * u)))
-    for x0 in range(int(rng.integers(0, dash + gap)) - dash - gap, W, dash + gap):
-        _rect(bg, x0, y_mid, dash, max(1, int(u)), (225, 225, 215))
-        tip = x0 + dash - 1 if d_car > 0 else x0
-        back = tip - d_car * max(1, int(round(2 * u)))
-        _rect(bg, back, y_mid - max(1, int(u)), 1, 1, (225, 225, 215))
-        _rect(bg, back, y_mid + max(1, int(u)), 1, 1, (225, 225, 215))
-    for _ in range(int(rng.integers(0, 3))):  # lamp posts at the back of the walkway
-        lx = int(rng.integers(2, W - 2))
-        ph = int(hz * rng.uniform(0.4, 0.7))
-        _rect(bg, lx, hz - ph, max(1, int(u)), ph + int(3 * u), (60, 60, 65))
-        _rect(bg, lx - int(u), hz - ph - int(2 * u), int(3 * u) or 1, int(2 * u) or 1, (250, 240, 170))
-    return dict(H=H, W=W, S=S, hz=hz, rt=rt, rb=rb, bg=bg, d_car=d_car, sky=sky_n, walk=walk_n,
-                strip=strip_n, walk_rgb=walk, road_rgb=road, strip_rgb=strip, sky_rgb=sky,
-                building_rgbs=building_rgbs, n_buildings=nb,
-                feet=(hz + int(round(0.35 * (rt - hz))), rt - 1),  # rows where feet may stand
-                lanes=(rt + int(round(0.45 * (rb - rt))), rb - 1))  # far and near lane wheel rows
-
-
-def _new_look(rng, sc: dict, exclude=()) -> dict:
-    # shirts stand out from every ground a person may stand on (walkway, road, strip)
-    name = _pick_name(rng, SHIRT, avoid=[sc["walk_rgb"], sc["road_rgb"], sc["strip_rgb"]], exclude=exclude)
-    return dict(shirt=_jitter(rng, SHIRT[name], 8), shirt_name=name,
-                pants=_jitter(rng, PANTS[int(rng.integers(len(PANTS)))], 8),
-                skin=_jitter(rng, SKIN[int(rng.integers(len(SKIN)))], 6))
-
-
-def _feet_row(rng, sc: dict) -> int:
-    return int(rng.integers(sc["feet"][0], sc["feet"][1] + 1))
-
-
-def _plan_walkers(rng, sc: dict, n: int) -> list:
-    W, u = sc["W"], sc["S"]["u"]
-    return [dict(x0=rng.uniform(0, W), v=rng.uniform(0.4, 1.1) * u, d=int(rng.choice([-1, 1])),
-                 y=_feet_row(rng, sc), look=_new_look(rng, sc)) for _ in range(n)]
-
-
-def _plan_cars(rng, sc: dict) -> list:
-    """2-3 cars sharing one speed (so that same-lane cars never overlap), evenly spaced."""
-    W, S = sc["W"], sc["S"]
-    n = int(rng.integers(2, 4))
-    v = rng.uniform(1.2, 2.4) * S["u"]
-    period = W + 2 * S["car_len"]
-    base = rng.uniform(0, period)
-    cars = []
-    for i in range(n):
-        name = _pick_name(rng, CAR, avoid=[sc["road_rgb"]], min_dist=150)
-        cars.append(dict(x0=base + i * period / n + rng.uniform(-3, 3) * S["u"], v=v,
-                         lane=int(rng.integers(2)), rgb=_jitter(rng, CAR[name], 8), name=name))
-    return cars
-
-
-def _plan_bags(rng, sc: dict, n: int) -> list:
-    W = sc["W"]
-    out = []
-    for _ in range(n):
-        name = _pick_name(rng, BAG, avoid=[sc["walk_rgb"]])
-        out.append(dict(x=int(rng.integers(int(0.1 * W), int(0.9 * W))), y=_feet_row(rng, sc),
-                        rgb=_jitter(rng, BAG[name], 8), name=name))
-    return out
-
-
-# ------------------------------------------------------------------ the events
-# Each planner draws everything random up front (so that rendering with and without the event
-# consumes the same random numbers) and returns dict(actors, items, facts): items(t) lists the
-# event's sprites at frame t as (depth, draw) pairs, depth = the row its feet or wheels stand on
-# (painter's order: further back first); facts feed the texts (directions before the mirror).
-
-def _approach(x_goal: float, d: int, v: float, dt: float) -> float:
-    """Where a walker heading d at speed v stands dt frames before reaching x_goal."""
-    return x_goal - d * v * dt
-
-
-def _plan_fighting(rng, sc, T, s, e):
-    S, W = sc["S"], sc["W"]
-    a = _new_look(rng, sc)
-    b = _new_look(rng, sc, exclude=(a["shirt_name"],))  # two different shirts, so the text can tell them apart
-    xm, y = rng.uniform(0.25, 0.75) * W, _feet_row(rng, sc)
-    v = rng.uniform(0.5, 1.0) * S["u"]
-    gap = S["body_w"] // 2 + S["punch"] // 2 + 1
-    jit = rng.integers(-1, 2, size=(T, 2)) * max(1, int(S["u"]))   # (T, 2) shoving back and forth
-    flash = rng.integers(0, 2, size=T)                              # (T,) flash colour choice
-
-    def items(t):
-        if t < s:      # walking towards each other
-            xa, xb, pose, da, db = _approach(xm - gap, 1, v, s - t), _approach(xm + gap, -1, v, s - t), "walk", 1, -1
-        elif t < e:    # fighting in place
-            xa, xb, pose, da, db = xm - gap + jit[t, 0], xm + gap + jit[t, 1], "fight", 1, -1
-        else:          # walking away from each other
-            xa, xb, pose, da, db = xm - gap - v * (t - e + 1), xm + gap + v * (t - e + 1), "walk", -1, 1
-        out = [(y, functools.partial(_draw_figure, S=S, x=xa, y=y, look=a, pose=pose, t=t, d=da)),
-               (y, functools.partial(_draw_figure, S=S, x=xb, y=y, look=b, pose=pose, t=t + 1, d=db))]
-        if s <= t < e:  # a bright flash of impact between them, every frame
-            col = (255, 245, 120) if flash[t] else (255, 255, 255)
-            cy = y - S["leg_h"] - S["body_h"]
-            r = max(2, int(round(2 * S["u"])))
-            out.append((y + 0.5, functools.partial(_star, cx=xm + (jit[t, 0] + jit[t, 1]) / 2, cy=cy, r=r, rgb=col)))
-        return out
-
-    return dict(actors=2, items=items, zone="walkway",
-                facts=dict(shirt=a["shirt_name"], shirt2=b["shirt_name"]))
-
-
-def _star(img, cx, cy, r, rgb) -> list:
-    """A plus-shaped flash."""
-    cx, cy = int(round(cx)), int(round(cy))
-    return _rect(img, cx - r, cy, 2 * r + 1, 1, rgb) + _rect(img, cx, cy - r, 1, 2 * r + 1, rgb) + \
-        _rect(img, cx - 1, cy - 1, 3, 3, rgb)
-
-
-def _plan_falling(rng, sc, T, s, e):
-    S, W = sc["S"], sc["W"]
-    look, y = _new_look(rng, sc), _feet_row(rng, sc)
-    xf, d = rng.uniform(0.2, 0.8) * W, int(rng.choice([-1, 1]))
-    v = rng.uniform(0.4, 0.9) * S["u"]
-
-    def items(t):
-        if t < s:
-            spr = dict(x=_approach(xf, d, v, s - t), pose="walk")
-        elif t < min(e, s + 2):     # toppling over
-            spr = dict(x=xf, pose="tilt")
-        elif t < e:                 # lying on the ground
-            spr = dict(x=xf + d * S["fig_h"] // 3, pose="lie")
-        else:                       # back on their feet, walking on
-            spr = dict(x=xf + d * v * (t - e + 1), pose="walk")
-        return [(y, functools.partial(_draw_figure, S=S, y=y, look=look, t=t, d=d, **spr))]
-
-    return dict(actors=1, items=items, zone="walkway", facts=dict(shirt=look["shirt_name"]))
-
-
-def _plan_fire(rng, sc, T, s, e):
-    S, W, u = sc["S"], sc["W"], sc["S"]["u"]
-    cx = rng.uniform(0.15, 0.85) * W
-    by = int(rng.integers(sc["hz"] + int(0.4 * (sc["rt"] - sc["hz"])), sc["rt"] - 1))
-    r_max, r0 = rng.uniform(6, 9) * u, 3 * u
-    grow = max(2, int(round(0.3 * (e - s))))
-    flick = rng.uniform(0.85, 1.15, size=T)          # (T,) flame size flicker
-    sway = rng.uniform(-1.5, 1.5, size=T) * u        # (T,) flame tip sway
-    smoke = rng.integers(55, 95, size=T)             # (T,) smoke grey level
-
-    def draw(img, t):
-        r = (r0 + (r_max - r0) * min(1.0, (t - s + 1) / grow)) * flick[t]
-        g = int(smoke[t])
-        out = _disc(img, cx + sway[t] * 2, by - 2.6 * r - 0.3 * u * (t - s), 0.8 * r, (g, g, g + 5))
-        out += _disc(img, cx, by - r, r, (225, 45, 15))                        # outer red
-        out += _disc(img, cx + sway[t], by - 1.7 * r, 0.6 * r, (225, 45, 15))  # flame tip
-        out += _disc(img, cx + sway[t] / 2, by - 0.8 * r, 0.65 * r, (250, 140, 20))  # orange
-        out += _disc(img, cx, by - 0.55 * r, 0.35 * r, (255, 230, 90))          # yellow core
-        return out
-
-    def items(t):
-        return [(by, functools.partial(draw, t=t))] if s <= t < e else []
-
-    return dict(actors=0, items=items, zone="walkway", facts={})
-
-
-def _plan_wrong_way(rng, sc, T, s, e):
-    S, W = sc["S"], sc["W"]
-    name = _pick_name(rng, CAR, avoid=[sc["road_rgb"]], min_dist=150)
-    rgb = _jitter(rng, CAR[name], 8)
-    # the lane with fewer ordinary cars (ties at random), so that it rarely drives through them
-    busy = [sum(c["lane"] == k for c in sc["cars"]) for k in (0, 1)]
-    k = int(rng.integers(2)) if busy[0] == busy[1] else int(np.argmin(busy))
-    lane = sc["lanes"][k]
-    dw = -sc["d_car"]                      # against the road's direction
-    half, vis = S["car_len"] / 2, 6 * S["u"]
-    xa, xb = (W + half - vis, -half + vis) if dw < 0 else (-half + vis, W + half - vis)
-
-    def items(t):
-        if not s <= t < e:
-            return []
-        x = xa + (xb - xa) * (t - s) / max(1, e - 1 - s)  # enters at s, leaving the frame at e-1
-        return [(lane + 0.1, functools.partial(_draw_car, S=S, x=x, y=lane, rgb=rgb, d=dw))]
-
-    return dict(actors=0, items=items, zone="road", facts=dict(car=name, dw=dw))
-
-
-def _plan_falling_objects(rng, sc, T, s, e):
-    S, W, u = sc["S"], sc["W"], sc["S"]["u"]
-    # visible against everything it falls past: sky, buildings, walkway
-    name = _pick_name(rng, BOX, avoid=[sc["walk_rgb"], sc["sky_rgb"], *sc["building_rgbs"]], min_dist=90)
-    rgb = _jitter(rng, BOX[name], 8)
-    size = int(round(rng.uniform(7, 10) * u))
-    xo = rng.uniform(0.15, 0.85) * W
-    y_land = int(rng.integers(sc["hz"] + int(0.3 * (sc["rt"] - sc["hz"])), sc["rt"]))
-    fall = max(2, min(e - s - 2, int(round(0.35 * (e - s)))))   # frames in the air, >= 2 on the ground
-    frag_v = rng.uniform(-2.5, 2.5, size=(5, 2)) * u              # (5, 2) fragment velocities
-    frag_v[:, 1] = -np.abs(frag_v[:, 1]) * 0.3
-    y0 = 0.8 * size                                               # bottom edge at the first frame
-
-    def draw(img, t):
-        k = t - s
-        if k < fall:   # accelerating drop: y grows with k^2
-            yb = y0 + (y_land - y0) * (k / fall) ** 2
-            return _rect(img, xo - size / 2, yb - size, size, size, rgb)
-        n = min(k - fall, 3)  # fragments slide for 3 frames after the impact, then rest
-        dust = max(0.35, 1.2 - 0.15 * (k - fall)) * size
-        out = _disc(img, xo, y_land - size / 3, dust, (222, 218, 205))
-        for fx, fy in frag_v:
-            fs = max(2, size // 2)
-            out += _rect(img, xo + fx * (n + 1) - fs / 2, y_land + fy * n - fs, fs, fs, rgb)
-        return out
-
-    def items(t):
-        if not s <= t < e:
-            return []
-        depth = 1e6 if t - s < fall else y_land  # in the air it is in front of everything
-        return [(depth, functools.partial(draw, t=t))]
-
-    return dict(actors=0, items=items, zone="walkway", facts=dict(box=name))
-
-
-def _plan_stealing(rng, sc, T, s, e):
-    S, W = sc["S"], sc["W"]
-    look = _new_look(rng, sc)
-    bag = _plan_bags(rng, sc, 1)[0]
-    da, dr = int(rng.choice([-1, 1])), int(rng.choice([-1, 1]))   # approach and escape directions
-    v = rng.uniform(0.5, 1.0) * S["u"]
-    x_exit = W if dr > 0 else 0   # centre on the edge at e-1: half of the thief still visible
-    # The thief runs at about twice walking speed and leaves the frame at e-1, so the bag lies
-    # run * (e-1-s) pixels from the exit edge (at most 80% of the width away).
-    run = rng.uniform(1.6, 2.4) * S["u"]
-    bag["x"] = int(round(x_exit - dr * min(run * (e - 1 - s), 0.8 * W)))
-
-    def items(t):
-        if t < s:  # the bag lies there; the thief walks up to it
-            xt = _approach(bag["x"] - da * 2 * S["u"], da, v, s - t)
-            return [(bag["y"], functools.partial(_rect, x=bag["x"] - S["bag_w"] // 2, y=bag["y"] - S["bag_h"],
-                                                 w=S["bag_w"], h=S["bag_h"], rgb=bag["rgb"])),
-                    (bag["y"] + 0.1, functools.partial(_draw_figure, S=S, x=xt, y=bag["y"], look=look,
-                                                       pose="walk", t=t, d=da))]
-        if t < e:  # grabs it and runs off, out of the frame by e
-            xt = bag["x"] + (x_exit - bag["x"]) * (t - s) / max(1, e - 1 - s)
-            return [(bag["y"] + 0.1, functools.partial(_draw_figure, S=S, x=xt, y=bag["y"], look=look,
-                                                       pose="run", t=t, d=dr, bag=bag["rgb"]))]
-        return []  # gone, with the bag
-
-    return dict(actors=1, items=items, zone="walkway", facts=dict(shirt=look["shirt_name"], bag=bag["name"],
-                                                                   dr=dr))
-
-
-def _plan_jaywalking(rng, sc, T, s, e):
-    S, W, H = sc["S"], sc["W"], sc["H"]
-    look = _new_look(rng, sc)
-    xj, d = rng.uniform(0.2, 0.8) * W, int(rng.choice([-1, 1]))
-    yw = sc["rt"] - 1                    # walking along the front edge of the walkway
-    v = rng.uniform(0.5, 1.0) * S["u"]
-    y_end = H + S["leg_h"]               # at e-1 the feet are off the bottom, body and head visible
-
-    def items(t):
-        if t < s:
-            return [(yw, functools.partial(_draw_figure, S=S, x=_approach(xj, d, v, s - t), y=yw, look=look,
-                                           pose="walk", t=t, d=d))]
-        if t < e:  # straight across both lanes and out at the bottom
-            y = yw + (y_end - yw) * (t - s) / max(1, e - 1 - s)
-            return [(y, functools.partial(_draw_figure, S=S, x=xj, y=y, look=look, pose="walk", t=t, d=d))]
-        return []
-
-    return dict(actors=1, items=items, zone="road", facts=dict(shirt=look["shirt_name"]))
-
-
-_EVENT_PLANNERS = {"Fighting": _plan_fighting, "Falling": _plan_falling, "Fire": _plan_fire,
-                   "Wrong-Way Driving": _plan_wrong_way, "Falling Objects": _plan_falling_objects,
-                   "Stealing": _plan_stealing, "Pedestrian Jaywalking": _plan_jaywalking}
-assert set(_EVENT_PLANNERS) == set(TOY_CATEGORIES)
-
-
-def _frames_range(frames) -> tuple[int, int]:
-    lo, hi = (int(frames), int(frames)) if np.isscalar(frames) else (int(frames[0]), int(frames[-1]))
-    if not 16 <= lo <= hi:
-        raise vadr.InputError(f"frames must be 16 <= lo <= hi (16 sampled frames per video), got {frames}")
-    return lo, hi
-
-
-def _check_sprite_scale(sprite_scale: float) -> float:
-    if not 0.5 <= sprite_scale <= 4:
-        raise vadr.InputError(f"sprite_scale must be in [0.5, 4], got {sprite_scale}")
-    return float(sprite_scale)
-
-
-def render_toy_video(seed: int, category: str | None = None, size=(112, 112), frames=(48, 96),
-                     fps: float = 8.0, draw_event: bool = True, sprite_scale: float = 1.0):
-    """Render one toy video without writing anything.
-
-    seed: everything random (layout, colours, length, event window) comes from it.
-    category: one of TOY_CATEGORIES, or None for a normal video.
-    size: (H, W), even numbers (H.264 yuv420p). frames: length, an int or an inclusive (lo, hi)
-    range drawn per video. draw_event=False renders the same video without the event's sprites
-    (a counterfactual for tests and previews). sprite_scale: people, cars, bags and every event's
-    sprites drawn this many times larger (the layout of the street stays the same).
-    -> frames uint8 (T, H, W, 3), meta dict(category, label, total_frames, fps, start, end, bbox,
-       background (H, W, 3) uint8, facts). start/end/bbox are None for normal videos.
-    """
-    if category is not None and category not in _EVENT_PLANNERS:
-        raise ValueError(f"toy category must be one of {TOY_CATEGORIES} or None, got {category!r}")
-    H, W = int(size[0]), int(size[1])
-    if H % 2 or W % 2 or H < 48 or W < 48:
-        raise ValueError(f"size must be even and at least 48 x 48 (H.264 yuv420p), got {size}")
-    lo, hi = _frames_range(frames)
-    rng = np.random.default_rng(seed)
-    T = int(rng.integers(lo, hi + 1))           # independent of the label
-    sc = _plan_scene(rng, H, W, _check_sprite_scale(sprite_scale))
-    n_people = int(rng.integers(2, 6))          # actors replace ordinary walkers (honesty)
-    event, s, e = None, None, None
-    if category is not None:
-        L = max(4, int(round(T * rng.uniform(0.25, 0.6))))   # 25-60% of the video
-        s = int(rng.integers(0, T - L + 1))
-        e = s + L
-    cars = sc["cars"] = _plan_cars(rng, sc)
-    if category is not None:
-        event = _EVENT_PLANNERS[category](rng, sc, T, s, e)
-    walkers = _plan_walkers(rng, sc, max(0, n_people - (event["actors"] if event else 0)))
-    bags = _plan_bags(rng, sc, int(rng.integers(0, 3 if category != "Stealing" else 2)))
-    mirror = bool(rng.integers(2))
-    S, margin = sc["S"], sc["S"]["margin"]
-
-    out = np.empty((T, H, W, 3), np.uint8)  # (T, H, W, 3)
-    box = None  # union of the event's drawn boxes over [s, e)
-    for t in range(T):
-        img = sc["bg"].copy()  # (H, W, 3) uint8
-        items = [(b["y"], False, functools.partial(_rect, x=b["x"] - S["bag_w"] // 2, y=b["y"] - S["bag_h"],
-                                                   w=S["bag_w"], h=S["bag_h"], rgb=b["rgb"])) for b in bags]
-        for w in walkers:
-            x = _wrap(w["x0"] + w["d"] * w["v"] * t, W, margin)
-            items.append((w["y"], False, functools.partial(_draw_figure, S=S, x=x, y=w["y"], look=w["look"],
-                                                           pose="walk", t=t + int(w["x0"]), d=w["d"])))
-        for c in cars:
-            x = _wrap(c["x0"] + sc["d_car"] * c["v"] * t, W, S["car_len"])
-            y = sc["lanes"][c["lane"]]
-            items.append((y, False, functools.partial(_draw_car, S=S, x=x, y=y, rgb=c["rgb"], d=sc["d_car"])))
-        if event is not None and draw_event:
-            items += [(dep, True, fn) for dep, fn in event["items"](t)]
-        items.sort(key=lambda it: it[0])  # painter's order; stable, so ties keep insertion order
-        for _, is_event, fn in items:
-            drawn = fn(img)
-            if is_event and s <= t < e:
-                for b in drawn:
-                    box = b if box is None else (min(box[0], b[0]), min(box[1], b[1]),
-                                                 max(box[2], b[2]), max(box[3], b[3]))
-        out[t] = img
-    bg = sc["bg"]
-    if mirror:  # left/right randomised for every video; facts below use the final coordinates
-        out, bg = np.ascontiguousarray(out[:, :, ::-1]), np.ascontiguousarray(bg[:, ::-1])
-        if box is not None:
-            box = (W - box[2], box[1], W - box[0], box[3])
-    flip = -1 if mirror else 1
-    facts = dict(sky=sc["sky"], walk=sc["walk"], strip=sc["strip"], n_buildings=sc["n_buildings"],
-                 n_people=n_people, n_cars=len(cars), d_car=sc["d_car"] * flip)
-    if event is not None:
-        ef = dict(event["facts"])
-        for k in ("dw", "dr"):
-            if k in ef:
-                ef[k] *= flip
-        facts.update(ef, zone=event["zone"])
-    meta = dict(category=category or "Normal", label="Abnormal" if category else "Normal", total_frames=T,
-                fps=float(fps), start=s, end=e, bbox=list(box) if box is not None else None,
-                background=bg, facts=facts)
-    if category is not None and box is None and draw_event:
-        raise RuntimeError(f"toy video seed={seed} {category}: the event drew nothing (a bug)")
-    return out, meta
-
-
-# ------------------------------------------------------------------ P2C-CoT texts (Sec. 3.1)
-# Templates filled with scene facts; each slot has 2-4 options (text_variants = how many of them a
-# world draws from; the default world takes the first of each, README "The toy world").
-# Perception steps describe what is seen (global: the normal scene only, App. B.1; local: the
-# event, when and where); cognition steps judge it (shallow: is it abnormal and which cues; deep:
-# causes, broken rules, consequences).
-
-_NUM = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five", 6: "six"}
-
-_GLOBAL = [
-    "A street seen from the side: {nb} buildings under a {sky} sky, a {walk} walkway with {np} people, "
-    "and a road where {nc} cars drive {cdir}.",
-    "A fixed camera shows {nb} buildings, a {walk} walkway with {np} people, and a one-way road where "
-    "{nc} cars drive {cdir}.",
-    "A city street under a {sky} sky. {NP} people walk on the {walk} walkway and {nc} cars travel {cdir} "
-    "on the road.",
-    "A walkway in front of {nb} buildings, with {np} pedestrians on it and {nc} cars driving {cdir} on "
-    "the road beside a {strip}.",
-]
-_NORMAL_STEP2 = [
-    "Everyone walks at an ordinary pace and all cars drive {cdir}. Nobody falls, fights or runs, and "
-    "nothing burns or drops.",
-    "The pedestrians stay on the walkway and the traffic flows {cdir} without incident. Nothing is out "
-    "of place.",
-    "People move calmly, the cars follow the direction of the road, and the street looks the same from "
-    "start to end.",
-]
-# The first answer of each list is the labelled "Category: ... Event: ..." layout, whose every tag
-# follows its own cue word; a world with text_variants=1 (the default world) uses only it.
-_NORMAL_ANSWER = [
-    "<answer>Category: <which>Normal</which>. Event: <what>ordinary street activity</what>. Reason: "
-    "<why>people walk calmly and the traffic flows one way</why>.</answer>",
-    "<answer>The video is <which>Normal</which>: <what>people walk along a walkway while cars drive "
-    "{cdir}</what>. It is normal because <why>nothing unusual happens</why>.</answer>",
-    "<answer>I judge the video as <which>Normal</which>: <what>pedestrians walk on the {walk} walkway "
-    "and cars pass {cdir}</what>, and <why>no one breaks a rule</why>.</answer>",
-]
-_ABNORMAL_ANSWER = [
-    "<answer>Category: <which>{cat}</which>. Event: <what>{what}</what>. Time: <when>{when}</when>. "
-    "Place: <where>{where}</where>. Reason: <why>{why}</why>. Impact: <how>{how}</how>.</answer>",
-    "<answer>The video shows <which>{cat}</which>: <what>{what}</what> during <when>{when}</when> at "
-    "<where>{where}</where>. It is abnormal because <why>{why}</why>, and <how>{how}</how>.</answer>",
-    "<answer>Anomaly <which>{cat}</which>: <what>{what}</what>, in <when>{when}</when>, at "
-    "<where>{where}</where>. Why: <why>{why}</why>. Impact: <how>{how}</how>.</answer>",
-]
-assert len(_NORMAL_ANSWER) == len(_ABNORMAL_ANSWER)
-# Per category: local perception (step2), shallow (step3) and deep cognition (step4), and the
-# what / why / how of the answer. {t0}/{t1}: seconds; {at}: 'on the left side of the walkway'.
-_EVENT_TEXT = {
-    "Fighting": dict(
-        local=["From {t0} s to {t1} s, a person in {shirt} and a person in {shirt2} stand face to face "
-               "{at}, punching each other amid flashes.",
-               "{Phase} two people in {shirt} and {shirt2} meet {at} and keep "
-               "hitting each other until {t1} s."],
-        shallow=["They exchange blows instead of walking past each other; the punches and flashes show "
-                 "a fight.",
-                 "Quick punches and flashes of impact are clear signs of a physical fight."],
-        deep=["An argument probably turned violent. Fighting in public breaks the law and can injure "
-              "both people.",
-              "Such violence threatens public safety, and someone may get hurt."],
-        what=["two people fight on the walkway", "a person in {shirt} and a person in {shirt2} hit each other"],
-        why=["people are hitting each other in public", "a violent fight breaks the calm walking"],
-        how=["someone may be injured", "it can cause injuries and panic"]),
-    "Falling": dict(
-        local=["From {t0} s to {t1} s, a person in {shirt} walking {at} suddenly topples over and lies "
-               "flat on the ground.",
-               "{Phase} the walker in {shirt} falls down {at} and lies there "
-               "until {t1} s, then gets up."],
-        shallow=["A person lying flat on the walkway is not walking normally; the sudden collapse shows "
-                 "a fall.",
-                 "The body goes from upright to flat within a moment, a clear sign of a fall."],
-        deep=["The person may have tripped or felt unwell. A fall can cause injuries and the person may "
-              "need help.",
-              "Falls often come from uneven ground or sudden illness; medical help may be needed."],
-        what=["a person falls down and lies on the walkway", "the walker in {shirt} collapses"],
-        why=["a person collapses instead of walking", "a sudden fall is an accident"],
-        how=["the person may be injured", "it may cause injury and block the walkway"]),
-    "Fire": dict(
-        local=["From {t0} s to {t1} s, flickering red and orange flames appear {at}, grow larger and "
-               "give off grey smoke.",
-               "{Phase} a fire starts {at}; it flickers and smoke rises above "
-               "it until {t1} s."],
-        shallow=["Open flames and smoke do not belong on a street; the bright flickering colours show a "
-                 "fire.",
-                 "The growing orange blaze and rising smoke show an uncontrolled fire."],
-        deep=["It may come from a cigarette or burning rubbish, and it can spread and hurt people.",
-              "An uncontrolled fire endangers people and property; firefighters should be called."],
-        what=["a fire burns on the walkway", "flames and smoke appear on the walkway"],
-        why=["open fire is dangerous on a street", "an uncontrolled fire threatens people"],
-        how=["it may spread and injure people", "people nearby may be burned"]),
-    "Wrong-Way Driving": dict(
-        local=["From {t0} s to {t1} s, a {car} car drives {wdir} {at}, against the other cars, which "
-               "travel {cdir}.",
-               "{Phase} a {car} car moves {wdir}, opposite to the traffic, "
-               "until it leaves at {t1} s."],
-        shallow=["Its headlights point the wrong way and it moves against the flow shown by the other "
-                 "cars and the lane arrows.",
-                 "Every other car moves {cdir}, so this car is driving the wrong way."],
-        deep=["The driver may be lost or careless. Driving against traffic breaks the rules and can "
-              "cause a head-on crash.",
-              "Wrong-way driving leaves other drivers little time to react, so a crash may follow."],
-        what=["a {car} car drives against the traffic", "a car travels {wdir} while traffic goes {cdir}"],
-        why=["it drives opposite to the other cars", "wrong-way driving breaks traffic rules"],
-        how=["it may cause a head-on collision", "other drivers may crash"]),
-    "Falling Objects": dict(
-        local=["From {t0} s to {t1} s, a {box} box drops from the top of the frame, lands {at} and breaks "
-               "into pieces.",
-               "{Phase} a {box} object falls from above, hits the ground {at} "
-               "and shatters."],
-        shallow=["Objects should not fall onto a walkway; the fast drop and scattered fragments show a "
-                 "falling object.",
-                 "The box speeds up as it drops and bursts on impact, a sign of an object falling from "
-                 "a height."],
-        deep=["It may have slipped from a window or roof. Falling objects can hurt people below.",
-              "Loose items on buildings are a hazard; anyone underneath could be struck."],
-        what=["a {box} box falls and breaks on the walkway", "an object drops and shatters"],
-        why=["a falling object endangers people below", "objects do not normally fall onto a walkway"],
-        how=["it could injure pedestrians", "people nearby may be hit by fragments"]),
-    "Stealing": dict(
-        local=["From {t0} s to {t1} s, a person in {shirt} picks up a {bag} bag lying {at} and runs off "
-               "{rdir} with it.",
-               "{Phase} the person in {shirt} grabs the {bag} bag left {at} and "
-               "hurries {rdir} out of the frame."],
-        shallow=["The person takes a bag that is not theirs and runs away fast, which points to theft.",
-                 "Grabbing an unattended bag and sprinting off are typical signs of stealing."],
-        deep=["The thief saw the bag unattended and took the chance. Stealing breaks the law and causes "
-              "a loss.",
-              "Taking other people's property violates the law; the owner should report it."],
-        what=["a person grabs a {bag} bag and runs away", "someone steals a bag from the walkway"],
-        why=["the person takes a bag that is not theirs", "taking unattended property is theft"],
-        how=["the owner loses the bag", "it causes a loss and may need the police"]),
-    "Pedestrian Jaywalking": dict(
-        local=["From {t0} s to {t1} s, a person in {shirt} leaves the walkway and walks straight across "
-               "the road {at}.",
-               "{Phase} the person in {shirt} steps off the walkway and crosses "
-               "the road until {t1} s."],
-        shallow=["Pedestrians stay on the walkway; crossing where there is no crossing puts the person "
-                 "among moving cars.",
-                 "A person walking across the traffic lanes away from a crossing is jaywalking."],
-        deep=["The person may be in a hurry. Jaywalking breaks traffic rules and drivers may not stop in "
-              "time.",
-              "Crossing outside a crossing surprises drivers and can lead to a collision."],
-        what=["a person in {shirt} crosses the road", "a pedestrian walks across the road"],
-        why=["the person crosses where pedestrians should not", "jaywalking breaks traffic rules"],
-        how=["the person may be hit by a car", "cars may brake suddenly and crash"]),
-}
-assert set(_EVENT_TEXT) == set(TOY_CATEGORIES)
-# The most options any text slot has: text_variants at this value draws from every option.
-TEXT_VARIANTS = max(len(o) for o in [_GLOBAL, _NORMAL_STEP2, _NORMAL_ANSWER, _ABNORMAL_ANSWER]
-                    + [o for tx in _EVENT_TEXT.values() for o in tx.values()])
-
-
-def format_when(start: int, end: int, total: int) -> str:
-    """'[s, e]' exactly as in the released answers: [round(start/T, 3), round(end/T, 3)] printed
-    as Python floats, e.g. '[0.25, 0.5]' (facts s.1)."""
-    return f"[{round(start / total, 3)}, {round(end / total, 3)}]"
-
-
-def _dir_words(d: int) -> tuple[str, str]:
-    return ("from left to right", "to the right") if d > 0 else ("from right to left", "to the left")
-
-
-def _fact_words(meta: dict) -> dict:
-    """The words that fill the templates, from the rendered facts (scene, and the event's when,
-    where and who on abnormal videos). Shared by the P2C-CoT texts and the captions."""
-    f = meta["facts"]
-    v = dict(sky=f["sky"], walk=f["walk"], strip=f["strip"], nb=_NUM[f["n_buildings"]],
-             NB=_NUM[f["n_buildings"]].capitalize(), np=_NUM[f["n_people"]],
-             NP=_NUM[f["n_people"]].capitalize(), nc=_NUM[f["n_cars"]], cdir=_dir_words(f["d_car"])[0])
-    if meta["label"] == "Normal":
-        return v
-    H, W = meta["background"].shape[:2]
-    x1, y1, x2, y2 = meta["bbox"]
-    cx, cy = (x1 + x2) / 2 / W, (y1 + y2) / 2 / H
-    h = "left" if cx < 1 / 3 else "center" if cx < 2 / 3 else "right"
-    vert = "upper" if cy < 1 / 3 else "middle" if cy < 2 / 3 else "lower"
-    zone = f["zone"]
-    at = f"in the middle of the {zone}" if h == "center" else f"on the {h} side of the {zone}"
-    T, s, e, fps = meta["total_frames"], meta["start"], meta["end"], meta["fps"]
-    mid = (s + e) / 2 / T
-    v.update(t0=f"{s / fps:.1f}", t1=f"{e / fps:.1f}", at=at, h=h, vert=vert, when=format_when(s, e, T),
-             Phase="Early in the video," if mid < 0.4 else "Midway through the video," if mid < 0.65
-             else "Late in the video,",
-             shirt=f.get("shirt", ""), shirt2=f.get("shirt2", ""), car=f.get("car", ""),
-             bag=f.get("bag", ""), box=f.get("box", ""), cat=meta["category"],
-             wdir=_dir_words(f.get("dw", 1))[0], rdir=_dir_words(f.get("dr", 1))[1])
-    return v
-
-
-def toy_texts(meta: dict, rng, text_variants: int = TEXT_VARIANTS) -> tuple[str, str]:
-    """(think, answer) in P2C-CoT form for one rendered toy video (meta of render_toy_video).
-    text_variants: every slot (step texts, answer layout, what/where/why/how) is drawn from its first
-    this many options; 1 makes the text a function of the rendered facts alone (the default world)."""
-    n = _check_text_variants(text_variants)
-    pick = lambda options: options[int(rng.integers(min(n, len(options))))]
-    v = _fact_words(meta)
-    step1 = pick(_GLOBAL).format(**v)
-    if meta["label"] == "Normal":
-        think = f"<think><step1>{step1}</step1><step2>{pick(_NORMAL_STEP2).format(**v)}</step2></think>"
-        return think, pick(_NORMAL_ANSWER).format(**v)
-    tx = _EVENT_TEXT[meta["category"]]
-    v.update(what=pick(tx["what"]).format(**v), why=pick(tx["why"]).format(**v), how=pick(tx["how"]).format(**v),
-             where=pick([f"the {v['vert']} {v['h']} of the frame", v['at'].split(" ", 1)[1]]))
-    think = (f"<think><step1>{step1}</step1><step2>{pick(tx['local']).format(**v)}</step2>"
-             f"<step3>{pick(tx['shallow']).format(**v)}</step3><step4>{pick(tx['deep']).format(**v)}</step4></think>")
-    return think, pick(_ABNORMAL_ANSWER).format(**v)
-
-
-# ------------------------------------------------------------------ captions (toy stage 0, not in the paper)
-# Vad-R1 starts from Qwen2.5-VL-7B-Instruct, a model that can already say what a video shows. The
-# random toy model cannot, and behind the ~700-token P2C-CoT prompt it never learns to look: the
-# video is ~130 of ~840 tokens the first answer token attends to, and SFT loss falls by fitting the
-# templates alone (README "Stage 0" has the measurements). So the toy pipeline first
-# teaches the toy model to caption toy videos with a one-line prompt -- our stand-in for the
-# pretraining every real VLM has had. Captions are plain descriptions of the pixels, on their own
-# videos (no video is shared with the SFT, RL or test splits). They never use the word "anomaly",
-# a category name or the P2C-CoT tags: judging events is what SFT and AVA-GRPO teach.
-# The event comes FIRST (then the scene), so the caption's first token is decided by the pixels
-# alone and carries the whole detection gradient; with the scene first, the event decision was one
-# token deep inside a long caption, and the captioner never learned it (it always predicted an
-# event). Measured on the Fire-only world at sprite scale 2.5, 500 caption steps, then 12 SFT epochs:
-# SFT Acc 0.500 -> 0.633, format 0.45 -> 0.75 (README "What you should see").
-CAPTION_PROMPT = "Describe the video."
-_CAPTION_QUIET = "People walk and cars drive as usual."  # the first sentence when nothing happens
-_CAPTION_SCENE = [
-    "A street under a {sky} sky with {nb} buildings. {NP} people walk on the {walk} walkway and {nc} cars "
-    "drive {cdir} on the road beside a {strip}.",
-    "{NB} buildings under a {sky} sky, a {walk} walkway with {np} people, and {nc} cars driving {cdir} "
-    "next to a {strip}.",
-]
-_CAPTION_EVENT = {
-    "Fighting": "a person in {shirt} and a person in {shirt2} punch each other {at}",
-    "Falling": "a person in {shirt} falls over {at} and lies on the ground",
-    "Fire": "flames and grey smoke rise {at}",
-    "Wrong-Way Driving": "a {car} car drives {wdir} while the other cars drive {cdir}",
-    "Falling Objects": "a {box} box drops from above and breaks {at}",
-    "Stealing": "a person in {shirt} picks up a {bag} bag {at} and runs {rdir}",
-    "Pedestrian Jaywalking": "a person in {shirt} walks across the road {at}",
-}
-assert set(_CAPTION_EVENT) == set(TOY_CATEGORIES)
-
-
-def toy_caption(meta: dict, rng) -> str:
-    """A plain caption of one rendered toy video: what happens and when (or _CAPTION_QUIET), then
-    the scene. 'Flames and grey smoke rise on the left side of the walkway from 1.6 s to 5.0 s. A
-    street under a pale blue sky with ...'"""
-    v = _fact_words(meta)
-    scene = _CAPTION_SCENE[int(rng.integers(len(_CAPTION_SCENE)))].format(**v)
-    if meta["label"] == "Abnormal":
-        event = _CAPTION_EVENT[meta["category"]].format(**v)
-        return f"{event[0].upper()}{event[1:]} from {v['t0']} s to {v['t1']} s. {scene}"
-    return f"{_CAPTION_QUIET} {scene}"
-
-
-# ------------------------------------------------------------------ writing videos and manifests
-
-def write_video(path: str, frames, fps: float = 8.0, crf: int = 18):
-    """frames uint8 (T, H, W, 3) -> H.264 mp4 (yuv420p, crf 18) with PyAV. Deterministic: x264
-    runs single-threaded and without mb-tree, so the same frames give the same bytes (on one
-    machine; other FFmpeg/x264 builds may encode differently). Written to a temporary name, then
-    renamed. H and W must be even (yuv420p)."""
-    import av
-
-    frames = np.asarray(frames)
-    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
-        raise ValueError(f"expected uint8 frames (T, H, W, 3), got {frames.shape} {frames.dtype}")
-    T, H, W, _ = frames.shape
-    if H % 2 or W % 2:
-        raise ValueError(f"H.264 yuv420p needs even frame sides, got {H} x {W}")
-    tmp = path + ".tmp.mp4"
-    with av.open(tmp, "w") as container:
-        stream = container.add_stream("libx264", rate=int(fps) if float(fps).is_integer() else fps)
-        stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
-        # threads=1 and no-mbtree: with x264's macroblock-tree rate control the same input gave
-        # different bytes from run to run on these small frames; without it encoding is repeatable.
-        # preset veryfast: half the time of medium for ~10% larger files at the same quality (crf).
-        stream.options = {"crf": str(crf), "preset": "veryfast", "threads": "1", "x264-params": "no-mbtree=1"}
-        for f in frames:  # (H, W, 3) uint8; PyAV converts to yuv420p (BT.601) for the encoder
-            for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():  # flush the encoder's delayed frames
-            container.mux(packet)
-    os.replace(tmp, path)
-
-
-def _toy_job(job: dict) -> dict:
-    """Render, encode and describe one video (runs in a worker process)."""
-    frames, meta = render_toy_video(job["seed"], job["category"], job["size"], job["frames"], job["fps"],
-                                    sprite_scale=job["sprite_scale"])
-    write_video(job["path"], frames, job["fps"])
-    row = dict(source=TOY_SOURCE, video=job["name"])
-    if job["split"] == "rl":  # weak labels only (App. B.1)
-        return dict(row, anomaly_type=meta["label"], path=job["path"], data_type="video", solution=meta["label"])
-    row.update(anomaly_type=meta["category"], path=job["path"], total_frames=meta["total_frames"])
-    if job["split"] == "caption":  # toy stage 0 (see CAPTION_PROMPT): a plain description
-        return dict(row, caption=toy_caption(meta, np.random.default_rng([job["seed"], 7])))
-    if meta["label"] == "Abnormal":
-        row.update(start=meta["start"], end=meta["end"])
-    think, answer = toy_texts(meta, np.random.default_rng([job["seed"], 7]), job["text_variants"])
-    row.update(think=think, answer=answer)
-    if meta["label"] == "Abnormal":
-        row["bbox"] = meta["bbox"]
-    return row
-
-
-def _toy_jobs(out_dir: str, seed: int, n_sft: int, n_test: int, n_rl: int, n_caption: int, size, frames,
-              fps, sprite_scale: float = 1.0, categories=TOY_CATEGORIES,
-              text_variants: int = TEXT_VARIANTS) -> list:
-    """The list of videos to make: per split about half abnormal, spread evenly over the
-    categories, in a random order; neutral names from a random permutation of all videos."""
-    rng = np.random.default_rng(seed)
-    specs = []
-    for split, n in (("sft_train", n_sft), ("sft_test", n_test), ("rl", n_rl), ("caption", n_caption)):
-        n_abn = n // 2
-        # drawn over all seven whatever `categories` is, so the default world's random stream (and
-        # hence its files) is the same as before the knob existed
-        offset = int(rng.integers(len(TOY_CATEGORIES))) % len(categories)
-        cats = [categories[(offset + i) % len(categories)] for i in range(n_abn)] + [None] * (n - n_abn)
-        order = rng.permutation(n)
-        specs += [(split, cats[i]) for i in order]
-    names = rng.permutation(len(specs))
-    seeds = rng.integers(0, 2 ** 31 - 1, size=len(specs))
-    vdir = os.path.join(os.path.abspath(out_dir), "videos")
-    jobs = []
-    for (split, cat), num, vs in zip(specs, names, seeds):
-        name = f"toy_{int(num):05d}"
-        jobs.append(dict(split=split, category=cat, seed=int(vs), name=name, size=tuple(size),
-                         frames=tuple(_frames_range(frames)), fps=fps, sprite_scale=float(sprite_scale),
-                         text_variants=int(text_variants), path=os.path.join(vdir, name + ".mp4")))
-    return jobs
-
-
-def manifest_paths(out_dir: str) -> dict:
-    return {k: os.path.join(out_dir, v) for k, v in MANIFEST_NAMES.items()}
-
-
-def generate_toy_world(out_dir: str, seed: int = 0, n_sft: int = 240, n_test: int = 60, n_rl: int = 240,
-                       n_caption: int = 2000, size=(112, 112), frames=(48, 96), fps: float = 8,
-                       sprite_scale: float = 1.0, categories=TOY_CATEGORIES,
-                       text_variants: int = TEXT_VARIANTS,
-                       workers: int | None = None, quiet: bool = False) -> dict:
-    """Write the toy world: out_dir/videos/toy_NNNNN.mp4, the three manifests in the
-    Vad-Reasoning schema and Toy-Caption.jsonl (rows source, video, anomaly_type, path,
-    total_frames, caption: the captioning stage 0 of the toy pipeline, see CAPTION_PROMPT).
-    Deterministic by seed: same arguments and out_dir -> byte-identical manifests and identical
-    decoded frames (only the absolute `path` field depends on out_dir).
-    Returns manifest_paths(out_dir) plus 'videos'."""
-    t0 = time.time()
-    # every parameter is checked here, before a worker starts (bad values: an InputError, no traceback)
-    params = _world_params(dict(seed=seed, n_sft=n_sft, n_test=n_test, n_rl=n_rl, n_caption=n_caption, size=size,
-                                frames=frames, fps=fps, sprite_scale=sprite_scale, categories=categories,
-                                text_variants=text_variants))
-    categories = tuple(params["categories"])
-    out_dir = os.path.abspath(out_dir)
-    os.makedirs(os.path.join(out_dir, "videos"), exist_ok=True)
-    paths = manifest_paths(out_dir)
-    for p in list(paths.values()) + [os.path.join(out_dir, "toy_world.json")]:
-        if os.path.exists(p):  # manifests last-written = complete; remove first so a crash leaves none
-            os.remove(p)
-    jobs = _toy_jobs(out_dir, seed, n_sft, n_test, n_rl, n_caption, size, frames, fps, sprite_scale, categories,
-                     text_variants)
-    workers = workers or min(8, os.cpu_count() or 1)
-    if workers > 1 and len(jobs) > 1:
-        ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-        with ctx.Pool(workers) as pool:
-            rows = pool.map(_toy_job, jobs, chunksize=4)  # ordered: determinism does not depend on workers
-    else:
-        rows = [_toy_job(j) for j in jobs]
-    for key in ("sft_train", "sft_test", "rl", "caption"):
-        part = [r for j, r in zip(jobs, rows) if j["split"] == key]
-        tmp = paths[key] + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            for r in part:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        os.replace(tmp, paths[key])
-    with open(os.path.join(out_dir, "toy_world.json"), "w") as f:
-        json.dump(dict(params=params), f, indent=1)
-    if not quiet:
-        print(f"toy world: {len(jobs)} videos ({n_sft} SFT-train, {n_test} SFT-test, {n_rl} RL, {n_caption} caption) "
-              f"in {out_dir} "
-              f"[{time.time() - t0:.1f} s]", file=sys.stderr)
-    return dict(paths, videos=os.path.join(out_dir, "videos"))
-
-
-def _check_categories(categories) -> tuple:
-    cats = tuple(categories)
-    bad = [c for c in cats if c not in TOY_CATEGORIES]
-    if not cats or bad or len(set(cats)) != len(cats):
-        raise vadr.InputError(f"toy categories must be distinct names from {TOY_CATEGORIES}, got {list(cats)}")
-    return cats
-
-
-def _check_text_variants(n) -> int:
-    if isinstance(n, bool) or int(n) != n or not 1 <= int(n) <= TEXT_VARIANTS:
-        raise vadr.InputError(f"text_variants must be an integer in [1, {TEXT_VARIANTS}], got {n!r}")
-    return int(n)
-
-
-def _world_params(a: dict) -> dict:
-    """The parameters that define a toy world, as stored in toy_world.json (ensure_toy_world
-    regenerates when they differ)."""
-    return dict(version=TOY_VERSION, seed=int(a["seed"]), n_sft=int(a["n_sft"]), n_test=int(a["n_test"]),
-                n_rl=int(a["n_rl"]), n_caption=int(a["n_caption"]), size=[int(a["size"][0]), int(a["size"][1])],
-                frames=list(_frames_range(a["frames"])), fps=float(a["fps"]),
-                sprite_scale=_check_sprite_scale(a["sprite_scale"]),
-                categories=list(_check_categories(a["categories"])),
-                text_variants=_check_text_variants(a["text_variants"]))
-
-
-def ensure_toy_world(out_dir: str, **kw) -> dict:
-    """Generate the toy world into out_dir unless it is already there with the same parameters
-    (toy_world.json). kw: generate_toy_world's arguments. Under torchrun call it on rank 0 only,
-    then barrier."""
-    args = dict(TOY_DEFAULTS, **{k: v for k, v in kw.items() if k not in ("workers", "quiet")})
-    want = _world_params(args)
-    stamp = os.path.join(out_dir, "toy_world.json")
-    paths = manifest_paths(os.path.abspath(out_dir))
-    if os.path.isfile(stamp) and all(os.path.isfile(p) for p in paths.values()):
-        with open(stamp) as f:
-            if json.load(f)["params"] == want:
-                return dict(paths, videos=os.path.join(os.path.abspath(out_dir), "videos"))
-        print(f"{out_dir}: toy world parameters differ from the request; regenerating", file=sys.stderr)
-    return generate_toy_world(out_dir, **dict(args, **{k: kw[k] for k in ("workers", "quiet") if k in kw}))
-
-
-def toy_corpus(out_dir: str) -> list[str]:
-    """All think and answer strings of the toy SFT-train manifest and the captions (to train the
-    toy tokenizer)."""
-    return manifest_texts([p for k, p in manifest_paths(out_dir).items() if k in ("sft_train", "caption")])
-
-
-def manifest_texts(paths: list[str]) -> list[str]:
-    """The text fields (think, answer, caption) of every row of these manifests, in order: the
-    corpus the toy tokenizer is trained on. A missing file is an error."""
-    out = []
-    for p in paths:
-        kind = "caption" if os.path.basename(p) == MANIFEST_NAMES["caption"] else "sft"
-        out += row_texts(read_manifest(p, kind, check_videos=False))
-    return out
-
-
-def row_texts(rows: list[dict]) -> list[str]:
-    """The text fields (think, answer, caption) of manifest rows, in order."""
-    return [r[k] for r in rows for k in ("think", "answer", "caption") if k in r]
-
-
-# ================================================================================================
-# 4. Previews and the command line
-# ================================================================================================
-
-def write_png(path: str, img):
-    """img uint8 (H, W, 3) -> PNG, with zlib only (no imaging library needed)."""
-    img = np.ascontiguousarray(img, dtype=np.uint8)
-    h, w, _ = img.shape
-    raw = b"".join(b"\x00" + img[y].tobytes() for y in range(h))  # filter type 0 per scanline
-
-    def chunk(tag, data):
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-
-    with open(path, "wb") as f:
-        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)) +
-                chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b""))
-
-
-def contact_sheet(frames, indices, start=None, end=None, bbox=None, cols: int = 4, scale: int = 2):
-    """The sampled frames in a grid (H*rows, W*cols, 3) uint8; frames inside [start, end) get a
-    red border and the bbox outlined in yellow."""
-    T, H, W, _ = frames.shape
-    rows = math.ceil(len(indices) / cols)
-    sheet = np.full((rows * (H + 4), cols * (W + 4), 3), 255, np.uint8)
-    for k, i in enumerate(indices):
-        f = frames[i].copy()
-        inside = start is not None and start <= i < end
-        if inside and bbox is not None:
-            x1, y1, x2, y2 = bbox
-            f[y1, x1:x2] = f[y2 - 1, x1:x2] = f[y1:y2, x1] = f[y1:y2, x2 - 1] = (255, 255, 0)
-        r, c = divmod(k, cols)
-        y0, x0 = r * (H + 4), c * (W + 4)
-        sheet[y0:y0 + H + 4, x0:x0 + W + 4] = (220, 30, 30) if inside else (255, 255, 255)
-        sheet[y0 + 2:y0 + 2 + H, x0 + 2:x0 + 2 + W] = f
-    return sheet.repeat(scale, 0).repeat(scale, 1)
-
-
-def _cmd_toy(a):
-    generate_toy_world(a.out, seed=a.seed, n_sft=a.n_sft, n_test=a.n_test, n_rl=a.n_rl, n_caption=a.n_caption,
-                       size=tuple(a.size),
-                       frames=tuple(a.frames), fps=a.fps, sprite_scale=a.sprite_scale,
-                       categories=tuple(a.categories), text_variants=a.text_variants, workers=a.workers)
-    for key, p in manifest_paths(a.out).items():
-        rows = read_manifest(p, {"rl": "rl", "caption": "caption"}.get(key, "sft"))
-        c = Counter(r["label"] for r in rows)
-        print(f"{p}: {len(rows)} rows ({c['Abnormal']} abnormal, {c['Normal']} normal)")
-        if key == "sft_train":
-            print(f"  reasoning length ranges (words): {length_ranges(rows)}")
-
+# ---- 3. The command line: validate a manifest ---------------------------------------------------
 
 def _cmd_validate(a):
     try:
@@ -1591,90 +421,29 @@ def _cmd_validate(a):
                              check_videos=not a.no_check_videos, probe_videos=a.probe)
     except ManifestError as e:
         print(str(e), file=sys.stderr)
-        counts = skipped_counts(e.problems)
-        print("bad rows by reason: " + ", ".join(f"{r}={n}" for r, n in sorted(counts.items())), file=sys.stderr)
+        print("bad rows by reason: " + _counts_text(skipped_counts(e.problems)), file=sys.stderr)
         sys.exit(1)
-    labels = Counter(r["label"] for r in rows)
-    print(f"{a.manifest}: {len(rows)} good rows; labels {dict(labels)}; sources "
-          f"{dict(Counter(r['source'] for r in rows))}")
+    labels, sources = Counter(r["label"] for r in rows), Counter(r["source"] for r in rows)
+    print(f"{a.manifest}: {len(rows)} good rows; labels {dict(labels)}; sources {dict(sources)}")
     if a.kind == "sft":
         print(f"categories: {dict(Counter(r['anomaly_type'] for r in rows).most_common())}")
         print(f"reasoning length ranges (words, tags stripped): {length_ranges(rows)}")
 
 
-def _cmd_preview(a):
-    if a.video:
-        v = vadr.read_video(a.video, a.num_frames)
-        sheet = contact_sheet(v["frames"], list(range(len(v["frames"]))))
-        print(f"{a.video}: {v['total_frames']} frames at {v['fps']:.2f} fps")
-    else:
-        frames, meta = render_toy_video(a.seed, a.category, tuple(a.size), tuple(a.frames), a.fps,
-                                        draw_event=not a.counterfactual, sprite_scale=a.sprite_scale)
-        idx = vadr.sample_frame_indices(len(frames), a.num_frames)
-        sheet = contact_sheet(frames, idx, meta["start"], meta["end"], meta["bbox"])
-        think, answer = toy_texts(meta, np.random.default_rng([a.seed, 7]), a.text_variants)
-        print(f"{meta['category']}: T={meta['total_frames']} start={meta['start']} end={meta['end']} "
-              f"bbox={meta['bbox']}\n{think}\n{answer}")
-    write_png(a.out, sheet)
-    print(f"wrote {a.out}")
-
-
 def main(argv=None):
-    ap = argparse.ArgumentParser(description="Vad-Reasoning manifests and the toy anomaly world (see the module docstring).")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-
-    t = sub.add_parser("toy", help="generate the toy anomaly world (videos + Vad-Reasoning manifests)")
-    t.add_argument("--out", required=True, help="output folder (videos/ and the three .jsonl manifests)")
-    t.add_argument("--seed", type=int, default=TOY_DEFAULTS["seed"], help="master seed (same seed -> same data)")
-    t.add_argument("--n-sft", type=int, default=TOY_DEFAULTS["n_sft"], help="SFT-train videos (half abnormal)")
-    t.add_argument("--n-test", type=int, default=TOY_DEFAULTS["n_test"], help="SFT-test videos (half abnormal)")
-    t.add_argument("--n-rl", type=int, default=TOY_DEFAULTS["n_rl"], help="RL videos, weak labels (half abnormal)")
-    t.add_argument("--n-caption", type=int, default=TOY_DEFAULTS["n_caption"],
-                   help="captioned videos for the toy model's stage 0 (half with an event)")
-    t.add_argument("--size", type=int, nargs=2, default=TOY_DEFAULTS["size"], metavar=("H", "W"),
-                   help="frame height and width in pixels (even)")
-    t.add_argument("--frames", type=int, nargs="+", default=TOY_DEFAULTS["frames"], metavar="F",
-                   help="frames per video: one number, or LO HI for a per-video random length (>= 16)")
-    t.add_argument("--fps", type=float, default=TOY_DEFAULTS["fps"], help="frame rate written to the files")
-    t.add_argument("--sprite-scale", type=float, default=TOY_DEFAULTS["sprite_scale"],
-                   help="draw people, cars and events this many times larger, 0.5-4 (event salience; README "
-                        "'The toy world')")
-    t.add_argument("--categories", nargs="+", default=list(TOY_DEFAULTS["categories"]), choices=TOY_CATEGORIES,
-                   metavar="CATEGORY", help=f"the anomaly categories the world uses, any of {TOY_CATEGORIES} "
-                                            f"(default: {' '.join(TOY_DEFAULTS['categories'])})")
-    t.add_argument("--text-variants", type=int, default=TOY_DEFAULTS["text_variants"],
-                   help=f"options each P2C-CoT text slot (step sentences, answer layout, what/where/why/how) "
-                        f"is drawn from, 1-{TEXT_VARIANTS} (1: the text follows from the rendered facts alone; "
-                        f"README 'The toy world')")
-    t.add_argument("--workers", type=int, default=None, help="processes (default: CPU count, at most 8)")
-    t.set_defaults(fn=_cmd_toy)
-
-    v = sub.add_parser("validate", help="validate a manifest; list every problem with file:line")
+    ap = argparse.ArgumentParser(description="Vad-Reasoning manifests (see the module docstring).")
+    v = ap.add_subparsers(dest="cmd", required=True).add_parser(
+        "validate", help="validate a manifest; list every problem with file:line")
     v.add_argument("--manifest", required=True, help="a Vad-Reasoning .jsonl file")
-    v.add_argument("--kind", choices=("sft", "rl"), required=True, help="sft (CoT rows) or rl (weak labels)")
-    v.add_argument("--video-root", default=None, help="folder to resolve videos in (see the docstring for the order)")
-    v.add_argument("--skip-bad", action="store_true", help="drop bad rows and count them instead of failing")
+    v.add_argument("--kind", choices=("sft", "rl"), required=True,
+                   help="sft (CoT rows) or rl (weak labels)")
+    v.add_argument("--video-root", default=None,
+                   help="folder to resolve videos in (the order: data.video_candidates)")
+    v.add_argument("--skip-bad", action="store_true",
+                   help="drop bad rows and count them instead of failing")
     v.add_argument("--no-check-videos", action="store_true", help="do not look for the video files")
-    v.add_argument("--probe", action="store_true", help="also open every video with decord (slower)")
-    v.set_defaults(fn=_cmd_validate)
-
-    p = sub.add_parser("preview", help="write a PNG of 16 sampled frames of a toy video (or of --video)")
-    p.add_argument("--out", required=True, help="PNG file to write")
-    p.add_argument("--seed", type=int, default=0, help="toy video seed")
-    p.add_argument("--category", default=None, choices=TOY_CATEGORIES, help="toy anomaly (default: normal)")
-    p.add_argument("--size", type=int, nargs=2, default=TOY_DEFAULTS["size"], metavar=("H", "W"), help="frame size")
-    p.add_argument("--frames", type=int, nargs="+", default=TOY_DEFAULTS["frames"], help="length or LO HI")
-    p.add_argument("--fps", type=float, default=TOY_DEFAULTS["fps"], help="frame rate")
-    p.add_argument("--sprite-scale", type=float, default=TOY_DEFAULTS["sprite_scale"], help="sprite size factor")
-    p.add_argument("--text-variants", type=int, default=TOY_DEFAULTS["text_variants"],
-                   help=f"options per P2C-CoT text slot to draw from, 1-{TEXT_VARIANTS}")
-    p.add_argument("--num-frames", type=int, default=16, help="frames sampled into the sheet")
-    p.add_argument("--counterfactual", action="store_true", help="render without the event's sprites")
-    p.add_argument("--video", default=None, help="preview this video file instead of a toy render")
-    p.set_defaults(fn=_cmd_preview)
-
-    a = ap.parse_args(argv)
-    a.fn(a)
+    v.add_argument("--probe", action="store_true", help="also open every video with decord")
+    _cmd_validate(ap.parse_args(argv))
 
 
 if __name__ == "__main__":

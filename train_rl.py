@@ -14,7 +14,7 @@ video of Vad-Reasoning-RL (weak labels only: Abnormal / Normal):
   Alg.2 line 12   update with Eq. 3 (clipped surrogate - beta * KL_k3) grpo.grpo_loss
 The reference model is a frozen copy of the starting checkpoint (eval mode, no gradients;
 sharded like the policy under FSDP); with --lora-rank it is the policy with its adapters switched
-off (vadr section 10), so no second copy of the weights exists.
+off (extras/lora.py), so no second copy of the weights exists.
 
 Run it:
     python train_rl.py                       # toy preset: runs/toy/sft -> runs/toy/rl on the toy world
@@ -51,7 +51,7 @@ import data
 import grpo
 import rewards
 import vadr
-from extras import checkpoint, lora, scale
+from extras import checkpoint, fastpath, lora, scale, toy, training
 
 TOY_DATA_DIR = "data/toy"
 TOY_SFT_DIR = "runs/toy/sft"
@@ -82,7 +82,7 @@ def parse_args(argv=None):
                         "fine category (the SFT prompt, the toy preset; accuracy still compares the binary label)")
     g.add_argument("--skip-bad", action="store_true", help="skip (and count) bad manifest rows instead of failing")
     g.add_argument("--num-workers", type=int, default=None, help="DataLoader workers decoding videos")
-    vadr.add_video_args(ap)
+    training.add_video_args(ap)
     g = ap.add_argument_group("AVA-GRPO (paper Sec. 3.3, App. C.2-C.3; None = paper default or toy preset)")
     g.add_argument("--num-generations", type=int, default=None, help="G completions per video (paper: 4)")
     g.add_argument("--temperature", type=float, default=None, help="sampling temperature (authors: 1.0)")
@@ -115,8 +115,8 @@ def parse_args(argv=None):
     g.add_argument("--warmup-ratio", type=float, default=None, help="fraction of steps of linear warmup")
     g.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay (authors: 0.01)")
     g.add_argument("--max-grad-norm", type=float, default=None, help="gradient clipping (authors: 5)")
-    vadr.add_run_args(ap, default_out="runs/toy/rl")
-    scale.add_scale_args(ap, stage="rl")  # --lora-*, --merge, --dry-run, --no-rollout-gather (vadr section 10)
+    training.add_run_args(ap, default_out="runs/toy/rl")
+    scale.add_scale_args(ap, stage="rl")  # --lora-*, --merge, --dry-run, --no-rollout-gather
     g.add_argument("--preset", default=None, choices=["paper", "toy"],
                    help="defaults for unset flags: paper (real model) or toy (default when --data is not given)")
     args = ap.parse_args(argv)
@@ -126,7 +126,7 @@ def parse_args(argv=None):
         if not toy:
             ap.error("--model is required with --data (an SFT checkpoint directory)")
         args.model = TOY_SFT_DIR
-    args.preset_filled = vadr.apply_preset(args, TOY if preset == "toy" else PAPER, preset)
+    args.preset_filled = training.apply_preset(args, TOY if preset == "toy" else PAPER, preset)
     if toy and args.length_ranges_from is None:
         args.length_ranges_from = os.path.join(TOY_DATA_DIR, "Vad-Reasoning-SFT-train.jsonl")
     if args.no_verification_reward:
@@ -185,48 +185,38 @@ def verification_inputs(tok, rows: list[dict], completions: list[str], G: int, r
 
 
 def rl_step(model, ref_model, tok, opt, sched, batch: dict, args, step: int, rank: int, mode: str,
-            length_ranges: dict, prompt: str) -> dict:
-    """One rollout step of Algorithm 2 (lines 5-12) on this rank's videos; returns the log fields."""
+            length_ranges: dict, prompt: str, ignore_eos: bool = False) -> dict:
+    """One rollout step of Algorithm 2 (lines 5-12) on this rank's videos; returns the log fields.
+    ignore_eos (extras/bench.py only): every completion runs to max_new_tokens."""
     device = batch["input_ids"].device
     G, inner = args.num_generations, vadr.unwrap(model)
     end_ids, pad_id = vadr.end_token_ids(tok), vadr.pad_token_id(tok)
     gen = torch.Generator(device=device).manual_seed(args.seed * 1_000_003 + step * 1009 + rank)
     trim_rng = random.Random(args.seed * 7_919 + step * 101 + rank)
-    # ignore_eos: not a training flag; bench.py sets it on its args to force every completion to
-    # max_new_tokens (the paper-length rollouts of a benchmark on a random model). Absent = False.
     sample_kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                      end_ids=end_ids, pad_id=pad_id, generator=gen, sync_ranks=(mode == "fsdp"),
-                     ignore_eos=getattr(args, "ignore_eos", False))
+                     ignore_eos=ignore_eos)
     inputs = {k: batch[k] for k in vadr.MODEL_INPUT_KEYS}
     t = {}
 
     # ---- Alg.2 line 5: a group of G completions per video (vision + prefill once per video)
     t0 = time.time()
     model.eval()
-    # vadr section 10: under FSDP gather the full weights ONCE for both sampling passes of this step
+    # extras/scale.py: under FSDP gather the full weights ONCE for both sampling passes of this step
     # (this one and Algorithm 1's below), instead of an all-gather of every layer per decode step
     rollout = contextlib.ExitStack()
     gathered = rollout.enter_context(scale.rollout_weights(model, enabled=not args.no_rollout_gather))
-    roll = grpo.sample_group(model, inputs, num_samples=G, **sample_kw)
+    roll = fastpath.sample_group(model, inputs, num_samples=G, **sample_kw)  # = grpo.sample_group
     ids, mask = roll["completion_ids"], roll["completion_mask"]                          # (B*G, T)
     texts = decode_completions(tok, ids, mask)
     t["time_generation"] = time.time() - t0
 
-    # ---- Alg.2 lines 6, 7, 9: accuracy, format, length (pure functions of the text)
-    sols = [r["solution"] for r in batch["rows"] for _ in range(G)]
-    r_acc = [rewards.accuracy_reward(c, s) for c, s in zip(texts, sols)]
-    r_fmt = [rewards.format_reward(c) for c in texts]
-    r_len = []
-    for b in range(len(batch["rows"])):
-        grp = slice(b * G, (b + 1) * G)
-        r_len += rewards.length_rewards_group(texts[grp], sols[grp.start], length_ranges, mode=args.length_mode,
-                                              n_tokens=mask[grp].sum(1).tolist())
-
     # ---- Alg.2 line 8 = Algorithm 1: trim, one new completion per original, compare predictions
     t0 = time.time()
-    r_ano = [0.0] * len(texts)
+    seconds = [None] * len(texts)  # the completion on each trimmed video (None: no second pass)
     if not (args.no_verification_abnormal and args.no_verification_normal):
-        v_inputs, which = verification_inputs(tok, batch["rows"], texts, G, trim_rng, args, prompt, device)
+        v_inputs, which = verification_inputs(tok, batch["rows"], texts, G, trim_rng, args, prompt,
+                                              device)
         if v_inputs is None and mode == "fsdp":
             # Every trim on this rank was empty (all completions claimed [0, 1]). Under FSDP each
             # forward is a collective, so this rank still runs the sampling loop, on its untrimmed
@@ -234,25 +224,30 @@ def rl_step(model, ref_model, tok, opt, sched, batch: dict, args, step: int, ran
             vid = vadr.encode_video(batch["rows"][0]["video_path"], args.frames,
                                     min_pixels=args.min_pixels, max_pixels=args.max_pixels)
             dummy = {**vadr.build_chat_inputs(tok, [prompt], vid["video_grid_thw"]), **vid}
-            grpo.sample_group(model, vadr.to_device(dummy, device), num_samples=1, **sample_kw)
+            fastpath.sample_group(model, vadr.to_device(dummy, device), num_samples=1, **sample_kw)
         if v_inputs is not None:
-            v_roll = grpo.sample_group(model, v_inputs, num_samples=1, **sample_kw)
+            v_roll = fastpath.sample_group(model, v_inputs, num_samples=1, **sample_kw)
             v_texts = decode_completions(tok, v_roll["completion_ids"], v_roll["completion_mask"])
             for i, v in zip(which, v_texts):
-                first = vadr.parse_completion(texts[i])["label"]   # Alg. 1 line 3 (this completion's own)
-                second = vadr.parse_completion(v)["label"]         # Alg. 1 line 11
-                r = rewards.verification_reward(first, second)     # Alg. 1 lines 12-16
-                if (r > 0 and args.no_verification_abnormal) or (r < 0 and args.no_verification_normal):
-                    r = 0.0
-                r_ano[i] = r
+                seconds[i] = v                                     # Alg. 1 line 11
     t["time_verification"] = time.time() - t0
-    rollout.close()  # vadr section 10: reshard; the reference pass and the update run sharded
-    t["rollout_copy_gb"] = gathered["bytes"] / scale.GiB  # measured size of the gathered copy (0 without FSDP)
+    rollout.close()  # reshard: the reference pass and the update run sharded
+    t["rollout_copy_gb"] = gathered["bytes"] / scale.GiB  # size of the gathered copy (0: no FSDP)
 
-    # ---- Alg.2 line 10: R = R_acc + R_format + R_ano + R_len (switched-off rewards count 0)
-    R = torch.tensor([(0 if args.no_accuracy_reward else a) + (0 if args.no_format_reward else f)
-                      + v + (0 if args.no_length_reward else ln)
-                      for a, f, v, ln in zip(r_acc, r_fmt, r_ano, r_len)], dtype=torch.float32)  # (B*G,)
+    # ---- Alg.2 lines 6-10: accuracy, format, verification (Alg. 1 lines 12-16), length, and
+    # R = R_acc + R_format + R_ano + R_len, one group at a time (switched-off rewards count 0)
+    parts = []
+    for b, row in enumerate(batch["rows"]):
+        grp = slice(b * G, (b + 1) * G)
+        parts += rewards.group_rewards(
+            texts[grp], row["solution"], seconds[grp], length_ranges, args.length_mode,
+            n_tokens=mask[grp].sum(1).tolist(), use_accuracy=not args.no_accuracy_reward,
+            use_format=not args.no_format_reward, use_length=not args.no_length_reward,
+            verify_abnormal=not args.no_verification_abnormal,
+            verify_normal=not args.no_verification_normal)
+    R = torch.tensor([p["total"] for p in parts], dtype=torch.float32)                   # (B*G,)
+    r_acc, r_fmt, r_ano, r_len = ([p[k] for p in parts]
+                                  for k in ("accuracy", "format", "verification", "length"))
     # ---- Alg.2 line 11 (Eq. 1): group-normalised advantages
     adv, zero_std = grpo.group_advantages(R, G, std=args.adv_std)                      # (B*G,), (B,)
     adv = adv.to(device)
@@ -260,13 +255,13 @@ def rl_step(model, ref_model, tok, opt, sched, batch: dict, args, step: int, ran
     # ---- reference (and, for mu > 1, old-policy) log-probs, no gradient
     t0 = time.time()
     full = expand_inputs(inputs, G)
-    with torch.no_grad(), vadr.autocast(device):
+    with torch.no_grad(), training.autocast(device):
         # KL reference log pi_ref: the frozen copy ref_model or, with LoRA (ref_model is None), the policy
         # itself with every adapter switched off = exactly the starting weights (lora.reference_policy)
         with (lora.reference_policy(model, ref_model) if args.beta > 0 else contextlib.nullcontext()) as ref:
-            ref_logp = grpo.completion_logprobs(ref, full, ids, temperature=args.temperature) \
+            ref_logp = fastpath.completion_logprobs(ref, full, ids, temperature=args.temperature) \
                 if args.beta > 0 else None
-        old_logp = grpo.completion_logprobs(model, full, ids, temperature=args.temperature) \
+        old_logp = fastpath.completion_logprobs(model, full, ids, temperature=args.temperature) \
             if args.mu > 1 else None
     t["time_reference"] = time.time() - t0
 
@@ -275,8 +270,9 @@ def rl_step(model, ref_model, tok, opt, sched, batch: dict, args, step: int, ran
     model.train()
     stats_acc = []
     for _ in range(args.mu):
-        with vadr.autocast(device):
-            logp = grpo.completion_logprobs(model, full, ids, temperature=args.temperature)  # (B*G, T)
+        with training.autocast(device):
+            logp = fastpath.completion_logprobs(model, full, ids,
+                                                temperature=args.temperature)      # (B*G, T)
             loss, stats = grpo.grpo_loss(logp, old_logp, ref_logp, adv, mask.to(logp.dtype),
                                          beta=args.beta, epsilon=args.epsilon, loss_type=args.loss_type)
         loss.backward()
@@ -302,16 +298,18 @@ def rl_step(model, ref_model, tok, opt, sched, batch: dict, args, step: int, ran
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.merge or args.dry_run:  # vadr section 10: fold LoRA adapters into a full HF dir / memory estimate
-        return scale.offline_command(args, "rl", paper_preset=PAPER)
+    if args.merge:  # fold a LoRA run's adapters into a full Hugging Face directory, and exit
+        return lora.merge_checkpoint(args.merge, args.out)
+    if args.dry_run:  # parameter counts and the per-GPU memory estimate, from the config alone
+        return scale.dry_run(args, "rl", paper_preset=PAPER)
     dist_info = vadr.setup_distributed(args.device)
     rank, world, device = dist_info["rank"], dist_info["world_size"], dist_info["device"]
     if vadr.is_main() and args.preset_filled:
         print("[preset] " + " ".join(args.preset_filled))
 
-    if args.data is None:  # the toy world (made by train_sft.py or data.py toy)
+    if args.data is None:  # the toy world (made by train_sft.py or python -m extras.toy)
         if vadr.is_main():
-            data.ensure_toy_world(TOY_DATA_DIR)
+            toy.ensure_toy_world(TOY_DATA_DIR)
         vadr.barrier()
         args.data = os.path.join(TOY_DATA_DIR, "Vad-Reasoning-RL.jsonl")
         args.video_root = args.video_root or os.path.join(TOY_DATA_DIR, "videos")
@@ -336,14 +334,19 @@ def main(argv=None):
     if start_dir:
         saved = torch.load(os.path.join(start_dir, "training_state.pt"), map_location="cpu", weights_only=False)
         args.model = saved["config"]["model"]
-    # vadr section 10: load_model plus LoRA adapters (--lora-rank; a LoRA checkpoint is base + adapters),
-    # gradient checkpointing on for a real model, and the vision-tower guard
-    model, tok = lora.load_for_training(start_dir or args.model, args, resume=start_dir is not None, seed=args.seed)
+    # the weights, plus LoRA adapters with --lora-rank (a LoRA checkpoint is base + adapters)
+    model, tok, lora_settings = lora.load_for_training(
+        start_dir or args.model, args, resume=start_dir is not None, seed=args.seed)
+    # a resumed LoRA run keeps its checkpoint's adapter flags; a real model checkpoints gradients
+    vars(args).update(lora_settings, grad_ckpt=scale.grad_ckpt_default(args, model.config))
+    scale.install_vision_guard(model)  # every forward must run the vision tower (FSDP collectives)
+    # a LoRA run's checkpoints hold its adapters alone, any other run's the full weights
+    save = lora.save_lora_checkpoint if lora.lora_config(model) else checkpoint.save_checkpoint
     # the reference: a frozen copy of the starting weights, or None with LoRA (adapters switched off)
     ref_model = lora.make_reference_model(model, args, resume=start_dir is not None, dist_info=dist_info)
-    model, mode = vadr.prepare_model(model, args, dist_info)
-    opt = vadr.make_optimizer(model, args.lr, args.weight_decay)
-    sched = vadr.cosine_schedule(opt, total_steps * args.mu, int(args.warmup_ratio * total_steps * args.mu))
+    model, mode = training.prepare_model(model, args, dist_info)
+    opt = training.make_optimizer(model, args.lr, args.weight_decay)
+    sched = training.cosine_schedule(opt, total_steps * args.mu, int(args.warmup_ratio * total_steps * args.mu))
     if start_dir:
         st = checkpoint.load_training_state(start_dir, model, opt, sched, rank)
         start = dict(step=st["step"], epoch=st["epoch"], step_in_epoch=st["step_in_epoch"])
@@ -370,7 +373,7 @@ def main(argv=None):
         if done:
             break
         first = start["step_in_epoch"] if epoch == start["epoch"] else 0
-        order = vadr.epoch_order(len(rows), epoch, args.seed, global_batch, rank, world)[first * args.batch_size:]
+        order = training.epoch_order(len(rows), epoch, args.seed, global_batch, rank, world)[first * args.batch_size:]
         loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size, sampler=order, collate_fn=collate,
                                              num_workers=args.num_workers)
         for s, batch in zip(range(first, steps_per_epoch), loader):
@@ -386,13 +389,15 @@ def main(argv=None):
                 pbar.set_postfix(R=f"{rec['reward']:.3f}", acc=f"{rec['reward_accuracy']:.2f}",
                                  fmt=f"{rec['reward_format']:.2f}", kl=f"{rec.get('kl', 0):.4f}")
                 pbar.update(1)
-            last = checkpoint.save_if_due(args, step, total_steps, epoch, s, steps_per_epoch, model, tok, opt, sched,
-                                    config)
+            last = checkpoint.save_if_due(
+                args, save=save, step=step, total_steps=total_steps, epoch=epoch, step_in_epoch=s,
+                steps_per_epoch=steps_per_epoch, model=model, tokenizer=tok, optimizer=opt,
+                scheduler=sched, config=config)
             if last:
                 done = True
                 break
     pbar.close()
-    vadr.finish_run(args, model, dist_info, step)
+    training.finish_run(args, model, dist_info, step)
 
 
 if __name__ == "__main__":

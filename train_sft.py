@@ -51,7 +51,7 @@ from tqdm import tqdm
 
 import data
 import vadr
-from extras import checkpoint, lora, scale
+from extras import checkpoint, lora, scale, toy, training
 
 TOY_DATA_DIR = "data/toy"
 
@@ -81,7 +81,7 @@ def parse_args(argv=None):
     g.add_argument("--task", default="p2c", choices=["p2c", "caption"],
                    help="p2c: Vad-R1 SFT, think + answer behind the P2C-CoT prompt (the paper). caption: toy "
                         "stage 0 (not in the paper), captions behind a one-line prompt on Toy-Caption.jsonl, "
-                        "standing in for the VLM pretraining Qwen2.5-VL already has (data.CAPTION_PROMPT)")
+                        "standing in for the VLM pretraining Qwen2.5-VL already has (toy.CAPTION_PROMPT)")
     g.add_argument("--data", default=None,
                    help="Vad-Reasoning-SFT-train.jsonl, or Toy-Caption.jsonl with --task caption "
                         "(default: the toy world's)")
@@ -98,7 +98,7 @@ def parse_args(argv=None):
                    help="--model toy only: manifests whose texts (think, answer, caption) train the toy "
                         "tokenizer; later stages reuse it, so stage 0 must see the SFT text too "
                         "(default: the toy world's SFT and caption text, or --data's)")
-    vadr.add_video_args(ap)
+    training.add_video_args(ap)
     g = ap.add_argument_group("optimisation (paper App. C.3; None = paper default or toy preset)")
     g.add_argument("--epochs", type=int, default=None, help="passes over the data (paper: 4)")
     g.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
@@ -108,15 +108,15 @@ def parse_args(argv=None):
     g.add_argument("--warmup-ratio", type=float, default=None, help="fraction of steps of linear warmup")
     g.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay")
     g.add_argument("--max-grad-norm", type=float, default=None, help="gradient clipping (paper: 5)")
-    vadr.add_run_args(ap, default_out="runs/toy/sft")
-    scale.add_scale_args(ap, stage="sft")  # --lora-*, --merge, --dry-run (vadr section 10)
+    training.add_run_args(ap, default_out="runs/toy/sft")
+    scale.add_scale_args(ap, stage="sft")  # --lora-*, --merge, --dry-run (extras/scale.py)
     g.add_argument("--preset", default=None, choices=["paper", "toy"],
                    help="defaults for unset flags: paper (real model) or toy (default with --model toy or "
                         "without --data)")
     args = ap.parse_args(argv)
     args.preset = args.preset or ("toy" if args.model == "toy" or args.data is None else "paper")
     preset = {"paper": PAPER, "toy": TOY_CAPTION if args.task == "caption" else TOY}[args.preset]
-    args.preset_filled = vadr.apply_preset(args, preset, args.preset)
+    args.preset_filled = training.apply_preset(args, preset, args.preset)
     return args
 
 
@@ -146,7 +146,7 @@ def backward_global_batch(model, micro: list[dict], world: int, mode: str, devic
     for k, m in enumerate(micro):
         # DDP: skip the gradient all-reduce on all but the last micro-batch
         sync = model.no_sync() if mode == "ddp" and k < len(micro) - 1 else contextlib.nullcontext()
-        with sync, vadr.autocast(device):
+        with sync, training.autocast(device):
             loss_sum, _ = sft_loss_sum(model, m)
             # DDP and FSDP average gradients over ranks, so scale by W: the result is
             # (sum of token losses over the global batch) / n_tok, the gradient of one big batch.
@@ -158,8 +158,10 @@ def backward_global_batch(model, micro: list[dict], world: int, mode: str, devic
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.merge or args.dry_run:  # vadr section 10: fold LoRA adapters into a full HF dir / memory estimate
-        return scale.offline_command(args, "sft")
+    if args.merge:  # fold a LoRA run's adapters into a full Hugging Face directory, and exit
+        return lora.merge_checkpoint(args.merge, args.out)
+    if args.dry_run:  # parameter counts and the per-GPU memory estimate, from the config alone
+        return scale.dry_run(args, "sft")
     dist_info = vadr.setup_distributed(args.device)
     rank, world, device = dist_info["rank"], dist_info["world_size"], dist_info["device"]
     if vadr.is_main() and args.preset_filled:
@@ -172,12 +174,12 @@ def main(argv=None):
     # ---- data
     if args.data is None:
         if vadr.is_main():
-            data.ensure_toy_world(TOY_DATA_DIR)
+            toy.ensure_toy_world(TOY_DATA_DIR)
         vadr.barrier()
-        args.data = data.manifest_paths(TOY_DATA_DIR)["caption" if args.task == "caption" else "sft_train"]
+        args.data = toy.manifest_paths(TOY_DATA_DIR)["caption" if args.task == "caption" else "sft_train"]
         args.video_root = args.video_root or os.path.join(TOY_DATA_DIR, "videos")
         if args.model == "toy" and args.tokenizer_corpus is None:
-            args.tokenizer_corpus = [data.manifest_paths(TOY_DATA_DIR)[k] for k in ("sft_train", "caption")]
+            args.tokenizer_corpus = [toy.manifest_paths(TOY_DATA_DIR)[k] for k in ("sft_train", "caption")]
     kind = "caption" if args.task == "caption" else "sft"
     rows = data.read_manifest(args.data, kind, video_root=args.video_root, skip_bad=args.skip_bad)
     global_batch = args.batch_size * args.grad_accum * world
@@ -193,15 +195,19 @@ def main(argv=None):
     resume_dir = checkpoint.resolve_resume(args.resume) if args.resume else None
     corpus = None
     if args.model == "toy":
-        corpus = data.manifest_texts(args.tokenizer_corpus) if args.tokenizer_corpus else \
-            data.row_texts(rows)
-    # vadr section 10: load_model plus LoRA adapters (--lora-rank; a LoRA checkpoint is base + adapters),
-    # gradient checkpointing on for a real model, and the vision-tower guard
-    model, tok = lora.load_for_training(resume_dir or args.model, args, resume=resume_dir is not None,
-                                        corpus=corpus, seed=args.seed)
-    model, mode = vadr.prepare_model(model, args, dist_info)
-    opt = vadr.make_optimizer(model, args.lr, args.weight_decay)
-    sched = vadr.cosine_schedule(opt, total_steps, int(args.warmup_ratio * total_steps))
+        corpus = toy.manifest_texts(args.tokenizer_corpus) if args.tokenizer_corpus else \
+            toy.row_texts(rows)
+    # the weights, plus LoRA adapters with --lora-rank (a LoRA checkpoint is base + adapters)
+    model, tok, lora_settings = lora.load_for_training(
+        resume_dir or args.model, args, resume=resume_dir is not None, corpus=corpus, seed=args.seed)
+    # a resumed LoRA run keeps its checkpoint's adapter flags; a real model checkpoints gradients
+    vars(args).update(lora_settings, grad_ckpt=scale.grad_ckpt_default(args, model.config))
+    scale.install_vision_guard(model)  # every forward must run the vision tower (FSDP collectives)
+    # a LoRA run's checkpoints hold its adapters alone, any other run's the full weights
+    save = lora.save_lora_checkpoint if lora.lora_config(model) else checkpoint.save_checkpoint
+    model, mode = training.prepare_model(model, args, dist_info)
+    opt = training.make_optimizer(model, args.lr, args.weight_decay)
+    sched = training.cosine_schedule(opt, total_steps, int(args.warmup_ratio * total_steps))
     if resume_dir:
         st = checkpoint.load_training_state(resume_dir, model, opt, sched, rank)
         start = dict(step=st["step"], epoch=st["epoch"], step_in_epoch=st["step_in_epoch"])
@@ -211,7 +217,7 @@ def main(argv=None):
     if args.model == "toy" and not resume_dir:
         # Keep the untrained toy model (with the tokenizer every later stage shares) as <out>/init:
         # the "base model" row of the toy Table 4 and the start of RL without SFT.
-        checkpoint.save_checkpoint(args.out, "init", model, tok, config=dict(vars(args), note="untrained toy preset"))
+        save(args.out, "init", model, tok, config=dict(vars(args), note="untrained toy preset"))
     config = {k: v for k, v in vars(args).items()}
     config.update(world_size=world, parallel=mode, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
                   global_batch=global_batch, n_rows=len(rows))
@@ -224,8 +230,8 @@ def main(argv=None):
             os.remove(log_path)
 
     if args.task == "caption":
-        ds = data.CaptionDataset(rows, num_frames=args.frames, min_pixels=args.min_pixels, max_pixels=args.max_pixels,
-                                 cache_videos=args.cache_videos)
+        ds = toy.CaptionDataset(rows, num_frames=args.frames, min_pixels=args.min_pixels, max_pixels=args.max_pixels,
+                                cache_videos=args.cache_videos)
     else:
         ds = data.SFTDataset(rows, prompt_variant=args.prompt_variant, num_frames=args.frames,
                              min_pixels=args.min_pixels, max_pixels=args.max_pixels, cache_videos=args.cache_videos)
@@ -241,7 +247,7 @@ def main(argv=None):
         if done:
             break
         first = start["step_in_epoch"] if epoch == start["epoch"] else 0
-        order = vadr.epoch_order(len(rows), epoch, args.seed, global_batch, rank, world)[first * per_step:]
+        order = training.epoch_order(len(rows), epoch, args.seed, global_batch, rank, world)[first * per_step:]
         loader = DataLoader(ds, batch_size=args.batch_size, sampler=order, collate_fn=collate,
                             num_workers=args.num_workers, persistent_workers=False)
         it = iter(loader)
@@ -264,13 +270,15 @@ def main(argv=None):
                 checkpoint.log_jsonl(log_path, rec)
                 pbar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}", tok_s=f"{rec['tokens_per_s']:.0f}")
                 pbar.update(1)
-            last = checkpoint.save_if_due(args, step, total_steps, epoch, s, steps_per_epoch, model, tok, opt, sched,
-                                    config)
+            last = checkpoint.save_if_due(
+                args, save=save, step=step, total_steps=total_steps, epoch=epoch, step_in_epoch=s,
+                steps_per_epoch=steps_per_epoch, model=model, tokenizer=tok, optimizer=opt,
+                scheduler=sched, config=config)
             if last:
                 done = True
                 break
     pbar.close()
-    vadr.finish_run(args, model, dist_info, step)
+    training.finish_run(args, model, dist_info, step)
 
 
 if __name__ == "__main__":

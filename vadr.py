@@ -1,36 +1,33 @@
 """vadr.py -- the model side of Vad-R1: what the model sees and what it says.
 
-Everything the scripts share about Qwen2.5-VL lives here, so that a reader can follow one
-video from its file to the model's answer in a single file:
-
-  1. The Perception-to-Cognition chain-of-thought prompt (paper Sec. 3.1, App. C.1 / Fig. 9).
-  2. Video reading with decord: N frames at linspace over a *kept window* of the video, so
-     that AVA-GRPO's trimmed videos (Algorithm 1) re-sample N frames from what remains.
-  3. Qwen2.5-VL video preprocessing written from scratch in plain torch (no torchvision, no
-     AutoProcessor): smart_resize, bicubic antialiased resize, CLIP normalisation, patchify.
-     Bit-exact against the reference processor (tests/golden, from ../shared/golden).
-  4. The chat layout with <|video_pad|> placeholders (facts note, section 4).
-  5. Model loading: a local Qwen2.5-VL checkpoint directory, or the `toy` preset (a tiny random
-     Qwen2.5-VL plus a byte-level BPE tokenizer trained locally), which every script uses by
-     default so the whole method runs on a laptop CPU.
-  6. Parsing and format checking of completions (`<think><step1>..</think><answer>..</answer>`).
-  7. Shared plumbing for the three entry points: the distributed block (single process, DDP,
-     FSDP2), atomic checkpoints with exact resume, and the JSONL logger.
-
-Imports point one way: this file imports no other project file.
+One video from its file to the model's answer, in one file:
+  1. the Perception-to-Cognition chain-of-thought prompt (paper Sec. 3.1, App. C.1, Fig. 9);
+  2. the completion parser, the format check and the one weak-label rule;
+  3. frame sampling with decord: N frames at linspace over a *kept window*, so that AVA-GRPO's
+     trimmed videos (Algorithm 1) re-sample N frames from what remains (App. C.3);
+  4. Qwen2.5-VL's video front end in plain torch (smart_resize, bicubic antialiased resize, CLIP
+     normalisation, patchify), bit-exact against the reference processor (tests/golden);
+  5. the chat layout with <|video_pad|> placeholders (docs/paper-vs-authors.md s.4);
+  6. model loading: a local checkpoint directory, or `toy`, a tiny random Qwen2.5-VL with a
+     locally trained byte-level BPE tokenizer, so the whole method runs on a laptop CPU;
+  7. the small distributed block (one process, DDP or FSDP2 under torchrun) and the training
+     helpers both scripts share.
+This file imports no other project file.
 
 Run it:
-    python vadr.py                       # builds the toy model, runs one forward on a rendered video
+    python vadr.py                       # the toy model, one forward on a rendered toy video
     python vadr.py --model /path/to/Qwen2.5-VL-7B-Instruct --video clip.mp4
 
-Departures from the paper / the authors' scripts (each one is a flag or an argument where cheap):
+Departures from the paper / the authors' scripts (docs/paper-vs-authors.md):
   * Frame indices are rounded from linspace(0, K-1, N) over the K kept frames; the authors'
-    evaluation uses linspace(0, total-1, 16) over the whole video, which is the special case
-    keep=[(0, 1)].
-  * The completion ends with <|im_end|>; the trailing "\n" the chat template writes after it is
-    not part of the target (generation stops at <|im_end|>, so it would never be sampled).
+    evaluation uses linspace(0, total-1, 16) over the whole video, the case keep=[(0, 1)].
+  * The completion ends with <|im_end|>; the "\n" the chat template writes after it is not part
+    of the target (generation stops at <|im_end|>, so it would never be sampled).
   * Batches are LEFT-padded everywhere (training, generation, scoring): a completion then starts
-    at the same column for every row, which makes sampling and log-prob gathering simple.
+    at the same column in every row, which keeps sampling and log-prob gathering simple.
+  * <which> is read with one strict rule (label_from_which): 'Normal', 'Abnormal' or a known
+    category; anything else is no label. The authors' reward is an exact match on the binary
+    label; eval.py also reports their looser evaluation rule (docs/paper-vs-authors.md s.3).
 """
 from __future__ import annotations
 
@@ -56,21 +53,8 @@ class InputError(ValueError):
 
 def run_main(main, argv=None):
     """Run a script's main(); an InputError ends the process with its message and exit code 1.
-
-    A process that started a process group (torchrun: setup_distributed) ends with os._exit once
-    main() has returned, after flushing stdout and stderr and collecting garbage: Python's own
-    interpreter teardown (Py_FinalizeEx) is skipped. Why (a core dump of a 2-rank gloo FSDP train_rl
-    run that aborted, 1 of 48 two-rank runs on a loaded 2-core machine; with this exit, 0 of 80):
-    the process group outlives destroy_process_group (FSDP2's device mesh and DTensor's sharding
-    caches still hold it), so its gloo worker threads are alive at exit. A worker frees the work it
-    ran a moment after the collective has returned to Python (in the dump: the final barrier,
-    holding the rank-checksum all-gather, whose tensors' Python objects must be released under the
-    GIL). If the main thread has meanwhile entered Py_FinalizeEx, taking the GIL ends the worker
-    thread (pthread_exit), the forced unwind crosses a C++ destructor and the process aborts
-    ("terminate called without an active exception", SIGABRT) although every file was already
-    written. Skipping the teardown removes the race; errors still end the normal way, with their
-    traceback. Files are all written through `with` blocks, so nothing is left in a buffer but
-    stdio."""
+    A process-group member (torchrun) ends with os._exit after flushing stdio, skipping the
+    interpreter teardown that gloo's worker threads can abort (docs/engineering-notes.md)."""
     import gc
     import sys
     try:
@@ -87,11 +71,9 @@ def run_main(main, argv=None):
     return rc
 
 
-# ------------------------------------------------------------------------------------------------
-# 1. Categories and the P2C-CoT prompt (paper Sec. 3.1, App. C.1 / Fig. 9)
-# ------------------------------------------------------------------------------------------------
+# ---- 1. Categories and the P2C-CoT prompt (paper Sec. 3.1, App. C.1 / Fig. 9) --------------------
 
-# The paper's 37 fine-grained categories (facts note, section 1).
+# The paper's 37 fine-grained categories (docs/paper-vs-authors.md s.1).
 CATEGORIES = [
     "Abuse", "Air Pollution", "Animals Hurt Human", "Animals Obstructing Traffic",
     "Animals in Urban Areas", "Arson", "Avalanche and Landslide", "Building Collapse",
@@ -104,8 +86,8 @@ CATEGORIES = [
 ]
 assert len(CATEGORIES) == 37
 
-# The released files spell five categories two ways (facts note, section 1). Keys are compared
-# after _category_key() (zero-width characters removed, case and spaces folded).
+# The released files spell five categories two ways (docs/paper-vs-authors.md s.1); keys are
+# compared after _category_key() (zero-width characters removed, case and spaces folded).
 _CATEGORY_VARIANTS = {
     "animal hurts human": "Animals Hurt Human",
     "drown": "Drowning",
@@ -134,11 +116,9 @@ def normalize_category(name: str) -> str | None:
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 
-# The prompt has the three parts of App. C.1: task definition, output specification, format
-# requirements with a short example each. Written in our own words. The two variants differ only
-# in what <which> must hold: the SFT data's fine-grained category, or the binary label that RL's
-# weak labels can check (facts note, section 2: "The RL prompt asks the model to write Abnormal
-# or Normal in <which>").
+# The three parts of App. C.1 (task, output specification, format with an example each), in our
+# own words. The variants differ in <which>: the SFT data's category, or the binary label that
+# RL's weak labels can check (docs/paper-vs-authors.md s.2).
 _PROMPT_TASK = (
     "Task: watch the video and decide whether it contains an anomaly, an event that departs "
     "from what normally happens in this scene. Think before you answer: write your reasoning "
@@ -192,23 +172,22 @@ def build_prompt(variant: str = "fine") -> str:
     return "\n".join([_PROMPT_TASK, _PROMPT_SPEC, which_rule, fmt])
 
 
-# ------------------------------------------------------------------------------------------------
-# 2. Parsing and the format check (facts note, sections 1-2)
-# ------------------------------------------------------------------------------------------------
+# ---- 2. Parsing, the format check and the label rule (docs/paper-vs-authors.md s.1-2) ------------
 
 _TAGS = ("think", "answer", "step1", "step2", "step3", "step4", "which", "what", "when", "where",
          "why", "how")
 _ANY_TAG = r"</?(?:think|answer|step[1-4]|which|what|when|where|why|how)>"
 TAG_RE = re.compile(_ANY_TAG)  # the one tag pattern: parsing, validation, word counts
-# Tag content: any text that contains no project tag (a tempered dot), so that `<step1>` used as a
-# closing tag by mistake (SFT-train video 2088, facts note) breaks the match instead of being eaten.
+# Tag content: text holding no project tag (a tempered dot), so that `<step1>` used as a closing
+# tag by mistake (SFT-train video 2088, docs/paper-vs-authors.md s.1) breaks the match.
 _C = r"(?:(?!" + _ANY_TAG + r").)*?"
 
 
 def _layout(steps: int, answer_tags: tuple[str, ...]) -> re.Pattern:
     think = r"<think>\s*" + r"\s*".join(rf"<step{i}>{_C}</step{i}>" for i in range(1, steps + 1)) \
         + r"\s*</think>"
-    answer = r"<answer>" + _C + _C.join(rf"<{t}>{_C}</{t}>" for t in answer_tags) + _C + r"</answer>"
+    tags = _C.join(rf"<{t}>{_C}</{t}>" for t in answer_tags)
+    answer = r"<answer>" + _C + tags + _C + r"</answer>"
     return re.compile(r"\s*" + think + r"\s*" + answer + r"\s*", re.DOTALL)
 
 
@@ -236,8 +215,10 @@ _WHEN = re.compile(r"\[\s*(" + _NUM + r")\s*,\s*(" + _NUM + r")\s*\]")
 
 
 def _first_tag(text: str, tag: str) -> str | None:
-    m = re.search(rf"<{tag}>(.*?)</{tag}>", text, re.DOTALL)
-    return m.group(1).strip() if m else None
+    """Inner text of the first <tag>..</tag>; str.find keeps it linear in len(text)."""
+    i = text.find(f"<{tag}>")
+    j = text.find(f"</{tag}>", i + len(tag) + 2) if i >= 0 else -1
+    return text[i + len(tag) + 2:j].strip() if j >= 0 else None
 
 
 def parse_when(s: str | None) -> tuple[float, float] | None:
@@ -320,9 +301,7 @@ def parse_completion(text) -> dict:
     return out
 
 
-# ------------------------------------------------------------------------------------------------
-# 3. Reading a video (decord), uniform sampling over a kept window
-# ------------------------------------------------------------------------------------------------
+# ---- 3. Reading a video (decord), uniform sampling over a kept window ----------------------------
 
 def kept_frames(total_frames: int, keep=((0.0, 1.0),)) -> np.ndarray:
     """Frame indices kept by a list of (a, b) fraction windows: frame i is kept when
@@ -342,12 +321,13 @@ def kept_frames(total_frames: int, keep=((0.0, 1.0),)) -> np.ndarray:
 
 def sample_frame_indices(total_frames: int, num_frames: int = 16, keep=((0.0, 1.0),)) -> np.ndarray:
     """N frame indices at linspace(0, K-1, N) over the K kept frames (paper App. C.3: 16 frames;
-    facts note s.3: linspace(0, total-1, 16) when the whole video is kept). Raises if the kept
+    docs/paper-vs-authors.md s.3: linspace(0, total-1, 16) over a whole video). Raises if the kept
     window holds no frame, so a degenerate trim is an error, never a silent empty video."""
     kept = kept_frames(total_frames, keep)  # (K,)
     if len(kept) == 0:
-        raise ValueError(f"the kept windows {list(keep)} leave no frame of a {total_frames}-frame video")
-    pos = np.linspace(0, len(kept) - 1, num_frames).round().astype(np.int64)  # (N,) positions in kept
+        raise ValueError(f"the kept windows {list(keep)} leave no frame of a "
+                         f"{total_frames}-frame video")
+    pos = np.linspace(0, len(kept) - 1, num_frames).round().astype(np.int64)  # (N,) into kept
     return kept[pos]  # (N,) frame indices
 
 
@@ -371,7 +351,8 @@ def read_video(path: str, num_frames: int = 16, keep=None) -> dict:
 
     Returns dict(frames uint8 (N, H, W, 3), indices (N,), timestamps (N,) seconds, fps (native),
     sampled_fps, total_frames). sampled_fps = N / K * fps for K kept frames: the frame rate the
-    model sees, from which second_per_grid_ts = temporal_patch_size / sampled_fps (facts note s.4).
+    model sees; second_per_grid_ts = temporal_patch_size / sampled_fps (docs/paper-vs-authors.md
+    s.4).
     """
     keep = ((0.0, 1.0),) if keep is None else tuple(keep)
     vr = _open_video(path)
@@ -384,9 +365,7 @@ def read_video(path: str, num_frames: int = 16, keep=None) -> dict:
                 sampled_fps=num_frames / n_kept * fps, total_frames=total)
 
 
-# ------------------------------------------------------------------------------------------------
-# 4. Qwen2.5-VL video preprocessing from scratch (bit-exact vs the reference, tests/golden)
-# ------------------------------------------------------------------------------------------------
+# ---- 4. Qwen2.5-VL video preprocessing from scratch (bit-exact vs the reference, tests/golden) ---
 
 PATCH_SIZE = 14            # ViT patch side
 TEMPORAL_PATCH_SIZE = 2    # frames per 3D patch
@@ -422,7 +401,7 @@ def preprocess_frames(frames, min_pixels: int = DEFAULT_MIN_PIXELS,
     """uint8 frames (T, H, W, 3) -> (pixel_values_videos float32 (N, 1176), video_grid_thw (1, 3)).
 
     N = grid_t * grid_h * grid_w 3D patches of 3 x 2 x 14 x 14 = 1176 values each, in the order
-    the vision tower expects (2x2 merge groups contiguous). Exactness notes (../shared/golden):
+    the vision tower expects (2x2 merge groups contiguous). Exactness (tests/golden):
     resize the uint8 tensor itself (bicubic, antialias), then rescale and normalise in ONE step
     (x - 255*mean) / (255*std) in float32.
     """
@@ -476,15 +455,14 @@ def collate_videos(videos: list[dict]) -> dict:
     """Batch several videos of different sizes: patches are concatenated along dim 0 (the vision
     tower splits them back with video_grid_thw), one grid row and one time step per video."""
     return dict(
-        pixel_values_videos=torch.cat([v["pixel_values_videos"] for v in videos], 0),  # (sum N_i, 1176)
+        # (sum N_i, 1176)
+        pixel_values_videos=torch.cat([v["pixel_values_videos"] for v in videos], 0),
         video_grid_thw=torch.cat([v["video_grid_thw"] for v in videos], 0),           # (B, 3)
         second_per_grid_ts=torch.cat([v["second_per_grid_ts"] for v in videos], 0),   # (B,)
     )
 
 
-# ------------------------------------------------------------------------------------------------
-# 5. The chat layout (facts note, section 4), without AutoProcessor
-# ------------------------------------------------------------------------------------------------
+# ---- 5. The chat layout (docs/paper-vs-authors.md s.4), without AutoProcessor --------------------
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>",
                   "<|object_ref_end|>", "<|box_start|>", "<|box_end|>", "<|quad_start|>",
@@ -521,7 +499,8 @@ def chat_prompt_ids(tokenizer, prompt: str, n_video_tokens: int,
     return enc(head) + [_tok_id(tokenizer, "<|video_pad|>")] * n_video_tokens + enc(tail)
 
 
-def build_chat_inputs(tokenizer, prompts: list[str], video_grid_thw, system: str = DEFAULT_SYSTEM_PROMPT,
+def build_chat_inputs(tokenizer, prompts: list[str], video_grid_thw,
+                      system: str = DEFAULT_SYSTEM_PROMPT,
                       targets: list[str] | None = None) -> dict:
     """A LEFT-padded batch of chat inputs, one video per row.
 
@@ -564,9 +543,7 @@ def build_chat_inputs(tokenizer, prompts: list[str], video_grid_thw, system: str
     return out
 
 
-# ------------------------------------------------------------------------------------------------
-# 6. Models: a local checkpoint, or the toy preset
-# ------------------------------------------------------------------------------------------------
+# ---- 6. Models: a local checkpoint, or the toy preset --------------------------------------------
 
 # The toy preset: a Qwen2.5-VL with the real architecture (window-attention ViT, 2x2 patch
 # merger, mRoPE decoder) but tiny widths, so the whole method trains on a laptop CPU. Only sizes
@@ -578,7 +555,7 @@ TOY_TEXT = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num
 TOY_VISION = dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=2, out_hidden_size=128,
                   patch_size=14, temporal_patch_size=2, spatial_merge_size=2, tokens_per_second=2,
                   window_size=112, fullatt_block_indexes=[1])
-TOY_VOCAB = 2048  # BPE vocabulary cap; byte-level BPE on the toy text saturates near 1.8k (no merges across words)
+TOY_VOCAB = 2048  # BPE vocabulary cap (byte-level BPE on the toy text stays below it)
 
 
 def train_toy_tokenizer(corpus: Iterable[str], vocab_size: int = TOY_VOCAB):
@@ -662,9 +639,7 @@ def load_model(name_or_dir: str = "toy", dtype=None, device=None, corpus: list[s
     return model, tokenizer
 
 
-# ------------------------------------------------------------------------------------------------
-# 7. Distributed block: one process, DDP, or FSDP2 (torchrun), gloo on CPU and nccl on GPU
-# ------------------------------------------------------------------------------------------------
+# ---- 7. Distributed block: one process, DDP, or FSDP2 (torchrun), gloo on CPU and nccl on GPU ----
 # All three entry points use exactly these few functions. Without torchrun (no RANK in the
 # environment) everything is a single process and every helper degrades to a no-op.
 
@@ -730,18 +705,6 @@ def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def write_rank_checksums(model, path: str):
-    """Every rank's float64 sum of its parameters, gathered into one JSON on rank 0: under DDP
-    all ranks must hold identical weights (a cheap check that no rank drifted). Under FSDP each
-    rank holds a different shard, so the sums differ by design."""
-    s = sum(float(p.detach().to_local().double().sum()) if hasattr(p, "to_local") else float(p.detach().double().sum())
-            for p in unwrap(model).parameters())
-    sums = gather_objects(s)
-    if is_main():
-        with open(path, "w") as f:
-            json.dump(sums, f)
-
-
 def gather_objects(obj) -> list:
     import torch.distributed as dist
     if not dist.is_initialized():
@@ -793,113 +756,11 @@ def full_state_dict(model) -> dict:
                                 options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
-# ------------------------------------------------------------------------------------------------
-# 9. Training helpers shared by train_sft.py and train_rl.py (one copy, here)
-# ------------------------------------------------------------------------------------------------
-
-def add_video_args(ap: argparse.ArgumentParser):
-    g = ap.add_argument_group("video input (paper App. C.3)")
-    g.add_argument("--frames", type=int, default=16, help="frames sampled uniformly per video (paper: 16)")
-    g.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
-                   help="max pixels per frame after smart_resize (paper: 128*28*28)")
-    g.add_argument("--min-pixels", type=int, default=DEFAULT_MIN_PIXELS, help="min pixels per frame")
-    return g
-
-
-def add_run_args(ap: argparse.ArgumentParser, default_out: str):
-    g = ap.add_argument_group("run, checkpoints, distributed")
-    g.add_argument("--out", default=default_out, help="run directory: checkpoints, log.jsonl, run_config.json")
-    g.add_argument("--save-every", type=int, default=None, help="checkpoint every N optimizer steps (and at the end)")
-    g.add_argument("--keep-last", type=int, default=2, help="keep only the newest N step checkpoints")
-    g.add_argument("--resume", default=None, help="checkpoint or run directory to continue exactly")
-    g.add_argument("--fsdp", action="store_true", help="shard with FSDP2 fully_shard (under torchrun); default DDP")
-    g.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    g.add_argument("--seed", type=int, default=0, help="seed for init, data order, sampling")
-    g.add_argument("--grad-ckpt", action="store_true", help="gradient checkpointing (saves activation memory)")
-    g.add_argument("--freeze-vision", action="store_true", help="train the language model only")
-    return g
-
-
-def apply_preset(args, preset: dict, name: str) -> list[str]:
-    """Fill every flag the user left unset (None) from a preset; returns what was filled, so the
-    scripts can print it. Paper defaults apply to real models; the toy preset scales them to a
-    model 5000x smaller that must learn in minutes (values and reasons in the scripts)."""
-    filled = []
-    for k, v in preset.items():
-        if getattr(args, k) is None:
-            setattr(args, k, v)
-            filled.append(f"{k}={v}")
-    return filled
-
-
-def make_optimizer(model, lr: float, weight_decay: float, betas=(0.9, 0.999)):
-    """AdamW over trainable parameters; no decay on biases and norms (the usual convention)."""
-    decay, no_decay = [], []
-    for n, p in model.named_parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim < 2 else decay).append(p)
-    return torch.optim.AdamW([dict(params=decay, weight_decay=weight_decay),
-                              dict(params=no_decay, weight_decay=0.0)], lr=lr, betas=betas)
-
-
-def cosine_schedule(optimizer, total_steps: int, warmup_steps: int):
-    """Linear warmup then cosine decay to 0 (the authors' cosine schedule)."""
-    def f(step):
-        if step < warmup_steps:
-            return (step + 1) / max(1, warmup_steps)
-        t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, f)
-
-
-def prepare_model(model, args, dist_info: dict):
-    """Freeze / checkpoint / move / wrap, in the order FSDP2 needs (optimizer after wrapping)."""
-    if getattr(args, "freeze_vision", False):
-        model.model.visual.requires_grad_(False)
-    if getattr(args, "grad_ckpt", False):
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False
-    model.to(dist_info["device"])
-    mode = ("fsdp" if args.fsdp else "ddp") if dist_info["distributed"] else "none"
-    if args.fsdp and not dist_info["distributed"]:
-        print("--fsdp has no effect without torchrun: running one process")
-    bf16 = dist_info["device"].type == "cuda"
-    return wrap_model(model, mode, dist_info["device"], bf16=bf16), mode
-
-
-def autocast(device):
-    """bf16 autocast on GPU (paper: bf16), plain fp32 on CPU."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
-
+# ---- 8. Training helpers both scripts share -----------------
 
 def to_device(batch: dict, device) -> dict:
-    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
-
-
-def epoch_order(n_rows: int, epoch: int, seed: int, global_batch: int, rank: int, world: int) -> list[int]:
-    """This rank's row indices for one epoch, in micro-batch order. The epoch's permutation is the
-    same on every rank (seeded by seed and epoch); global batch s = perm[s*GB:(s+1)*GB] and rank r
-    takes its items r, r+W, ... (data strided by rank). Incomplete last global batch dropped."""
-    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    perm = torch.randperm(n_rows, generator=g).tolist()  # (n_rows,)
-    order = []
-    for s in range(n_rows // global_batch):
-        order += shard_for_rank(perm[s * global_batch:(s + 1) * global_batch], rank, world)
-    return order
-
-
-def finish_run(args, model, dist_info: dict, step: int):
-    """Print where the last checkpoint is, check the ranks agree (DDP) and leave the process group."""
-    latest = latest_checkpoint(args.out)
-    if is_main() and latest:
-        print(f"done: {step} steps, checkpoint {latest}")
-    if dist_info["distributed"]:
-        write_rank_checksums(model, os.path.join(args.out, "rank_checksums.json"))
-    barrier()
-    if dist_info["distributed"]:
-        torch.distributed.destroy_process_group()
+    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v)
+            for k, v in batch.items()}
 
 
 MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "pixel_values_videos",
@@ -915,32 +776,35 @@ def model_inputs(batch: dict) -> dict:
     return {k: batch[k] for k in MODEL_INPUT_KEYS}
 
 
-
 def _demo(argv=None):
     ap = argparse.ArgumentParser(description="One forward of a Qwen2.5-VL on one video.")
     ap.add_argument("--model", default="toy", help="'toy' or a local checkpoint directory")
     ap.add_argument("--video", default=None,
-                    help="video file (default: the first video of the toy world in data/toy/videos)")
+                    help="video file (default: the first video in data/toy/videos)")
     ap.add_argument("--frames", type=int, default=16, help="frames sampled per video (paper: 16)")
-    ap.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="max pixels per frame")
+    ap.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                    help="max pixels per frame")
     args = ap.parse_args(argv)
     if args.video is None:
-        vids = sorted(os.listdir("data/toy/videos")) if os.path.isdir("data/toy/videos") else []
+        root = "data/toy/videos"
+        vids = sorted(os.listdir(root)) if os.path.isdir(root) else []
         if not vids:
-            raise SystemExit("no --video given and no toy world in data/toy: run `python data.py toy --out data/toy` "
-                             "first, or pass --video FILE")
-        args.video = os.path.join("data/toy/videos", vids[0])
+            raise InputError("no --video given and no toy world in data/toy: run "
+                             "`python -m extras.toy --out data/toy` first, or pass --video FILE")
+        args.video = os.path.join(root, vids[0])
     model, tok = load_model(args.model)
     v = read_video(args.video, args.frames)
     vid = encode_frames(v["frames"], v["sampled_fps"], max_pixels=args.max_pixels)
     batch = build_chat_inputs(tok, [build_prompt("fine")], vid["video_grid_thw"])
     with torch.no_grad():
         out = model(**batch, **vid)
-    print(f"{args.video}: {v['total_frames']} frames at {v['fps']:.1f} fps, sampled {v['indices'].tolist()}")
-    print(f"grid {vid['video_grid_thw'].tolist()} -> {video_token_count(vid['video_grid_thw'])} video tokens; "
-          f"input_ids {tuple(batch['input_ids'].shape)}; logits {tuple(out.logits.shape)}; "
-          f"params {sum(p.numel() for p in model.parameters()):,}")
+    n = sum(p.numel() for p in model.parameters())
+    print(f"{args.video}: {v['total_frames']} frames at {v['fps']:.1f} fps, "
+          f"sampled {v['indices'].tolist()}")
+    print(f"grid {vid['video_grid_thw'].tolist()} -> {video_token_count(vid['video_grid_thw'])} "
+          f"video tokens; input_ids {tuple(batch['input_ids'].shape)}; "
+          f"logits {tuple(out.logits.shape)}; params {n:,}")
 
 
 if __name__ == "__main__":
-    _demo()
+    run_main(_demo)

@@ -12,7 +12,7 @@ import os
 
 import torch
 
-from vadr import (DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, barrier, gather_objects, is_main, latest_checkpoint, shard_for_rank, unwrap)
+from vadr import (wrap_model, DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, barrier, gather_objects, is_main, latest_checkpoint, shard_for_rank, unwrap)
 
 
 def add_video_args(ap: argparse.ArgumentParser):
@@ -104,3 +104,25 @@ def write_rank_checksums(model, path: str):
     if is_main():
         with open(path, "w") as f:
             json.dump(sums, f)
+
+
+def prepare_model(model, args, dist_info: dict):
+    """Freeze / checkpoint / move / wrap, in the order FSDP2 needs (optimizer after wrapping)."""
+    if getattr(args, "freeze_vision", False):
+        model.model.visual.requires_grad_(False)
+    if getattr(args, "grad_ckpt", False):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    model.to(dist_info["device"])
+    mode = ("fsdp" if args.fsdp else "ddp") if dist_info["distributed"] else "none"
+    if args.fsdp and not dist_info["distributed"]:
+        print("--fsdp has no effect without torchrun: running one process")
+    bf16 = dist_info["device"].type == "cuda"
+    return wrap_model(model, mode, dist_info["device"], bf16=bf16), mode
+
+
+def autocast(device):
+    """bf16 autocast on GPU (paper: bf16), plain fp32 on CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)

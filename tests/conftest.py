@@ -10,7 +10,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import data  # noqa: E402
+from extras import toy  # noqa: E402
 import vadr  # noqa: E402
 
 
@@ -18,15 +18,15 @@ import vadr  # noqa: E402
 def tiny_world(tmp_path_factory):
     """8 SFT-train, 4 SFT-test, 8 RL and 8 caption videos of 16-24 frames: enough for every script."""
     d = tmp_path_factory.mktemp("tiny_world")
-    paths = data.generate_toy_world(str(d), seed=1, n_sft=8, n_test=4, n_rl=8, n_caption=8, frames=(16, 24),
-                                    quiet=True)
+    paths = toy.generate_toy_world(str(d), seed=1, n_sft=8, n_test=4, n_rl=8, n_caption=8, frames=(16, 24),
+                                   quiet=True)
     return dict(paths, root=str(d))
 
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_world):
     """The toy preset with its tokenizer trained on the tiny world's SFT and caption text (seed 0)."""
-    return vadr.load_model("toy", corpus=data.toy_corpus(tiny_world["root"]), seed=0)
+    return vadr.load_model("toy", corpus=toy.toy_corpus(tiny_world["root"]), seed=0)
 
 
 def run_script(script, args, out, nproc=1, wait=True):

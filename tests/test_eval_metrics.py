@@ -1,4 +1,5 @@
-"""Oracles for the scoring half of eval.py (CPU, a few seconds).
+"""Oracles for the scoring half of eval.py and extras/textmetrics.py, extras/vane.py (CPU, a
+few seconds).
 
 1. Hand-computed values on tiny cases, the arithmetic written beside each assertion.
 2. Agreement (1e-6) with the reference packages on a deterministic corpus of >= 50
@@ -6,7 +7,7 @@
    whose synsets() is empty), nltk PorterStemmer, the `rouge` package, `rouge-score`,
    scikit-learn. These packages are test-only extras, imported normally: the tests FAIL if they
    are missing (CI installs them).
-3. Edge cases of the authors' protocol (facts note s.3) and the CLI round trip.
+3. Edge cases of the authors' protocol (docs/paper-vs-authors.md s.3) and the CLI round trip.
 
 Run: pytest tests/test_eval_metrics.py -q
 """
@@ -26,6 +27,7 @@ from rouge_score import rouge_scorer
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
 
 import eval as E
+from extras import textmetrics, vane
 
 TOL = 1e-6
 
@@ -118,7 +120,7 @@ CORPUS = make_corpus()
 
 
 class _NoWordNet:
-    """WordNet stand-in for nltk's meteor_score: no synonyms, as in eval.meteor."""
+    """WordNet stand-in for nltk's meteor_score: no synonyms, as in textmetrics.meteor."""
 
     @staticmethod
     def synsets(word):
@@ -134,15 +136,15 @@ def test_bleu_hand():
     hyp = "the cat on the mat".split()
     # c = 5 < r = 6 -> BP = exp(1 - 6/5) = exp(-0.2)
     # bigrams of hyp: (the cat) (cat on) (on the) (the mat); in ref: the cat, on the, the mat -> p2 = 3/4
-    assert E.bleu(ref, hyp, (0, 1, 0, 0)) == pytest.approx(0.75 * math.exp(-0.2), abs=1e-12)
+    assert textmetrics.bleu(ref, hyp, (0, 1, 0, 0)) == pytest.approx(0.75 * math.exp(-0.2), abs=1e-12)
     # cumulative BLEU-2: p1 = 5/5 -> BP * sqrt(1 * 3/4) = exp(-0.2) * 0.8660254
-    assert E.bleu(ref, hyp, (0.5, 0.5)) == pytest.approx(math.exp(-0.2) * math.sqrt(0.75), abs=1e-12)
+    assert textmetrics.bleu(ref, hyp, (0.5, 0.5)) == pytest.approx(math.exp(-0.2) * math.sqrt(0.75), abs=1e-12)
     # clipping: hyp "the the the" -> p1 = min(3, 2)/3 = 2/3; bigram (the the) absent -> 0
-    assert E.bleu(ref, "the the the".split(), (0, 1, 0, 0)) == 0.0
+    assert textmetrics.bleu(ref, "the the the".split(), (0, 1, 0, 0)) == 0.0
     # no unigram match -> 0; empty hypothesis -> 0
-    assert E.bleu(ref, ["dog"], (0.5, 0.5)) == 0.0 and E.bleu(ref, [], (0, 1)) == 0.0
+    assert textmetrics.bleu(ref, ["dog"], (0.5, 0.5)) == 0.0 and textmetrics.bleu(ref, [], (0, 1)) == 0.0
     # c > r -> BP = 1: hyp = ref + "again": p2 = 5/6
-    assert E.bleu(ref, ref + ["again"], (0, 1, 0, 0)) == pytest.approx(5 / 6, abs=1e-12)
+    assert textmetrics.bleu(ref, ref + ["again"], (0, 1, 0, 0)) == pytest.approx(5 / 6, abs=1e-12)
 
 
 def test_meteor_hand():
@@ -151,38 +153,38 @@ def test_meteor_hand():
     # greedy from the hyp's end: cat->1, the->4 (right-most), sat->2, mat->5, the->0, on->3
     # sorted (h, r): (0,3) (1,0) (2,5) (3,2) (4,4) (5,1) -> 6 chunks; P = R = 1 -> Fmean = 1
     # penalty = 0.5 * (6/6)^3 = 0.5 -> METEOR = 0.5
-    assert E.meteor(ref, "on the mat sat the cat".split()) == pytest.approx(0.5, abs=1e-12)
+    assert textmetrics.meteor(ref, "on the mat sat the cat".split()) == pytest.approx(0.5, abs=1e-12)
     # identical: 1 chunk of 6 -> penalty 0.5 * (1/6)^3 = 1/432 -> 1 - 1/432
-    assert E.meteor(ref, ref) == pytest.approx(1 - 1 / 432, abs=1e-12)
+    assert textmetrics.meteor(ref, ref) == pytest.approx(1 - 1 / 432, abs=1e-12)
     # stem stage: "the cat was running" vs "the cats were running"
     # exact: running(3->3), the(0->0); stem: cat ~ cats; was/were differ (wa vs were)
     # m = 3, P = R = 3/4, Fmean = 0.75; chunks: (0,0)(1,1) | (3,3) = 2
     # penalty = 0.5 * (2/3)^3 = 4/27 -> 0.75 * (1 - 4/27) = 0.6388889
-    got = E.meteor("the cats were running".split(), "the cat was running".split())
+    got = textmetrics.meteor("the cats were running".split(), "the cat was running".split())
     assert got == pytest.approx(0.75 * (1 - 4 / 27), abs=1e-12)
-    assert E.meteor(ref, []) == 0.0 and E.meteor(ref, ["dog"]) == 0.0
+    assert textmetrics.meteor(ref, []) == 0.0 and textmetrics.meteor(ref, ["dog"]) == 0.0
 
 
 def test_rouge_hand():
     hyp, ref = "the cat sat. the dog ran", "the cat ran. a dog sat"
     # `rouge` package: unique unigrams hyp {the cat sat dog ran} (5), ref {the cat ran a dog sat} (6)
     # overlap 5 -> P = 1, R = 5/6, F = 2PR/(P+R+1e-8) ~= 10/11
-    r1 = E.rouge_n(hyp, ref, 1)
+    r1 = textmetrics.rouge_n(hyp, ref, 1)
     assert r1["p"] == 1.0 and r1["r"] == pytest.approx(5 / 6) and r1["f"] == pytest.approx(10 / 11, abs=1e-7)
     # bigrams (across the '.' boundary too): hyp {the cat, cat sat, sat the, the dog, dog ran},
     # ref {the cat, cat ran, ran a, a dog, dog sat} -> overlap {the cat} -> P = R = F = 1/5
-    assert E.rouge_n(hyp, ref, 2)["f"] == pytest.approx(0.2, abs=1e-7)
+    assert textmetrics.rouge_n(hyp, ref, 2)["f"] == pytest.approx(0.2, abs=1e-7)
     # union LCS: ref "the cat ran" x hyp sents -> {the, cat} and {the, ran}; "a dog sat" -> {sat},
     # {dog}: |U| = 5, m = 6 distinct ref words, n = 5 distinct hyp words -> R = 5/6, P = 1
-    rl = E.rouge_l(hyp, ref)
+    rl = textmetrics.rouge_l(hyp, ref)
     assert rl["p"] == 1.0 and rl["r"] == pytest.approx(5 / 6)
     # rouge-score: counts, 6 tokens each; R1 overlap the(1)+cat+sat+dog+ran = 5 -> F = 5/6;
     # R2 overlap 1 of 5 -> 0.2; LCS("the cat sat the dog ran", "the cat ran a dog sat") = 3 -> 0.5
-    assert E.rouge_n(hyp, ref, 1, "rouge_score")["f"] == pytest.approx(5 / 6)
-    assert E.rouge_n(hyp, ref, 2, "rouge_score")["f"] == pytest.approx(0.2)
-    assert E.rouge_l(hyp, ref, "rouge_score")["f"] == pytest.approx(0.5)
+    assert textmetrics.rouge_n(hyp, ref, 1, "rouge_score")["f"] == pytest.approx(5 / 6)
+    assert textmetrics.rouge_n(hyp, ref, 2, "rouge_score")["f"] == pytest.approx(0.2)
+    assert textmetrics.rouge_l(hyp, ref, "rouge_score")["f"] == pytest.approx(0.5)
     # a hypothesis the `rouge` package refuses (no sentence) scores 0 here
-    assert E.rouge_n("...", ref, 1)["f"] == 0.0 and E.rouge_l("", ref)["f"] == 0.0
+    assert textmetrics.rouge_n("...", ref, 1)["f"] == 0.0 and textmetrics.rouge_l("", ref)["f"] == 0.0
 
 
 def test_porter_hand():
@@ -194,7 +196,7 @@ def test_porter_hand():
              "dying": "die", "skies": "sky", "news": "news", "running": "run", "vehicles": "vehicl",
              "is": "is", "by": "by", "enjoy": "enjoy", "radically": "radic", "analogous": "analog"}
     for w, s in cases.items():
-        assert E.porter_stem(w) == s, (w, E.porter_stem(w), s)
+        assert textmetrics.porter_stem(w) == s, (w, textmetrics.porter_stem(w), s)
 
 
 def test_interval_iou_hand():
@@ -264,31 +266,31 @@ def test_detection_hand():
 
 
 def test_multiple_choice_hand():
-    assert E.extract_choice("<think>maybe A or C</think><answer>(B) the car</answer>") == "B"
-    assert E.extract_choice("The answer is C.") == "C"
-    assert E.extract_choice("Bus and AD only") is None
-    assert E.extract_choice("") is None
+    assert vane.extract_choice("<think>maybe A or C</think><answer>(B) the car</answer>") == "B"
+    assert vane.extract_choice("The answer is C.") == "C"
+    assert vane.extract_choice("Bus and AD only") is None
+    assert vane.extract_choice("") is None
     rows = [
         {"id": 1, "category": "SORA", "question": "q A. x B. y C. z D. w", "answer": "B", "output": "<answer>B</answer>"},
         {"id": 2, "category": "SORA", "question": "q", "answer": "A", "output": "<answer>D</answer>"},
         {"id": 3, "category": "Ped1", "question": "q", "answer": "C", "output": "Option C."},
         {"id": 4, "category": "Ped1", "question": "q", "answer": "D", "output": "I am not sure"},
     ]
-    r = E.score_multiple_choice(rows)
+    r = vane.score_multiple_choice(rows)
     # SORA 1/2, Ped1 1/2, overall 2/4; one answer without any letter
     assert r["accuracy"] == 0.5 and r["per_category"]["SORA"]["accuracy"] == 0.5
     assert r["per_category"]["Ped1"] == {"accuracy": 0.5, "n": 2} and r["n_unanswered"] == 1
     # separate GT file: a GT question without prediction counts as wrong
     preds = [{"id": 1, "output": "B"}]
     gts = [{k: v for k, v in x.items() if k != "output"} for x in rows[:2]]
-    r2 = E.score_multiple_choice(preds, gts)
+    r2 = vane.score_multiple_choice(preds, gts)
     assert r2["accuracy"] == 0.5 and r2["n_missing_output"] == 1
 
 
 def test_text_normalisation():
-    assert E.strip_tags("<think><step1>A b.</step1>\n<step2>C</step2></think>") == "A b. C"
-    assert E.word_tokens("The car's speed: 0.5!") == ["the", "car", "'", "s", "speed", ":", "0", ".", "5", "!"]
-    assert E.rouge_score_tokens("Hello, World! x_y") == ["hello", "world", "x", "y"]
+    assert textmetrics.strip_tags("<think><step1>A b.</step1>\n<step2>C</step2></think>") == "A b. C"
+    assert textmetrics.word_tokens("The car's speed: 0.5!") == ["the", "car", "'", "s", "speed", ":", "0", ".", "5", "!"]
+    assert textmetrics.rouge_score_tokens("Hello, World! x_y") == ["hello", "world", "x", "y"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -301,9 +303,9 @@ def test_corpus_is_big_and_varied():
     # the METEOR stem stage must be exercised: count matches made only after exact matching
     stem_hits = 0
     for pred, ref in CORPUS:
-        h, r = list(enumerate(E.word_tokens(pred))), list(enumerate(E.word_tokens(ref)))
-        _, hl, rl = E._align_stage(h, r, lambda w: w)
-        stem_hits += len(E._align_stage(hl, rl, E.porter_stem)[0])
+        h, r = list(enumerate(textmetrics.word_tokens(pred))), list(enumerate(textmetrics.word_tokens(ref)))
+        _, hl, rl = textmetrics._align_stage(h, r, lambda w: w)
+        stem_hits += len(textmetrics._align_stage(hl, rl, textmetrics.porter_stem)[0])
     assert stem_hits >= 30
 
 
@@ -312,22 +314,22 @@ def test_bleu_vs_nltk():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for pred, ref in CORPUS:
-            h, r = E.word_tokens(pred), E.word_tokens(ref)
+            h, r = textmetrics.word_tokens(pred), textmetrics.word_tokens(ref)
             for w in ((0, 1, 0, 0), (0.5, 0.5)):
-                worst = max(worst, abs(E.bleu(r, h, w) - sentence_bleu([r], h, weights=w)))
+                worst = max(worst, abs(textmetrics.bleu(r, h, w) - sentence_bleu([r], h, weights=w)))
     assert worst < TOL
 
 
 def test_meteor_vs_nltk():
     worst = 0.0
     for pred, ref in CORPUS:
-        h, r = E.word_tokens(pred.lower()), E.word_tokens(ref.lower())
-        worst = max(worst, abs(E.meteor(r, h) - nltk_meteor([r], h, wordnet=_NoWordNet())))
+        h, r = textmetrics.word_tokens(pred.lower()), textmetrics.word_tokens(ref.lower())
+        worst = max(worst, abs(textmetrics.meteor(r, h) - nltk_meteor([r], h, wordnet=_NoWordNet())))
     assert worst < TOL
 
 
 def _porter_vocab():
-    words = {w for p, r in CORPUS for w in E.word_tokens(p + " " + r)}
+    words = {w for p, r in CORPUS for w in textmetrics.word_tokens(p + " " + r)}
     roots = ["relat", "condit", "gener", "hope", "run", "fight", "cross", "happ", "digit", "radic",
              "sensib", "formal", "electr", "adjust", "depend", "adopt", "commun", "activ", "effect",
              "bowdler", "cease", "control", "roll", "troubl", "siz", "hop", "fil", "fail", "agre",
@@ -353,7 +355,7 @@ def test_porter_vs_nltk():
     ps = PorterStemmer()   # default mode: NLTK_EXTENSIONS
     vocab = _porter_vocab()
     assert len(vocab) > 3000
-    bad = [(w, E.porter_stem(w), ps.stem(w)) for w in vocab if E.porter_stem(w) != ps.stem(w)]
+    bad = [(w, textmetrics.porter_stem(w), ps.stem(w)) for w in vocab if textmetrics.porter_stem(w) != ps.stem(w)]
     assert not bad, bad[:20]
 
 
@@ -365,11 +367,11 @@ def test_rouge_vs_rouge_package():
         try:
             sc = rouge.get_scores(p, r)[0]
         except ValueError:   # the package refuses a hypothesis with no sentence; ours scores 0
-            assert E.rouge_n(p, r, 1)["f"] == 0.0 and E.rouge_l(p, r)["f"] == 0.0
+            assert textmetrics.rouge_n(p, r, 1)["f"] == 0.0 and textmetrics.rouge_l(p, r)["f"] == 0.0
             continue
         compared += 1
-        for key, ours in (("rouge-1", E.rouge_n(p, r, 1)), ("rouge-2", E.rouge_n(p, r, 2)),
-                          ("rouge-l", E.rouge_l(p, r))):
+        for key, ours in (("rouge-1", textmetrics.rouge_n(p, r, 1)), ("rouge-2", textmetrics.rouge_n(p, r, 2)),
+                          ("rouge-l", textmetrics.rouge_l(p, r))):
             for s in ("p", "r", "f"):
                 worst = max(worst, abs(ours[s] - sc[key][s]))
     assert compared >= 50 and worst < TOL
@@ -380,9 +382,9 @@ def test_rouge_vs_rouge_score():
     worst = 0.0
     for pred, ref in CORPUS:
         sc = scorer.score(ref, pred)
-        for key, ours in (("rouge1", E.rouge_n(pred, ref, 1, "rouge_score")),
-                          ("rouge2", E.rouge_n(pred, ref, 2, "rouge_score")),
-                          ("rougeL", E.rouge_l(pred, ref, "rouge_score"))):
+        for key, ours in (("rouge1", textmetrics.rouge_n(pred, ref, 1, "rouge_score")),
+                          ("rouge2", textmetrics.rouge_n(pred, ref, 2, "rouge_score")),
+                          ("rougeL", textmetrics.rouge_l(pred, ref, "rouge_score"))):
             worst = max(worst, abs(ours["p"] - sc[key].precision), abs(ours["r"] - sc[key].recall),
                         abs(ours["f"] - sc[key].fmeasure))
     assert worst < TOL
@@ -402,10 +404,10 @@ def test_reasoning_pipeline_vs_packages():
             row = {"think": f"<think><step1>{ref}</step1>\n<step2>{_sentence(rng)}</step2></think>",
                    "answer": "<answer><which>Fighting</which><what>x</what></answer>"}
             out = f"<think><step1>{pred}</step1></think>"
-            s = E.reasoning_scores_authors(out, row)
-            pl = E.strip_tags(out).lower()
-            rl = E.strip_tags(row["think"] + " " + row["answer"]).lower()
-            ht, rt = E.word_tokens(pl), E.word_tokens(rl)
+            s = textmetrics.reasoning_scores_authors(out, row)
+            pl = textmetrics.strip_tags(out).lower()
+            rl = textmetrics.strip_tags(row["think"] + " " + row["answer"]).lower()
+            ht, rt = textmetrics.word_tokens(pl), textmetrics.word_tokens(rl)
             assert abs(s["bleu2"] - sentence_bleu([rt], ht, weights=(0, 1, 0, 0))) < TOL
             assert abs(s["meteor"] - nltk_meteor([rt], ht, wordnet=_NoWordNet())) < TOL
             try:
@@ -491,9 +493,9 @@ def test_edge_cases():
 
 def test_short_prediction_scores_zero():
     row = _gt("a", "Normal")
-    s = E.reasoning_scores_authors("<which>ok</which>", row)      # "ok": 2 chars after stripping
+    s = textmetrics.reasoning_scores_authors("<which>ok</which>", row)      # "ok": 2 chars after stripping
     assert s["short"] and s["bleu2"] == s["meteor"] == s["rouge1"] == s["rouge_l"] == 0.0
-    assert E.reasoning_scores_authors("   \n", row) is None       # empty -> skipped
+    assert textmetrics.reasoning_scores_authors("   \n", row) is None       # empty -> skipped
 
 
 def test_fallback_to_video_only_when_unique():

@@ -1,7 +1,12 @@
-"""The fast paths give the naive paths' results (bench.py measures what they save).
+"""The fast paths (extras/fastpath.py) give grpo.py's plain results and the naive paths' results
+(extras/bench.py measures what they save; docs/performance.md has the numbers).
 
-  * grpo.sample_group (vision + prefill once per video, KV cache copied to the G samples, prepared
-    decode masks, preallocated cache) vs HF generate(num_return_sequences=G): identical greedy
+  * fastpath.sample_group (grpo's loop plus a preallocated cache, prepared decode masks and
+    inference_mode) = grpo.sample_group: the same completions, masks and sampling-time log-probs,
+    greedy and sampled under one seed, with left padding, G = 1 and 3.
+  * fastpath.completion_logprobs (vision once per video, chunked log-probs with an in-place
+    backward) = grpo.completion_logprobs: values and gradients; invariant to the chunk size.
+  * both sample_group versions vs HF generate(num_return_sequences=G): identical greedy
     completions (with an early end token, left padding, G = 1 and 2), identical SAMPLED completions
     under one seed (HF's sampler draws from the global RNG the way sample_group draws from its
     generator: one multinomial over the (B*G, V) probabilities per step), and the same per-step
@@ -12,7 +17,7 @@
   * one batched verification call = one call per trimmed video.
   * the chunked log-prob function: naive values and gradients; its memory accounting (bench.py) is the
     same on real and fake tensors and at most half the naive one at the real vocabulary.
-  * bench.py's random 7B-shaped model is built right (meta device + to_empty), and bench.py runs.
+  * extras/bench.py's random 7B-shaped model is built right (meta device + to_empty), and it runs.
 Run: python -m pytest tests/test_fastpath.py -q
 """
 import contextlib
@@ -23,16 +28,18 @@ import numpy as np
 import pytest
 import torch
 
-import bench
 import grpo
 import train_rl
 import vadr
+from extras import bench, fastpath
+
+IMPLS = {"grpo": grpo, "fastpath": fastpath}   # the plain version and the one the scripts run
 
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """One intra-op thread here (restored after): on a shared 2-core machine two threads that wait on
-    each other make these small forwards several times slower (bench.py's docstring)."""
+    each other make these small forwards several times slower (docs/performance.md)."""
     old = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -69,32 +76,75 @@ def _generate(t, model, inputs, G, T, **kw):
     return g.sequences[:, P:], g
 
 
+# ---------------------------------------------------------------- the fast paths = grpo.py's plain versions
+
+@pytest.mark.parametrize("G,greedy,seed", [(1, True, 0), (3, True, 0), (3, False, 0), (3, False, 1)])
+def test_fast_sample_group_equals_plain(toy, G, greedy, seed):
+    """Left-padded batch of two videos: the same tokens, masks and positions; the sampling-time
+    log-probs to float rounding (the same ops on the same values, a view of a preallocated cache)."""
+    t = toy
+    kw = dict(num_samples=G, max_new_tokens=10, temperature=0.7, top_p=0.9, greedy=greedy,
+              end_ids=t["end"], pad_id=t["pad"])
+    plain = grpo.sample_group(t["model"], t["inputs"], generator=torch.Generator().manual_seed(seed), **kw)
+    fast = fastpath.sample_group(t["model"], t["inputs"], generator=torch.Generator().manual_seed(seed), **kw)
+    assert plain["completion_ids"].shape[0] == 2 * G
+    for k in ("completion_ids", "completion_mask", "prompt_positions_max"):
+        assert torch.equal(plain[k], fast[k]), k
+    assert torch.allclose(plain["logprobs"], fast["logprobs"], atol=1e-5)
+    assert not fast["logprobs"].is_inference()                  # ordinary tensors: autograd may use them
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_fast_completion_logprobs_equal_plain_values_and_gradients(toy, temperature):
+    """G-expanded inputs (so the vision tower is shared) and a completion with an early end: the
+    same log-probs and the same gradients for every parameter, vision tower included."""
+    t, G = toy, 2
+    model = copy.deepcopy(t["model"])
+    full = train_rl.expand_inputs(t["inputs"], G)
+    comp = torch.randint(20, len(t["tok"]), (2 * G, 9), generator=torch.Generator().manual_seed(4))
+    comp[0, 5], comp[0, 6:] = t["tok"].convert_tokens_to_ids("<|im_end|>"), t["pad"]
+    w = torch.randn(2 * G, 9, generator=torch.Generator().manual_seed(5))
+    out = {}
+    for name, impl in IMPLS.items():
+        model.zero_grad()
+        lp = impl.completion_logprobs(model, full, comp, temperature=temperature)
+        (lp * w).sum().backward()
+        out[name] = lp.detach(), [p.grad.clone() for p in model.parameters()]
+    (lp_plain, g_plain), (lp_fast, g_fast) = out["grpo"], out["fastpath"]
+    assert lp_fast.shape == comp.shape and lp_fast.dtype == torch.float32
+    assert torch.allclose(lp_plain, lp_fast, atol=1e-5, rtol=0)
+    assert max((a - b).abs().max().item() for a, b in zip(g_plain, g_fast)) < 1e-5
+    assert max(a.abs().max().item() for a in g_fast) > 0
+
+
 # ---------------------------------------------------------------- greedy and sampled completions = HF generate
 
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("G", [1, 2])
-def test_greedy_equals_hf_generate(toy, G):
+def test_greedy_equals_hf_generate(toy, G, impl):
     t = toy
-    ours = grpo.sample_group(t["model"], t["inputs"], num_samples=G, max_new_tokens=8, greedy=True,
-                             end_ids=t["end"], pad_id=t["pad"])
+    ours = IMPLS[impl].sample_group(t["model"], t["inputs"], num_samples=G, max_new_tokens=8,
+                                    greedy=True, end_ids=t["end"], pad_id=t["pad"])
     hf, _ = _generate(t, t["model"], t["inputs"], G, 8, do_sample=False)
     assert torch.equal(ours["completion_ids"], hf)
 
 
-def test_greedy_equals_hf_generate_with_an_early_end(toy):
+@pytest.mark.parametrize("impl", IMPLS)
+def test_greedy_equals_hf_generate_with_an_early_end(toy, impl):
     """Make <|im_end|> win exactly where video 0's completion would first emit a token x that video 1's
     never does: W[end] = 1.01 W[x] (x's logit is the positive maximum there). Video 0's samples stop and
     are padded, video 1's go on: as generate does."""
     t = toy
-    first = grpo.sample_group(t["model"], t["inputs"], num_samples=1, max_new_tokens=8, greedy=True,
-                              end_ids=t["end"], pad_id=t["pad"])["completion_ids"]
+    first = IMPLS[impl].sample_group(t["model"], t["inputs"], num_samples=1, max_new_tokens=8,
+                                     greedy=True, end_ids=t["end"], pad_id=t["pad"])["completion_ids"]
     k = next(i for i, v in enumerate(first[0].tolist()) if v not in first[1].tolist())
     x = int(first[0, k])
     model = copy.deepcopy(t["model"])
     im_end = t["tok"].convert_tokens_to_ids("<|im_end|>")
     with torch.no_grad():
         model.lm_head.weight[im_end] = 1.01 * model.lm_head.weight[x]
-    ours = grpo.sample_group(model, t["inputs"], num_samples=2, max_new_tokens=8, greedy=True,
-                             end_ids=t["end"], pad_id=t["pad"])
+    ours = IMPLS[impl].sample_group(model, t["inputs"], num_samples=2, max_new_tokens=8, greedy=True,
+                                    end_ids=t["end"], pad_id=t["pad"])
     hf, _ = _generate(t, model, t["inputs"], 2, 8, do_sample=False)
     ids = ours["completion_ids"]
     assert torch.equal(ids, hf)
@@ -103,12 +153,13 @@ def test_greedy_equals_hf_generate_with_an_early_end(toy):
     assert (ids[:2, k + 1:] == t["pad"]).all() and ours["completion_mask"][2:].sum() == 16
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("seed", [0, 1])
-def test_sampled_completions_equal_hf_generate_under_one_seed(toy, seed):
+def test_sampled_completions_equal_hf_generate_under_one_seed(toy, seed, impl):
     t = toy
-    ours = grpo.sample_group(t["model"], t["inputs"], num_samples=3, max_new_tokens=10, temperature=0.7,
-                             top_p=0.9, end_ids=t["end"], pad_id=t["pad"],
-                             generator=torch.Generator().manual_seed(seed))
+    ours = IMPLS[impl].sample_group(t["model"], t["inputs"], num_samples=3, max_new_tokens=10,
+                                    temperature=0.7, top_p=0.9, end_ids=t["end"], pad_id=t["pad"],
+                                    generator=torch.Generator().manual_seed(seed))
     torch.manual_seed(seed)                                # HF samples from the global generator
     hf, g = _generate(t, t["model"], t["inputs"], 3, 10, do_sample=True, temperature=0.7, top_p=0.9)
     assert torch.equal(ours["completion_ids"], hf)
@@ -128,24 +179,29 @@ def test_sampled_completions_equal_hf_generate_under_one_seed(toy, seed):
 
 # ---------------------------------------------------------------- sampling-time log-probs, positions, prefill once
 
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("greedy", [True, False])
-def test_sampling_logprobs_equal_teacher_forced(toy, greedy):
+def test_sampling_logprobs_equal_teacher_forced(toy, greedy, impl):
     """With suppress_vision=False the sampled distribution is softmax(logits / T) exactly, the one
     completion_logprobs scores (with suppression the sampling-time values are renormalised over the
     allowed ids: larger by -log(1 - p(vision ids)), a few 1e-3 on the random toy)."""
     t, G, temp = toy, 2, (1.0 if greedy else 0.7)
-    out = grpo.sample_group(t["model"], t["inputs"], num_samples=G, max_new_tokens=9, temperature=temp,
-                            top_p=0.9, greedy=greedy, end_ids=t["end"], pad_id=t["pad"], suppress_vision=False,
-                            generator=torch.Generator().manual_seed(3))
+    out = IMPLS[impl].sample_group(t["model"], t["inputs"], num_samples=G, max_new_tokens=9,
+                                   temperature=temp, top_p=0.9, greedy=greedy, end_ids=t["end"],
+                                   pad_id=t["pad"], suppress_vision=False,
+                                   generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
-        tf = grpo.completion_logprobs(t["model"], train_rl.expand_inputs(t["inputs"], G), out["completion_ids"],
-                                      temperature=temp)
+        tf = IMPLS[impl].completion_logprobs(t["model"], train_rl.expand_inputs(t["inputs"], G),
+                                             out["completion_ids"], temperature=temp)
     m = out["completion_mask"]
     assert m.sum() > 0 and torch.allclose(tf * m, out["logprobs"], atol=2e-5)
 
 
-def test_decode_positions_equal_get_rope_index_and_prefill_runs_once(toy):
+@pytest.mark.parametrize("impl", IMPLS)
+def test_decode_positions_equal_get_rope_index_and_prefill_runs_once(toy, impl):
     t, G, T = toy, 3, 6
+    # every row runs to T: the fast path by ignore_eos, the plain one by an end id never sampled
+    run_to_T = dict(ignore_eos=True, end_ids=t["end"]) if impl == "fastpath" else dict(end_ids=[-1])
     model, inputs = t["model"], t["inputs"]
     B, P = inputs["input_ids"].shape
     calls, vision = [], []
@@ -153,8 +209,9 @@ def test_decode_positions_equal_get_rope_index_and_prefill_runs_once(toy):
         lambda m, a, kw: calls.append((kw["input_ids"].shape, kw["position_ids"].clone())), with_kwargs=True)
     h2 = model.model.visual.register_forward_hook(lambda m, a, o: vision.append(a[0].shape[0]))
     try:
-        out = grpo.sample_group(model, inputs, num_samples=G, max_new_tokens=T, temperature=1.0, end_ids=t["end"],
-                                pad_id=t["pad"], ignore_eos=True, generator=torch.Generator().manual_seed(0))
+        out = IMPLS[impl].sample_group(model, inputs, num_samples=G, max_new_tokens=T, temperature=1.0,
+                                       pad_id=t["pad"], generator=torch.Generator().manual_seed(0),
+                                       **run_to_T)
     finally:
         h1.remove()
         h2.remove()
@@ -174,7 +231,8 @@ def test_decode_positions_equal_get_rope_index_and_prefill_runs_once(toy):
         assert torch.equal(pos[:, :, 0], want[:, :, P + step]), step
 
 
-def test_batched_verification_equals_one_call_per_video(toy):
+@pytest.mark.parametrize("impl", IMPLS)
+def test_batched_verification_equals_one_call_per_video(toy, impl):
     """Algorithm 1's G trimmed videos in one left-padded batch give what G separate calls give."""
     t = toy
     vids = t["videos"]
@@ -183,10 +241,10 @@ def test_batched_verification_equals_one_call_per_video(toy):
                  **vadr.collate_videos(vids))
     assert (batch["attention_mask"] == 0).any()                                    # really padded
     kw = dict(num_samples=1, max_new_tokens=6, greedy=True, end_ids=t["end"], pad_id=t["pad"])
-    together = grpo.sample_group(t["model"], batch, **kw)
+    together = IMPLS[impl].sample_group(t["model"], batch, **kw)
     for b, v in enumerate(vids):
         one = dict(vadr.build_chat_inputs(t["tok"], [prompt], v["video_grid_thw"]), **v)
-        alone = grpo.sample_group(t["model"], one, **kw)
+        alone = IMPLS[impl].sample_group(t["model"], one, **kw)
         n = alone["completion_ids"].shape[1]
         assert torch.equal(together["completion_ids"][b, :n], alone["completion_ids"][0])
         assert torch.allclose(together["logprobs"][b, :n], alone["logprobs"][0], atol=1e-5)
@@ -210,7 +268,7 @@ def test_scoring_encodes_each_video_once_with_the_same_gradients(toy):
         model.zero_grad()
         ctx = contextlib.nullcontext() if dedupe else _no_dedupe()
         with ctx:
-            lp = grpo.completion_logprobs(model, full, comp)
+            lp = fastpath.completion_logprobs(model, full, comp)
             (lp * w).sum().backward()
         return lp.detach(), [p.grad.clone() for p in model.parameters()]
     try:
@@ -227,14 +285,37 @@ def test_scoring_encodes_each_video_once_with_the_same_gradients(toy):
         assert torch.allclose(bench.naive_logprobs(model, full, comp), lp1, atol=1e-5)
 
 
+def test_completion_logprobs_chunking_invariant_and_gradients(toy):
+    """Any chunk size gives the same log-probs, and the in-place backward the naive gradients."""
+    model, tok, inputs = toy["model"], toy["tok"], toy["inputs"]
+    comp = torch.randint(20, len(tok), (2, 9), generator=torch.Generator().manual_seed(1))
+    comp[0, 5], comp[0, 6:] = tok.convert_tokens_to_ids("<|im_end|>"), toy["pad"]
+    with torch.no_grad():
+        outs = [fastpath.completion_logprobs(model, inputs, comp, chunk=c) for c in (1, 2, 4, 1000)]
+    for o in outs[1:]:
+        assert torch.allclose(o, outs[0], atol=1e-6, rtol=0)
+    # gradients through the rebuilt chunks equal the naive ones
+    w = torch.linspace(-1, 1, comp.numel()).view(comp.shape)
+    params = [p for p in model.parameters() if p.requires_grad]
+    model.zero_grad()
+    (fastpath.completion_logprobs(model, inputs, comp, chunk=3) * w).sum().backward()
+    g1 = [p.grad.clone() for p in params]
+    model.zero_grad()
+    (bench.naive_logprobs(model, inputs, comp) * w).sum().backward()
+    g2 = [p.grad.clone() for p in params]
+    model.zero_grad()
+    assert max((a - b).abs().max().item() for a, b in zip(g1, g2)) < 1e-5
+    assert max(a.abs().max().item() for a in g1) > 0
+
+
 @contextlib.contextmanager
 def _no_dedupe():
-    saved = grpo._encode_each_video_once
-    grpo._encode_each_video_once = lambda model, inputs: contextlib.nullcontext()
+    saved = fastpath._encode_each_video_once
+    fastpath._encode_each_video_once = lambda model, inputs: contextlib.nullcontext()
     try:
         yield
     finally:
-        grpo._encode_each_video_once = saved
+        fastpath._encode_each_video_once = saved
 
 
 @pytest.mark.parametrize("temperature,chunk", [(1.0, 5), (0.7, 64)])
@@ -270,7 +351,7 @@ def test_scoring_memory_accounting_real_equals_fake_and_target():
     assert full["ours_ref"] <= 0.5 * full["naive_ref"]
 
 
-# ---------------------------------------------------------------- bench.py: the 7B-shaped builder and a smoke run
+# ---------------------------------------------------------------- extras/bench.py: the 7B-shaped builder, a smoke run
 
 TINY_TEXT = dict(num_hidden_layers=1, hidden_size=256, num_attention_heads=2, num_key_value_heads=1,
                  intermediate_size=64, vocab_size=2048)

@@ -1,4 +1,4 @@
-"""LoRA oracles (vadr section 10): a LoRA model starts exactly equal to its base; only adapter
+"""LoRA oracles (extras/lora.py): a LoRA model starts exactly equal to its base; only adapter
 parameters receive gradients; merged weights give the logits of base + adapters; adapters switched
 off give exactly the base (RL's reference, no copy); adapter-only checkpoints resume exactly, merge
 into a Hugging Face directory that from_pretrained loads and eval.py scores, and chain (RL LoRA on
@@ -149,7 +149,7 @@ def test_merge_writes_a_hf_dir_that_loads_and_scores(tiny_world, lora_sft_run, t
     import argparse
     args = argparse.Namespace(lora_rank=None, lora_alpha=None, lora_dropout=0.0, lora_targets="", device="cpu",
                               lora_base_dtype="auto", out=str(tmp_path), grad_ckpt=False, no_grad_ckpt=False)
-    adapted, _ = lora.load_for_training(str(lora_sft_run / "step-2"), args, resume=True)
+    adapted, _, _ = lora.load_for_training(str(lora_sft_run / "step-2"), args, resume=True)
     b = _batch(tok, data.read_manifest(tiny_world["sft_train"], "sft")[:1])
     adapted.eval()
     torch.testing.assert_close(_logits(m, b), _logits(adapted, b), atol=2e-5, rtol=1e-4)

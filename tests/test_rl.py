@@ -78,7 +78,7 @@ def test_rl_two_ranks_identical_and_kill_resume(tiny_world, sft_ckpt, tmp_path):
 
 
 def test_rl_prompt_variant_follows_the_preset():
-    """The paper preset samples under the binary RL prompt (facts note s.2); the toy preset under the
+    """The paper preset samples under the binary RL prompt (docs/paper-vs-authors.md s.2); the toy preset under the
     SFT (fine) prompt, the only one the toy SFT model has seen; an explicit flag wins over both."""
     import train_rl
     assert train_rl.parse_args([]).prompt_variant == "fine"

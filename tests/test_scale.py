@@ -1,4 +1,4 @@
-"""Scale-out oracles (vadr section 10): the --dry-run estimate (Qwen2.5-VL-7B parameter count from
+"""Scale-out oracles (extras/scale.py): the --dry-run estimate (Qwen2.5-VL-7B parameter count from
 the config alone; the toy estimate against memory measured on CPU), FSDP2 rollouts on gathered
 weights (same samples as the sharded path, one all-gather per module instead of one per decode
 step, train_rl identical with and without the gather on two gloo ranks), and the vision-tower guard
@@ -16,7 +16,7 @@ import torch
 
 import data
 import vadr
-from extras import lora, scale
+from extras import lora, scale, toy, training
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE_7B = os.path.join(ROOT, "tests", "fixtures", "qwen2.5-vl-7b")
@@ -95,9 +95,9 @@ def _state_bytes(model, opt) -> dict:
 
 
 def test_toy_estimate_matches_measured_memory(tiny_world, tiny_model):
-    import grpo
     import train_rl
     import train_sft
+    from extras import fastpath
     model0, tok = tiny_model
     ds = data.SFTDataset(data.read_manifest(tiny_world["sft_train"], "sft")[:2], num_frames=4)
     collate = data.make_collate(tok, with_targets=True)
@@ -105,7 +105,7 @@ def test_toy_estimate_matches_measured_memory(tiny_world, tiny_model):
     G, T = 2, 16
     full = train_rl.expand_inputs({k: b1[k] for k in vadr.MODEL_INPUT_KEYS}, G)  # RL: G rows, video x G
     ids = torch.randint(20, 200, (G, T), generator=torch.Generator().manual_seed(0))
-    # the scoring pass encodes each video once for its G rows (grpo), so the patches are one copy's
+    # the scoring pass encodes each video once for its G rows (extras/fastpath.py): one copy's patches
     rl_shapes = dict(rows=G, seq_len=full["input_ids"].shape[1] + T, patches=b1["pixel_values_videos"].shape[0],
                      keep=T + 1, padded=False)
     cases = [("sft", False, b2, _sft_shapes(b2)), ("sft", True, b1, _sft_shapes(b1)), ("rl", False, None, rl_shapes)]
@@ -118,7 +118,7 @@ def test_toy_estimate_matches_measured_memory(tiny_world, tiny_model):
             if stage == "sft":
                 loss, _ = train_sft.sft_loss_sum(model, b)
             else:
-                loss = grpo.completion_logprobs(model, full, ids).sum()
+                loss = fastpath.completion_logprobs(model, full, ids).sum()
             mark()                 # activations held for backward = what the forward left allocated
             loss.backward()
         meas = scale.measure_cpu_memory(step)
@@ -129,14 +129,14 @@ def test_toy_estimate_matches_measured_memory(tiny_world, tiny_model):
         peak_est = est["gradients"] + est["activations"]   # what forward + backward allocate on top
         assert abs(peak_est / meas["peak"] - 1) < PEAK_TOL, (stage, ckpt, peak_est, meas["peak"])
         if stage == "sft" and not ckpt:  # weights, gradients, AdamW state after one real step
-            opt = vadr.make_optimizer(model, 1e-3, 0.0)
+            opt = training.make_optimizer(model, 1e-3, 0.0)
             opt.step()
             for k, v in _state_bytes(model, opt).items():
                 assert abs(est[k] / v - 1) < STATE_TOL, (k, est[k], v)
     # the same with LoRA adapters (CPU: fp32 base 4P + adapters 4T, gradients 4T, AdamW 8T)
     model = copy.deepcopy(model0).train()
     lora.apply_lora(model, 4, seed=0)
-    opt = vadr.make_optimizer(model, 1e-3, 0.0)
+    opt = training.make_optimizer(model, 1e-3, 0.0)
     train_sft.sft_loss_sum(model, b1)[0].backward()
     opt.step()
     args = argparse.Namespace(fsdp=False, grad_ckpt=False, beta=0.0, lora_rank=4, lora_alpha=None,
@@ -149,7 +149,7 @@ def test_toy_estimate_matches_measured_memory(tiny_world, tiny_model):
 # ---- vision-tower guard ------------------------------------------------------------------------
 
 def test_vision_guard_rejects_a_forward_without_video(tiny_world, tiny_model):
-    import grpo
+    from extras import fastpath
     model, tok = copy.deepcopy(tiny_model[0]).eval(), tiny_model[1]
     scale.install_vision_guard(model)
     ds = data.SFTDataset(data.read_manifest(tiny_world["sft_train"], "sft")[:1], num_frames=4)
@@ -157,32 +157,32 @@ def test_vision_guard_rejects_a_forward_without_video(tiny_world, tiny_model):
     with pytest.raises(RuntimeError, match="without video"), torch.no_grad():
         model(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
     # decode steps (a KV cache is given) skip the vision tower on every rank alike: allowed
-    out = grpo.sample_group(model, {k: b[k] for k in vadr.MODEL_INPUT_KEYS}, num_samples=2, max_new_tokens=3,
-                            end_ids=vadr.end_token_ids(tok), pad_id=vadr.pad_token_id(tok),
-                            generator=torch.Generator().manual_seed(0))
+    out = fastpath.sample_group(model, {k: b[k] for k in vadr.MODEL_INPUT_KEYS}, num_samples=2, max_new_tokens=3,
+                                end_ids=vadr.end_token_ids(tok), pad_id=vadr.pad_token_id(tok),
+                                generator=torch.Generator().manual_seed(0))
     assert out["completion_ids"].shape[0] == 2
 
 
 def test_fsdp_ranks_with_different_video_sizes_finish_and_match_one_process(tmp_path):
     # two toy worlds of different frame sizes; the manifest is ordered so that in every global batch
     # rank 0 gets a 112x112 video (8x8 patches per frame pair) and rank 1 an 84x140 one (6x10)
-    a = data.generate_toy_world(str(tmp_path / "a"), seed=1, n_sft=2, n_test=0, n_rl=0, size=(112, 112),
-                                frames=(16, 20), quiet=True)
-    b = data.generate_toy_world(str(tmp_path / "b"), seed=2, n_sft=2, n_test=0, n_rl=0, size=(84, 140),
-                                frames=(16, 20), quiet=True)
+    a = toy.generate_toy_world(str(tmp_path / "a"), seed=1, n_sft=2, n_test=0, n_rl=0, size=(112, 112),
+                               frames=(16, 20), quiet=True)
+    b = toy.generate_toy_world(str(tmp_path / "b"), seed=2, n_sft=2, n_test=0, n_rl=0, size=(84, 140),
+                               frames=(16, 20), quiet=True)
     ra = [json.loads(x) for x in open(a["sft_train"])]
     rb = [json.loads(x) for x in open(b["sft_train"])]
     for r in rb:
         r["video"] = "b_" + r["video"]  # unique ids; each row keeps its absolute path
     seed, n = 5, 4
-    perm = vadr.epoch_order(n, 0, seed, 2, 0, 1)  # the epoch's global order (world 1 = the permutation)
+    perm = training.epoch_order(n, 0, seed, 2, 0, 1)  # the epoch's global order (world 1 = the permutation)
     rows = [None] * n
     for k, idx in enumerate(perm):
         rows[idx] = (ra if k % 2 == 0 else rb)[k // 2]
     man = tmp_path / "mixed.jsonl"
     man.write_text("".join(json.dumps(r) + "\n" for r in rows))
     for r in range(2):
-        order = vadr.epoch_order(n, 0, seed, 2, r, 2)
+        order = training.epoch_order(n, 0, seed, 2, r, 2)
         assert {rows[i]["video"].startswith("b_") for i in order} == {r == 1}  # every batch: sizes differ
     common = ["--data", str(man), "--frames", "4", "--lr", "1e-3", "--seed", str(seed), "--max-steps", "2",
               "--batch-size", "1", "--device", "cpu", "--num-workers", "0"]
@@ -215,8 +215,8 @@ _WORKER = r'''
 import json, os, sys
 sys.path.insert(0, os.getcwd())
 import torch, torch.distributed as dist
-import data, grpo, vadr
-from extras import scale
+import data, vadr
+from extras import fastpath, scale
 
 
 def main(argv):
@@ -238,9 +238,9 @@ def main(argv):
     for gather in (True, False):  # gathered first: FSDP2 leaves the root unsharded after a forward
         calls.clear()
         with scale.rollout_weights(model, enabled=gather) as g:
-            o = grpo.sample_group(model, {k: b[k] for k in vadr.MODEL_INPUT_KEYS}, num_samples=3, max_new_tokens=12,
-                                  temperature=3.0, top_p=1.0, end_ids=[-1], pad_id=vadr.pad_token_id(tok),
-                                  generator=torch.Generator().manual_seed(rank), sync_ranks=True)
+            o = fastpath.sample_group(model, {k: b[k] for k in vadr.MODEL_INPUT_KEYS}, num_samples=3, max_new_tokens=12,
+                                      temperature=3.0, top_p=1.0, end_ids=[-1], pad_id=vadr.pad_token_id(tok),
+                                      generator=torch.Generator().manual_seed(rank), sync_ranks=True)
         res[str(gather)] = dict(ids=o["completion_ids"].tolist(), logprobs=o["logprobs"].tolist(), all_gathers=len(calls),
                                 bytes=g["bytes"])
     n_fsdp = sum(1 for m in model.modules() if isinstance(m, torch.distributed.fsdp.FSDPModule))

@@ -1,5 +1,5 @@
-"""Oracles for vadr.py: the reference video processor's exact outputs (tests/golden, copied from
-../shared/golden with checksums), the smart_resize table, the chat layout, the parser, frame
+"""Oracles for vadr.py: the reference video processor's exact outputs (tests/golden, checked by
+SHA-256), the smart_resize table, the chat layout, the parser, frame
 sampling, model save/load. Run: pytest tests/test_vadr.py"""
 import hashlib
 import json
@@ -64,7 +64,7 @@ def test_preprocess_rejects_float_frames():
 # ---------------------------------------------------------------- frame sampling over kept windows
 
 def test_sample_whole_video_is_linspace():
-    # facts note s.3: linspace(0, total-1, 16); 100 frames -> 0, 6.6, 13.2, ... rounded
+    # docs/paper-vs-authors.md s.3: linspace(0, total-1, 16); 100 frames -> 0, 6.6, 13.2, ... rounded
     idx = vadr.sample_frame_indices(100, 16)
     assert idx.tolist() == np.linspace(0, 99, 16).round().astype(int).tolist()
     assert idx[0] == 0 and idx[-1] == 99
@@ -112,7 +112,7 @@ def test_read_video_round_trip(tmp_path):
     assert v["sampled_fps"] == pytest.approx(4 / 24 * 8.0)
     assert np.allclose(v["timestamps"], v["indices"] / 8.0)
     enc = vadr.encode_video(path, num_frames=4)
-    # second_per_grid_ts = temporal_patch_size / sampled_fps (facts note s.4)
+    # second_per_grid_ts = temporal_patch_size / sampled_fps (docs/paper-vs-authors.md s.4)
     assert enc["second_per_grid_ts"].tolist() == pytest.approx([2 / (4 / 24 * 8.0)])
     assert enc["video_grid_thw"].tolist() == [[2, 4, 6]]  # 64x96 -> smart_resize 56x84 -> 4x6 patches
 

@@ -1,62 +1,72 @@
-"""bench.py -- what AVA-GRPO's rollouts, scoring and SFT cost: the usual video-GRPO code vs this project's paths.
+"""extras/bench.py -- what AVA-GRPO's rollouts, scoring and SFT cost: the usual video-GRPO code vs
+this project's paths (extras/fastpath.py, train_sft.sft_loss_sum), side by side.
 
-What. One process runs a naive baseline and our path side by side, on the same model, inputs and seeds,
-INTERLEAVED (a short warm-up of each, then `--repeats` naive/ours pairs whose order alternates; the median
-of each side is reported), prints a table of every metric with the ratio ours / naive, and with --json
+What. One process runs a naive baseline and our path on the same model, inputs and seeds,
+INTERLEAVED (a short warm-up of each, then `--repeats` naive/ours pairs whose order alternates; the
+median of each side is reported), prints every metric with the ratio ours / naive, and with --json
 writes the numbers (keys rollout_speedup, rl_step_speedup, scoring_memory_ratio, device, ...).
 
-  section       naive (the usual video-GRPO code)                            ours (this project)
-  rollout       HF generate(num_return_sequences=G): the vision tower and     grpo.sample_group: vision + prefill once per
-                the prompt prefill run G times, on G copies of the video      video, KV cache copied to the G samples
-  verification  G generate calls, one per trimmed video (Algorithm 1)         one batched sample_group call for all G
-  scoring       one forward over the G-expanded inputs with logits for       grpo.completion_logprobs: logits for the
-                every position, log_softmax over the full vocabulary,         completion only, chunked log-softmax with an
-                then gather (reference and policy)                            in-place backward
-  rl_step       train_rl.rl_step with the three naive parts swapped in       train_rl.rl_step as it is
-  sft           forward with logits for the whole sequence + HF loss         train_sft.sft_loss_sum (logits_to_keep)
+  section       naive (the usual video-GRPO code)              ours (this project)
+  rollout       HF generate(num_return_sequences=G): vision    fastpath.sample_group: vision +
+                tower and prompt prefill G times, on G copies   prefill once per video, KV cache
+                of the video                                    copied to the G samples
+  verification  G generate calls, one per trimmed video         one batched sample_group call
+                (Algorithm 1)
+  scoring       one forward over the G-expanded inputs with     fastpath.completion_logprobs:
+                logits for every position, full-vocabulary      logits for the completion only,
+                log_softmax, gather (reference and policy)      chunked log-softmax, in-place
+                                                                backward, vision once per video
+  rl_step       train_rl.rl_step with the three naive parts     train_rl.rl_step as it is
+                swapped in (naive_parts)
+  sft           forward with logits for the whole sequence      train_sft.sft_loss_sum
+                + HF loss                                       (logits_to_keep)
 
-Why. The paper names inference speed as Vad-R1's main limitation: its RL stage took 26 hours on 4 A100s for
-one epoch of 6448 videos, about 58 s per step of 4 videos, mostly rollout (G = 4 completions plus G
-verification completions per video, each up to 768 tokens, over ~800 video tokens).
+Why. The paper names inference speed as Vad-R1's main limitation: its RL stage took 26 hours on 4
+A100s for one epoch of 6448 videos, about 58 s per step of 4 videos, mostly rollout (G = 4
+completions plus G verification completions per video, each up to 768 tokens, over ~800 video
+tokens). The measured numbers are in docs/performance.md.
 
-Commands:
-    python bench.py                                     # CPU, toy preset (~2-3 min); prints the table
-    python bench.py --json runs/bench_cpu.json          # ... and writes the numbers
-    python bench.py --sections scoring                  # the scoring-memory accounting alone (seconds)
-    python bench.py --device cuda --json runs/bench_gpu.json
-        # GPU: a randomly initialised model of the real Qwen2.5-VL-7B shape (built on the meta device, then
-        # to_empty on cuda in bf16; no weights needed) at the paper's settings: 16 frames of at most
-        # 128*28*28 pixels, G = 4, 768 new tokens forced by ignoring EOS. Under a 10-minute limit per
-        # command, split it:  --sections rollout,verification,scoring   then   --sections rl_step,sft
+Commands (from the repository root):
+    python -m extras.bench                              # CPU, toy preset; prints the table
+    python -m extras.bench --json runs/bench_cpu.json   # ... and writes the numbers
+    python -m extras.bench --sections scoring           # the scoring-memory accounting alone
+    python -m extras.bench --device cuda --json runs/bench_gpu.json
+        # GPU: a randomly initialised model of the real Qwen2.5-VL-7B shape (built on the meta
+        # device, then to_empty on cuda in bf16; no weights needed) at the paper's settings: 16
+        # frames of at most 128*28*28 pixels, G = 4, 768 new tokens forced by ignoring EOS. Under a
+        # 10-minute limit per command, split it: --sections rollout,verification,scoring, then
+        # --sections rl_step,sft
 
 How it is measured.
-  * Inputs: one rendered toy clip (data.render_toy_video, 64 frames of 360 x 640, written as H.264 and read
-    back with vadr.encode_video like training does): 16 frames resized to 224 x 420 = 960 video tokens
-    (the paper: ~800), the RL prompt (vadr.build_prompt('binary')). Completions are forced to the full
-    length (sample_group(ignore_eos=True) / generate(min_new_tokens=max_new_tokens)): a random model
-    would otherwise stop at random places, and the paper's rollouts are long.
-  * Sampling settings are the authors': temperature 1.0, top_p 0.95, vision placeholders suppressed
-    (suppress_tokens for generate), top_k off, no repetition penalty.
-  * CPU: torch runs with --threads intra-op threads (default 1). On a shared 2-core machine, 2 threads
-    made every timing 3-10x slower and far noisier than 1 (the threads wait on each other whenever another
-    process holds a core); ratios are what matter and both sides run under the same setting.
-  * Scoring peak memory is measured at the REAL vocabulary (152064) for G x 768 completion tokens by
-    accounting tensor allocations (tracemalloc-style): a TorchDispatchMode adds the bytes of every storage
-    an operator creates and subtracts them when the storage is freed (weakref callback), under
-    FakeTensorMode so that nothing is really allocated (the accounting equals the one on real tensors:
-    tests/test_fastpath.py checks it). The computation is that of the log-probs from a linear lm_head
-    (hidden 256 -> 152064) over random hidden states, forward without grad (reference) and forward +
-    backward (policy): naive = log_softmax(logits.float()).gather(...); ours = grpo._ChunkedTokenLogprobs,
-    the function completion_logprobs applies to the model's logits. Inputs and weights are excluded
-    (both sides hold them); the lm_head's logits are included (both sides produce them). On GPU the
-    section also runs the real 7B-shaped reference + policy passes and reads torch.cuda.max_memory_allocated.
-  * GPU extras: peak memory (torch.cuda.max_memory_allocated above what was allocated before the call) and
-    model FLOPs utilisation = useful model FLOPs / (time x peak bf16 FLOP/s), where useful FLOPs count the
-    matmuls and attention of the work itself once (vision tower once per video in a rollout, the lm_head
-    only where logits are needed), so the naive side's repeated work lowers its MFU. Attention inside the
-    vision tower's 112-pixel windows is left out (a few percent).
-  * RL step on GPU: SGD instead of AdamW (lr 1e-6; AdamW's two bf16 states would not fit beside the policy,
-    the reference and the gradients on 80 GB) and gradient checkpointing (as the authors); on CPU AdamW.
+  * Inputs: one rendered toy clip (extras.toy.render_toy_video, 64 frames of 360 x 640, written as
+    H.264 and read back with vadr.encode_video like training does): 16 frames resized to 224 x 420
+    = 960 video tokens (the paper: ~800), the RL prompt (vadr.build_prompt('binary')). Completions
+    are forced to the full length (sample_group(ignore_eos=True) / generate(min_new_tokens=...)):
+    a random model would otherwise stop at random places, and the paper's rollouts are long.
+  * Sampling settings are the authors' (docs/paper-vs-authors.md s.2): temperature 1.0, top_p
+    0.95, vision placeholders suppressed (suppress_tokens for generate), top_k off, no repetition
+    penalty.
+  * CPU: torch runs with --threads intra-op threads (default 1): on a shared machine, threads that
+    wait on each other make the timings slower and noisier (docs/performance.md); ratios are what
+    matter and both sides run under the same setting.
+  * Scoring peak memory is counted at the REAL vocabulary (152064) for G x 768 completion tokens by
+    accounting tensor allocations (TensorMemory: a TorchDispatchMode adds the bytes of every
+    storage an operator creates and subtracts them when it is freed) under FakeTensorMode, so
+    nothing is really allocated (the count equals the one on real tensors: tests/test_fastpath.py).
+    The computation is the log-probs from a linear lm_head (hidden 256 -> 152064) over random
+    hidden states, forward without grad (reference) and forward + backward (policy): naive =
+    log_softmax(logits.float()).gather(...); ours = fastpath._ChunkedTokenLogprobs, what
+    completion_logprobs applies to the model's logits. Inputs and weights are excluded (both sides
+    hold them); the lm_head's logits are included (both sides produce them). On GPU the section
+    also runs the real 7B-shaped reference + policy passes under torch.cuda.max_memory_allocated.
+  * GPU extras: peak memory (torch.cuda.max_memory_allocated above what was allocated before the
+    call) and model FLOPs utilisation = useful model FLOPs / (time x peak bf16 FLOP/s), where
+    useful FLOPs count the matmuls and attention of the work itself once (vision tower once per
+    video in a rollout, the lm_head only where logits are needed), so the naive side's repeated
+    work lowers its MFU. Attention inside the vision tower's 112-pixel windows is left out.
+  * RL step on GPU: SGD instead of AdamW (lr 1e-6; AdamW's two bf16 states would not fit beside the
+    policy, the reference and the gradients on 80 GB) and gradient checkpointing (as the
+    authors); on CPU AdamW.
 """
 from __future__ import annotations
 
@@ -76,12 +86,12 @@ import weakref
 import numpy as np
 import torch
 
-import data
 import grpo
 import rewards
 import train_rl
 import train_sft
 import vadr
+from extras import fastpath, toy, training
 
 # Qwen2.5-VL-7B-Instruct's shape (its config.json); weights are random, only the cost matters.
 QWEN7B_TEXT = dict(hidden_size=3584, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
@@ -156,10 +166,10 @@ def random_model(config, tok, device, dtype, seed: int = 0, std: float = 0.02):
 def make_clip(out_dir: str, seed: int = 0, size=VIDEO_SIZE, n_frames: int = VIDEO_FRAMES) -> dict:
     """Render one toy clip with an event, write it as H.264, and return dict(path, target): target is
     its P2C-CoT text (think + '\\n' + answer: the SFT target, and the toy tokenizer's corpus)."""
-    frames, meta = data.render_toy_video(seed, category="Fighting", size=size, frames=n_frames)
+    frames, meta = toy.render_toy_video(seed, category="Fighting", size=size, frames=n_frames)
     path = os.path.join(out_dir, "bench_clip.mp4")
-    data.write_video(path, frames, fps=meta["fps"])
-    think, answer = data.toy_texts(meta, np.random.default_rng(seed))
+    toy.write_video(path, frames, fps=meta["fps"])
+    think, answer = toy.toy_texts(meta, np.random.default_rng(seed))
     return dict(path=path, target=think + "\n" + answer)
 
 
@@ -207,7 +217,7 @@ def naive_sample_group(model, inputs: dict, num_samples: int = 1, max_new_tokens
                        temperature: float = 1.0, top_p: float = 1.0, greedy: bool = False, end_ids=(),
                        pad_id: int = 0, generator: torch.Generator | None = None, ignore_eos: bool = False,
                        suppress_vision: bool = True, sync_ranks: bool = False) -> dict:
-    """grpo.sample_group's contract done the naive way (swapped into train_rl.rl_step by naive_parts):
+    """fastpath.sample_group's contract done the naive way (swapped into train_rl.rl_step by naive_parts):
     a group is generate(num_return_sequences=G) (vision tower and prefill G times); a batch of single
     samples (the verification pass) is one generate call per video. HF samples from the global RNG,
     which is seeded from `generator`."""
@@ -253,12 +263,12 @@ def naive_logprobs(model, inputs: dict, completion_ids: torch.Tensor, temperatur
 def naive_parts():
     """train_rl.rl_step with the naive rollout, verification and scoring swapped in (same rewards,
     same loss, same update): the RL step of the usual video-GRPO code."""
-    saved = grpo.sample_group, grpo.completion_logprobs
-    grpo.sample_group, grpo.completion_logprobs = naive_sample_group, naive_logprobs
+    saved = fastpath.sample_group, fastpath.completion_logprobs     # what train_rl.rl_step calls
+    fastpath.sample_group, fastpath.completion_logprobs = naive_sample_group, naive_logprobs
     try:
         yield
     finally:
-        grpo.sample_group, grpo.completion_logprobs = saved
+        fastpath.sample_group, fastpath.completion_logprobs = saved
 
 
 # ================================================================================================
@@ -402,10 +412,10 @@ def naive_head_logprobs(h, W, tok, temperature=1.0):
 
 
 def ours_head_logprobs(h, W, tok, temperature=1.0, chunk=256):
-    """Ours on the same head: the model's kept logits (N, T+1, V) -> grpo._ChunkedTokenLogprobs, the
+    """Ours on the same head: the model's kept logits (N, T+1, V) -> fastpath._ChunkedTokenLogprobs, the
     function completion_logprobs applies to out.logits."""
     logits = torch.cat([h, h[:, -1:]], 1) @ W.T                                   # (N, T+1, V)
-    return grpo._ChunkedTokenLogprobs.apply(logits, tok, temperature, chunk)
+    return fastpath._ChunkedTokenLogprobs.apply(logits, tok, temperature, chunk)
 
 
 def scoring_memory(N: int = 4, T: int = 768, V: int = REAL_VOCAB, H: int = 256, fake: bool = True,
@@ -452,8 +462,8 @@ def section_rollout(ctx) -> dict:
     model.eval()
 
     def ours(T):
-        return lambda: grpo.sample_group(model, inputs, num_samples=G, max_new_tokens=T,
-                                         generator=torch.Generator(device=dev).manual_seed(a.seed), **kw)
+        return lambda: fastpath.sample_group(model, inputs, num_samples=G, max_new_tokens=T,
+                                             generator=torch.Generator(device=dev).manual_seed(a.seed), **kw)
 
     def naive(T):
         return lambda: naive_sample_group(model, inputs, num_samples=G, max_new_tokens=T,
@@ -481,8 +491,8 @@ def section_verification(ctx) -> dict:
     model.eval()
 
     def ours(T):
-        return lambda: grpo.sample_group(model, v_inputs, num_samples=1, max_new_tokens=T,
-                                         generator=torch.Generator(device=dev).manual_seed(a.seed), **kw)
+        return lambda: fastpath.sample_group(model, v_inputs, num_samples=1, max_new_tokens=T,
+                                             generator=torch.Generator(device=dev).manual_seed(a.seed), **kw)
 
     def naive(T):
         return lambda: naive_sample_group(model, v_inputs, num_samples=1, max_new_tokens=T,
@@ -525,8 +535,8 @@ def section_scoring(ctx) -> dict:
             (fn(model, full, comp) * w).sum().backward()
             model.zero_grad(set_to_none=True)
         return go
-    r = interleaved(run(naive_logprobs), run(grpo.completion_logprobs), a.repeats, dev,
-                    warmup=(run(naive_logprobs), run(grpo.completion_logprobs)))
+    r = interleaved(run(naive_logprobs), run(fastpath.completion_logprobs), a.repeats, dev,
+                    warmup=(run(naive_logprobs), run(fastpath.completion_logprobs)))
     for side in r.values():
         del side["results"]
     out.update(naive=r["naive"], ours=r["ours"], speedup=r["naive"]["time"] / r["ours"]["time"],
@@ -542,13 +552,13 @@ def section_scoring(ctx) -> dict:
 def section_rl_step(ctx) -> dict:
     a, model, ref, tok, dev = ctx["args"], ctx["model"], ctx["ref"], ctx["tok"], ctx["device"]
     rargs = train_rl.parse_args(["--data", "bench.jsonl", "--model", "bench", "--out", ctx["tmp"]])
-    rargs.num_generations, rargs.max_new_tokens, rargs.ignore_eos = a.G, a.new_tokens, True
+    rargs.num_generations, rargs.max_new_tokens = a.G, a.new_tokens
     rargs.frames, rargs.max_pixels, rargs.seed = a.frames, a.max_pixels, a.seed
     if dev.type == "cuda":   # AdamW's states would not fit beside policy, reference and gradients (docstring)
         opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=rargs.lr)
     else:
-        opt = vadr.make_optimizer(model, rargs.lr, rargs.weight_decay)
-    sched = vadr.cosine_schedule(opt, 10_000, 0)
+        opt = training.make_optimizer(model, rargs.lr, rargs.weight_decay)
+    sched = training.cosine_schedule(opt, 10_000, 0)
     batch = dict(ctx["inputs"], rows=[dict(video_path=ctx["clip"]["path"], solution="Abnormal")])
     prompt = vadr.build_prompt("binary")
     counter = iter(range(10 ** 6))
@@ -559,7 +569,7 @@ def section_rl_step(ctx) -> dict:
             s = next(counter) // 2      # naive and ours of one pair use the same seeds (step index)
             with (naive_parts() if naive else contextlib.nullcontext()):
                 return train_rl.rl_step(model, ref, tok, opt, sched, batch, rargs, s, 0, "none",
-                                        dict(rewards.DEFAULT_LENGTH_RANGES), prompt)
+                                        dict(rewards.DEFAULT_LENGTH_RANGES), prompt, ignore_eos=True)
         return go
     r = interleaved(step(True, a.new_tokens), step(False, a.new_tokens), a.rl_repeats, dev,
                     warmup=(step(True, 4), step(False, 4)))

@@ -1,0 +1,209 @@
+"""extras/report.py -- pictures of a run: training curves (SVG), frame strips and PNG files.
+
+Not part of the method: what `python eval.py --report RUN_DIR` draws beside its table, and the
+PNG writer behind `python data.py preview`. No plotting or imaging library: SVG is text and a
+PNG is written with zlib.
+
+    python eval.py --report runs/toy [--data data/toy/Vad-Reasoning-SFT-test.jsonl \
+        --video-root data/toy/videos]
+
+reads runs/toy/eval_{base,sft,rl,rl_only}.json (eval.py turns them into table.md),
+sft/log.jsonl and rl/log.jsonl, and writes sft_curves.svg, rl_curves.svg (the paper's Figure 10:
+total reward, its std, completion length, plus each reward's mean) and strips/<video>.png (the
+16 sampled frames with the ground-truth interval in green and the predicted one in red under
+them).
+"""
+from __future__ import annotations
+
+import math
+import os
+import struct
+import zlib
+
+import numpy as np
+
+import vadr
+
+# (stem of eval_<stem>.json, row name): the stages of the toy pipeline, in Table 4's order.
+REPORT_ROWS = [("base", "Toy Qwen2.5-VL (stage-0 captioner)"), ("rl_only", "+AVA-GRPO"),
+               ("sft", "+SFT"), ("rl", "+SFT+AVA-GRPO")]
+
+
+# ================================================================================================
+# 1. PNG files and contact sheets
+# ================================================================================================
+
+def write_png(path: str, img):
+    """img uint8 (H, W, 3) -> PNG, with zlib only (no imaging library needed)."""
+    img = np.ascontiguousarray(img, dtype=np.uint8)
+    h, w, _ = img.shape
+    raw = b"".join(b"\x00" + img[y].tobytes() for y in range(h))  # filter type 0 per scanline
+
+    def chunk(tag, data):
+        crc = struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+        return struct.pack(">I", len(data)) + tag + data + crc
+
+    header = chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))  # 8-bit RGB
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + header + chunk(b"IDAT", zlib.compress(raw, 6)) +
+                chunk(b"IEND", b""))
+
+
+def contact_sheet(frames, indices, start=None, end=None, bbox=None, cols: int = 4, scale: int = 2):
+    """The sampled frames in a grid (H*rows, W*cols, 3) uint8; frames inside [start, end) get a
+    red border and the bbox outlined in yellow."""
+    T, H, W, _ = frames.shape
+    rows = math.ceil(len(indices) / cols)
+    sheet = np.full((rows * (H + 4), cols * (W + 4), 3), 255, np.uint8)
+    for k, i in enumerate(indices):
+        f = frames[i].copy()
+        inside = start is not None and start <= i < end
+        if inside and bbox is not None:
+            x1, y1, x2, y2 = bbox
+            f[y1, x1:x2] = f[y2 - 1, x1:x2] = f[y1:y2, x1] = f[y1:y2, x2 - 1] = (255, 255, 0)
+        r, c = divmod(k, cols)
+        y0, x0 = r * (H + 4), c * (W + 4)
+        sheet[y0:y0 + H + 4, x0:x0 + W + 4] = (220, 30, 30) if inside else (255, 255, 255)
+        sheet[y0 + 2:y0 + 2 + H, x0 + 2:x0 + 2 + W] = f
+    return sheet.repeat(scale, 0).repeat(scale, 1)
+
+
+# ================================================================================================
+# 2. Training curves (SVG small multiples)
+# ================================================================================================
+
+def svg_curves(path: str, panels: list[tuple[str, list, list]], cols: int = 3, w: int = 300,
+               h: int = 200):
+    """Small multiples: one line chart per (title, xs, ys) panel, with min/max labels."""
+    rows = max(1, math.ceil(len(panels) / cols))
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{cols * w}" height="{rows * h}" '
+           f'font-family="sans-serif" font-size="11">',
+           f'<rect width="100%" height="100%" fill="white"/>']
+    for k, (title, xs, ys) in enumerate(panels):
+        ox, oy = (k % cols) * w, (k // cols) * h
+        L, R, T, B = ox + 45, ox + w - 10, oy + 22, oy + h - 25   # plot box
+        out.append(f'<text x="{ox + w / 2}" y="{oy + 14}" text-anchor="middle" '
+                   f'font-weight="bold">{title}</text>')
+        out.append(f'<rect x="{L}" y="{T}" width="{R - L}" height="{B - T}" fill="none" '
+                   f'stroke="#999"/>')
+        pts = [(x, y) for x, y in zip(xs, ys) if y is not None and math.isfinite(y)]
+        if not pts:
+            continue
+        x0, x1 = min(p[0] for p in pts), max(p[0] for p in pts)
+        y0, y1 = min(p[1] for p in pts), max(p[1] for p in pts)
+        x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1e-9)
+        poly = " ".join(f"{L + (x - x0) / (x1 - x0) * (R - L):.1f},"
+                        f"{B - (y - y0) / (y1 - y0) * (B - T):.1f}" for x, y in pts)
+        out.append(f'<polyline points="{poly}" fill="none" stroke="#1f77b4" stroke-width="1.5"/>')
+        out.append(f'<text x="{L - 3}" y="{T + 8}" text-anchor="end">{y1:.3g}</text>')
+        out.append(f'<text x="{L - 3}" y="{B}" text-anchor="end">{y0:.3g}</text>')
+        out.append(f'<text x="{L}" y="{B + 14}">{x0:g}</text><text x="{R}" y="{B + 14}" '
+                   f'text-anchor="end">{x1:g} steps</text>')
+    out.append("</svg>")
+    with open(path, "w") as f:
+        f.write("\n".join(out))
+
+
+def _smooth(ys: list, k: int) -> list:
+    """Trailing moving average over k steps (RL rewards are noisy at 2 videos per step)."""
+    return [float(np.mean(ys[max(0, i - k + 1):i + 1])) for i in range(len(ys))]
+
+
+# The RL panels (title, log key): the paper's Figure 10 curves, then each reward of Table 7.
+_RL_PANELS = [("total reward", "reward"), ("reward std", "reward_std"),
+              ("completion length", "completion_length"), ("accuracy", "reward_accuracy"),
+              ("format", "reward_format"), ("verification", "reward_verification"),
+              ("length", "reward_length"), ("KL", "kl"), ("zero-std groups", "zero_std_fraction")]
+
+
+def rl_curves(run_dir: str, recs: list[dict]) -> list[str]:
+    """RUN_DIR/rl_curves.svg from the RL log records; returns the report's line on the reward."""
+    n = max(1, len(recs) // 10)
+    first = np.mean([r["reward"] for r in recs[:n]])
+    last = np.mean([r["reward"] for r in recs[-n:]])
+    lines = ["", f"RL: mean total reward over the first tenth of steps {first:.3f}, over the last "
+             f"tenth {last:.3f} ({len(recs)} steps)."]
+    xs = [r["step"] for r in recs]
+    k = max(1, len(recs) // 20)
+    panels = [(f"{t} (avg {k})", xs, _smooth([r.get(key) for r in recs], k))
+              for t, key in _RL_PANELS]
+    svg_curves(os.path.join(run_dir, "rl_curves.svg"), panels)
+    return lines
+
+
+def sft_curves(run_dir: str, recs: list[dict]):
+    """RUN_DIR/sft_curves.svg: loss, learning rate and gradient norm per step."""
+    xs = [r["step"] for r in recs]
+    svg_curves(os.path.join(run_dir, "sft_curves.svg"),
+               [("SFT loss (nats / target token)", xs, [r["loss"] for r in recs]),
+                ("learning rate", xs, [r["lr"] for r in recs]),
+                ("grad norm", xs, [r["grad_norm"] for r in recs])])
+
+
+# ================================================================================================
+# 3. Frame strips: the sampled frames over the true and the predicted interval
+# ================================================================================================
+
+def frame_strip(frames, total: int, indices, gt: tuple | None, pred: tuple | None,
+                scale: int = 1):
+    """The sampled frames side by side over two timeline bars (fractions of the video):
+    ground truth in green, prediction in red; a normal video / prediction leaves its bar grey."""
+    T, H, W, _ = frames.shape
+    strip = np.concatenate([np.pad(f, ((0, 0), (1, 1), (0, 0)), constant_values=255)
+                            for f in frames], 1)
+    width = strip.shape[1]
+    bars = np.full((22, width, 3), 255, np.uint8)
+    for row, (iv, rgb) in enumerate([(gt, (40, 160, 60)), (pred, (210, 40, 40))]):
+        y = 2 + row * 10
+        bars[y:y + 8] = (215, 215, 215)
+        if iv is not None:
+            a, b = sorted((min(max(iv[0], 0.0), 1.0), min(max(iv[1], 0.0), 1.0)))
+            bars[y:y + 8, int(a * width):max(int(a * width) + 1, int(b * width))] = rgb
+    for i in indices:  # tick marks where the sampled frames sit
+        x = min(width - 1, int(i / max(1, total) * width))
+        bars[20:22, x] = 0
+    img = np.concatenate([strip, bars], 0)
+    return img.repeat(scale, 0).repeat(scale, 1)
+
+
+def write_strips(run_dir: str, preds_path: str, data_path: str, video_root: str | None,
+                 read_jsonl, n_strips: int = 8) -> list[str]:
+    """RUN_DIR/strips/<video>.png for the first n_strips/2 abnormal and then normal test videos
+    that have a prediction; returns the report's line naming the folder."""
+    import data as data_mod  # here, not at the top: data.py's preview command imports this file
+
+    os.makedirs(os.path.join(run_dir, "strips"), exist_ok=True)
+    gt = data_mod.read_manifest(data_path, "sft", video_root=video_root)
+    preds = {(str(r["source"]), str(r["video"])): r["output"] for r in read_jsonl(preds_path)}
+    ab = [r for r in gt if r["label"] == "Abnormal"][: n_strips // 2]
+    no = [r for r in gt if r["label"] == "Normal"][: n_strips - len(ab)]
+    for r in ab + no:
+        out = preds.get((str(r["source"]), str(r["video"])))
+        if out is None:
+            continue
+        p = vadr.parse_completion(out)
+        v = vadr.read_video(r["video_path"], 16)
+        pred_iv = p["when"] if p["label"] == "Abnormal" else None
+        img = frame_strip(v["frames"], v["total_frames"], v["indices"], r["when"], pred_iv)
+        write_png(os.path.join(run_dir, "strips", f"{r['video']}.png"), img)
+    return ["", f"Frame strips ({os.path.basename(preds_path)}): "
+            f"{os.path.join(run_dir, 'strips')}/ (green = ground truth, red = predicted interval)."]
+
+
+def draw_run(run_dir: str, data_path: str | None, video_root: str | None, read_jsonl,
+             n_strips: int = 8) -> list[str]:
+    """Everything `eval.py --report` draws: the RL and SFT curves from their logs, and frame
+    strips of the latest stage's predictions (needs data_path). read_jsonl is eval.load_jsonl,
+    passed in because extras never import the entry scripts. Returns the lines for table.md."""
+    lines = []
+    rl_log = os.path.join(run_dir, "rl", "log.jsonl")
+    if os.path.isfile(rl_log):
+        lines += rl_curves(run_dir, read_jsonl(rl_log))
+    sft_log = os.path.join(run_dir, "sft", "log.jsonl")
+    if os.path.isfile(sft_log):
+        sft_curves(run_dir, read_jsonl(sft_log))
+    preds_path = next((os.path.join(run_dir, f"preds_{k}.jsonl") for k in ("rl", "sft", "base")
+                       if os.path.isfile(os.path.join(run_dir, f"preds_{k}.jsonl"))), None)
+    if preds_path and data_path:
+        lines += write_strips(run_dir, preds_path, data_path, video_root, read_jsonl, n_strips)
+    return lines
