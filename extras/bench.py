@@ -711,7 +711,7 @@ def report(res: dict) -> str:
 # ================================================================================================
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    ap = argparse.ArgumentParser(prog="python -m extras.bench", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                     help="auto = cuda if available. cpu runs the toy preset, cuda the random 7B-shaped model")

@@ -84,7 +84,7 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
                 p.sub_(lse[n, t0:t1, None]).exp_()                   # (c, V) softmax, in place
                 p.mul_(-gs[n, t0:t1, None])
                 p.scatter_add_(-1, tokens[n, t0:t1, None], gs[n, t0:t1, None])
-                grad[n, t0:t1].copy_(p)                              # read fully above, then written
+                grad[n, t0:t1].copy_(p)                       # read fully above, then written
                 del p
         grad[:, T:].zero_()                                              # the dropped last position
         return grad, None, None, None

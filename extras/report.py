@@ -1,7 +1,7 @@
 """extras/report.py -- pictures of a run: training curves (SVG), frame strips and PNG files.
 
 Not part of the method: what `python eval.py --report RUN_DIR` draws beside its table, and the
-PNG writer behind `python data.py preview`. No plotting or imaging library: SVG is text and a
+PNG writer behind `python -m extras.toy preview`. No plotting or imaging library: SVG is text and a
 PNG is written with zlib.
 
     python eval.py --report runs/toy [--data data/toy/Vad-Reasoning-SFT-test.jsonl \

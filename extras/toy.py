@@ -17,8 +17,8 @@ Run it:
 
 Departures from the released data (docs/toy-world.md has the details and the measured figures):
   * Synthetic cartoon anomalies replace surveillance videos; the P2C-CoT texts are generated from
-    templates and are much shorter than the released ones, so `data.length_ranges` of the toy
-    SFT manifest, not the paper's ranges, feeds the length reward.
+    templates and are much shorter than the released ones, so the length reward takes its ranges
+    from the toy SFT manifest (train_rl.py --length-ranges-from), not the paper's (App. C.2).
   * Events are drawn on frames start <= t < end (end exclusive), so that removing the window
     [round(start/T, 3), round(end/T, 3)] with vadr.kept_frames removes the event frames (AVA-GRPO's
     verification trim, Algorithm 1), up to one frame at each boundary that the 3-decimal rounding
@@ -888,9 +888,8 @@ def write_video(path: str, frames, fps: float = 8.0, crf: int = 18):
     with av.open(tmp, "w") as container:
         stream = container.add_stream("libx264", rate=int(fps) if float(fps).is_integer() else fps)
         stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
-        # threads=1 and no-mbtree: with x264's macroblock-tree rate control the same input gave
-        # different bytes from run to run on these small frames; without it encoding is repeatable.
-        # preset veryfast: half the time of medium for ~10% larger files at the same quality (crf).
+        # threads=1 and no-mbtree make the bytes repeatable; preset veryfast trades a little file
+        # size for speed at the same quality (crf). The measurements: docs/toy-world.md "Videos".
         stream.options = {"crf": str(crf), "preset": "veryfast", "threads": "1", "x264-params": "no-mbtree=1"}
         for f in frames:  # (H, W, 3) uint8; PyAV converts to yuv420p (BT.601) for the encoder
             for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):

@@ -61,13 +61,26 @@ def make_optimizer(model, lr: float, weight_decay: float, betas=(0.9, 0.999)):
 
 
 def cosine_schedule(optimizer, total_steps: int, warmup_steps: int):
-    """Linear warmup then cosine decay to 0 (the authors' cosine schedule)."""
+    """Linear warmup then cosine decay to 0 (the authors' RL schedule)."""
     def f(step):
         if step < warmup_steps:
             return (step + 1) / max(1, warmup_steps)
         t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
     return torch.optim.lr_scheduler.LambdaLR(optimizer, f)
+
+
+def linear_schedule(optimizer, total_steps: int, warmup_steps: int):
+    """Linear warmup then linear decay to 0: the library default the authors' SFT trainer used
+    (with no warmup; docs/paper-vs-authors.md s.2)."""
+    def f(step):
+        if step < warmup_steps:
+            return (step + 1) / max(1, warmup_steps)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, f)
+
+
+SCHEDULES = {"cosine": cosine_schedule, "linear": linear_schedule}
 
 
 def epoch_order(n_rows: int, epoch: int, seed: int, global_batch: int, rank: int, world: int) -> list[int]:
