@@ -44,6 +44,7 @@ from typing import Iterable
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 class InputError(ValueError):
@@ -273,15 +274,11 @@ def count_words(text: str | None) -> int:
 
 
 def parse_completion(text) -> dict:
-    """Split a completion into its parts. Never raises, whatever the input.
-
-    Returns dict(think, steps, answer, which, what, when, where, why, how, label):
-      think/answer: inner text of the first <think>/<answer> block (None if absent or unclosed);
-      steps: inner texts of <step1>..<step4> found inside think (or the whole text) in order;
-      which..how: inner text of the first such tag in the answer (or anywhere if no answer block);
-      when: (s, e) floats parsed from <when>, as written, or None;
-      label: 'Normal' / 'Abnormal' from <which> (label_from_which), None if no <which>.
-    """
+    """A completion's parts; never raises, whatever the input. -> dict(think, steps, answer,
+    which, what, when, where, why, how, label): the first <think>/<answer> block's text (None if
+    absent or unclosed); the step texts inside think (else anywhere), in order; the first of each
+    answer tag inside the answer (else anywhere); when as (s, e) floats as written, or None;
+    label = label_from_which(which)."""
     if not isinstance(text, str):
         text = "" if text is None else str(text)
     think = _first_tag(text, "think")
@@ -650,8 +647,6 @@ def setup_distributed(device: str | None = None) -> dict:
     """Initialise torch.distributed when launched by torchrun. Returns dict(rank, world_size,
     local_rank, device, distributed). nccl on CUDA, gloo on CPU. `device`: 'cpu', 'cuda' or
     None (cuda if available)."""
-    import torch.distributed as dist
-
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     rank, world, local = (int(os.environ.get(k, d)) for k, d in
@@ -672,24 +667,20 @@ def setup_distributed(device: str | None = None) -> dict:
 
 def is_main() -> bool:
     """Rank 0 logs and saves."""
-    import torch.distributed as dist
     return not dist.is_initialized() or dist.get_rank() == 0
 
 
 def world_size() -> int:
-    import torch.distributed as dist
     return dist.get_world_size() if dist.is_initialized() else 1
 
 
 def barrier():
-    import torch.distributed as dist
     if dist.is_initialized():
         dist.barrier()
 
 
 def all_reduce_mean(metrics: dict, device=None) -> dict:
     """Mean of each float over ranks (what rank 0 logs is the global value, not its shard's)."""
-    import torch.distributed as dist
     if not dist.is_initialized() or not metrics:
         return dict(metrics)
     keys = sorted(metrics)
@@ -699,14 +690,12 @@ def all_reduce_mean(metrics: dict, device=None) -> dict:
 
 
 def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
-    import torch.distributed as dist
     if dist.is_initialized():
         dist.all_reduce(x, op=dist.ReduceOp.SUM)
     return x
 
 
 def gather_objects(obj) -> list:
-    import torch.distributed as dist
     if not dist.is_initialized():
         return [obj]
     out = [None] * dist.get_world_size()
