@@ -34,7 +34,7 @@ from collections import defaultdict
 import numpy as np
 
 import vadr
-from extras import fastpath, paper_tables, predictions, report, textmetrics, training, vane
+from extras import fastpath, paper_tables, predictions, report, textmetrics, toymodel, training, vane
 from vadr import parse_completion
 
 
@@ -514,7 +514,7 @@ def run_inference(args) -> int:
     done = predictions.done_keys(part) | (predictions.done_keys(args.out) if world > 1 else set())
     mine = [r for r in vadr.shard_for_rank(rows, rank, world)
             if (str(r["source"]), str(r["video"])) not in done]
-    model, tok = vadr.load_model(args.model, device=device,
+    model, tok = toymodel.load_model(args.model, device=device,
                                  dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
     model.eval()
     ds = data_mod.SFTDataset(mine, prompt_variant=args.prompt_variant, num_frames=args.frames,

@@ -145,7 +145,6 @@ def decode_completions(tok, ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
 
 def expand_inputs(inputs: dict, G: int) -> dict:
     """Repeat each prompt (and its video) G times: rows b*G .. b*G+G-1 belong to prompt b."""
-    B = inputs["input_ids"].shape[0]
     n_patch = inputs["video_grid_thw"].prod(-1)                                        # (B,)
     chunks = torch.split(inputs["pixel_values_videos"], n_patch.tolist())              # B x (N_b, 1176)
     return dict(
@@ -189,7 +188,7 @@ def rl_step(model, ref_model, tok, opt, sched, batch: dict, args, step: int, ran
     """One rollout step of Algorithm 2 (lines 5-12) on this rank's videos; returns the log fields.
     ignore_eos (extras/bench.py only): every completion runs to max_new_tokens."""
     device = batch["input_ids"].device
-    G, inner = args.num_generations, vadr.unwrap(model)
+    G = args.num_generations
     end_ids, pad_id = vadr.end_token_ids(tok), vadr.pad_token_id(tok)
     gen = torch.Generator(device=device).manual_seed(args.seed * 1_000_003 + step * 1009 + rank)
     trim_rng = random.Random(args.seed * 7_919 + step * 101 + rank)

