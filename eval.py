@@ -34,7 +34,8 @@ from collections import defaultdict
 import numpy as np
 
 import vadr
-from extras import fastpath, paper_tables, predictions, report, textmetrics, toymodel, training, vane
+from extras import (fastpath, paper_tables, predictions, report, textmetrics, toymodel,
+                    training, vane)
 from vadr import parse_completion
 
 

@@ -12,14 +12,10 @@ Algorithm 2 lines 5, 11 and 12).
     mask    the completion tokens that count: up to and including the first end  completion_mask
     Alg.2 line 5   G completions per video from a KV-cached sampling loop        sample_group
 
-train_rl.py runs Algorithm 2 with these: line 5 sample_group, line 11 group_advantages(R), line 12
-loss = grpo_loss(completion_logprobs(policy, ...), None, ref_logp, A, mask). The rewards (lines
-6-10) are rewards.py. This file is the version to read: train_rl.py and eval.py call the same
-contracts in extras/fastpath.py, computed with less time and memory (one vision pass per video,
-a preallocated KV cache, chunked log-probs); tests/test_fastpath.py checks that the two agree and
-docs/performance.md says what the fast paths save.
-
-Run the tests:  python -m pytest tests/test_grpo.py tests/test_fastpath.py -q
+The rewards (Alg. 2 lines 6-10) are rewards.py. This file is the version to read: train_rl.py and
+eval.py call the same contracts in extras/fastpath.py, computed with less time and memory
+(tests/test_fastpath.py checks they agree; docs/performance.md). Tests:
+python -m pytest tests/test_grpo.py tests/test_fastpath.py -q
 
 Decisions (the paper vs the authors' trainer, docs/paper-vs-authors.md s.2)
  1. std in Eq. 1 is the UNBIASED (n-1) sample std by default, as the authors' trainer (torch.std);
@@ -27,26 +23,19 @@ Decisions (the paper vs the authors' trainer, docs/paper-vs-authors.md s.2)
     (authors). With G = 4 the unbiased A is sqrt(3/4) ~ 0.87 times the biased one. Under AdamW that
     does not shrink the update (Adam normalises the gradient); it only lowers the weight of the
     policy term against beta * KL.
- 2. A group whose G rewards are all equal has no signal: its advantages are exactly 0 (not
-    (r - mean)/1e-4, which rounding of the mean could make nonzero) and it is reported in zero_std.
-    It still counts in the mean over sequences (its terms are 0 apart from the KL).
- 3. KL: k3 with d clamped to [-10, 10], as the authors; the clamp also zeroes the KL gradient where
-    |d| > 10 (clamp=None removes it). Eq. 2 writes the exact KL; k3 is its unbiased, always >= 0
-    estimator from samples of pi_theta (the GRPO paper's choice).
- 4. Reduction: "sequence" (default) = Eq. 2/3: mean over each completion's own tokens (1/|o_i|),
-    then over the G completions (1/G), as the authors. "token" = sum over all tokens / their number
-    (DAPO-style: long completions weigh more): an option, not the paper.
- 5. Log-probs are of the TEMPERATURE-scaled distribution log softmax(logits / T), the one the
-    completions were sampled from (T = 1.0 in the authors' RL). top_p (0.95) is not applied: outside
-    the nucleus the log-prob would be -inf, so the gradient is, as in the authors' trainer, that of
-    the temperature-only policy.
- 6. Tokens after the first end token get attention 1 in the scoring forward, as in HF generate
-    (which keeps extending the mask with ones). Causal attention keeps them from changing earlier
-    log-probs, and completion_mask gives them no loss.
- 7. A sampled vision placeholder id (<|video_pad|>, <|image_pad|>, <|vision_start|>,
-    <|vision_end|>) would make Qwen2.5-VL scatter video features into the wrong places (an error).
-    The sampler forbids them (suppress_vision); in a completion that has one anyway it is replaced
-    by pad for scoring, and completion_mask(vision_ids=...) cuts the completion BEFORE it.
+ 2. A group whose G rewards are all equal has advantages exactly 0 (not (r - mean)/1e-4, which
+    rounding could make nonzero), reported in zero_std; it still counts in the mean (KL only).
+ 3. KL: k3 with d clamped to [-10, 10], as the authors (the clamp also zeroes its gradient there;
+    clamp=None removes it): the unbiased, always >= 0 estimator of Eq. 2's KL (GRPO's choice).
+ 4. Reduction "sequence" (default, Eq. 2/3, the authors): mean over each completion's tokens,
+    then over the G completions; "token" (DAPO-style, not the paper): over all tokens at once.
+ 5. Log-probs are of log softmax(logits / T), the distribution sampled from; top_p is not applied
+    (outside the nucleus it would be -inf), as in the authors' trainer.
+ 6. Tokens after the first end token are attended in scoring, as in HF generate; causal attention
+    keeps them from changing earlier log-probs, and completion_mask gives them no loss.
+ 7. A sampled vision placeholder id would make Qwen2.5-VL scatter video features into the wrong
+    places: the sampler forbids them, scoring replaces one by pad, and completion_mask cuts the
+    completion before it.
 """
 from __future__ import annotations
 
@@ -57,9 +46,7 @@ import torch
 import vadr
 
 
-# ------------------------------------------------------------------------------------------------
-# Eq. 1: group-relative advantages (Algorithm 2 line 11)
-# ------------------------------------------------------------------------------------------------
+# ---- Eq. 1: group-relative advantages (Algorithm 2 line 11) --------------------------------------
 
 def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-4,
                      std: str = "unbiased") -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,9 +72,7 @@ def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-4,
     return adv.reshape(-1), zero_std                                           # (B*G,), (B,)
 
 
-# ------------------------------------------------------------------------------------------------
-# Which completion tokens count
-# ------------------------------------------------------------------------------------------------
+# ---- Which completion tokens count ---------------------------------------------------------------
 
 def vision_token_ids(config) -> list[int]:
     """Qwen2.5-VL's vision placeholder ids (decision 7), read from the model config."""
@@ -117,9 +102,7 @@ def completion_mask(completion_ids: torch.Tensor, end_ids: Sequence[int], pad_id
     return mask.to(torch.float32)                                                  # (N, T)
 
 
-# ------------------------------------------------------------------------------------------------
-# log pi_theta(o_it | q, o_i<t): one teacher-forced forward
-# ------------------------------------------------------------------------------------------------
+# ---- log pi_theta(o_it | q, o_i<t): one teacher-forced forward -----------------------------------
 
 def scoring_inputs(model, inputs: dict, completion_ids: torch.Tensor,
                    pad_id: int | None = None) -> dict:
@@ -176,9 +159,7 @@ def completion_logprobs(model, inputs: dict, completion_ids: torch.Tensor,
     return logp_all.gather(-1, completion_ids[..., None]).squeeze(-1)           # (N, T)
 
 
-# ------------------------------------------------------------------------------------------------
-# KL(pi_theta || pi_ref), the k3 estimator
-# ------------------------------------------------------------------------------------------------
+# ---- KL(pi_theta || pi_ref), the k3 estimator ----------------------------------------------------
 
 def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor, clamp: float | None = 10.0) -> torch.Tensor:
     """Per-token k3 estimate of KL(pi_theta || pi_ref) on tokens sampled from pi_theta:
@@ -192,9 +173,7 @@ def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor, clamp: float | None = 10.0
     return torch.exp(d) - d - 1.0                                                 # (..., T)
 
 
-# ------------------------------------------------------------------------------------------------
-# Eq. 2 / Eq. 3: the clipped surrogate with KL, and its loss (Algorithm 2 line 12)
-# ------------------------------------------------------------------------------------------------
+# ---- Eq. 2 / Eq. 3: the clipped surrogate with KL, and its loss (Algorithm 2 line 12) ------------
 
 def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor | None, ref_logp: torch.Tensor | None,
               advantages: torch.Tensor, mask: torch.Tensor, beta: float = 0.04,
@@ -247,9 +226,7 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor | None, ref_logp: torch
     return loss, {k: v.detach() for k, v in stats.items()}
 
 
-# ------------------------------------------------------------------------------------------------
-# Rollouts: a group of G samples (Algorithm 2 line 5), the verification pass (Algorithm 1 line 10)
-# ------------------------------------------------------------------------------------------------
+# ---- Rollouts: G samples per video (Alg. 2 line 5), the verification pass (Alg. 1 line 10) -----
 # A sampling loop over the model's forward with a KV cache, written out so that every choice is
 # visible. The G samples of a prompt share it: the prompt (vision tower included) is prefilled
 # once and its KV cache copied to the G rows, where generate(num_return_sequences=G) would encode
@@ -348,3 +325,21 @@ def sample_group(model, inputs: dict, num_samples: int = 1, max_new_tokens: int 
     mask = completion_mask(ids, list(end_ids), pad_id)                              # (N, T)
     return dict(completion_ids=ids, completion_mask=mask, logprobs=torch.stack(lps, 1) * mask,
                 prompt_positions_max=pos.amax(dim=(0, 2)))
+
+
+def decode_completions(tok, ids: torch.Tensor, mask: torch.Tensor) -> list[str]:
+    """Completion text up to (not including) the end token."""
+    return [tok.decode(row[:int(sum(m))], skip_special_tokens=True)
+            for row, m in zip(ids.tolist(), mask.tolist())]
+
+
+def expand_inputs(inputs: dict, G: int) -> dict:
+    """Repeat each prompt (and its video) G times: rows b*G .. b*G+G-1 belong to prompt b."""
+    n_patch = inputs["video_grid_thw"].prod(-1)                                    # (B,)
+    chunks = torch.split(inputs["pixel_values_videos"], n_patch.tolist())          # B x (N_b, 1176)
+    rep = lambda k: inputs[k].repeat_interleave(G, 0)
+    return dict(input_ids=rep("input_ids"), attention_mask=rep("attention_mask"),  # (B*G, P)
+                mm_token_type_ids=rep("mm_token_type_ids"),
+                pixel_values_videos=torch.cat([c for c in chunks for _ in range(G)], 0),
+                video_grid_thw=rep("video_grid_thw"),                              # (B*G, 3)
+                second_per_grid_ts=rep("second_per_grid_ts"))                      # (B*G,)

@@ -164,9 +164,9 @@ def verification_trim(completion: str, rng, total_frames: int | None = None) -> 
 
 def verification_reward(first_label: str | None, second_label: str | None,
                         abnormal: bool = True, normal: bool = True) -> float:
-    """Verification reward of one completion (Algorithm 1 lines 12-16; Table 7) from the labels
-    on the whole video and on the trimmed one (None: no label, or no second pass). +0.5 if Abnormal -> Normal, -0.2 if Normal -> Abnormal, else 0.0; `abnormal` / `normal`
-    switch either case off (train_rl.py --no-verification-abnormal / -normal)."""
+    """Verification reward of one completion (Alg. 1 lines 12-16; Table 7) from its labels on the
+    whole and the trimmed video (None: no label or no second pass): +0.5 if Abnormal -> Normal,
+    -0.2 if Normal -> Abnormal, else 0; `abnormal` / `normal` switch either case off."""
     if abnormal and first_label == "Abnormal" and second_label == "Normal":
         return VERIFY_ABNORMAL_VALUE  # lines 12-13: the discarded part was the anomaly
     if normal and first_label == "Normal" and second_label == "Abnormal":

@@ -2,44 +2,35 @@
 
 Paper Sec. 3.4 and 4.1, App. C.3: Qwen2.5-VL-7B is fine-tuned for 4 epochs on Vad-Reasoning-SFT
 (1755 videos with a Perception-to-Cognition chain of thought), lr 1e-6, 16 frames of at most
-128*28*28 pixels, on 4 A100 80 GB. The model reads the chat prompt (system, video, P2C-CoT
-prompt) and learns to write `think + "\n" + answer` (facts note s.2) with next-token
-cross-entropy on the assistant tokens only.
+128*28*28 pixels, 4 A100 80 GB. It reads the chat prompt (system, video, P2C-CoT prompt) and learns
+`think + "\n" + answer` (docs/paper-vs-authors.md s.2), cross-entropy on the assistant tokens only.
 
-Run it:
-    python train_sft.py                                   # toy preset on the toy world (made if absent)
+Run it (hardware tiers: docs/scale.md):
+    python train_sft.py                       # toy preset on the toy world (made if absent)
     python train_sft.py --model /ckpt/Qwen2.5-VL-7B-Instruct --data Vad-Reasoning-SFT-train.jsonl \
-        --video-root /data/vad-reasoning --out runs/sft --grad-ckpt          # one GPU (see README tiers)
+        --video-root /data/vad-reasoning --out runs/sft --grad-ckpt          # one GPU
     torchrun --nproc_per_node 4 train_sft.py --model /ckpt/Qwen2.5-VL-7B-Instruct \
         --data Vad-Reasoning-SFT-train.jsonl --video-root /data/vad-reasoning --fsdp --grad-ckpt
     python train_sft.py --resume runs/toy/sft             # continue a killed run exactly
-    python train_sft.py --task caption --out runs/toy/base    # toy stage 0: the captioning base model
-    python train_sft.py --model runs/toy/base --preset toy --out runs/toy/sft   # SFT from it (make toy)
+    python train_sft.py --task caption --out runs/toy/base    # toy stage 0: the captioning base
+    python train_sft.py --model runs/toy/base --preset toy --out runs/toy/sft   # SFT (make toy)
 
 Departures from the paper / the authors' scripts:
   * Loss on the assistant tokens only (target text and the closing <|im_end|>). The authors'
-    labels masked only padding and visual tokens, so their model also trained on the system and
-    prompt text (facts note s.2); that is wasted capacity on a fixed prompt and is not what the
-    paper describes. (No flag: the prompt is identical for every sample.)
-  * Gradient accumulation divides the summed token losses by the number of target tokens in the
-    WHOLE accumulated (and all-reduced) global batch, not by each micro-batch's own count: then k
-    micro-batches give exactly the gradient of one batch of k, whatever their lengths. Averaging
-    per micro-batch would weight a token of a short answer more than one of a long answer.
-  * Weight decay 0.01 and a 3% linear warmup before the cosine decay: the paper does not state
-    them for SFT; the authors' RL stage uses weight decay 0.01 and cosine.
-  * --task caption (toy only, not in the paper): stage 0 of the toy pipeline trains the random toy
-    model to caption Toy-Caption.jsonl videos behind a one-line prompt, the stand-in for the VLM
-    pretraining Qwen2.5-VL-7B-Instruct already had; without it the toy model never learns to look
-    at the video behind the ~700-token P2C-CoT prompt (README "Stage 0" has the measurements).
-  * The toy preset (--model toy, the default) replaces the paper's lr/epochs/batch with values for a
-    1M-parameter model that must learn in minutes on a CPU; it fills only flags you did not set
-    and prints them.
+    labels also trained on the fixed system and prompt text (docs/paper-vs-authors.md s.2).
+  * Gradient accumulation divides the summed token losses by the target tokens of the WHOLE
+    global batch (all micro-batches, all ranks): k micro-batches give exactly the gradient of
+    one batch of k, whatever their lengths (a per-micro-batch mean favours short answers).
+  * The paper preset uses cosine with 3% warmup and weight decay 0.01; the authors' trainer's
+    schedule is `--schedule linear --warmup-ratio 0 --weight-decay 0`.
+  * --task caption (toy only): stage 0, a captioner standing in for Qwen2.5-VL's pretraining;
+    without it the toy model never looks at the video (docs/experiments.md, docs/toy-world.md).
+  * The toy preset (--model toy, the default) fills unset flags for a tiny CPU model; printed.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import sys
 import time
 
@@ -52,66 +43,56 @@ import data
 import vadr
 from extras import checkpoint, lora, scale, toy, training
 
-TOY_DATA_DIR = "data/toy"
-
-# Paper / facts-note defaults (real model). Flags left at None are filled from here or from TOY.
+# Paper defaults for a real model (docs/paper-vs-authors.md s.2): fill the flags left at None.
 PAPER = dict(epochs=4, lr=1e-6, batch_size=1, grad_accum=2, warmup_ratio=0.03, weight_decay=0.01,
              max_grad_norm=5.0, save_every=500, num_workers=2, cache_videos=False)
-# Toy preset: a 1M-parameter model learns the P2C-CoT templates in minutes with a far larger lr.
-# 18 epochs (1,080 steps): on the default world (README "What you should see"), SFT alone from one
-# stage-0 model gave detection accuracy 0.733 and a format pass rate of 1.00 after 12 epochs (half
-# the fires missed), 0.983 and 0.983 after 18; the full `make toy` gave 0.933 and 0.983 after 18.
-# Its 240 videos are decoded once and kept (cache_videos, 0.58 GB) rather than decoded 18 times: with
-# no decode after the first epoch the main process has both cores to itself.
+# Toy: a tiny CPU model needs a far larger lr, 18 epochs, videos decoded once (docs/experiments.md)
 TOY = dict(epochs=18, lr=2e-3, batch_size=4, grad_accum=1, warmup_ratio=0.05, weight_decay=0.0,
            max_grad_norm=1.0, save_every=50, num_workers=0, cache_videos=True)
-# Toy stage 0 (--task caption): captions are short and the prompt is one line, so a step is ~3x
-# cheaper; a larger batch of the 2000 caption videos teaches the toy model to look at the video.
-TOY_CAPTION = dict(epochs=2, lr=2e-3, batch_size=8, grad_accum=1, warmup_ratio=0.05, weight_decay=0.0,
-                   max_grad_norm=1.0, save_every=100, num_workers=1, cache_videos=False)
+# Toy stage 0 (--task caption): short captions, ~3x cheaper steps, so a larger batch.
+TOY_CAPTION = dict(epochs=2, lr=2e-3, batch_size=8, grad_accum=1, warmup_ratio=0.05,
+                   weight_decay=0.0, max_grad_norm=1.0, save_every=100, num_workers=1,
+                   cache_videos=False)
 
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     g = ap.add_argument_group("model")
-    g.add_argument("--model", default="toy", help="'toy' or a local Qwen2.5-VL checkpoint directory")
+    g.add_argument("--model", default="toy", help="'toy' or a local Qwen2.5-VL checkpoint dir")
     g = ap.add_argument_group("data")
     g.add_argument("--task", default="p2c", choices=["p2c", "caption"],
-                   help="p2c: Vad-R1 SFT, think + answer behind the P2C-CoT prompt (the paper). caption: toy "
-                        "stage 0 (not in the paper), captions behind a one-line prompt on Toy-Caption.jsonl, "
-                        "standing in for the VLM pretraining Qwen2.5-VL already has (toy.CAPTION_PROMPT)")
-    g.add_argument("--data", default=None,
-                   help="Vad-Reasoning-SFT-train.jsonl, or Toy-Caption.jsonl with --task caption "
-                        "(default: the toy world's)")
-    g.add_argument("--video-root", default=None, help="directory the manifest's videos are resolved under")
+                   help="p2c: Vad-R1 SFT (the paper). caption: toy stage 0 on Toy-Caption.jsonl "
+                        "behind toy.CAPTION_PROMPT (not in the paper)")
+    g.add_argument("--data", default=None, help="Vad-Reasoning-SFT-train.jsonl, or "
+                   "Toy-Caption.jsonl with --task caption (default: the toy world's)")
+    g.add_argument("--video-root", default=None, help="directory the videos are resolved under")
     g.add_argument("--prompt-variant", default="fine", choices=["fine", "binary"],
                    help="<which> holds the fine-grained category (SFT data) or Abnormal/Normal")
-    g.add_argument("--skip-bad", action="store_true", help="skip (and count) bad manifest rows instead of failing")
-    g.add_argument("--num-workers", type=int, default=None, help="DataLoader workers decoding videos")
+    g.add_argument("--skip-bad", action="store_true", help="skip (and count) bad manifest rows")
+    g.add_argument("--num-workers", type=int, default=None, help="DataLoader workers")
     g.add_argument("--cache-videos", action=argparse.BooleanOptionalAction, default=None,
-                   help="keep every encoded video in memory after its first decode (for many epochs over a "
-                        "small set; ~2.4 MB per toy video; use with --num-workers 0, as a worker's cache is "
-                        "lost at each epoch's end). Paper preset: off; toy preset: on")
+                   help="keep each encoded video in memory after its first decode (use "
+                        "--num-workers 0). Paper preset: off; toy preset: on")
     g.add_argument("--tokenizer-corpus", nargs="+", default=None, metavar="JSONL",
-                   help="--model toy only: manifests whose texts (think, answer, caption) train the toy "
-                        "tokenizer; later stages reuse it, so stage 0 must see the SFT text too "
-                        "(default: the toy world's SFT and caption text, or --data's)")
+                   help="--model toy: manifests whose texts train the toy tokenizer (default: the "
+                        "toy world's SFT and caption text, or --data's)")
     training.add_video_args(ap)
     g = ap.add_argument_group("optimisation (paper App. C.3; None = paper default or toy preset)")
     g.add_argument("--epochs", type=int, default=None, help="passes over the data (paper: 4)")
-    g.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
-    g.add_argument("--batch-size", type=int, default=None, help="videos per micro-batch per process (paper: 1)")
-    g.add_argument("--grad-accum", type=int, default=None, help="micro-batches per optimizer step (paper: 2)")
+    g.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
+    g.add_argument("--batch-size", type=int, default=None, help="videos per micro-batch (paper: 1)")
+    g.add_argument("--grad-accum", type=int, default=None, help="micro-batches per step (paper: 2)")
     g.add_argument("--lr", type=float, default=None, help="peak learning rate (paper: 1e-6)")
-    g.add_argument("--warmup-ratio", type=float, default=None, help="fraction of steps of linear warmup")
+    g.add_argument("--warmup-ratio", type=float, default=None, help="fraction of warmup steps")
+    g.add_argument("--schedule", default="cosine", choices=sorted(training.SCHEDULES),
+                   help="decay after the linear warmup (the authors' SFT trainer: linear)")
     g.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay")
     g.add_argument("--max-grad-norm", type=float, default=None, help="gradient clipping (paper: 5)")
     training.add_run_args(ap, default_out="runs/toy/sft")
     scale.add_scale_args(ap, stage="sft")  # --lora-*, --merge, --dry-run (extras/scale.py)
-    g.add_argument("--preset", default=None, choices=["paper", "toy"],
-                   help="defaults for unset flags: paper (real model) or toy (default with --model toy or "
-                        "without --data)")
+    g.add_argument("--preset", default=None, choices=["paper", "toy"], help="defaults for unset "
+                   "flags (default: toy with --model toy or without --data, else paper)")
     args = ap.parse_args(argv)
     args.preset = args.preset or ("toy" if args.model == "toy" or args.data is None else "paper")
     preset = {"paper": PAPER, "toy": TOY_CAPTION if args.task == "caption" else TOY}[args.preset]
@@ -166,39 +147,24 @@ def main(argv=None):
     if vadr.is_main() and args.preset_filled:
         print(f"[{args.preset} preset] " + " ".join(args.preset_filled))
     if vadr.is_main() and args.cache_videos and args.num_workers > 0:
-        print(f"note: --cache-videos with --num-workers {args.num_workers}: each worker keeps its own cache and "
-              f"loses it when the epoch ends, so videos are decoded every epoch anyway (use --num-workers 0)",
+        print(f"note: --cache-videos with --num-workers {args.num_workers}: a worker's cache dies "
+              "with its epoch, so videos are decoded every epoch (use --num-workers 0)",
               file=sys.stderr)
 
-    # ---- data
+    # ---- data (no --data: the toy world, made on first use)
     if args.data is None:
-        if vadr.is_main():
-            toy.ensure_toy_world(TOY_DATA_DIR)
-        vadr.barrier()
-        args.data = toy.manifest_paths(TOY_DATA_DIR)["caption" if args.task == "caption" else "sft_train"]
-        args.video_root = args.video_root or os.path.join(TOY_DATA_DIR, "videos")
-        if args.model == "toy" and args.tokenizer_corpus is None:
-            args.tokenizer_corpus = [toy.manifest_paths(TOY_DATA_DIR)[k] for k in ("sft_train", "caption")]
+        training.use_toy_world(args, "caption" if args.task == "caption" else "sft_train",
+                               corpus=("sft_train", "caption"))
     kind = "caption" if args.task == "caption" else "sft"
     rows = data.read_manifest(args.data, kind, video_root=args.video_root, skip_bad=args.skip_bad)
     global_batch = args.batch_size * args.grad_accum * world
-    steps_per_epoch = len(rows) // global_batch
-    if steps_per_epoch == 0:
-        raise SystemExit(f"{args.data}: {len(rows)} rows are fewer than one global batch of {global_batch}")
-    total_steps = args.epochs * steps_per_epoch
-    if args.max_steps is not None:
-        total_steps = min(total_steps, args.max_steps)
+    steps_per_epoch, total_steps = training.step_counts(args, len(rows), global_batch)
 
-    # ---- model (a resumed run reloads its own weights; the toy tokenizer is trained on the SFT text)
-    start = dict(step=0, epoch=0, step_in_epoch=0)
+    # ---- model: the weights (+ LoRA adapters with --lora-rank); a resumed run reloads its own
     resume_dir = checkpoint.resolve_resume(args.resume) if args.resume else None
-    corpus = None
-    if args.model == "toy":
-        corpus = toy.manifest_texts(args.tokenizer_corpus) if args.tokenizer_corpus else \
-            toy.row_texts(rows)
-    # the weights, plus LoRA adapters with --lora-rank (a LoRA checkpoint is base + adapters)
     model, tok, lora_settings = lora.load_for_training(
-        resume_dir or args.model, args, resume=resume_dir is not None, corpus=corpus, seed=args.seed)
+        resume_dir or args.model, args, resume=resume_dir is not None,
+        corpus=training.toy_tokenizer_corpus(args, rows), seed=args.seed)
     # a resumed LoRA run keeps its checkpoint's adapter flags; a real model checkpoints gradients
     vars(args).update(lora_settings, grad_ckpt=scale.grad_ckpt_default(args, model.config))
     scale.install_vision_guard(model)  # every forward must run the vision tower (FSDP collectives)
@@ -206,39 +172,28 @@ def main(argv=None):
     save = lora.save_lora_checkpoint if lora.lora_config(model) else checkpoint.save_checkpoint
     model, mode = training.prepare_model(model, args, dist_info)
     opt = training.make_optimizer(model, args.lr, args.weight_decay)
-    sched = training.cosine_schedule(opt, total_steps, int(args.warmup_ratio * total_steps))
-    if resume_dir:
-        st = checkpoint.load_training_state(resume_dir, model, opt, sched, rank)
-        start = dict(step=st["step"], epoch=st["epoch"], step_in_epoch=st["step_in_epoch"])
-    else:
-        torch.manual_seed(args.seed + rank)
+    warmup = int(args.warmup_ratio * total_steps)
+    sched = training.SCHEDULES[args.schedule](opt, total_steps, warmup)  # --schedule
+    start = training.start_state(resume_dir, model, opt, sched, rank, args.seed)
 
     if args.model == "toy" and not resume_dir:
-        # Keep the untrained toy model (with the tokenizer every later stage shares) as <out>/init:
-        # the "base model" row of the toy Table 4 and the start of RL without SFT.
+        # <out>/init: the untrained toy model, with the tokenizer all stages share (RL without SFT)
         save(args.out, "init", model, tok, config=dict(vars(args), note="untrained toy preset"))
-    config = {k: v for k, v in vars(args).items()}
-    config.update(world_size=world, parallel=mode, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
-                  global_batch=global_batch, n_rows=len(rows))
-    log_path = os.path.join(args.out, "log.jsonl")
-    if vadr.is_main():
-        checkpoint.save_run_config(args.out, config)
-        if resume_dir:
-            checkpoint.truncate_jsonl(log_path, start["step"])  # steps after the checkpoint are redone
-        elif os.path.exists(log_path):
-            os.remove(log_path)
+    config = dict(vars(args), world_size=world, parallel=mode, total_steps=total_steps,
+                  steps_per_epoch=steps_per_epoch, global_batch=global_batch, n_rows=len(rows))
+    # run_config.json; on resume the log lines after the checkpoint are dropped (they are redone)
+    log_path = checkpoint.start_log(args.out, config, start["step"] if resume_dir else None)
 
-    if args.task == "caption":
-        ds = toy.CaptionDataset(rows, num_frames=args.frames, min_pixels=args.min_pixels, max_pixels=args.max_pixels,
-                                cache_videos=args.cache_videos)
-    else:
-        ds = data.SFTDataset(rows, prompt_variant=args.prompt_variant, num_frames=args.frames,
-                             min_pixels=args.min_pixels, max_pixels=args.max_pixels, cache_videos=args.cache_videos)
+    video = dict(num_frames=args.frames, min_pixels=args.min_pixels, max_pixels=args.max_pixels,
+                 cache_videos=args.cache_videos)
+    ds = toy.CaptionDataset(rows, **video) if args.task == "caption" else \
+        data.SFTDataset(rows, prompt_variant=args.prompt_variant, **video)
     collate = data.make_collate(tok, with_targets=True)
     per_step = args.batch_size * args.grad_accum  # rows this rank consumes per optimizer step
 
     step = start["step"]
-    pbar = tqdm(total=total_steps, initial=step, disable=not vadr.is_main(), desc=args.task, dynamic_ncols=True)
+    pbar = tqdm(total=total_steps, initial=step, disable=not vadr.is_main(), desc=args.task,
+                dynamic_ncols=True)
     t0, tokens_seen = time.time(), 0
     model.train()
     done = step >= total_steps
@@ -246,9 +201,10 @@ def main(argv=None):
         if done:
             break
         first = start["step_in_epoch"] if epoch == start["epoch"] else 0
-        order = training.epoch_order(len(rows), epoch, args.seed, global_batch, rank, world)[first * per_step:]
-        loader = DataLoader(ds, batch_size=args.batch_size, sampler=order, collate_fn=collate,
-                            num_workers=args.num_workers, persistent_workers=False)
+        order = training.epoch_order(len(rows), epoch, args.seed, global_batch, rank, world)
+        loader = DataLoader(ds, batch_size=args.batch_size, sampler=order[first * per_step:],
+                            collate_fn=collate, num_workers=args.num_workers,
+                            persistent_workers=False)
         it = iter(loader)
         for s in range(first, steps_per_epoch):
             ts = time.time()
@@ -262,19 +218,19 @@ def main(argv=None):
             step += 1
             n_tok = res["target_tokens"]
             tokens_seen += n_tok
-            rec = dict(step=step, epoch=epoch, loss=res["loss"], lr=sched.get_last_lr()[0], grad_norm=float(gn),
-                       target_tokens=n_tok, step_time=time.time() - ts,
+            rec = dict(step=step, epoch=epoch, loss=res["loss"], lr=sched.get_last_lr()[0],
+                       grad_norm=float(gn), target_tokens=n_tok, step_time=time.time() - ts,
                        tokens_per_s=tokens_seen / max(1e-9, time.time() - t0))
             if vadr.is_main():
                 checkpoint.log_jsonl(log_path, rec)
-                pbar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}", tok_s=f"{rec['tokens_per_s']:.0f}")
+                pbar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}",
+                                 tok_s=f"{rec['tokens_per_s']:.0f}")
                 pbar.update(1)
-            last = checkpoint.save_if_due(
+            done = checkpoint.save_if_due(
                 args, save=save, step=step, total_steps=total_steps, epoch=epoch, step_in_epoch=s,
                 steps_per_epoch=steps_per_epoch, model=model, tokenizer=tok, optimizer=opt,
                 scheduler=sched, config=config)
-            if last:
-                done = True
+            if done:
                 break
     pbar.close()
     training.finish_run(args, model, dist_info, step)

@@ -523,7 +523,7 @@ def section_scoring(ctx) -> dict:
                memory_ratio_ref=mem["ours_ref"] / mem["naive_ref"])
     # the model's own reference + policy passes (G-expanded inputs, random completions of new_tokens)
     model, ref, G, T = ctx["model"], ctx["ref"], a.G, a.new_tokens
-    full = train_rl.expand_inputs(ctx["inputs"], G)
+    full = grpo.expand_inputs(ctx["inputs"], G)
     comp = torch.randint(20, len(ctx["tok"]), (G, T), generator=torch.Generator().manual_seed(a.seed)).to(dev)
     w = torch.randn(G, T, generator=torch.Generator().manual_seed(1)).to(dev)
 

@@ -201,6 +201,19 @@ def log_jsonl(path: str, record: dict):
         f.write(json.dumps(record, default=float) + "\n")
 
 
+def start_log(out_dir: str, config: dict, resume_step: int | None) -> str:
+    """Rank 0: write run_config.json and prepare out_dir/log.jsonl (on resume, drop the lines of
+    steps after the checkpoint; a fresh run starts a new log). Returns the log's path."""
+    log_path = os.path.join(out_dir, "log.jsonl")
+    if is_main():
+        save_run_config(out_dir, config)
+        if resume_step is not None:
+            truncate_jsonl(log_path, resume_step)
+        elif os.path.exists(log_path):
+            os.remove(log_path)
+    return log_path
+
+
 def truncate_jsonl(path: str, max_step: int):
     """On resume, drop log lines of steps after the checkpoint (they will be redone)."""
     if not os.path.isfile(path):
@@ -215,3 +228,9 @@ def full_state_dict(model) -> dict:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     return get_model_state_dict(unwrap(model),
                                 options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def saved_config(ckpt_dir: str) -> dict:
+    """The resolved config a checkpoint was saved with (training_state.pt)."""
+    return torch.load(os.path.join(ckpt_dir, "training_state.pt"), map_location="cpu",
+                      weights_only=False)["config"]

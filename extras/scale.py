@@ -31,6 +31,7 @@ import os
 
 import torch
 
+import vadr
 from extras import lora
 from vadr import (DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, DEFAULT_SYSTEM_PROMPT, IMAGE_FACTOR,
                   SPECIAL_TOKENS, TEMPORAL_PATCH_SIZE, build_prompt, is_main, smart_resize,
@@ -556,3 +557,14 @@ def add_scale_args(ap: argparse.ArgumentParser, stage: str):
                             "layer at every decode step) instead of gathering them once per RL "
                             "step")
     return g
+
+
+def sample_idle(model, tok, row: dict, prompt: str, args, device, sample_kw: dict):
+    """Under FSDP every forward is a collective: a rank whose verification trims were all empty
+    still runs the sampling loop, on its untrimmed first video, and throws the result away (its
+    rewards stay 0), so that the other ranks' second pass does not hang."""
+    from extras import fastpath
+    vid = vadr.encode_video(row["video_path"], args.frames, min_pixels=args.min_pixels,
+                            max_pixels=args.max_pixels)
+    dummy = {**vadr.build_chat_inputs(tok, [prompt], vid["video_grid_thw"]), **vid}
+    fastpath.sample_group(model, vadr.to_device(dummy, device), num_samples=1, **sample_kw)

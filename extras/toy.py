@@ -1152,3 +1152,13 @@ def main(argv=None):
 
 if __name__ == "__main__":
     vadr.run_main(main)
+
+
+def use_toy_world(args, manifest: str, out_dir: str = "data/toy"):
+    """The scripts' no-argument default: make the toy world (rank 0, once) and point args.data at
+    its `manifest` (a MANIFEST_NAMES key) and args.video_root at its videos, unless given."""
+    if vadr.is_main():
+        ensure_toy_world(out_dir)
+    vadr.barrier()
+    args.data = manifest_paths(out_dir)[manifest]
+    args.video_root = args.video_root or os.path.join(out_dir, "videos")

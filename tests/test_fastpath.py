@@ -29,7 +29,6 @@ import pytest
 import torch
 
 import grpo
-import train_rl
 import vadr
 from extras import bench, fastpath, toymodel
 
@@ -67,7 +66,7 @@ def _generate(t, model, inputs, G, T, **kw):
     """HF generate, G completions per prompt (greedy generate refuses num_return_sequences > 1: the
     prompts are repeated instead, as expand_inputs does)."""
     if not kw.get("do_sample") and G > 1:
-        inputs, G = train_rl.expand_inputs(inputs, G), 1
+        inputs, G = grpo.expand_inputs(inputs, G), 1
     P = inputs["input_ids"].shape[1]
     with torch.no_grad():
         g = model.generate(**inputs, num_return_sequences=G, max_new_tokens=T, eos_token_id=t["end"],
@@ -100,7 +99,7 @@ def test_fast_completion_logprobs_equal_plain_values_and_gradients(toy, temperat
     same log-probs and the same gradients for every parameter, vision tower included."""
     t, G = toy, 2
     model = copy.deepcopy(t["model"])
-    full = train_rl.expand_inputs(t["inputs"], G)
+    full = grpo.expand_inputs(t["inputs"], G)
     comp = torch.randint(20, len(t["tok"]), (2 * G, 9), generator=torch.Generator().manual_seed(4))
     comp[0, 5], comp[0, 6:] = t["tok"].convert_tokens_to_ids("<|im_end|>"), t["pad"]
     w = torch.randn(2 * G, 9, generator=torch.Generator().manual_seed(5))
@@ -191,7 +190,7 @@ def test_sampling_logprobs_equal_teacher_forced(toy, greedy, impl):
                                    pad_id=t["pad"], suppress_vision=False,
                                    generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
-        tf = IMPLS[impl].completion_logprobs(t["model"], train_rl.expand_inputs(t["inputs"], G),
+        tf = IMPLS[impl].completion_logprobs(t["model"], grpo.expand_inputs(t["inputs"], G),
                                              out["completion_ids"], temperature=temp)
     m = out["completion_mask"]
     assert m.sum() > 0 and torch.allclose(tf * m, out["logprobs"], atol=2e-5)
@@ -220,7 +219,7 @@ def test_decode_positions_equal_get_rope_index_and_prefill_runs_once(toy, impl):
     assert calls[0][0] == (B, P) and len(calls) == T and all(c[0] == (B * G, 1) for c in calls[1:])
     # get_rope_index over prompt + completion, the sequence the teacher-forced passes see
     comp = out["completion_ids"]                                                   # (B*G, T)
-    full = train_rl.expand_inputs(inputs, G)
+    full = grpo.expand_inputs(inputs, G)
     ids = torch.cat([full["input_ids"], comp], 1)
     attn = torch.cat([full["attention_mask"], torch.ones_like(comp)], 1)
     mm = torch.cat([full["mm_token_type_ids"], torch.zeros_like(comp).int()], 1)
@@ -258,7 +257,7 @@ def test_batched_verification_equals_one_call_per_video(toy, impl):
 def test_scoring_encodes_each_video_once_with_the_same_gradients(toy):
     t, G = toy, 3
     model = copy.deepcopy(t["model"])
-    full = train_rl.expand_inputs(t["inputs"], G)
+    full = grpo.expand_inputs(t["inputs"], G)
     comp = torch.randint(20, len(t["tok"]), (2 * G, 7), generator=torch.Generator().manual_seed(0))
     w = torch.randn(2 * G, 7, generator=torch.Generator().manual_seed(1))
     seen = []

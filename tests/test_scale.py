@@ -95,7 +95,7 @@ def _state_bytes(model, opt) -> dict:
 
 
 def test_toy_estimate_matches_measured_memory(tiny_world, tiny_model):
-    import train_rl
+    import grpo
     import train_sft
     from extras import fastpath
     model0, tok = tiny_model
@@ -103,7 +103,7 @@ def test_toy_estimate_matches_measured_memory(tiny_world, tiny_model):
     collate = data.make_collate(tok, with_targets=True)
     b2, b1 = collate([ds[0], ds[1]]), collate([ds[0]])       # 2 left-padded rows (sdpa mask path); 1 row
     G, T = 2, 16
-    full = train_rl.expand_inputs({k: b1[k] for k in vadr.MODEL_INPUT_KEYS}, G)  # RL: G rows, video x G
+    full = grpo.expand_inputs({k: b1[k] for k in vadr.MODEL_INPUT_KEYS}, G)  # RL: G rows, video x G
     ids = torch.randint(20, 200, (G, T), generator=torch.Generator().manual_seed(0))
     # the scoring pass encodes each video once for its G rows (extras/fastpath.py): one copy's patches
     rl_shapes = dict(rows=G, seq_len=full["input_ids"].shape[1] + T, patches=b1["pixel_values_videos"].shape[0],

@@ -164,3 +164,20 @@ def test_cached_videos_decode_once_and_train_the_same(tiny_world, tiny_model, mo
     lc, ln = ([json.loads(x)["loss"] for x in open(tmp_path / d / "log.jsonl")] for d in ("c", "n"))
     assert len(lc) == 4 and lc == ln
     assert json.load(open(tmp_path / "c" / "run_config.json"))["cache_videos"] is True
+
+
+def test_linear_schedule_by_hand_and_schedule_flag(tiny_world, tmp_path):
+    """extras.training.linear_schedule's multipliers on hand-computed values, and `--schedule
+    linear` (the authors' SFT trainer's decay) reaching the optimizer and run_config.json."""
+    from extras import training
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    f = training.linear_schedule(opt, total_steps=10, warmup_steps=0).lr_lambdas[0]
+    assert [f(0), f(5), f(10)] == [1.0, 0.5, 0.0]
+    f = training.linear_schedule(opt, total_steps=10, warmup_steps=2).lr_lambdas[0]
+    assert [f(0), f(1), f(2), f(6), f(10)] == [0.5, 1.0, 1.0, 0.5, 0.0]
+    assert train_sft.parse_args([]).schedule == "cosine"  # today's behaviour stays the default
+    _run(_common(tiny_world) + ["--max-steps", "3", "--batch-size", "1", "--grad-accum", "1",
+                                "--warmup-ratio", "0", "--schedule", "linear"], tmp_path / "lin")
+    lrs = [json.loads(x)["lr"] for x in open(tmp_path / "lin" / "log.jsonl")]
+    assert lrs == pytest.approx([1e-3 * 2 / 3, 1e-3 / 3, 0.0])  # cosine would give 0.75e-3 first
+    assert json.load(open(tmp_path / "lin" / "run_config.json"))["schedule"] == "linear"
