@@ -43,6 +43,7 @@ import data
 import vadr
 from extras import checkpoint, lora, scale, toy, training
 
+TOY_DATA_DIR = "data/toy"  # the default data: the toy world, made on first use
 # Paper defaults for a real model (docs/paper-vs-authors.md s.2): fill the flags left at None.
 PAPER = dict(epochs=4, lr=1e-6, batch_size=1, grad_accum=2, warmup_ratio=0.03, weight_decay=0.01,
              max_grad_norm=5.0, save_every=500, num_workers=2, cache_videos=False)
@@ -50,9 +51,7 @@ PAPER = dict(epochs=4, lr=1e-6, batch_size=1, grad_accum=2, warmup_ratio=0.03, w
 TOY = dict(epochs=18, lr=2e-3, batch_size=4, grad_accum=1, warmup_ratio=0.05, weight_decay=0.0,
            max_grad_norm=1.0, save_every=50, num_workers=0, cache_videos=True)
 # Toy stage 0 (--task caption): short captions, ~3x cheaper steps, so a larger batch.
-TOY_CAPTION = dict(epochs=2, lr=2e-3, batch_size=8, grad_accum=1, warmup_ratio=0.05,
-                   weight_decay=0.0, max_grad_norm=1.0, save_every=100, num_workers=1,
-                   cache_videos=False)
+TOY_CAPTION = dict(TOY, epochs=2, batch_size=8, save_every=100, num_workers=1, cache_videos=False)
 
 
 def parse_args(argv=None):
@@ -148,17 +147,18 @@ def main(argv=None):
         print(f"[{args.preset} preset] " + " ".join(args.preset_filled))
     if vadr.is_main() and args.cache_videos and args.num_workers > 0:
         print(f"note: --cache-videos with --num-workers {args.num_workers}: a worker's cache dies "
-              "with its epoch, so videos are decoded every epoch (use --num-workers 0)",
-              file=sys.stderr)
+              "with its epoch; use --num-workers 0", file=sys.stderr)
 
-    # ---- data (no --data: the toy world, made on first use)
+    # ---- data (no --data: the toy world; its SFT and caption text train the shared toy tokenizer)
     if args.data is None:
-        training.use_toy_world(args, "caption" if args.task == "caption" else "sft_train",
-                               corpus=("sft_train", "caption"))
+        toy.use_toy_world(args, "caption" if args.task == "caption" else "sft_train", TOY_DATA_DIR)
+        if args.model == "toy" and args.tokenizer_corpus is None:
+            paths = toy.manifest_paths(TOY_DATA_DIR)
+            args.tokenizer_corpus = [paths["sft_train"], paths["caption"]]
     kind = "caption" if args.task == "caption" else "sft"
     rows = data.read_manifest(args.data, kind, video_root=args.video_root, skip_bad=args.skip_bad)
-    global_batch = args.batch_size * args.grad_accum * world
-    steps_per_epoch, total_steps = training.step_counts(args, len(rows), global_batch)
+    global_batch, steps_per_epoch, total_steps = training.plan_steps(args, len(rows), world,
+                                                                     args.grad_accum)
 
     # ---- model: the weights (+ LoRA adapters with --lora-rank); a resumed run reloads its own
     resume_dir = checkpoint.resolve_resume(args.resume) if args.resume else None

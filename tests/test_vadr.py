@@ -209,14 +209,18 @@ def test_format_layouts():
 @pytest.mark.parametrize("text,which,when,label", [
     (ABN, "Fighting", (0.25, 0.5), "Abnormal"),
     (NOR, "Normal", None, "Normal"),
-    ("<which>Normal.</which>", "Normal.", None, "Normal"),
+    # one strict label rule: 'Normal', 'Abnormal' or a known category; anything else has no label
+    ("<which>Normal.</which>", "Normal.", None, None),
+    ("<which>normal</which>", "normal", None, None),
+    ("<which>Unknown</which>", "Unknown", None, None),
+    ("<which>fire</which>", "fire", None, "Abnormal"),                                 # a category
     ("<answer><which>Abnormal</which><when>[.3, 1]</when></answer>", "Abnormal", (0.3, 1.0), "Abnormal"),
     ("<which>Fire</which><when>[0.5,0.2]</when>", "Fire", (0.5, 0.2), "Abnormal"),   # reversed kept as written
     ("<which>Fire</which><when>from 0.2 to 0.5</when>", "Fire", None, "Abnormal"),
     ("<which>Fire<when>[0.1, 0.2]</when>", None, (0.1, 0.2), None),                 # unclosed which
-    ("<which><which>Normal</which></which>", "<which>Normal", None, "Abnormal"),     # nested: first close wins
+    ("<which><which>Normal</which></which>", "<which>Normal", None, None),   # nested: first close wins
     ("<which>  </which>", "", None, None),
-    ("<which>火灾 🔥</which><when>[0.1, 0.9]</when>", "火灾 🔥", (0.1, 0.9), "Abnormal"),
+    ("<which>火灾 🔥</which><when>[0.1, 0.9]</when>", "火灾 🔥", (0.1, 0.9), None),
     ("", None, None, None),
     ("<think><step1>unclosed", None, None, None),
 ])
