@@ -216,7 +216,7 @@ import json, os, sys
 sys.path.insert(0, os.getcwd())
 import torch, torch.distributed as dist
 import data, vadr
-from extras import fastpath, scale
+from extras import fastpath, scale, toymodel
 
 
 def main(argv):
