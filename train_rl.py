@@ -55,6 +55,20 @@ TOY = dict(epochs=1, max_steps=60, lr=5e-5, batch_size=2, num_generations=4, bet
            warmup_ratio=0.0, save_every=20, num_workers=1, prompt_variant="fine")
 
 
+def add_reward_args(ap):
+    g = ap.add_argument_group("rewards (Table 7; switches for the Table 10 ablation)")
+    g.add_argument("--no-accuracy-reward", action="store_true", help="drop the accuracy reward")
+    g.add_argument("--no-format-reward", action="store_true", help="drop the format reward")
+    g.add_argument("--no-verification-abnormal", action="store_true", help="drop the +0.5")
+    g.add_argument("--no-verification-normal", action="store_true", help="drop the -0.2")
+    g.add_argument("--no-verification-reward", action="store_true", help="both (no 2nd rollout)")
+    g.add_argument("--no-length-reward", action="store_true", help="drop the length reward")
+    g.add_argument("--length-mode", default="words", choices=["words", "authors"],
+                   help="words (paper) or the authors' token count on correct completions")
+    g.add_argument("--length-ranges-from", default=None,
+                   help="SFT manifest for the length ranges (default: App. C.3's; toy: its SFT)")
+
+
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -80,20 +94,7 @@ def parse_args(argv=None):
                    help="mean per completion, then over the group (Eq. 2), or over all tokens")
     g.add_argument("--adv-std", default="unbiased", choices=["unbiased", "biased"],
                    help="std of Eq. 1: n-1 (torch.std, the authors' trainer) or n")
-    g = ap.add_argument_group("rewards (Table 7; switches for the Table 10 ablation)")
-    g.add_argument("--no-accuracy-reward", action="store_true", help="drop the accuracy reward")
-    g.add_argument("--no-format-reward", action="store_true", help="drop the format reward")
-    g.add_argument("--no-verification-abnormal", action="store_true",
-                   help="drop the +0.5 of Abnormal -> Normal")
-    g.add_argument("--no-verification-normal", action="store_true",
-                   help="drop the -0.2 of Normal -> Abnormal")
-    g.add_argument("--no-verification-reward", action="store_true",
-                   help="drop both verification rewards (no second rollout)")
-    g.add_argument("--no-length-reward", action="store_true", help="drop the length reward")
-    g.add_argument("--length-mode", default="words", choices=["words", "authors"],
-                   help="words (paper) or the authors' token count on correct completions")
-    g.add_argument("--length-ranges-from", default=None,
-                   help="SFT manifest for the length ranges (default: App. C.3's; toy: its SFT)")
+    add_reward_args(ap)
     g = ap.add_argument_group("optimisation (None = paper default or toy preset)")
     g.add_argument("--epochs", type=int, default=None, help="passes over the RL data (paper: 1)")
     g.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
@@ -239,8 +240,7 @@ def rl_step(model, ref_model, tok, opt, sched, batch: dict, args, step: int, ran
                reward_verification=mean("verification"), reward_length=mean("length"),
                completion_length=float(mask.sum(1).float().mean()),
                zero_std_fraction=float(zero_std.float().mean()), lr=sched.get_last_lr()[0], **t)
-    for k in stats_acc[0]:
-        out[k] = float(np.mean([s[k] for s in stats_acc]))
+    out.update({k: float(np.mean([s[k] for s in stats_acc])) for k in stats_acc[0]})
     out["_texts"] = texts
     return out
 

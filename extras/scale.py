@@ -539,9 +539,8 @@ def add_scale_args(ap: argparse.ArgumentParser, stage: str):
                    help="fold the adapters of a LoRA checkpoint (or run dir) into its base, "
                         "write a full Hugging Face directory to --out (must be new), and exit")
     g.add_argument("--dry-run", action="store_true",
-                   help="build the --model config on the meta device, print parameter counts "
-                        "and the per-GPU memory estimate at these settings, and exit (no "
-                        "weights needed)")
+                   help="print parameter counts and the per-GPU memory estimate at these "
+                        "settings from the --model config alone (meta device), and exit")
     g.add_argument("--dry-run-gpus", type=int, default=None,
                    help="GPUs the dry run plans for (default: WORLD_SIZE or 1); with --fsdp the "
                         "training state is sharded over them")
@@ -549,8 +548,7 @@ def add_scale_args(ap: argparse.ArgumentParser, stage: str):
                    help="frame size the dry run assumes (default: the --max-pixels bound for a "
                         "real model, 112,112 for the toy)")
     g.add_argument("--no-grad-ckpt", action="store_true",
-                   help="keep gradient checkpointing off for a real (non-toy) model, where it is "
-                        "on by default")
+                   help="no gradient checkpointing for a real model (default there: on)")
     if stage == "rl":
         g.add_argument("--no-rollout-gather", action="store_true",
                        help="under FSDP, sample with sharded weights (an all-gather of every "
