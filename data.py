@@ -16,6 +16,8 @@ Departures from the released data and the authors' scripts:
     (true of every released row) and that the think/answer layout fits the label. Whether `end`
     is inclusive is not documented, so only start < end <= total_frames is required.
   * Toy rows may carry `bbox` (passed through); kind 'caption' reads the toy's Toy-Caption.jsonl.
+  * Videos resolve against trailing parts of the authors' `path` under --video-root (s.6); two
+    different files matching one row is an error (ambiguous-video), not a silent pick.
   * The SFT labels mask the prompt (vadr.build_chat_inputs), unlike the authors' script (s.2).
 """
 from __future__ import annotations
@@ -44,7 +46,7 @@ VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov")
 # Reasons a row can be rejected (the keys of the skip counts).
 REASONS = ("bad-json", "missing-field", "bad-value", "unknown-category", "bad-interval",
            "interval-out-of-range", "bad-format", "label-mismatch", "when-mismatch",
-           "missing-video", "unreadable-video")
+           "missing-video", "ambiguous-video", "unreadable-video")
 
 
 class ManifestError(vadr.InputError):
@@ -59,30 +61,35 @@ class ManifestError(vadr.InputError):
 
 def video_candidates(source: str, video: str, path: str, video_root: str | None,
                      manifest_dir: str = ".") -> list[str]:
-    """The files tried for one row, in order; the first existing one wins. `path` is an absolute
-    path on the authors' machine (docs/paper-vs-authors.md s.1), so with a video root R:
+    """The files tried for one row, in order. `path` is an absolute path on the authors' machine
+    whose tail is the released folder layout (docs/paper-vs-authors.md s.1), so with a root R:
         1. R/<source>/<video>.mp4      2. R/<video>.mp4
-        3. R/<basename of path>        4. R/<source>/<basename of path>
+        3. R/<trailing components of path>, longest first, ending with R/<basename>
+        4. R/<source>/<basename of path>
         5. `path` as written (relative paths are taken relative to the manifest's folder)
-    Without a root only candidate 5. A miss is reported as `file:line` with every candidate."""
+    Without a root only candidate 5. resolve_video says which one wins."""
     name = video if video.lower().endswith(VIDEO_EXTENSIONS) else video + ".mp4"
-    base = os.path.basename(path) if path else ""
+    parts = [c for c in path.replace("\\", "/").split("/") if c not in ("", ".", "..")]
     as_written = path if not path or os.path.isabs(path) else os.path.join(manifest_dir, path)
     cands = []
     if video_root is not None:
         cands += [os.path.join(video_root, source, name), os.path.join(video_root, name)]
-        if base:
-            cands += [os.path.join(video_root, base), os.path.join(video_root, source, base)]
+        cands += [os.path.join(video_root, *parts[k:]) for k in range(len(parts))]
+        if parts:
+            cands.append(os.path.join(video_root, source, parts[-1]))
     if as_written:
         cands.append(as_written)
     return list(dict.fromkeys(cands))  # keep order, drop repeats (e.g. basename == <video>.mp4)
 
 
 def resolve_video(source: str, video: str, path: str, video_root: str | None,
-                  manifest_dir: str = ".") -> tuple[str | None, list[str]]:
-    """-> (first existing candidate or None, all candidates tried)."""
+                  manifest_dir: str = ".") -> tuple[str | None, list[str], list[str]]:
+    """-> (the first existing candidate or None, every candidate tried, the existing candidates
+    that are other files than the first: non-empty means the match is ambiguous)."""
     cands = video_candidates(source, video, path, video_root, manifest_dir)
-    return next((c for c in cands if os.path.isfile(c)), None), cands
+    found = [c for c in cands if os.path.isfile(c)]
+    others = [c for c in found[1:] if not os.path.samefile(c, found[0])]
+    return (found[0] if found else None), cands, others
 
 
 def _as_int(v) -> int | None:
@@ -248,10 +255,13 @@ def _find_video(row: dict, video_root, mdir: str, check: bool, probe: bool, bad)
     args = (row["source"], row["video"], row["path"], video_root, mdir)
     if not check:  # the best guess, for callers that only read text
         return video_candidates(*args)[0]
-    found, cands = resolve_video(*args)
+    found, cands, others = resolve_video(*args)
     if found is None:
         bad("missing-video", f"video {row['video']!r} (source {row['source']!r}) not found; "
             "tried: " + ", ".join(cands))
+    elif others:
+        bad("ambiguous-video", f"video {row['video']!r} matches different files: "
+            + ", ".join([found] + others) + "; keep one or pass a --video-root that holds one")
     elif why := _video_problem(found, probe):
         bad("unreadable-video", f"{found}: {why}")
     return found
@@ -342,15 +352,15 @@ class SFTDataset(torch.utils.data.Dataset):
     for the fine-grained category in <which>, which is what the SFT answers hold (App. C.1)."""
     target_fields = ("think", "answer")
 
-    def __init__(self, rows: list[dict], prompt_variant: str = "fine", num_frames: int = 16,
-                 min_pixels: int = vadr.DEFAULT_MIN_PIXELS,
-                 max_pixels: int = vadr.DEFAULT_MAX_PIXELS, cache_videos: bool = False):
+    def __init__(self, rows: list[dict], prompt_variant: str = "fine", cache_videos: bool = False,
+                 **video):
         missing = [r.get("line") for r in rows if any(k not in r for k in self.target_fields)]
         if missing:
             raise ValueError(f"{type(self).__name__} needs rows with {'/'.join(self.target_fields)}"
                              f"; rows at lines {missing[:10]} have none")
         self.rows, self.prompt = rows, vadr.build_prompt(prompt_variant)
-        self.num_frames, self.min_pixels, self.max_pixels = num_frames, min_pixels, max_pixels
+        # vadr.encode_video's keywords: num_frames, min/max_pixels, frame_rule, grid_time
+        self.video_args = video
         # cache_videos keeps each encoded video after its first decode, for many epochs over a
         # small set (the toy SFT). Per process: each DataLoader worker keeps, and loses, its own.
         self.cache = {} if cache_videos else None
@@ -362,8 +372,7 @@ class SFTDataset(torch.utils.data.Dataset):
         """Row i's video, encoded by vadr.encode_video (or from the cache)."""
         video = self.cache.get(i) if self.cache is not None else None
         if video is None:
-            video = vadr.encode_video(self.rows[i]["video_path"], self.num_frames, None,
-                                      self.min_pixels, self.max_pixels)
+            video = vadr.encode_video(self.rows[i]["video_path"], **self.video_args)
             if self.cache is not None:
                 self.cache[i] = video
         return video
@@ -383,7 +392,7 @@ class RLDataset(SFTDataset):
     target_fields = ()
 
     def __init__(self, rows: list[dict], prompt_variant: str = "binary", **video_args):
-        super().__init__(rows, prompt_variant, **video_args)  # num_frames, min/max_pixels
+        super().__init__(rows, prompt_variant, **video_args)
 
     def __getitem__(self, i: int) -> dict:
         row = self.rows[i]

@@ -16,6 +16,11 @@ rouge-score and scikit-learn are test oracles only (tests/test_eval_metrics.py).
     python eval.py --report runs/toy --data data/toy/Vad-Reasoning-SFT-test.jsonl \
         --video-root data/toy/videos
 
+Inference takes the authors' inference settings for every unset flag (16 frames, 28*28 ..
+128*28*28 pixels, 512 new tokens; docs/paper-vs-authors.md s.5) but decodes greedily, a departure
+from their temperature-0.1 sampling so that a table is reproducible; `--authors-inference` samples
+as they did and refuses any flag that contradicts their settings.
+
 Predictions are matched to ground-truth rows by (source, video), else by a video id unique in the
 GT. A prediction for a video not in the GT, or a GT video without a prediction, is counted and
 listed, never a crash. Metrics JSON (nested; detection.f1 is json["detection"]["f1"], a figure over
@@ -455,10 +460,13 @@ def format_report(metrics: dict, name: str = "ours", with_paper: bool = False) -
 
 
 # ---- 5. Inference: a checkpoint over a test manifest -> predictions JSONL ------------------------
-# The authors' settings (docs/paper-vs-authors.md s.3): 16 frames at linspace(0, total-1, 16),
-# at most 128*28*28 pixels per frame, up to 512 new tokens; greedy by default (what a table should
-# report), --sample for their temperature 0.1 / top_p 0.9. Rows in their layout, flushed per
-# batch; resume and torchrun shards: extras/predictions.py.
+# The authors' inference settings (docs/paper-vs-authors.md s.3, s.5): 16 frames at
+# linspace(0, total-1, 16), 28*28 .. 128*28*28 pixels per frame, up to 512 new tokens, sampled at
+# temperature 0.1 / top_p 0.9. Greedy by default (what a table should report); --authors-inference
+# samples as they did and refuses flags that contradict their settings. Rows in their layout,
+# flushed per batch; resume and torchrun shards: extras/predictions.py.
+AUTHORS_INFERENCE = dict(training.VIDEO_AUTHORS_INFERENCE, temperature=0.1, top_p=0.9,
+                         max_new_tokens=512)
 
 def add_inference_args(ap: argparse.ArgumentParser):
     g = ap.add_argument_group("generation (docs/paper-vs-authors.md s.3)")
@@ -466,11 +474,13 @@ def add_inference_args(ap: argparse.ArgumentParser):
     g.add_argument("--limit", type=int, default=None,
                    help="only the first N videos of the manifest")
     g.add_argument("--sample", action="store_true",
-                   help="sample like the authors (temperature/top-p) instead of greedy")
-    g.add_argument("--temperature", type=float, default=0.1,
+                   help="sample (temperature/top-p) instead of greedy")
+    g.add_argument("--authors-inference", action="store_true",
+                   help="the authors' inference settings: --sample, and the defaults below fixed")
+    g.add_argument("--temperature", type=float, default=None,
                    help="sampling temperature with --sample (authors: 0.1)")
-    g.add_argument("--top-p", type=float, default=0.9, help="nucleus with --sample (authors: 0.9)")
-    g.add_argument("--max-new-tokens", type=int, default=512,
+    g.add_argument("--top-p", type=float, default=None, help="nucleus with --sample (authors: 0.9)")
+    g.add_argument("--max-new-tokens", type=int, default=None,
                    help="max completion length (authors: 512)")
     g.add_argument("--prompt-variant", default="fine", choices=["fine", "binary"],
                    help="<which>: categories or Abnormal/Normal")
@@ -479,7 +489,20 @@ def add_inference_args(ap: argparse.ArgumentParser):
     g.add_argument("--num-workers", type=int, default=1, help="DataLoader workers decoding videos")
     g.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     g.add_argument("--seed", type=int, default=0, help="sampling seed (with --sample)")
-    training.add_video_args(ap)
+    training.add_video_args(ap)  # unset flags take AUTHORS_INFERENCE (resolve_inference_args)
+
+
+def resolve_inference_args(args):
+    """Unset generation and video flags take the authors' inference values; with
+    --authors-inference a flag set to anything else is an error (their settings, or none)."""
+    for k, v in AUTHORS_INFERENCE.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+        elif args.authors_inference and getattr(args, k) != v:
+            raise vadr.InputError(f"--authors-inference fixes --{k.replace('_', '-')} to {v}; "
+                                  f"drop --{k.replace('_', '-')} {getattr(args, k)}")
+    args.sample = args.sample or args.authors_inference
+    return args
 
 
 def generate_outputs(model, tok, batch: dict, args, generator=None) -> list[str]:
@@ -518,8 +541,8 @@ def run_inference(args) -> int:
     model, tok = toymodel.load_model(args.model, device=device,
                                  dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
     model.eval()
-    ds = data_mod.SFTDataset(mine, prompt_variant=args.prompt_variant, num_frames=args.frames,
-                             min_pixels=args.min_pixels, max_pixels=args.max_pixels)
+    ds = data_mod.SFTDataset(mine, prompt_variant=args.prompt_variant,
+                             **training.video_args(args))
     loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size,
                                          collate_fn=data_mod.make_collate(tok, with_targets=False),
                                          num_workers=args.num_workers if len(mine) else 0)
@@ -626,7 +649,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    args = resolve_inference_args(build_parser().parse_args(argv))
     if args.score:
         if not args.gt:
             raise SystemExit("--score needs --gt (the ground-truth JSONL)")

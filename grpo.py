@@ -28,7 +28,9 @@ Decisions (the paper vs the authors' trainer, docs/paper-vs-authors.md s.2)
  3. KL: k3 with d clamped to [-10, 10], as the authors (the clamp also zeroes its gradient there;
     clamp=None removes it): the unbiased, always >= 0 estimator of Eq. 2's KL (GRPO's choice).
  4. Reduction "sequence" (default, Eq. 2/3, the authors): mean over each completion's tokens,
-    then over the G completions; "token" (DAPO-style, not the paper): over all tokens at once.
+    then over the G completions; "token" (DAPO-style, not the paper): over all tokens at once,
+    of ALL ranks (token_normaliser): DDP/FSDP average gradients, so each rank divides its token
+    sum by the global token count / world size, not by its own count.
  5. Log-probs are of log softmax(logits / T), the distribution sampled from; top_p is not applied
     (outside the nucleus it would be -inf), as in the authors' trainer.
  6. Tokens after the first end token are attended in scoring, as in HF generate; causal attention
@@ -177,7 +179,8 @@ def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor, clamp: float | None = 10.0
 
 def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor | None, ref_logp: torch.Tensor | None,
               advantages: torch.Tensor, mask: torch.Tensor, beta: float = 0.04,
-              epsilon: float = 0.2, loss_type: str = "sequence") -> tuple[torch.Tensor, dict]:
+              epsilon: float = 0.2, loss_type: str = "sequence",
+              n_tokens: float | None = None) -> tuple[torch.Tensor, dict]:
     """loss = -J, with J of Eq. 2 (or Eq. 3 when old_logp is None).
 
     logp:       (N, T) log pi_theta of the sampled tokens, WITH grad (completion_logprobs).
@@ -187,6 +190,7 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor | None, ref_logp: torch
     advantages: (N,) one A_i per completion (group_advantages).   mask: (N, T) completion_mask.
     beta: KL weight (App. C.3: 0.04).  epsilon: clip range (Eq. 2; inactive at ratio 1).
     loss_type: "sequence" (Eq. 2: 1/|o_i| per completion, then 1/G) or "token" (decision 4).
+    n_tokens: the "token" denominator (token_normaliser under torchrun); None = this mask's sum.
     Returns (loss, stats): stats are detached 0-d tensors: kl (masked token mean of k3; 0 without
     KL), clip_frac (share of tokens where the clip binds: A > 0 and ratio > 1+eps, or A < 0 and
     ratio < 1-eps), ratio (masked mean).
@@ -214,7 +218,8 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor | None, ref_logp: torch
         per_seq = (per_token * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)   # (N,)
         objective = per_seq.mean()                                                 # ()
     else:                                                         # decision 4: tokens pooled
-        objective = (per_token * mask).sum() / mask.sum().clamp(min=1.0)           # ()
+        denom = mask.sum().clamp(min=1.0) if n_tokens is None else max(float(n_tokens), 1e-8)
+        objective = (per_token * mask).sum() / denom                               # ()
     loss = -objective                                               # gradient descent on -J
 
     with torch.no_grad():
@@ -224,6 +229,13 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor | None, ref_logp: torch
                      clip_frac=(clip_active.to(mask.dtype) * mask).sum() / n_tok,
                      ratio=(ratio * mask).sum() / n_tok)
     return loss, {k: v.detach() for k, v in stats.items()}
+
+
+def token_normaliser(mask: torch.Tensor) -> float:
+    """Decision 4's denominator on this rank: loss tokens of all ranks / world size. The gradient
+    mean that DDP and FSDP take over ranks then equals the gradient of the global token mean."""
+    n = vadr.all_reduce_sum(mask.sum().detach().float().reshape(1))  # (1,) summed over ranks
+    return float(n.item()) / vadr.world_size()
 
 
 # ---- Rollouts: G samples per video (Alg. 2 line 5), the verification pass (Alg. 1 line 10) -----

@@ -20,6 +20,10 @@ Run it:
 Departures from the paper / the authors' scripts (docs/paper-vs-authors.md s.2):
   * Verification follows Algorithm 1 per completion; length counts words (rewards.py has both
     decisions and the authors' variants, `--length-mode authors`).
+  * Video (s.5): the paper's 16 uniform frames, also for Algorithm 1's trimmed video (frames
+    repeat when fewer remain; the authors' shorter trims: --frame-rule authors); the authors'
+    pixel band and their RL trainer's second_per_grid_ts of 1.0 (--grid-time real for the rate).
+  * --loss-type token divides by the tokens of all ranks (grpo.token_normaliser).
   * Sampling uses a generator seeded by (seed, step, rank): a resumed run re-samples exactly.
   * The toy preset (the default without --data) fills unset flags with values for a 1.5M-
     parameter model and samples under the SFT (fine) prompt, the only one the toy model knows.
@@ -47,12 +51,14 @@ TOY_DATA_DIR, TOY_SFT_DIR = "data/toy", "runs/toy/sft"
 # The paper's defaults (App. C.3), the authors' where it is silent (docs/paper-vs-authors.md s.2)
 PAPER = dict(epochs=1, lr=1e-6, batch_size=1, num_generations=4, beta=0.04, temperature=1.0,
              top_p=0.95, max_new_tokens=768, weight_decay=0.01, max_grad_norm=5.0,
-             warmup_ratio=0.0, save_every=100, num_workers=2, prompt_variant="binary")
+             warmup_ratio=0.0, save_every=100, num_workers=2, prompt_variant="binary",
+             **dict(training.VIDEO_PAPER, grid_time="one"))  # the authors' RL trainer: 1.0 (s.5)
 # Toy preset: short completions, a larger lr, the SFT prompt (docs/experiments.md: under the binary
 # prompt, which the toy SFT model never saw, no completion passed the format check).
 TOY = dict(epochs=1, max_steps=60, lr=5e-5, batch_size=2, num_generations=4, beta=0.04,
            temperature=1.0, top_p=0.95, max_new_tokens=320, weight_decay=0.0, max_grad_norm=1.0,
-           warmup_ratio=0.0, save_every=20, num_workers=1, prompt_variant="fine")
+           warmup_ratio=0.0, save_every=20, num_workers=1, prompt_variant="fine",
+           **training.VIDEO_TOY)
 
 
 def add_reward_args(ap):
@@ -91,7 +97,8 @@ def parse_args(argv=None):
     g.add_argument("--epsilon", type=float, default=0.2, help="clip range (live with --mu > 1)")
     g.add_argument("--mu", type=int, default=1, help="policy updates per rollout (paper: 1)")
     g.add_argument("--loss-type", default="sequence", choices=["sequence", "token"],
-                   help="mean per completion, then over the group (Eq. 2), or over all tokens")
+                   help="mean per completion, then over the group (Eq. 2), or over all tokens "
+                        "of all ranks")
     g.add_argument("--adv-std", default="unbiased", choices=["unbiased", "biased"],
                    help="std of Eq. 1: n-1 (torch.std, the authors' trainer) or n")
     add_reward_args(ap)
@@ -133,8 +140,7 @@ def verification_inputs(tok, rows: list[dict], completions: list[str], G: int, r
             n_frames[path] = vadr.count_frames(path)
         keep = rewards.verification_trim(c, rng, total_frames=n_frames[path])  # kept windows
         if keep:
-            videos.append(vadr.encode_video(path, args.frames, keep=keep,
-                                            min_pixels=args.min_pixels, max_pixels=args.max_pixels))
+            videos.append(vadr.encode_video(path, keep=keep, **training.video_args(args)))
             which.append(i)
     if not videos:
         return None, []
@@ -217,12 +223,13 @@ def rl_step(model, ref_model, tok, opt, sched, batch: dict, args, step: int, ran
     t0 = time.time()
     model.train()
     stats_acc = []
+    n_tok = grpo.token_normaliser(mask.to(device)) if args.loss_type == "token" else None
     for _ in range(args.mu):
         with training.autocast(device):
             logp = logprobs(model)                                                 # (B*G, T)
             loss, stats = grpo.grpo_loss(logp, old_logp, ref_logp, adv, mask.to(logp.dtype),
                                          beta=args.beta, epsilon=args.epsilon,
-                                         loss_type=args.loss_type)
+                                         loss_type=args.loss_type, n_tokens=n_tok)
         loss.backward()
         gn = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
         gn = gn.full_tensor() if hasattr(gn, "full_tensor") else gn
@@ -288,8 +295,7 @@ def main(argv=None):
     log_path = checkpoint.start_log(args.out, config, start["step"] if start_dir else None)
 
     prompt = vadr.build_prompt(args.prompt_variant)  # binary: Abnormal / Normal in <which>
-    ds = data.RLDataset(rows, prompt_variant=args.prompt_variant, num_frames=args.frames,
-                        min_pixels=args.min_pixels, max_pixels=args.max_pixels)
+    ds = data.RLDataset(rows, prompt_variant=args.prompt_variant, **training.video_args(args))
     collate = data.make_collate(tok, with_targets=False)
     step = start["step"]
     pbar = tqdm(total=total_steps, initial=step, disable=not vadr.is_main(), desc="rl")

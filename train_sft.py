@@ -23,6 +23,8 @@ Departures from the paper / the authors' scripts:
     one batch of k, whatever their lengths (a per-micro-batch mean favours short answers).
   * The paper preset uses cosine with 3% warmup and weight decay 0.01; the authors' trainer's
     schedule is `--schedule linear --warmup-ratio 0 --weight-decay 0`.
+  * Video (docs/paper-vs-authors.md s.5): 16 uniform frames (the paper), the authors' pixel band
+    (100352 .. 105369) and real-time second_per_grid_ts; --frame-rule authors for their 2 fps.
   * --task caption (toy only): stage 0, a captioner standing in for Qwen2.5-VL's pretraining;
     without it the toy model never looks at the video (docs/experiments.md, docs/toy-world.md).
   * The toy preset (--model toy, the default) fills unset flags for a tiny CPU model; printed.
@@ -46,10 +48,11 @@ from extras import checkpoint, lora, scale, toy, training
 TOY_DATA_DIR = "data/toy"  # the default data: the toy world, made on first use
 # Paper defaults for a real model (docs/paper-vs-authors.md s.2): fill the flags left at None.
 PAPER = dict(epochs=4, lr=1e-6, batch_size=1, grad_accum=2, warmup_ratio=0.03, weight_decay=0.01,
-             max_grad_norm=5.0, save_every=500, num_workers=2, cache_videos=False)
+             max_grad_norm=5.0, save_every=500, num_workers=2, cache_videos=False,
+             **training.VIDEO_PAPER)
 # Toy: a tiny CPU model needs a far larger lr, 18 epochs, videos decoded once (docs/experiments.md)
 TOY = dict(epochs=18, lr=2e-3, batch_size=4, grad_accum=1, warmup_ratio=0.05, weight_decay=0.0,
-           max_grad_norm=1.0, save_every=50, num_workers=0, cache_videos=True)
+           max_grad_norm=1.0, save_every=50, num_workers=0, cache_videos=True, **training.VIDEO_TOY)
 # Toy stage 0 (--task caption): short captions, ~3x cheaper steps, so a larger batch.
 TOY_CAPTION = dict(TOY, epochs=2, batch_size=8, save_every=100, num_workers=1, cache_videos=False)
 
@@ -184,8 +187,7 @@ def main(argv=None):
     # run_config.json; on resume the log lines after the checkpoint are dropped (they are redone)
     log_path = checkpoint.start_log(args.out, config, start["step"] if resume_dir else None)
 
-    video = dict(num_frames=args.frames, min_pixels=args.min_pixels, max_pixels=args.max_pixels,
-                 cache_videos=args.cache_videos)
+    video = dict(training.video_args(args), cache_videos=args.cache_videos)
     ds = toy.CaptionDataset(rows, **video) if args.task == "caption" else \
         data.SFTDataset(rows, prompt_variant=args.prompt_variant, **video)
     collate = data.make_collate(tok, with_targets=True)

@@ -18,8 +18,11 @@ Run it (a library; its demo is one forward on one video):
     python -m pytest tests/test_vadr.py -q    # its oracles
 
 Departures from the paper / the authors' scripts (docs/paper-vs-authors.md):
-  * Frame indices are rounded from linspace(0, K-1, N) over the K kept frames; the authors'
-    evaluation uses linspace(0, total-1, 16) over the whole video, the case keep=[(0, 1)].
+  * Frame indices are rounded from linspace(0, K-1, N) over the K kept frames (the paper's 16
+    uniform frames; the authors' evaluation is the case keep=[(0, 1)]). Their training's 2 fps
+    rule, and its shorter trimmed videos, are rule='authors' (docs/paper-vs-authors.md s.5).
+  * second_per_grid_ts follows the sampled frame rate; grid_time='one' gives the 1.0 that the
+    authors' RL trainer leaves the model with (s.5).
   * The completion ends with <|im_end|>; the "\n" the chat template writes after it is not part
     of the target (generation stops at <|im_end|>, so it would never be sampled).
   * Batches are LEFT-padded everywhere (training, generation, scoring): a completion then starts
@@ -292,16 +295,36 @@ def kept_frames(total_frames: int, keep=((0.0, 1.0),)) -> np.ndarray:
     return idx
 
 
-def sample_frame_indices(total_frames: int, num_frames: int = 16, keep=((0.0, 1.0),)) -> np.ndarray:
-    """N frame indices at linspace(0, K-1, N) over the K kept frames (paper App. C.3: 16 frames;
-    docs/paper-vs-authors.md s.3: linspace(0, total-1, 16) over a whole video). Raises if the kept
-    window holds no frame, so a degenerate trim is an error, never a silent empty video."""
+FRAME_RULES = ("paper", "authors")  # --frame-rule (docs/paper-vs-authors.md s.5)
+
+
+def _even(n: float) -> int:
+    return int(n) // 2 * 2
+
+
+def sample_frame_indices(total_frames: int, num_frames: int = 16, keep=((0.0, 1.0),),
+                         rule: str = "paper", fps: float | None = None) -> np.ndarray:
+    """Frame indices into a video of total_frames, over the kept windows (K frames).
+    rule 'paper' (App. C.3: every video normalised to 16 frames): N at linspace(0, K-1, N), rounded;
+    frames repeat when K < N. rule 'authors' (their training utilities, s.5): a whole video gets
+    2 fps, n = total/fps*2 clamped to [4, N] and floored to even, at linspace(0, total-1, n); a
+    trimmed one gets N at linspace over its K frames when K >= N, else its first even number of
+    frames (none repeated). Raises if fewer frames remain than the rule can use (0, or 1 under
+    'authors'), so a degenerate trim is an error, never a silent empty video."""
+    if rule not in FRAME_RULES:
+        raise ValueError(f"frame rule must be one of {FRAME_RULES}, got {rule!r}")
     kept = kept_frames(total_frames, keep)  # (K,)
-    if len(kept) == 0:
-        raise ValueError(f"the kept windows {list(keep)} leave no frame of a "
+    if len(kept) < (2 if rule == "authors" else 1):
+        raise ValueError(f"the kept windows {list(keep)} leave {len(kept)} frame(s) of a "
                          f"{total_frames}-frame video")
-    pos = np.linspace(0, len(kept) - 1, num_frames).round().astype(np.int64)  # (N,) into kept
-    return kept[pos]  # (N,) frame indices
+    n = num_frames
+    if rule == "authors" and len(kept) == total_frames:  # the whole video: 2 fps, in [4, N]
+        n = min(max(total_frames / (fps or 1.0) * 2, 4), _even(min(num_frames, total_frames)))
+        n = _even(min(n, total_frames))
+    elif rule == "authors" and len(kept) < num_frames:   # a short trim: its first even frames
+        return kept[:_even(len(kept))]
+    pos = np.linspace(0, len(kept) - 1, n).round().astype(np.int64)  # (n,) into kept
+    return kept[pos]  # (n,) frame indices
 
 
 def _open_video(path: str):
@@ -319,19 +342,19 @@ def count_frames(path: str) -> int:
     return len(_open_video(path))
 
 
-def read_video(path: str, num_frames: int = 16, keep=None) -> dict:
-    """N frames sampled uniformly over the kept windows, decoded with decord -> dict(frames uint8
-    (N, H, W, 3), indices (N,), timestamps (N,) s, fps, sampled_fps, total_frames). sampled_fps =
-    N / K * fps for K kept frames is the rate the model sees (docs/paper-vs-authors.md s.4)."""
+def read_video(path: str, num_frames: int = 16, keep=None, rule: str = "paper") -> dict:
+    """Frames sampled by `rule` over the kept windows, decoded with decord -> dict(frames uint8
+    (n, H, W, 3), indices (n,), timestamps (n,) s, fps, sampled_fps, total_frames). sampled_fps =
+    n / K * fps for K kept frames is the rate the model sees (docs/paper-vs-authors.md s.4)."""
     keep = ((0.0, 1.0),) if keep is None else tuple(keep)
     vr = _open_video(path)
     total = len(vr)
     fps = float(vr.get_avg_fps()) or 1.0
-    idx = sample_frame_indices(total, num_frames, keep)  # (N,)
-    frames = vr.get_batch(idx.tolist()).asnumpy()  # (N, H, W, 3) uint8
+    idx = sample_frame_indices(total, num_frames, keep, rule, fps)  # (n,)
+    frames = vr.get_batch(idx.tolist()).asnumpy()  # (n, H, W, 3) uint8
     n_kept = len(kept_frames(total, keep))
     return dict(frames=frames, indices=idx, timestamps=idx / fps, fps=fps,
-                sampled_fps=num_frames / n_kept * fps, total_frames=total)
+                sampled_fps=len(idx) / n_kept * fps, total_frames=total)
 
 
 # ---- 4. Qwen2.5-VL video preprocessing from scratch (bit-exact vs the reference, tests/golden) ---
@@ -344,6 +367,11 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 DEFAULT_MIN_PIXELS = 56 * 56
 DEFAULT_MAX_PIXELS = 128 * 28 * 28  # paper App. C.3 / D.2
+# The authors' training band (s.5): min = max = 128*28*28 in their utilities, which widen the max
+# to int(1.05 * min); the paper preset's. Their inference: 28*28 .. 128*28*28.
+AUTHORS_TRAIN_PIXELS = (128 * 28 * 28, int(128 * 28 * 28 * 1.05))  # (100352, 105369)
+AUTHORS_INFER_PIXELS = (28 * 28, 128 * 28 * 28)
+GRID_TIMES = ("real", "one")  # --grid-time: second_per_grid_ts from the frame rate, or 1.0
 
 
 def smart_resize(height: int, width: int, factor: int = IMAGE_FACTOR,
@@ -401,19 +429,25 @@ def video_token_count(video_grid_thw) -> int:
 
 
 def encode_frames(frames, sampled_fps: float, min_pixels=DEFAULT_MIN_PIXELS,
-                  max_pixels=DEFAULT_MAX_PIXELS) -> dict:
+                  max_pixels=DEFAULT_MAX_PIXELS, grid_time: str = "real") -> dict:
     """Frames -> the three vision inputs of one video for the model's forward."""
     pv, thw = preprocess_frames(frames, min_pixels, max_pixels)
     # second_per_grid_ts: seconds spanned by one temporal patch (2 frames) -> mRoPE time ids.
-    spg = torch.tensor([TEMPORAL_PATCH_SIZE / sampled_fps], dtype=torch.float32)  # (1,)
+    # grid_time 'one': 1.0 whatever the frame rate, the model's default when the authors' RL
+    # trainer drops the value (docs/paper-vs-authors.md s.5).
+    if grid_time not in GRID_TIMES:
+        raise ValueError(f"grid_time must be one of {GRID_TIMES}, got {grid_time!r}")
+    spg = TEMPORAL_PATCH_SIZE / sampled_fps if grid_time == "real" else 1.0
+    spg = torch.tensor([spg], dtype=torch.float32)  # (1,)
     return dict(pixel_values_videos=pv, video_grid_thw=thw, second_per_grid_ts=spg)
 
 
 def encode_video(path: str, num_frames: int = 16, keep=None, min_pixels=DEFAULT_MIN_PIXELS,
-                 max_pixels=DEFAULT_MAX_PIXELS) -> dict:
+                 max_pixels=DEFAULT_MAX_PIXELS, frame_rule: str = "paper",
+                 grid_time: str = "real") -> dict:
     """read_video + encode_frames: the model's three vision inputs for one video file."""
-    v = read_video(path, num_frames, keep)
-    return encode_frames(v["frames"], v["sampled_fps"], min_pixels, max_pixels)
+    v = read_video(path, num_frames, keep, frame_rule)
+    return encode_frames(v["frames"], v["sampled_fps"], min_pixels, max_pixels, grid_time)
 
 
 def collate_videos(videos: list[dict]) -> dict:

@@ -128,9 +128,10 @@ def rollout_weights(model, enabled: bool = True):
 # ---- memory estimates (--dry-run) ----------------------------------------------------------------
 
 GiB = 2 ** 30
-# Qwen's BPE on English prose with XML-like tags: about 3.5 characters per token (a dry run has no
-# tokenizer; the text is a small share of the sequence anyway)
-CHARS_PER_TOKEN = 3.5
+# A dry run has no tokenizer. Qwen's BPE makes 4.02-4.08 characters a token on the P2C-CoT prompts,
+# and the chat template adds 15 tokens (docs/real-tokenizer.md): 4.0 keeps the estimate an upper bound.
+CHARS_PER_TOKEN = 4.0
+TEMPLATE_TOKENS = 15
 # the longest SFT answer (docs/paper-vs-authors.md s.1: 441 words) at ~1.5 tokens a word, plus tags
 SFT_TARGET_TOKENS = 768
 TOY_FRAME_HW = (112, 112)  # frame size of the toy world (extras.toy.generate_toy_world's default)
@@ -282,7 +283,7 @@ def sequence_shapes(args, stage: str, frame_hw: tuple[int, int] | None = None) -
     pair, with (h, w) = smart_resize(frame_hw) when the frame size is known (--dry-run-video-hw;
     the toy world's 112x112 -> 16), else the max_pixels bound max_pixels / 28^2 (16 frames at
     128*28*28 -> 8 x 128 = 1024); patches = 4 x that (2x2 merge); prompt text ~ len(system +
-    P2C-CoT prompt) / CHARS_PER_TOKEN + 12 template tokens; target = SFT_TARGET_TOKENS or RL's
+    P2C-CoT prompt) / CHARS_PER_TOKEN + TEMPLATE_TOKENS; target = SFT_TARGET_TOKENS or RL's
     --max-new-tokens. SFT rows = --batch-size, RL rows = batch x G (the update scores all G
     completions in one forward); the vision tower encodes each video once (grpo's scoring passes
     share one encoding among a video's G rows). Padding: SFT rows differ in target length when
@@ -299,7 +300,7 @@ def sequence_shapes(args, stage: str, frame_hw: tuple[int, int] | None = None) -
     vt = math.ceil(frames / TEMPORAL_PATCH_SIZE) * per_pair
     variant = getattr(args, "prompt_variant", None) or ("binary" if stage == "rl" else "fine")
     prompt_chars = len(DEFAULT_SYSTEM_PROMPT) + len(build_prompt(variant))
-    text = math.ceil(prompt_chars / CHARS_PER_TOKEN) + 12
+    text = math.ceil(prompt_chars / CHARS_PER_TOKEN) + TEMPLATE_TOKENS
     target = args.max_new_tokens if stage == "rl" else SFT_TARGET_TOKENS
     videos = args.batch_size
     rows = videos * (args.num_generations if stage == "rl" else 1)
@@ -561,8 +562,7 @@ def sample_idle(model, tok, row: dict, prompt: str, args, device, sample_kw: dic
     """Under FSDP every forward is a collective: a rank whose verification trims were all empty
     still runs the sampling loop, on its untrimmed first video, and throws the result away (its
     rewards stay 0), so that the other ranks' second pass does not hang."""
-    from extras import fastpath
-    vid = vadr.encode_video(row["video_path"], args.frames, min_pixels=args.min_pixels,
-                            max_pixels=args.max_pixels)
+    from extras import fastpath, training
+    vid = vadr.encode_video(row["video_path"], **training.video_args(args))
     dummy = {**vadr.build_chat_inputs(tok, [prompt], vid["video_grid_thw"]), **vid}
     fastpath.sample_group(model, vadr.to_device(dummy, device), num_samples=1, **sample_kw)

@@ -860,9 +860,8 @@ class CaptionDataset(data.SFTDataset):
     row). data.SFTDataset's item layout and decoding, so the same collate and loss train on it."""
     target_fields = ("caption",)
 
-    def __init__(self, rows: list[dict], num_frames: int = 16, min_pixels: int = vadr.DEFAULT_MIN_PIXELS,
-                 max_pixels: int = vadr.DEFAULT_MAX_PIXELS, cache_videos: bool = False):
-        super().__init__(rows, "fine", num_frames, min_pixels, max_pixels, cache_videos)
+    def __init__(self, rows: list[dict], cache_videos: bool = False, **video):
+        super().__init__(rows, "fine", cache_videos, **video)  # vadr.encode_video's keywords
         self.prompt = CAPTION_PROMPT
 
     def target(self, row: dict) -> str:

@@ -13,16 +13,43 @@ import os
 import torch
 
 from extras import checkpoint, toy
-from vadr import (wrap_model, DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, barrier, gather_objects, is_main, latest_checkpoint, shard_for_rank, unwrap)
+from vadr import (wrap_model, AUTHORS_INFER_PIXELS, AUTHORS_TRAIN_PIXELS, DEFAULT_MAX_PIXELS,
+                  DEFAULT_MIN_PIXELS, FRAME_RULES, GRID_TIMES, barrier, gather_objects, is_main, latest_checkpoint, shard_for_rank, unwrap)
 
 
-def add_video_args(ap: argparse.ArgumentParser):
-    g = ap.add_argument_group("video input (paper App. C.3)")
-    g.add_argument("--frames", type=int, default=16, help="frames sampled uniformly per video (paper: 16)")
-    g.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+# Video presets (docs/paper-vs-authors.md s.5): the paper where it speaks (16 uniform frames, max
+# 128*28*28), the authors' training utilities where it is silent (their pixel band; the RL trainer's
+# second_per_grid_ts of 1.0). The toy's 112x112 frames keep Qwen's own band (never binding there).
+VIDEO_PAPER = dict(frames=16, min_pixels=AUTHORS_TRAIN_PIXELS[0], max_pixels=AUTHORS_TRAIN_PIXELS[1],
+                   frame_rule="paper", grid_time="real")
+VIDEO_TOY = dict(VIDEO_PAPER, min_pixels=DEFAULT_MIN_PIXELS, max_pixels=DEFAULT_MAX_PIXELS)
+# The authors' inference script (s.5): 16 frames at linspace, 28*28 .. 128*28*28, real time.
+VIDEO_AUTHORS_INFERENCE = dict(VIDEO_PAPER, min_pixels=AUTHORS_INFER_PIXELS[0],
+                               max_pixels=AUTHORS_INFER_PIXELS[1])
+
+
+def add_video_args(ap: argparse.ArgumentParser, defaults: dict | None = None):
+    """The video flags; left None (filled by a preset) unless `defaults` are given."""
+    d = defaults or {}
+    g = ap.add_argument_group("video input (paper App. C.3; docs/paper-vs-authors.md s.5)")
+    g.add_argument("--frames", type=int, default=d.get("frames"),
+                   help="frames per video (paper: 16; the cap of --frame-rule authors)")
+    g.add_argument("--frame-rule", default=d.get("frame_rule"), choices=FRAME_RULES,
+                   help="paper: N uniform frames (repeats if fewer remain); authors: 2 fps in [4, N],"
+                        " a short trim keeps its first even number of frames")
+    g.add_argument("--max-pixels", type=int, default=d.get("max_pixels"),
                    help="max pixels per frame after smart_resize (paper: 128*28*28)")
-    g.add_argument("--min-pixels", type=int, default=DEFAULT_MIN_PIXELS, help="min pixels per frame")
+    g.add_argument("--min-pixels", type=int, default=d.get("min_pixels"),
+                   help="min pixels per frame (paper preset: the authors' 128*28*28)")
+    g.add_argument("--grid-time", default=d.get("grid_time"), choices=GRID_TIMES,
+                   help="second_per_grid_ts: real (from the frame rate) or one (1.0, the authors' RL)")
     return g
+
+
+def video_args(args) -> dict:
+    """The flags as vadr.encode_video's keywords (also data.SFTDataset's)."""
+    return dict(num_frames=args.frames, min_pixels=args.min_pixels, max_pixels=args.max_pixels,
+                frame_rule=args.frame_rule, grid_time=args.grid_time)
 
 
 def add_run_args(ap: argparse.ArgumentParser, default_out: str):

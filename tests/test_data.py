@@ -99,7 +99,7 @@ def test_broken_manifest_lists_every_problem_with_its_line(tmp_path):
     assert f"{path}:12: when-mismatch: <when> is (0.25, 0.5) but start/end/total_frames give [0.3, 0.5]" in msg
     # the missing video names every candidate, in the documented order
     assert (f"{path}:4: missing-video: video 'nope' (source 'UCF') not found; tried: {root}/UCF/nope.mp4, "
-            f"{root}/nope.mp4, /media/x/UCF/nope.mp4") in msg
+            f"{root}/nope.mp4, {root}/media/x/UCF/nope.mp4, {root}/x/UCF/nope.mp4, /media/x/UCF/nope.mp4") in msg
 
 
 def test_skip_bad_counts_exactly(tmp_path, capsys):
@@ -147,21 +147,81 @@ def test_category_variants_are_normalised(tmp_path):
 
 
 def test_path_resolution_order(tmp_path):
-    root, elsewhere = tmp_path / "root", tmp_path / "elsewhere"
-    orig = str(elsewhere / "orig.mp4")  # the row's `path`, which also exists here
-    cands = [str(root / "UCF" / "a.mp4"), str(root / "a.mp4"), str(root / "orig.mp4"),
-             str(root / "UCF" / "orig.mp4"), orig]
-    for c in cands:
+    root = tmp_path / "root"
+    orig = "/media/u/VA-RL/SH/Abnormal/a.mp4"  # the authors' absolute path: its tail is the layout
+    r = lambda *p: str(root.joinpath(*p))
+    cands = [r("SH", "a.mp4"), r("a.mp4"), r("media", "u", "VA-RL", "SH", "Abnormal", "a.mp4"),
+             r("u", "VA-RL", "SH", "Abnormal", "a.mp4"), r("VA-RL", "SH", "Abnormal", "a.mp4"),
+             r("SH", "Abnormal", "a.mp4"), r("Abnormal", "a.mp4"), orig]  # repeats dropped
+    assert data.video_candidates("SH", "a", orig, str(root)) == cands
+    assert data.resolve_video("SH", "a", orig, str(root)) == (None, cands, [])
+    for c in cands[:-1]:  # each candidate alone is found
         _touch(c)
-    assert data.video_candidates("UCF", "a", orig, str(root)) == cands
-    for i, c in enumerate(cands):  # the first existing candidate wins; remove it, the next one wins
-        assert data.resolve_video("UCF", "a", orig, str(root)) == (c, cands), i
+        assert data.resolve_video("SH", "a", orig, str(root)) == (c, cands, []), c
         os.remove(c)
-    assert data.resolve_video("UCF", "a", orig, str(root)) == (None, cands)
+    # two different files match: the first wins and the other is reported (ambiguous)
+    _touch(cands[5]), _touch(cands[1])
+    assert data.resolve_video("SH", "a", orig, str(root)) == (cands[1], cands, [cands[5]])
+    os.remove(cands[1])
+    os.link(cands[5], cands[1])  # the same file twice (a hard link) is not ambiguous
+    assert data.resolve_video("SH", "a", orig, str(root)) == (cands[1], cands, [])
     # without a root only the path as written; a relative path is relative to the manifest's folder
     assert data.video_candidates("UCF", "a", "sub/x.mp4", None, "/m") == ["/m/sub/x.mp4"]
-    # a video name that already has an extension gets none added; repeats are dropped
-    assert data.video_candidates("S", "b.mp4", "/p/b.mp4", "/r") == ["/r/S/b.mp4", "/r/b.mp4", "/p/b.mp4"]
+    # a video name that already has an extension gets none added; a Windows path splits too
+    assert data.video_candidates("S", "b.mp4", "C:\\v\\b.mp4", "/r") == [
+        "/r/S/b.mp4", "/r/b.mp4", "/r/C:/v/b.mp4", "/r/v/b.mp4", "./C:\\v\\b.mp4"]
+
+
+def test_ambiguous_video_is_reported_by_line(tmp_path):
+    root = tmp_path / "v"
+    _touch(str(root / "SH" / "Abnormal" / "a.mp4")), _touch(str(root / "a.mp4"), b"other")
+    path = _write_jsonl(tmp_path / "rl.jsonl", [dict(
+        source="SH", video="a", anomaly_type="Abnormal", path="/m/SH/Abnormal/a.mp4",
+        data_type="video", solution="Abnormal")])
+    _, problems = data.check_manifest(path, "rl", video_root=str(root))
+    assert problems == [(1, "ambiguous-video", f"video 'a' matches different files: {root}/a.mp4, "
+                         f"{root}/SH/Abnormal/a.mp4; keep one or pass a --video-root that holds one")]
+
+
+# The released manifests (annotations only). A clone without them skips; VADR_RELEASED_DATA points
+# at another folder holding Vad-Reasoning-RL.jsonl and Vad-Reasoning-SFT-train.jsonl.
+RELEASED = os.environ.get("VADR_RELEASED_DATA", os.path.join(
+    os.path.dirname(__file__), "..", "..", "shared", "data"))
+RELEASED_FILES = {"rl": "Vad-Reasoning-RL.jsonl", "sft": "Vad-Reasoning-SFT-train.jsonl"}
+needs_released = pytest.mark.skipif(not all(os.path.isfile(os.path.join(RELEASED, f))
+                                            for f in RELEASED_FILES.values()),
+                                    reason=f"released manifests not in {RELEASED}")
+
+
+@needs_released
+def test_released_manifests_validate_but_one_row():
+    for kind, name in RELEASED_FILES.items():
+        path = os.path.join(RELEASED, name)
+        _, problems = data.check_manifest(path, kind, check_videos=False)
+        expect = [(583, "bad-format")] if kind == "sft" else []
+        assert [(ln, r) for ln, r, _ in problems] == expect, kind
+    assert "tag #3 is <step1> where </step1> is expected" in problems[0][2]
+
+
+@needs_released
+@pytest.mark.parametrize("strip", [0, 2, 3])
+def test_released_layout_resolves_under_a_root(tmp_path, strip):
+    """Every `path` of both released manifests, as a tree of small files with its first `strip`
+    components cut (0: /media/<user>/VA-Reasoning-RL/..., 2: VA-Reasoning-RL/..., 3: the
+    <source>/... layout inside one tree): every row resolves to its own file."""
+    for kind, name in RELEASED_FILES.items():
+        path = os.path.join(RELEASED, name)
+        with open(path, encoding="utf-8") as f:
+            paths = [json.loads(line)["path"] for line in f if line.strip()]
+        root = tmp_path / f"{kind}{strip}"
+        want = [str(root.joinpath(*p.strip("/").split("/")[strip:])) for p in paths]
+        for w in want:
+            _touch(w, b"x")
+        rows, problems = data.check_manifest(path, kind, video_root=str(root))
+        assert [(ln, r) for ln, r, _ in problems] == ([(583, "bad-format")] if kind == "sft" else [])
+        by_line = {r["line"]: r["video_path"] for r in rows}
+        assert len(by_line) == len(paths) - (kind == "sft")
+        assert all(by_line[i + 1] == w for i, w in enumerate(want) if i + 1 in by_line), kind
 
 
 # ================================================================ Dataset and collate

@@ -185,6 +185,37 @@ def test_inside_clip_range_ratio_gradient_is_ratio_times_advantage():
     assert st["clip_frac"].item() == 0.0
 
 
+def test_token_loss_over_ranks_is_the_global_token_mean():
+    """Rows 0-1 on "rank 0" (10 tokens) and rows 2-3 on "rank 1" (6 tokens): DDP averages the two
+    ranks' gradients, so with n_tokens = 16 / 2 that average is the gradient of the pooled token
+    mean; each rank dividing by its own count (a mean of per-rank means) is not."""
+    W, logp_fn, _ = tiny_policy()
+    pooled = _grad(lambda: grpo.grpo_loss(logp_fn(W), None, None, ADV, MASK, beta=0.0,
+                                          loss_type="token")[0], W)
+    ranks = (slice(0, 2), slice(2, 4))
+    part = lambda r, n: _grad(lambda: grpo.grpo_loss(logp_fn(W)[r], None, None, ADV[r], MASK[r],
+                                                     beta=0.0, loss_type="token", n_tokens=n)[0], W)
+    n_half = float(MASK.sum()) / 2                                      # 16 tokens / 2 ranks = 8
+    ddp = (part(ranks[0], n_half) + part(ranks[1], n_half)) / 2
+    assert torch.allclose(ddp, pooled, atol=1e-12, rtol=0)
+    per_rank = (part(ranks[0], None) + part(ranks[1], None)) / 2
+    assert (per_rank - pooled).abs().max() > 1e-3
+    assert grpo.token_normaliser(MASK) == 16.0  # one process: the mask's own count
+
+
+def _token_normaliser_rank(rank, init_file, out):
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                                         world_size=2)
+    out[rank] = grpo.token_normaliser(MASK[2 * rank:2 * rank + 2])
+    torch.distributed.destroy_process_group()
+
+
+def test_token_normaliser_sums_over_two_gloo_ranks(tmp_path):
+    out = torch.multiprocessing.Manager().dict()
+    torch.multiprocessing.spawn(_token_normaliser_rank, args=(str(tmp_path / "init"), out), nprocs=2)
+    assert dict(out) == {0: 8.0, 1: 8.0}  # (10 + 6) / 2 on both ranks
+
+
 def test_bad_loss_type():
     with pytest.raises(ValueError):
         grpo.grpo_loss(torch.zeros(1, 1), None, None, torch.zeros(1), torch.ones(1, 1), loss_type="dapo")

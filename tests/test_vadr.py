@@ -81,10 +81,40 @@ def test_sample_after_trim_resamples_from_what_remains():
 
 
 def test_sample_degenerate_trim_raises():
-    with pytest.raises(ValueError, match="leave no frame"):
+    with pytest.raises(ValueError, match="leave 0 frame"):
         vadr.sample_frame_indices(10, 16, [(0.0, 0.0)])
     with pytest.raises(ValueError):
         vadr.sample_frame_indices(10, 16, [(0.5, 0.2)])
+    # one frame left: the paper rule repeats it, the authors' rule needs two
+    assert vadr.sample_frame_indices(10, 4, [(0.9, 1.0)]).tolist() == [9, 9, 9, 9]
+    with pytest.raises(ValueError, match="leave 1 frame"):
+        vadr.sample_frame_indices(10, 4, [(0.9, 1.0)], rule="authors")
+    with pytest.raises(ValueError, match="frame rule"):
+        vadr.sample_frame_indices(10, 4, rule="2fps")
+
+
+@pytest.mark.parametrize("total,fps,want", [
+    (300, 30.0, np.linspace(0, 299, 16).round().astype(int).tolist()),  # 20 at 2 fps -> cap 16
+    (100, 25.0, [0, 14, 28, 42, 57, 71, 85, 99]),   # 8 s: 100/25*2 = 8 frames
+    (87, 25.0, [0, 17, 34, 52, 69, 86]),           # 6.96 -> floored to even: 6
+    (30, 30.0, [0, 10, 19, 29]),                   # 1 s: 2 -> raised to the minimum 4
+    (3, 30.0, [0, 2]),                             # the minimum capped by the frames there are
+])
+def test_authors_frame_rule_whole_video(total, fps, want):
+    """Their training utilities (docs/paper-vs-authors.md s.5): 2 fps, clamped to [4, 16], even."""
+    assert vadr.sample_frame_indices(total, 16, rule="authors", fps=fps).tolist() == want
+
+
+def test_authors_frame_rule_trimmed_video():
+    # remove [0.1, 0.95] of 100 frames: 15 left (0..9, 95..99) < 16: the first 14, none repeated
+    keep = [(0.0, 0.1), (0.95, 1.0)]
+    got = vadr.sample_frame_indices(100, 16, keep, rule="authors", fps=30.0)
+    assert got.tolist() == list(range(10)) + [95, 96, 97, 98]
+    # 20 left (>= 16): 16 at linspace over them, as the paper rule does
+    keep = [(0.0, 0.1), (0.9, 1.0)]
+    assert (vadr.sample_frame_indices(100, 16, keep, rule="authors", fps=30.0).tolist()
+            == vadr.sample_frame_indices(100, 16, keep).tolist())
+    assert vadr.sample_frame_indices(100, 16, keep).tolist()[:3] == [0, 1, 3]
 
 
 def test_read_video_round_trip(tmp_path):
@@ -115,6 +145,20 @@ def test_read_video_round_trip(tmp_path):
     # second_per_grid_ts = temporal_patch_size / sampled_fps (docs/paper-vs-authors.md s.4)
     assert enc["second_per_grid_ts"].tolist() == pytest.approx([2 / (4 / 24 * 8.0)])
     assert enc["video_grid_thw"].tolist() == [[2, 4, 6]]  # 64x96 -> smart_resize 56x84 -> 4x6 patches
+    # the authors' rules (s.5): 24 frames at 8 fps = 3 s -> 6 frames at 2 fps; time step 1.0
+    enc = vadr.encode_video(path, num_frames=16, frame_rule="authors", grid_time="one")
+    assert enc["video_grid_thw"].tolist() == [[3, 4, 6]] and enc["second_per_grid_ts"].tolist() == [1.0]
+    assert vadr.read_video(path, 16, rule="authors")["indices"].tolist() == [0, 5, 9, 14, 18, 23]
+    with pytest.raises(ValueError, match="grid_time"):
+        vadr.encode_video(path, 4, grid_time="fps")
+
+
+def test_pixel_bands_on_a_ucf_frame():
+    """docs/paper-vs-authors.md s.5: a 320x240 frame becomes 280x392 in the authors' training band
+    (their trainer's own comment) and 252x308 under their inference band."""
+    assert vadr.smart_resize(240, 320, 28, *vadr.AUTHORS_TRAIN_PIXELS) == (280, 392)
+    assert vadr.smart_resize(240, 320, 28, *vadr.AUTHORS_INFER_PIXELS) == (252, 308)
+    assert vadr.AUTHORS_TRAIN_PIXELS == (100352, 105369)
 
 
 def test_read_video_missing_file_names_it(tmp_path):
