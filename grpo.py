@@ -12,6 +12,13 @@ Algorithm 2 lines 5, 11 and 12).
     mask    the completion tokens that count: up to and including the first end  completion_mask
     Alg.2 line 5   G completions per video from a KV-cached sampling loop        sample_group
 
+Peer variants, flags that default to the paper (docs/paper-vs-authors.md s.7):
+    Dr. GRPO (Liu et al. 2025, "Understanding R1-Zero-Like Training"): A_i = r_i - mean(r), no std
+      division (std="none"), and 1/(G * L_max) for a fixed budget L_max in place of 1/|o_i|
+      (loss_type="dr_grpo"), removing the length and difficulty biases they point out.
+    Clip-higher (DAPO, Yu et al. 2025): a separate upper clip 1 + eps_high (epsilon_high; DAPO
+      uses eps 0.2, eps_high 0.28). Live only when the ratio can move (mu > 1).
+
 The rewards (Alg. 2 lines 6-10) are rewards.py. This file is the version to read: train_rl.py and
 eval.py call the same contracts in extras/fastpath.py, computed with less time and memory
 (tests/test_fastpath.py checks they agree; docs/performance.md). Tests:
@@ -50,17 +57,22 @@ import vadr
 
 # ---- Eq. 1: group-relative advantages (Algorithm 2 line 11) --------------------------------------
 
+ADV_STDS = ("unbiased", "biased", "none")     # --adv-std
+LOSS_TYPES = ("sequence", "token", "dr_grpo")  # --loss-type
+
+
 def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-4,
                      std: str = "unbiased") -> tuple[torch.Tensor, torch.Tensor]:
     """Eq. 1 within each group: A_i = (r_i - mean(r)) / (std(r) + eps).
 
     rewards: (B*G,) total rewards, the G completions of a prompt CONTIGUOUS (rows b*G .. b*G+G-1).
-    std: "unbiased" (n-1, torch.std, the authors' trainer; default) or "biased" (n); decision 1.
+    std: "unbiased" (n-1, torch.std, the authors' trainer; default) or "biased" (n); decision 1;
+    "none": no division, Dr. GRPO's A_i = r_i - mean(r).
     Returns (advantages (B*G,) float32, zero_std (B,) bool: the groups whose rewards are all
     equal; their advantages are exactly 0, decision 2).
     """
-    if std not in ("unbiased", "biased"):
-        raise ValueError(f"std must be 'unbiased' or 'biased', got {std!r}")
+    if std not in ADV_STDS:
+        raise ValueError(f"std must be one of {ADV_STDS}, got {std!r}")
     if group_size < 2:
         raise ValueError("GRPO compares completions within a group: group_size must be >= 2")
     if rewards.numel() % group_size:
@@ -68,7 +80,7 @@ def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-4,
     r = rewards.detach().to(torch.float32).reshape(-1, group_size)            # (B, G)
     mean = r.mean(dim=1, keepdim=True)                                         # (B, 1)
     sd = r.std(dim=1, keepdim=True, correction=1 if std == "unbiased" else 0)  # (B, 1)
-    adv = (r - mean) / (sd + eps)                                              # (B, G) Eq. 1
+    adv = (r - mean) / (sd + eps) if std != "none" else r - mean               # (B, G) Eq. 1
     zero_std = r.amax(dim=1) == r.amin(dim=1)                                  # (B,) all equal
     adv = torch.where(zero_std[:, None], torch.zeros_like(adv), adv)           # (B, G) decision 2
     return adv.reshape(-1), zero_std                                           # (B*G,), (B,)
@@ -180,7 +192,8 @@ def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor, clamp: float | None = 10.0
 def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor | None, ref_logp: torch.Tensor | None,
               advantages: torch.Tensor, mask: torch.Tensor, beta: float = 0.04,
               epsilon: float = 0.2, loss_type: str = "sequence",
-              n_tokens: float | None = None) -> tuple[torch.Tensor, dict]:
+              n_tokens: float | None = None,
+              epsilon_high: float | None = None) -> tuple[torch.Tensor, dict]:
     """loss = -J, with J of Eq. 2 (or Eq. 3 when old_logp is None).
 
     logp:       (N, T) log pi_theta of the sampled tokens, WITH grad (completion_logprobs).
@@ -189,8 +202,10 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor | None, ref_logp: torch
     ref_logp:   (N, T) log pi_ref (the frozen initial model, Alg. 2 line 2), or None: no KL term.
     advantages: (N,) one A_i per completion (group_advantages).   mask: (N, T) completion_mask.
     beta: KL weight (App. C.3: 0.04).  epsilon: clip range (Eq. 2; inactive at ratio 1).
+    epsilon_high: the upper clip 1 + epsilon_high (DAPO's clip-higher); None = epsilon.
     loss_type: "sequence" (Eq. 2: 1/|o_i| per completion, then 1/G) or "token" (decision 4).
     n_tokens: the "token" denominator (token_normaliser under torchrun); None = this mask's sum.
+      For "dr_grpo" (1/(N * L_max) per token), n_tokens = N * L_max is required.
     Returns (loss, stats): stats are detached 0-d tensors: kl (masked token mean of k3; 0 without
     KL), clip_frac (share of tokens where the clip binds: A > 0 and ratio > 1+eps, or A < 0 and
     ratio < 1-eps), ratio (masked mean).
@@ -200,15 +215,18 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor | None, ref_logp: torch
     d/dtheta exp(logp - sg(logp)) = grad log pi, so the gradient is -1/G sum_i A_i 1/|o_i| sum_t
     grad log pi_theta(o_it): REINFORCE with a group baseline. The rewards measure progress.
     """
-    if loss_type not in ("sequence", "token"):
-        raise ValueError(f"loss_type must be 'sequence' or 'token', got {loss_type!r}")
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+    if loss_type == "dr_grpo" and n_tokens is None:
+        raise ValueError("loss_type 'dr_grpo' needs n_tokens = rows x the generation budget")
+    hi = epsilon if epsilon_high is None else epsilon_high
     mask = mask.to(logp.dtype)                                                     # (N, T)
     if old_logp is None:
         old_logp = logp.detach()                                         # Eq. 3: sg(pi_theta)
     ratio = torch.exp(logp - old_logp)                                             # (N, T) rho_it
     A = advantages.to(logp.dtype)[:, None]                                         # (N, 1)
     unclipped = ratio * A                                                          # (N, T)
-    clipped = torch.clamp(ratio, 1.0 - epsilon, 1.0 + epsilon) * A                 # (N, T)
+    clipped = torch.clamp(ratio, 1.0 - epsilon, 1.0 + hi) * A                      # (N, T)
     per_token = torch.minimum(unclipped, clipped)                        # (N, T) Eq. 2's min
     use_kl = ref_logp is not None and beta != 0.0
     if use_kl:
@@ -217,14 +235,14 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor | None, ref_logp: torch
     if loss_type == "sequence":                                   # Eq. 2: 1/G sum_i 1/|o_i| sum_t
         per_seq = (per_token * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)   # (N,)
         objective = per_seq.mean()                                                 # ()
-    else:                                                         # decision 4: tokens pooled
+    else:                              # decision 4: tokens pooled; dr_grpo: / (N * L_max)
         denom = mask.sum().clamp(min=1.0) if n_tokens is None else max(float(n_tokens), 1e-8)
         objective = (per_token * mask).sum() / denom                               # ()
     loss = -objective                                               # gradient descent on -J
 
     with torch.no_grad():
         n_tok = mask.sum().clamp(min=1.0)
-        clip_active = ((A > 0) & (ratio > 1.0 + epsilon)) | ((A < 0) & (ratio < 1.0 - epsilon))
+        clip_active = ((A > 0) & (ratio > 1.0 + hi)) | ((A < 0) & (ratio < 1.0 - epsilon))
         stats = dict(kl=((kl * mask).sum() / n_tok) if use_kl else logp.new_zeros(()),
                      clip_frac=(clip_active.to(mask.dtype) * mask).sum() / n_tok,
                      ratio=(ratio * mask).sum() / n_tok)

@@ -96,11 +96,13 @@ def parse_args(argv=None):
     g.add_argument("--beta", type=float, default=None, help="KL coefficient (paper: 0.04)")
     g.add_argument("--epsilon", type=float, default=0.2, help="clip range (live with --mu > 1)")
     g.add_argument("--mu", type=int, default=1, help="policy updates per rollout (paper: 1)")
-    g.add_argument("--loss-type", default="sequence", choices=["sequence", "token"],
+    g.add_argument("--epsilon-high", type=float, default=None,
+                   help="upper clip 1 + this (DAPO's clip-higher, 0.28); default: --epsilon")
+    g.add_argument("--loss-type", default="sequence", choices=grpo.LOSS_TYPES,
                    help="mean per completion, then over the group (Eq. 2), or over all tokens "
-                        "of all ranks")
-    g.add_argument("--adv-std", default="unbiased", choices=["unbiased", "biased"],
-                   help="std of Eq. 1: n-1 (torch.std, the authors' trainer) or n")
+                        "of all ranks, or Dr. GRPO's sum / (rows x --max-new-tokens)")
+    g.add_argument("--adv-std", default="unbiased", choices=grpo.ADV_STDS,
+                   help="std of Eq. 1: n-1 (torch.std, the authors'), n, or none (Dr. GRPO)")
     add_reward_args(ap)
     g = ap.add_argument_group("optimisation (None = paper default or toy preset)")
     g.add_argument("--epochs", type=int, default=None, help="passes over the RL data (paper: 1)")
@@ -223,13 +225,18 @@ def rl_step(model, ref_model, tok, opt, sched, batch: dict, args, step: int, ran
     t0 = time.time()
     model.train()
     stats_acc = []
-    n_tok = grpo.token_normaliser(mask.to(device)) if args.loss_type == "token" else None
+    n_tok = None  # the loss's denominator: this mask's own for "sequence" (grpo.grpo_loss)
+    if args.loss_type == "token":
+        n_tok = grpo.token_normaliser(mask.to(device))
+    elif args.loss_type == "dr_grpo":
+        n_tok = mask.shape[0] * args.max_new_tokens
     for _ in range(args.mu):
         with training.autocast(device):
             logp = logprobs(model)                                                 # (B*G, T)
             loss, stats = grpo.grpo_loss(logp, old_logp, ref_logp, adv, mask.to(logp.dtype),
                                          beta=args.beta, epsilon=args.epsilon,
-                                         loss_type=args.loss_type, n_tokens=n_tok)
+                                         loss_type=args.loss_type, n_tokens=n_tok,
+                                         epsilon_high=args.epsilon_high)
         loss.backward()
         gn = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
         gn = gn.full_tensor() if hasattr(gn, "full_tensor") else gn

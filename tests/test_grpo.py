@@ -185,6 +185,42 @@ def test_inside_clip_range_ratio_gradient_is_ratio_times_advantage():
     assert st["clip_frac"].item() == 0.0
 
 
+def test_dr_grpo_advantages_and_loss_by_hand():
+    """Dr. GRPO (Liu et al. 2025): A_i = r_i - mean(r), and the per-token objective summed and
+    divided by N x L_max (here 4 x 7), so a token's weight does not depend on its length."""
+    adv, zero = grpo.group_advantages(torch.tensor([1.0, 2.0, 3.0, 6.0, 5.0, 5.0, 5.0, 5.0]), 4,
+                                      std="none")
+    assert adv.tolist() == [-2.0, -1.0, 0.0, 3.0, 0.0, 0.0, 0.0, 0.0] and zero.tolist() == [False, True]
+    W, logp_fn, _ = tiny_policy()
+    ref_fn = lambda: -(ADV[:, None] * logp_fn(W) * MASK).sum() / (4 * 7)
+    loss_fn = lambda: grpo.grpo_loss(logp_fn(W), None, None, ADV, MASK, beta=0.0,
+                                     loss_type="dr_grpo", n_tokens=4 * 7)[0]
+    g = _grad(loss_fn, W)
+    assert g.abs().max() > 1e-3 and torch.allclose(g, _grad(ref_fn, W), atol=1e-12, rtol=0)
+    with pytest.raises(ValueError, match="n_tokens"):
+        grpo.grpo_loss(logp_fn(W), None, None, ADV, MASK, loss_type="dr_grpo")
+
+
+def test_clip_higher_moves_only_the_upper_bound():
+    """DAPO's clip-higher: eps_high 0.28 lets a ratio of 1.25 with A > 0 keep its gradient (the
+    symmetric 0.2 clips it), still clips 1.5, and leaves the lower clip at 1 - 0.2."""
+    old = torch.zeros(4, 1, dtype=torch.float64)
+    delta = torch.tensor([[math.log(1.25)], [math.log(1.5)], [math.log(0.7)], [math.log(1.25)]],
+                         dtype=torch.float64, requires_grad=True)
+    adv = torch.tensor([1.0, 1.0, -1.0, 1.0], dtype=torch.float64)
+    mask = torch.ones(4, 1, dtype=torch.float64)
+    loss, st = grpo.grpo_loss(old + delta, old, None, adv, mask, beta=0.0, epsilon=0.2,
+                              epsilon_high=0.28)
+    loss.backward()
+    assert delta.grad[:, 0].tolist() == pytest.approx([-1.25 / 4, 0.0, 0.0, -1.25 / 4])
+    assert st["clip_frac"].item() == 0.5  # 1.5 above 1.28 and 0.7 below 0.8
+    # value: -(1/4)[1.25 + 1.28 + 0.8*(-1) + 1.25]
+    assert loss.item() == pytest.approx(-(1.25 + 1.28 - 0.8 + 1.25) / 4)
+    delta.grad = None
+    grpo.grpo_loss(old + delta, old, None, adv, mask, beta=0.0, epsilon=0.2)[0].backward()
+    assert delta.grad[0, 0].item() == 0.0  # symmetric clip: 1.25 > 1.2 is clipped
+
+
 def test_token_loss_over_ranks_is_the_global_token_mean():
     """Rows 0-1 on "rank 0" (10 tokens) and rows 2-3 on "rank 1" (6 tokens): DDP averages the two
     ranks' gradients, so with n_tokens = 16 / 2 that average is the gradient of the pooled token

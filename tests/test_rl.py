@@ -60,6 +60,32 @@ def test_one_rl_step_changes_weights_and_logs_every_field(tiny_world, sft_ckpt, 
     assert cfg["beta"] == 0.04 and cfg["mu"] == 1 and cfg["num_generations"] == 3
 
 
+def test_peer_variant_flags_reach_the_loss(tiny_world, sft_ckpt, tmp_path, monkeypatch):
+    """--adv-std none --loss-type dr_grpo --epsilon-high (grpo.py's peer variants): the advantages
+    are r - mean (hand-checked against the rewards the step saw) and the loss gets Dr. GRPO's
+    denominator rows x --max-new-tokens and the upper clip."""
+    import grpo
+    import rewards
+    import train_rl
+    flips = itertools.cycle([1.0, 0.0, 0.0])
+    monkeypatch.setattr(rewards, "accuracy_reward", lambda c, s: next(flips))
+    seen, real_adv, real_loss = {}, grpo.group_advantages, grpo.grpo_loss
+    monkeypatch.setattr(grpo, "group_advantages", lambda R, G, **kw: seen.update(
+        R=R.clone(), adv_kw=kw) or real_adv(R, G, **kw))
+    monkeypatch.setattr(grpo, "grpo_loss", lambda *a, **kw: seen.update(
+        adv=a[3].clone(), loss_kw=kw) or real_loss(*a, **kw))
+    train_rl.main(_rl_args(tiny_world, sft_ckpt, 1, [
+        "--out", str(tmp_path), "--device", "cpu", "--num-workers", "0", "--adv-std", "none",
+        "--loss-type", "dr_grpo", "--epsilon-high", "0.28"]))
+    R = seen["R"].view(-1, 3)
+    assert seen["adv_kw"]["std"] == "none"
+    assert seen["adv"].abs().max() > 0.1  # a group with signal, so the check below can fail
+    assert torch.allclose(seen["adv"].view(-1, 3), R - R.mean(1, keepdim=True), atol=1e-6)
+    n_rows = seen["R"].numel()
+    assert seen["loss_kw"]["loss_type"] == "dr_grpo" and seen["loss_kw"]["epsilon_high"] == 0.28
+    assert seen["loss_kw"]["n_tokens"] == n_rows * 12  # rows x --max-new-tokens (_rl_args: 12)
+
+
 def test_rl_two_ranks_identical_and_kill_resume(tiny_world, sft_ckpt, tmp_path):
     args = _rl_args(tiny_world, sft_ckpt, 3, ["--save-every", "1", "--keep-last", "10", "--temperature", "3.0"])
     run_script("train_rl.py", args, tmp_path / "ddp", nproc=2)
