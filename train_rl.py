@@ -44,7 +44,7 @@ import data
 import grpo
 import rewards
 import vadr
-from extras import checkpoint, fastpath, lora, scale, toy, training
+from extras import checkpoint, dynamic, fastpath, lora, scale, toy, training
 
 TOY_DATA_DIR, TOY_SFT_DIR = "data/toy", "runs/toy/sft"
 
@@ -96,6 +96,10 @@ def parse_args(argv=None):
     g.add_argument("--beta", type=float, default=None, help="KL coefficient (paper: 0.04)")
     g.add_argument("--epsilon", type=float, default=0.2, help="clip range (live with --mu > 1)")
     g.add_argument("--mu", type=int, default=1, help="policy updates per rollout (paper: 1)")
+    g.add_argument("--dynamic-sampling", action="store_true",
+                   help="DAPO: refill groups whose G rewards are equal (extras/dynamic.py)")
+    g.add_argument("--dynamic-max-rounds", type=int, default=4,
+                   help="refill rounds per step with --dynamic-sampling")
     g.add_argument("--epsilon-high", type=float, default=None,
                    help="upper clip 1 + this (DAPO's clip-higher, 0.28); default: --epsilon")
     g.add_argument("--loss-type", default="sequence", choices=grpo.LOSS_TYPES,
@@ -127,6 +131,9 @@ def parse_args(argv=None):
         args.length_ranges_from = os.path.join(TOY_DATA_DIR, "Vad-Reasoning-SFT-train.jsonl")
     if args.no_verification_reward:
         args.no_verification_abnormal = args.no_verification_normal = True
+    if args.dynamic_sampling and (args.fsdp or args.dynamic_max_rounds < 1):
+        ap.error("--dynamic-sampling needs --dynamic-max-rounds >= 1 and DDP, not --fsdp "
+                 "(a refill round's sampling would be a collective on some ranks only)")
     return args
 
 
@@ -151,28 +158,25 @@ def verification_inputs(tok, rows: list[dict], completions: list[str], G: int, r
     return vadr.to_device({**chat, **vids}, device), which
 
 
-def rl_step(model, ref_model, tok, opt, sched, batch: dict, args, step: int, rank: int, mode: str,
-            length_ranges: dict, prompt: str, ignore_eos: bool = False) -> dict:
-    """Algorithm 2 lines 5-12 on this rank's videos -> log fields (ignore_eos: extras/bench.py)."""
+def rollout(model, tok, batch: dict, args, mode: str, length_ranges: dict, prompt: str,
+            sample_kw: dict, trim_rng, t: dict) -> dict:
+    """Algorithm 2 lines 5-10 on a batch of B videos -> dict(ids, mask (B*G, T), texts, seconds
+    (the completion on each trimmed video, or None), parts (reward parts), R (B*G,)). Timings
+    are added into t."""
     device, G = batch["input_ids"].device, args.num_generations
-    gen = torch.Generator(device=device).manual_seed(args.seed * 1_000_003 + step * 1009 + rank)
-    trim_rng = random.Random(args.seed * 7_919 + step * 101 + rank)
-    sample_kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                     top_p=args.top_p, end_ids=vadr.end_token_ids(tok),
-                     pad_id=vadr.pad_token_id(tok), generator=gen, sync_ranks=(mode == "fsdp"),
-                     ignore_eos=ignore_eos)
-    inputs, t = {k: batch[k] for k in vadr.MODEL_INPUT_KEYS}, {}  # model inputs, timings
+    inputs = {k: batch[k] for k in vadr.MODEL_INPUT_KEYS}
+    add = lambda k, t0: t.__setitem__(k, t.get(k, 0.0) + time.time() - t0)
 
     # ---- Alg.2 line 5: a group of G completions per video (vision + prefill once per video)
     t0 = time.time()
     model.eval()
     # under FSDP the full weights are gathered ONCE for both sampling passes (extras/scale.py)
-    rollout = contextlib.ExitStack()
-    gathered = rollout.enter_context(scale.rollout_weights(model, not args.no_rollout_gather))
+    gather = contextlib.ExitStack()
+    gathered = gather.enter_context(scale.rollout_weights(model, not args.no_rollout_gather))
     roll = fastpath.sample_group(model, inputs, num_samples=G, **sample_kw)  # = grpo.sample_group
     ids, mask = roll["completion_ids"], roll["completion_mask"]                      # (B*G, T)
     texts = grpo.decode_completions(tok, ids, mask)
-    t["time_generation"] = time.time() - t0
+    add("time_generation", t0)
 
     # ---- Alg.2 line 8 = Algorithm 1: trim, one new completion per original
     t0 = time.time()
@@ -188,8 +192,8 @@ def rl_step(model, ref_model, tok, opt, sched, batch: dict, args, step: int, ran
                                               v_roll["completion_mask"])
             for i, v in zip(which, v_texts):
                 seconds[i] = v                                                     # Alg. 1 line 11
-    t["time_verification"] = time.time() - t0
-    rollout.close()  # reshard: the reference pass and the update run sharded
+    add("time_verification", t0)
+    gather.close()  # reshard: the reference pass and the update run sharded
     t["rollout_copy_gb"] = gathered["bytes"] / scale.GiB  # the gathered copy (0 without FSDP)
 
     # ---- Alg.2 lines 6-10: the rewards (verification: Alg. 1 lines 12-16) and R, group by group
@@ -203,6 +207,31 @@ def rl_step(model, ref_model, tok, opt, sched, batch: dict, args, step: int, ran
             verify_abnormal=not args.no_verification_abnormal,
             verify_normal=not args.no_verification_normal)
     R = torch.tensor([p["total"] for p in parts], dtype=torch.float32)               # (B*G,)
+    return dict(ids=ids, mask=mask, texts=texts, seconds=seconds, parts=parts, R=R)
+
+
+def rl_step(model, ref_model, tok, opt, sched, batch: dict, args, step: int, rank: int, mode: str,
+            length_ranges: dict, prompt: str, ignore_eos: bool = False, draw=None) -> dict:
+    """Algorithm 2 lines 5-12 on this rank's videos -> log fields (ignore_eos: extras/bench.py;
+    draw(n, rng): n random videos for --dynamic-sampling, extras/dynamic.py)."""
+    device, G = batch["input_ids"].device, args.num_generations
+    gen = torch.Generator(device=device).manual_seed(args.seed * 1_000_003 + step * 1009 + rank)
+    trim_rng = random.Random(args.seed * 7_919 + step * 101 + rank)
+    sample_kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                     top_p=args.top_p, end_ids=vadr.end_token_ids(tok),
+                     pad_id=vadr.pad_token_id(tok), generator=gen, sync_ranks=(mode == "fsdp"),
+                     ignore_eos=ignore_eos)
+    t = {}  # timings (and dynamic-sampling counts)
+    roll_of = lambda b: rollout(model, tok, b, args, mode, length_ranges, prompt, sample_kw,
+                                trim_rng, t)
+    roll = roll_of(batch)                                                  # Alg. 2 lines 5-10
+    if args.dynamic_sampling:  # DAPO: refill groups whose rewards are all equal
+        batch, roll, dyn = dynamic.refill(batch, roll, G, roll_of, draw, args.dynamic_max_rounds,
+                                          vadr.pad_token_id(tok), seed=args.seed + step * 7 + rank)
+        t.update(dyn)
+    inputs = {k: batch[k] for k in vadr.MODEL_INPUT_KEYS}
+    ids, mask, texts, parts, R = (roll[k] for k in ("ids", "mask", "texts", "parts", "R"))
+
     # ---- Alg.2 line 11 (Eq. 1): group-normalised advantages
     adv, zero_std = grpo.group_advantages(R, G, std=args.adv_std)                  # (B*G,), (B,)
     adv = adv.to(device)
@@ -304,6 +333,9 @@ def main(argv=None):
     prompt = vadr.build_prompt(args.prompt_variant)  # binary: Abnormal / Normal in <which>
     ds = data.RLDataset(rows, prompt_variant=args.prompt_variant, **training.video_args(args))
     collate = data.make_collate(tok, with_targets=False)
+    # --dynamic-sampling's refills: n random videos of the whole set (extras/dynamic.py)
+    draw = lambda n, rng: vadr.to_device(collate([ds[rng.randrange(len(ds))] for _ in range(n)]),
+                                         device)
     step = start["step"]
     pbar = tqdm(total=total_steps, initial=step, disable=not vadr.is_main(), desc="rl")
     done = step >= total_steps
@@ -318,7 +350,7 @@ def main(argv=None):
         for s, batch in zip(range(first, steps_per_epoch), loader):
             ts = time.time()
             res = rl_step(model, ref_model, tok, opt, sched, vadr.to_device(batch, device), args,
-                          step, rank, mode, length_ranges, prompt)
+                          step, rank, mode, length_ranges, prompt, draw=draw)
             texts = res.pop("_texts")
             step += 1
             rec = dict(step=step, epoch=epoch, **vadr.all_reduce_mean(res, device),
