@@ -28,3 +28,12 @@ TABLE4 = {
 # Table 3: VANE per-category accuracy (%), the Vad-R1 row.
 TABLE3_VAD_R1 = {"SORA": 41.30, "OpenSORA": 78.00, "RG2": 56.00, "VideoLCM": 63.46,
                  "MS-T2": 60.42, "Avenue": 75.76, "Ped1": 60.00, "Ped2": 63.89}
+
+# Table 10, 16-frame rows, in extras.report.TABLE10_COLUMNS order: ROUGE-L, ROUGE-2, Precision,
+# mIoU, R@0.3, R@0.5, R@0.7.
+TABLE10 = {
+    "GRPO (paper, Table 10)": [0.502, 0.475, 0.861, 0.712, 0.770, 0.699, 0.640],
+    "GRPO+len_reward (paper, Table 10)": [0.529, 0.501, 0.856, 0.710, 0.770, 0.697, 0.642],
+    "GRPO+ano_reward (paper, Table 10)": [0.496, 0.467, 0.866, 0.707, 0.765, 0.695, 0.638],
+    "AVA-GRPO (paper, Table 10)": [0.530, 0.501, 0.882, 0.713, 0.770, 0.706, 0.651],
+}

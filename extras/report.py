@@ -15,6 +15,7 @@ them).
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import struct
@@ -207,3 +208,61 @@ def draw_run(run_dir: str, data_path: str | None, video_root: str | None, read_j
     if preds_path and data_path:
         lines += write_strips(run_dir, preds_path, data_path, video_root, read_jsonl, n_strips)
     return lines
+
+
+# ================================================================================================
+# 4. The reward ablation of the paper's Table 10 (`make toy-ablation`)
+# ================================================================================================
+
+# (stem, row name, the reward switches of train_rl.py): the same SFT model, seed and steps.
+ABLATION_ROWS = [("grpo", "GRPO (accuracy + format)",
+                  "--no-verification-reward --no-length-reward"),
+                 ("grpo_len", "GRPO + length", "--no-verification-reward"),
+                 ("grpo_ano", "GRPO + verification", "--no-length-reward"),
+                 ("ava_grpo", "AVA-GRPO (all four)", "")]
+TABLE10_COLUMNS = [("ROUGE-L", "reasoning.rouge_l"), ("ROUGE-2", "reasoning.rouge2"),
+                   ("Precision", "detection.precision"), ("mIoU", "detection.miou"),
+                   ("R@0.3", "detection.r@0.3"), ("R@0.5", "detection.r@0.5"),
+                   ("R@0.7", "detection.r@0.7")]
+_REWARD_KEYS = ("reward", "reward_accuracy", "reward_format", "reward_verification",
+                "reward_length", "zero_std_fraction")
+
+
+def ablation_report(abl_dir: str, read_jsonl, get_metric, fmt,
+                    paper_rows: dict | None = None) -> str:
+    """ABL_DIR/table10.md: one row per ablation run that has ABL_DIR/eval_<stem>.json, in
+    Table 10's columns (paper_rows: the paper's 16-frame rows, appended), then each run's
+    rewards over the first and last tenth of its steps, and its curves (<stem>/rl_curves.svg,
+    written here). read_jsonl, get_metric, fmt: eval.py's, passed in (extras never import it)."""
+    head = "| Strategy | " + " | ".join(h for h, _ in TABLE10_COLUMNS) + " |"
+    lines = ["# Toy reward ablation (layout of the paper's Table 10)", "",
+             "Each row trains RL from the same SFT model, seed and steps, with the reward switches "
+             "shown (train_rl.py).", "", head, "|---|" + "---:|" * len(TABLE10_COLUMNS)]
+    curves = ["", "Rewards per step, mean over the first / last tenth of the run:", "",
+              "| Strategy | flags | " + " | ".join(_REWARD_KEYS) + " |",
+              "|---|---|" + "---:|" * len(_REWARD_KEYS)]
+    for stem, name, flags in ABLATION_ROWS:
+        path = os.path.join(abl_dir, f"eval_{stem}.json")
+        if not os.path.isfile(path):
+            continue
+        with open(path) as f:
+            m = json.load(f)
+        lines.append(f"| {name} | " + " | ".join(fmt(get_metric(m, k)) for _, k in TABLE10_COLUMNS)
+                     + " |")
+        log = os.path.join(abl_dir, stem, "log.jsonl")
+        if os.path.isfile(log):
+            recs = read_jsonl(log)
+            rl_curves(os.path.join(abl_dir, stem), recs)
+            n = max(1, len(recs) // 10)
+            cell = lambda k: (f"{np.mean([r.get(k, 0.0) for r in recs[:n]]):.3f} / "
+                              f"{np.mean([r.get(k, 0.0) for r in recs[-n:]]):.3f}")
+            curves.append(f"| {name} | `{flags or '(none)'}` | "
+                          + " | ".join(cell(k) for k in _REWARD_KEYS) + " |")
+    for name, row in (paper_rows or {}).items():
+        lines.append(f"| {name} | " + " | ".join(fmt(v) for v in row) + " |")
+    curves += ["", "Curves: <stem>/rl_curves.svg for each stem of "
+               + ", ".join(s for s, _, _ in ABLATION_ROWS) + "."]
+    text = "\n".join(lines + curves) + "\n"
+    with open(os.path.join(abl_dir, "table10.md"), "w") as f:
+        f.write(text)
+    return text

@@ -128,8 +128,8 @@ def rollout_weights(model, enabled: bool = True):
 # ---- memory estimates (--dry-run) ----------------------------------------------------------------
 
 GiB = 2 ** 30
-# A dry run has no tokenizer. Qwen's BPE makes 4.02-4.08 characters a token on the P2C-CoT prompts,
-# and the chat template adds 15 tokens (docs/real-tokenizer.md): 4.0 keeps the estimate an upper bound.
+# A dry run has no tokenizer. Qwen's BPE makes 4.02-4.08 characters a token on the P2C-CoT
+# prompts and the chat template adds 15 tokens (docs/real-tokenizer.md): 4.0 keeps it a bound.
 CHARS_PER_TOKEN = 4.0
 TEMPLATE_TOKENS = 15
 # the longest SFT answer (docs/paper-vs-authors.md s.1: 441 words) at ~1.5 tokens a word, plus tags
@@ -537,14 +537,12 @@ def add_scale_args(ap: argparse.ArgumentParser, stage: str):
                    help="dtype of the frozen base weights under LoRA (auto: bf16 on GPU, fp32 "
                         "on CPU)")
     g.add_argument("--merge", default=None, metavar="CKPT",
-                   help="fold the adapters of a LoRA checkpoint (or run dir) into its base, "
-                        "write a full Hugging Face directory to --out (must be new), and exit")
+                   help="fold a LoRA checkpoint's adapters into its base, write it to a new --out")
     g.add_argument("--dry-run", action="store_true",
                    help="print parameter counts and the per-GPU memory estimate at these "
                         "settings from the --model config alone (meta device), and exit")
     g.add_argument("--dry-run-gpus", type=int, default=None,
-                   help="GPUs the dry run plans for (default: WORLD_SIZE or 1); with --fsdp the "
-                        "training state is sharded over them")
+                   help="GPUs the dry run plans for, sharded with --fsdp (default: WORLD_SIZE, 1)")
     g.add_argument("--dry-run-video-hw", default=None, metavar="H,W",
                    help="frame size the dry run assumes (default: the --max-pixels bound for a "
                         "real model, 112,112 for the toy)")

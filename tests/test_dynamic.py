@@ -10,16 +10,16 @@ import torch
 import grpo
 import vadr
 from conftest import run_script
-from extras import dynamic, toymodel
+from extras import dynamic
 
 G = 2
 
 
 @pytest.fixture(scope="module")
-def toy():
-    corpus = ["<think><step1>a grey road with two walkers</step1></think>",
-              "<answer><which>Normal</which><what>people walk</what></answer>"]
-    model, tok = toymodel.load_model("toy", corpus=corpus, seed=0)
+def toy(tiny_model):
+    """Two rolled-out batches by hand: b1 (2 videos, prompts of two lengths) with 5-token
+    completions, b2 (1 video) with 7-token ones; the conftest's tiny model scores them."""
+    model, tok = tiny_model
     model.eval()
     rng = np.random.default_rng(0)
     vid = lambda h, w: vadr.encode_frames(rng.integers(0, 256, (4, h, w, 3), dtype=np.uint8), 2.0)
