@@ -1,0 +1,269 @@
+"""extras/vanguard.py -- VANGUARD's pieces on vadr's code (the VANGUARD summary in the project's
+sources; no code of it is public): stage 1, an anomaly classifier warmed up on frozen features,
+and the box utilities its grounding stage and eval.py's box scores share.
+
+Stage 1 (classifier warm-up). The whole VLM is frozen; a two-layer head reads, for each temporal
+slot of the video (Qwen2.5-VL merges 2 frames into one slot, vadr.TEMPORAL_PATCH_SIZE), the mean
+of that slot's merged vision tokens, and predicts normal vs abnormal (logit 0) and, on abnormal
+slots, the category (logits 1..). Why these features and not the decoder's hidden states at the
+video tokens: they are one vision-tower pass per video (no language-model forward), they are
+what the decoder receives, and a slot lines up with two sampled frames, so slot labels come
+straight from the event interval and slot scores go straight back to frames. The features are
+computed once per video under torch.no_grad, so no gradient can reach the VLM (tested).
+
+Labels per slot: 1 when one of its sampled frames lies in the event's frames start..end
+(inclusive, as eval.frame_labels); per-frame scores: each frame of the video takes the score of
+the slot of its nearest sampled frame.
+
+Run it:
+    python -m extras.vanguard stage1 --model runs/toy/base --data data/toy/Vad-Reasoning-SFT-train.jsonl \
+        --video-root data/toy/videos --out runs/toy-vanguard/stage1
+    python -m extras.vanguard scores --model runs/toy/base --head runs/toy-vanguard/stage1 \
+        --data data/toy/Vad-Reasoning-SFT-test.jsonl --video-root data/toy/videos \
+        --out runs/toy-vanguard/frame_scores.jsonl     # prints frame ROC-AUC and best F1
+
+Tests: tests/test_vanguard.py.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import data
+import vadr
+
+# ---- boxes: [x1, y1, x2, y2] normalised to 0-1, 3 decimals (the grounding stage's target) -------
+
+_NUM = r"[+-]?(?:\d+\.?\d*|\.\d+)"
+_BOX = re.compile(r"\[\s*(" + _NUM + r")\s*,\s*(" + _NUM + r")\s*,\s*(" + _NUM + r")\s*,\s*("
+                  + _NUM + r")\s*\]")
+
+
+def format_box(bbox_px, width: int, height: int) -> str:
+    """Pixel box [x1, y1, x2, y2] (the toy world's `bbox`) -> '[0.125, 0.300, 0.406, 0.650]'."""
+    x1, y1, x2, y2 = bbox_px
+    return "[" + ", ".join(f"{v:.3f}" for v in (x1 / width, y1 / height, x2 / width,
+                                                 y2 / height)) + "]"
+
+
+def parse_box(text) -> tuple[float, float, float, float] | None:
+    """The first four-number list in text, as written (validity is box_iou's to judge)."""
+    m = _BOX.search(text) if isinstance(text, str) else None
+    if not m:
+        return None
+    box = tuple(float(v) for v in m.groups())
+    return box if all(math.isfinite(v) for v in box) else None
+
+
+def valid_box(b) -> bool:
+    """0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1: reversed, empty or out-of-range boxes are not."""
+    return (b is not None and len(b) == 4 and all(isinstance(v, (int, float)) for v in b)
+            and 0.0 <= b[0] < b[2] <= 1.0 and 0.0 <= b[1] < b[3] <= 1.0)
+
+
+def box_iou(pred, gt) -> float:
+    """Intersection over union of two normalised boxes; 0 when either is not valid_box."""
+    if not (valid_box(pred) and valid_box(gt)):
+        return 0.0
+    iw = max(0.0, min(pred[2], gt[2]) - max(pred[0], gt[0]))
+    ih = max(0.0, min(pred[3], gt[3]) - max(pred[1], gt[1]))
+    inter = iw * ih
+    area = lambda b: (b[2] - b[0]) * (b[3] - b[1])
+    return inter / (area(pred) + area(gt) - inter)
+
+
+# ---- stage 1: slot features, labels, the head ----------------------------------------------------
+
+def slot_features(model, batch: dict) -> list[torch.Tensor]:
+    """Mean merged vision token per temporal slot, per video -> [ (t_i, D) ], no gradient.
+    The tower returns each video's merged tokens in (t, h/2, w/2) order (tests/golden layout)."""
+    visual = vadr.unwrap(model).model.visual
+    grid = batch["video_grid_thw"]                                                 # (B, 3)
+    with torch.no_grad():
+        out = visual(batch["pixel_values_videos"], grid_thw=grid)
+        tokens = out.pooler_output if hasattr(out, "pooler_output") else out       # (sum, D)
+    m2 = visual.spatial_merge_size ** 2
+    per_video = torch.split(tokens, (grid.prod(-1) // m2).tolist())                # B x (n_i, D)
+    return [v.reshape(int(g[0]), -1, v.shape[-1]).mean(1).float()                  # (t_i, D)
+            for v, g in zip(per_video, grid)]
+
+
+def slot_labels(row: dict, indices) -> np.ndarray:
+    """(t,) 0/1: slot j holds sampled frames indices[2j], indices[2j+1] (the last one repeated
+    when odd, as the processor pads); 1 if one of them is in start..end of an abnormal row."""
+    idx = np.asarray(indices)
+    if len(idx) % vadr.TEMPORAL_PATCH_SIZE:
+        idx = np.concatenate([idx, idx[-1:]])
+    pairs = idx.reshape(-1, vadr.TEMPORAL_PATCH_SIZE)                              # (t, 2)
+    if row.get("label") != "Abnormal" or row.get("start") is None:
+        return np.zeros(len(pairs), dtype=np.int64)
+    inside = (pairs >= row["start"]) & (pairs <= row["end"])
+    return inside.any(1).astype(np.int64)
+
+
+def frame_scores(slot_scores, indices, total_frames: int) -> np.ndarray:
+    """(total,) per-frame scores: frame f takes the score of the slot of its nearest sampled
+    frame (ties: the earlier one)."""
+    idx = np.asarray(indices, dtype=np.float64)                                    # (n,)
+    f = np.arange(int(total_frames), dtype=np.float64)[:, None]                    # (total, 1)
+    nearest = np.abs(f - idx[None]).argmin(1)                                      # (total,)
+    return np.asarray(slot_scores, dtype=np.float64)[nearest // vadr.TEMPORAL_PATCH_SIZE]
+
+
+def make_head(dim: int, n_categories: int, hidden: int = 128, seed: int = 0) -> torch.nn.Module:
+    """Two layers: logit 0 is abnormal vs normal, logits 1.. the category of an abnormal slot."""
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(dim, hidden), torch.nn.GELU(),
+                               torch.nn.Linear(hidden, 1 + n_categories))
+
+
+def head_loss(head, feats: torch.Tensor, labels: torch.Tensor, cats: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy on every slot + cross-entropy of the category on abnormal slots with a
+    known category (cats >= 0). feats (N, D), labels (N,) 0/1, cats (N,) category index or -1."""
+    out = head(feats)                                                              # (N, 1+C)
+    loss = F.binary_cross_entropy_with_logits(out[:, 0], labels.float())
+    has = (labels == 1) & (cats >= 0)
+    if out.shape[1] > 1 and bool(has.any()):
+        loss = loss + F.cross_entropy(out[has, 1:], cats[has])
+    return loss
+
+
+# ---- the two commands ------------------------------------------------------------------------------
+
+def _features_of(model, rows: list[dict], args) -> list[dict]:
+    """Each row's slot features, slot labels and sampled frame indices (one tower pass a video)."""
+    items = []
+    for row in rows:
+        v = vadr.read_video(row["video_path"], args.frames)
+        enc = vadr.encode_frames(v["frames"], v["sampled_fps"], args.min_pixels, args.max_pixels)
+        (feat,) = slot_features(model, enc)
+        items.append(dict(row=row, feat=feat, indices=v["indices"],
+                          labels=torch.as_tensor(slot_labels(row, v["indices"]))))
+    return items
+
+
+def _load_backbone(path: str):
+    from extras import toymodel
+    model, _ = toymodel.load_model(path)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)  # stage 1: the whole VLM frozen
+    return model
+
+
+def train_stage1(args) -> dict:
+    """Fit the head on the SFT rows' slot features; save head.pt and head_config.json."""
+    model = _load_backbone(args.model)
+    rows = data.read_manifest(args.data, "sft", video_root=args.video_root, skip_bad=args.skip_bad)
+    items = _features_of(model, rows, args)
+    cat_index = {c: i for i, c in enumerate(vadr.CATEGORIES)}
+    feats = torch.cat([it["feat"] for it in items])                               # (N, D)
+    labels = torch.cat([it["labels"] for it in items])                            # (N,)
+    cats = torch.cat([torch.full((len(it["labels"]),), cat_index.get(it["row"]["anomaly_type"], -1))
+                      for it in items])                                           # (N,)
+    head = make_head(feats.shape[1], len(vadr.CATEGORIES), args.hidden, args.seed)
+    opt = torch.optim.AdamW(head.parameters(), lr=args.lr, weight_decay=0.0)
+    g = torch.Generator().manual_seed(args.seed)
+    log = []
+    for epoch in range(args.epochs):
+        perm = torch.randperm(len(feats), generator=g)
+        for i in range(0, len(perm), args.batch_size):
+            b = perm[i:i + args.batch_size]
+            loss = head_loss(head, feats[b], labels[b], cats[b])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            log.append(dict(epoch=epoch + 1, loss=float(head_loss(head, feats, labels, cats))))
+    os.makedirs(args.out, exist_ok=True)
+    torch.save(head.state_dict(), os.path.join(args.out, "head.pt"))
+    cfg = dict(dim=int(feats.shape[1]), hidden=args.hidden, categories=list(vadr.CATEGORIES),
+               frames=args.frames, min_pixels=args.min_pixels, max_pixels=args.max_pixels,
+               backbone=args.model, n_slots=int(len(feats)), positive_slots=int(labels.sum()),
+               log=log)
+    with open(os.path.join(args.out, "head_config.json"), "w") as f:
+        json.dump(cfg, f, indent=1)
+    return cfg
+
+
+def load_head(head_dir: str) -> tuple[torch.nn.Module, dict]:
+    with open(os.path.join(head_dir, "head_config.json")) as f:
+        cfg = json.load(f)
+    head = make_head(cfg["dim"], len(cfg["categories"]), cfg["hidden"])
+    head.load_state_dict(torch.load(os.path.join(head_dir, "head.pt"), weights_only=True))
+    return head.eval(), cfg
+
+
+def score_frames(args) -> list[dict]:
+    """Per-frame abnormal probabilities of every test row -> JSONL rows {source, video,
+    frame_scores}; prints the frame ROC-AUC and best F1 (eval.py's UCF-Crime convention)."""
+    head, cfg = load_head(args.head)
+    for k in ("frames", "min_pixels", "max_pixels"):
+        setattr(args, k, cfg[k])  # the settings the head was trained with
+    model = _load_backbone(args.model)
+    rows = data.read_manifest(args.data, "sft", video_root=args.video_root, skip_bad=args.skip_bad)
+    out = []
+    for it in _features_of(model, rows, args):
+        with torch.no_grad():
+            p = torch.sigmoid(head(it["feat"])[:, 0]).numpy()                     # (t,)
+        r = it["row"]
+        out.append(dict(source=r["source"], video=r["video"],
+                        frame_scores=[round(float(s), 6) for s in
+                                      frame_scores(p, it["indices"], r["total_frames"])]))
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        for o in out:
+            f.write(json.dumps(o) + "\n")
+    import eval as eval_mod  # the entry script's metrics (extras import it only from a command)
+    labels = [eval_mod.frame_labels(r) for r in rows]
+    y = np.concatenate([lab for lab in labels])
+    s = np.concatenate([np.asarray(o["frame_scores"]) for o in out])
+    auc = eval_mod.frame_auc(y, s)
+    f1, thr = eval_mod.best_f1(y, s)
+    print(f"{args.out}: {len(out)} videos, {len(y)} frames; frame ROC-AUC {auc:.3f}, "
+          f"best F1 {f1:.3f} at {thr:.3f}")
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="VANGUARD stage 1 on vadr (see the module docstring)")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    for name, what in (("stage1", "train the head on frozen features"),
+                       ("scores", "per-frame scores of a test manifest with a trained head")):
+        p = sub.add_parser(name, help=what)
+        p.add_argument("--model", required=True, help="the frozen backbone checkpoint directory")
+        p.add_argument("--data", required=True, help="an SFT manifest (rows with start/end)")
+        p.add_argument("--video-root", default=None, help="folder the videos resolve under")
+        p.add_argument("--out", required=True,
+                       help="stage1: the head's directory; scores: the JSONL to write")
+        p.add_argument("--skip-bad", action="store_true", help="skip and count bad rows")
+    s1 = sub.choices["stage1"]
+    s1.add_argument("--frames", type=int, default=16, help="frames per video (8 slots)")
+    s1.add_argument("--min-pixels", type=int, default=vadr.DEFAULT_MIN_PIXELS, help="per frame")
+    s1.add_argument("--max-pixels", type=int, default=vadr.DEFAULT_MAX_PIXELS, help="per frame")
+    s1.add_argument("--epochs", type=int, default=60, help="passes over the cached slot features")
+    s1.add_argument("--batch-size", type=int, default=64, help="slots per step")
+    s1.add_argument("--lr", type=float, default=3e-3, help="AdamW learning rate of the head")
+    s1.add_argument("--hidden", type=int, default=128, help="the head's hidden width")
+    s1.add_argument("--seed", type=int, default=0, help="head init and slot order")
+    sub.choices["scores"].add_argument("--head", required=True, help="a stage1 --out directory")
+    args = ap.parse_args(argv)
+    if args.cmd == "stage1":
+        if min(args.frames, args.epochs, args.batch_size, args.hidden) < 1 or not args.lr > 0:
+            ap.error("--frames, --epochs, --batch-size, --hidden must be >= 1 and --lr > 0")
+        cfg = train_stage1(args)
+        print(f"{args.out}: head on {cfg['n_slots']} slots ({cfg['positive_slots']} abnormal), "
+              f"final loss {cfg['log'][-1]['loss']:.4f}")
+    else:
+        score_frames(args)
+
+
+if __name__ == "__main__":
+    vadr.run_main(main)

@@ -1,0 +1,108 @@
+"""extras/vanguard.py: box parsing and IoU by hand, slot labels and frame scores by hand, a stage-1
+head that never moves the frozen VLM, and frame AUC against scikit-learn."""
+import copy
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+import data
+import eval as eval_mod
+from extras import vanguard
+
+
+# ---------------------------------------------------------------- boxes
+
+@pytest.mark.parametrize("text,box", [
+    ("on the left [0.125, 0.300, 0.406, 0.650] by the road", (0.125, 0.3, 0.406, 0.65)),
+    ("[.1,.2,.3,.4]", (0.1, 0.2, 0.3, 0.4)),
+    ("[0.1, 0.2, 0.3]", None),                       # three numbers: not a box
+    ("no box here", None), (None, None), (12, None),
+    ("[1e400, 0, 1, 1]", None),                      # not a number we accept
+])
+def test_parse_box(text, box):
+    assert vanguard.parse_box(text) == (pytest.approx(box) if box else None)
+
+
+@pytest.mark.parametrize("pred,gt,iou", [
+    ((0.0, 0.0, 0.5, 0.5), (0.0, 0.0, 0.5, 0.5), 1.0),
+    ((0.0, 0.0, 0.5, 0.5), (0.25, 0.25, 0.75, 0.75), 0.0625 / (0.25 + 0.25 - 0.0625)),
+    ((0.0, 0.0, 0.2, 0.2), (0.5, 0.5, 0.9, 0.9), 0.0),          # disjoint
+    ((0.5, 0.0, 0.2, 0.5), (0.0, 0.0, 0.5, 0.5), 0.0),          # reversed x
+    ((0.1, 0.1, 0.1, 0.5), (0.0, 0.0, 0.5, 0.5), 0.0),          # zero width
+    ((-0.1, 0.0, 0.5, 0.5), (0.0, 0.0, 0.5, 0.5), 0.0),         # out of range
+    ((0.0, 0.0, 0.5, 1.2), (0.0, 0.0, 0.5, 0.5), 0.0),
+    (None, (0.0, 0.0, 0.5, 0.5), 0.0), ((0.0, 0.0, 0.5), (0.0, 0.0, 0.5, 0.5), 0.0),
+])
+def test_box_iou_by_hand(pred, gt, iou):
+    assert vanguard.box_iou(pred, gt) == pytest.approx(iou, abs=1e-12)
+    assert vanguard.box_iou(gt, pred) == pytest.approx(iou, abs=1e-12)
+
+
+def test_format_box_round_trips():
+    s = vanguard.format_box([14, 33, 59, 98], 112, 112)
+    assert s == "[0.125, 0.295, 0.527, 0.875]"
+    assert vanguard.parse_box(s) == pytest.approx((0.125, 0.295, 0.527, 0.875))
+
+
+# ---------------------------------------------------------------- slots and frames
+
+def test_slot_labels_and_frame_scores_by_hand():
+    row = dict(label="Abnormal", start=30, end=49)
+    idx = [0, 13, 26, 40, 53, 66, 79, 99]                 # 8 sampled frames -> 4 slots
+    assert vanguard.slot_labels(row, idx).tolist() == [0, 1, 0, 0]   # 40 in 30..49 only
+    assert vanguard.slot_labels(dict(row, end=53), idx).tolist() == [0, 1, 1, 0]
+    assert vanguard.slot_labels(dict(label="Normal"), idx).tolist() == [0, 0, 0, 0]
+    assert vanguard.slot_labels(row, idx[:7]).tolist() == [0, 1, 0, 0]  # odd: last repeated
+    fs = vanguard.frame_scores([0.1, 0.9, 0.5, 0.2], idx, 100)
+    assert fs.shape == (100,)
+    assert fs[0] == 0.1 and fs[6] == 0.1 and fs[7] == 0.1   # nearest sampled frame 0 or 13
+    assert fs[20] == 0.9 and fs[33] == 0.9 and fs[34] == 0.9  # 26 and 40 are slot 1's
+    assert fs[47] == 0.5 and fs[99] == 0.2                   # 53 (slot 2), 99 (slot 3)
+
+
+# ---------------------------------------------------------------- stage 1 on the tiny world
+
+@pytest.fixture(scope="module")
+def stage1(tiny_world, tiny_model, tmp_path_factory):
+    model = copy.deepcopy(tiny_model[0])  # frozen here; the session's model stays as it is
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    out = tmp_path_factory.mktemp("stage1")
+    common = ["--model", "unused", "--video-root", tiny_world["videos"]]
+    orig = vanguard._load_backbone
+    vanguard._load_backbone = lambda path: _frozen(model)
+    try:
+        vanguard.main(["stage1", *common, "--data", tiny_world["sft_train"], "--out", str(out),
+                       "--frames", "4", "--epochs", "30"])
+        preds = out / "scores.jsonl"
+        vanguard.main(["scores", *common, "--data", tiny_world["sft_test"], "--head", str(out),
+                       "--out", str(preds)])
+    finally:
+        vanguard._load_backbone = orig
+    return dict(model=model, before=before, out=out, preds=preds, world=tiny_world)
+
+
+def _frozen(model):
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def test_stage1_never_moves_the_vlm(stage1):
+    model = stage1["model"]
+    assert all(p.grad is None for p in model.parameters())
+    after = model.state_dict()
+    assert all(torch.equal(stage1["before"][k], after[k]) for k in after)
+    head, cfg = vanguard.load_head(str(stage1["out"]))
+    assert cfg["n_slots"] == 8 * 2 and cfg["log"][-1]["loss"] < cfg["log"][0]["loss"]
+
+
+def test_frame_auc_of_head_scores_equals_sklearn(stage1):
+    rows = data.read_manifest(stage1["world"]["sft_test"], "sft", video_root=stage1["world"]["videos"])
+    scores = {(p["source"], p["video"]): p["frame_scores"] for p in eval_mod.load_jsonl(str(stage1["preds"]))}
+    y = np.concatenate([eval_mod.frame_labels(r) for r in rows])
+    s = np.concatenate([scores[(r["source"], r["video"])] for r in rows])
+    assert len(s) == sum(r["total_frames"] for r in rows) and 0 < y.sum() < len(y)
+    assert eval_mod.frame_auc(y, s) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
