@@ -4,6 +4,7 @@
 #   make toy REDO=1     redo every stage
 #   make toy-rl-only    also the "+AVA-GRPO alone" row (RL from the untrained model)
 #   make toy-smoke      a few steps per stage into runs/toy-smoke/ (what CI's pipeline test runs)
+#   make toy-ablation   the reward ablation of the paper's Table 10 -> runs/toy/ablation/table10.md
 PY ?= python
 DATA ?= data/toy
 RUN ?= runs/toy
@@ -18,12 +19,13 @@ ifdef REDO
 FORCE := force
 endif
 
-.PHONY: toy toy-rl-only toy-smoke force clean-toy
+.PHONY: toy toy-rl-only toy-ablation toy-ablation-smoke toy-smoke force clean-toy
 # A stage is finished when its `done` stamp exists (touched after the script exits 0), not when its
 # first checkpoint (`latest`) appears. A killed stage has checkpoints but no stamp, so the next
 # `make toy` continues it with --resume; a stage whose stamp is stale (an earlier stage was redone)
-# or REDO=1 starts afresh.
-RESUME = $(if $(REDO),,$(if $(wildcard $(1)/done),,$(if $(wildcard $(1)/latest $(1)/step-*),--resume $(1))))
+# or REDO=1 starts afresh with --overwrite (the scripts refuse a run directory that holds a run
+# without one of the two: extras/flagcheck.py).
+RESUME = $(if $(REDO),--overwrite,$(if $(wildcard $(1)/done),--overwrite,$(if $(wildcard $(1)/latest $(1)/step-*),--resume $(1),--overwrite)))
 
 toy: $(RUN)/table.md
 
@@ -61,6 +63,36 @@ $(RUN)/table.md: $(RUN)/eval_base.json $(RUN)/eval_sft.json $(RUN)/eval_rl.json
 
 toy-rl-only: $(RUN)/eval_rl_only.json
 	$(PY) eval.py --report $(RUN) $(TEST)
+
+# The reward ablation (paper Table 10): RL from the same SFT model, seed and steps, with the reward
+# switches of extras/report.py ABLATION_ROWS. AVA-GRPO is the main pipeline's RL run, linked.
+ABL := $(RUN)/ablation
+ABL_FLAGS_grpo := --no-verification-reward --no-length-reward
+ABL_FLAGS_grpo_len := --no-verification-reward
+ABL_FLAGS_grpo_ano := --no-length-reward
+
+$(ABL)/%/done: $(RUN)/sft/done
+	$(PY) train_rl.py --model $(RUN)/sft --data $(DATA)/Vad-Reasoning-RL.jsonl --video-root $(DATA)/videos \
+		--length-ranges-from $(DATA)/Vad-Reasoning-SFT-train.jsonl --preset toy --out $(ABL)/$* $(ABL_FLAGS_$*) $(call RESUME,$(ABL)/$*) $(RL_ARGS)
+	touch $@
+
+$(ABL)/eval_%.json: $(ABL)/%/done
+	[ $(ABL)/preds_$*.jsonl -nt $< ] || rm -f $(ABL)/preds_$*.jsonl
+	$(PY) eval.py --model $(ABL)/$* $(TEST) --out $(ABL)/preds_$*.jsonl --json $@ --name $* $(EVAL_ARGS)
+
+$(ABL)/eval_ava_grpo.json: $(RUN)/eval_rl.json
+	mkdir -p $(ABL) && ln -sfn ../rl $(ABL)/ava_grpo && cp $< $@
+
+toy-ablation: $(ABL)/eval_grpo.json $(ABL)/eval_grpo_len.json $(ABL)/eval_grpo_ano.json $(ABL)/eval_ava_grpo.json
+	$(PY) eval.py --ablation-report $(ABL) --with-paper
+
+toy-ablation-smoke:
+	$(MAKE) toy toy-ablation DATA=$(SMOKE)/data RUN=$(SMOKE) \
+		WORLD_ARGS="--n-sft 8 --n-test 4 --n-rl 8 --n-caption 8 --frames 16 24" \
+		BASE_ARGS="--max-steps 2 --frames 4 --num-workers 0" \
+		SFT_ARGS="--max-steps 2 --frames 4 --num-workers 0" \
+		RL_ARGS="--max-steps 2 --frames 4 --max-new-tokens 16 --num-workers 0" \
+		EVAL_ARGS="--max-new-tokens 16 --frames 4 --num-workers 0"
 
 SMOKE ?= runs/toy-smoke
 toy-smoke:

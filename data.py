@@ -46,7 +46,11 @@ VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov")
 # Reasons a row can be rejected (the keys of the skip counts).
 REASONS = ("bad-json", "missing-field", "bad-value", "unknown-category", "bad-interval",
            "interval-out-of-range", "bad-format", "label-mismatch", "when-mismatch",
-           "missing-video", "ambiguous-video", "unreadable-video")
+           "missing-video", "ambiguous-video", "unreadable-video", "frame-count-mismatch",
+           "row-too-long", "duplicate-video")
+# A bound on one raw line, so that a corrupt row never builds a million-token target. The released
+# rows are at most 3,336 characters (SFT-train line 415; RL: 312); 65,536 is ~20x that.
+MAX_ROW_CHARS = 65_536
 
 
 class ManifestError(vadr.InputError):
@@ -233,20 +237,19 @@ def _check_rl(obj: dict, row: dict, bad) -> dict | None:
     return row
 
 
-def _video_problem(path: str, probe: bool) -> str | None:
-    """None if usable, else why not. Cheap by default (readable, not empty); probe=True also
-    opens the file with decord (slower: a few ms per video)."""
+def _video_problem(path: str, probe: bool, total_frames=None) -> tuple[str, str] | None:
+    """None if usable, else (reason, why). Cheap by default (readable, not empty); probe=True
+    also decodes the first and last frames through vadr.read_video, the training path, and
+    compares the frame count with the row's total_frames (slower: ms per video)."""
     if not os.access(path, os.R_OK):
-        return "not readable (permissions)"
+        return "unreadable-video", "not readable (permissions)"
     if os.path.getsize(path) == 0:
-        return "empty file"
+        return "unreadable-video", "empty file"
     if probe:
-        import decord
         try:
-            n = len(decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1))
-        except decord.DECORDError as e:
-            return f"decord cannot open it ({str(e).splitlines()[0][:120]})"
-        return "decord reads 0 frames" if n <= 0 else None
+            vadr.read_video(path, num_frames=2, expect_frames=total_frames)
+        except vadr.VideoError as e:
+            return e.reason, e.why
     return None
 
 
@@ -262,26 +265,54 @@ def _find_video(row: dict, video_root, mdir: str, check: bool, probe: bool, bad)
     elif others:
         bad("ambiguous-video", f"video {row['video']!r} matches different files: "
             + ", ".join([found] + others) + "; keep one or pass a --video-root that holds one")
-    elif why := _video_problem(found, probe):
-        bad("unreadable-video", f"{found}: {why}")
+    elif why := _video_problem(found, probe, row.get("total_frames")):
+        bad(why[0], f"{found}: {why[1]}")
     return found
+
+
+def _lines(f, limit: int = 4 * MAX_ROW_CHARS + 2):
+    """The lines of a binary file; one of more than `limit` bytes (so more than MAX_ROW_CHARS
+    characters: UTF-8 spends at most 4 bytes on one) comes back as None, read in pieces and
+    dropped, so that a huge line never sits in memory whole."""
+    while line := f.readline(limit):
+        if len(line) == limit and not line.endswith(b"\n"):
+            while (more := f.readline(limit)) and not more.endswith(b"\n"):
+                pass
+            line = None
+        yield line
+
+
+def _decode(raw: bytes, path: str, lineno: int) -> str:
+    try:  # utf-8-sig on line 1: a byte-order mark (some editors write one) is not data
+        return raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+    except UnicodeDecodeError as e:  # a wrong encoding is the whole file's problem: not skipped
+        raise vadr.InputError(f"{path}:{lineno}: not UTF-8 text (byte {raw[e.start]:#04x} at byte "
+                              f"{e.start + 1} of the line); re-encode the manifest as UTF-8 "
+                              "(e.g. iconv -t UTF-8)") from None
 
 
 def check_manifest(path: str, kind: str = "sft", video_root: str | None = None,
                    check_videos: bool = True, probe_videos: bool = False):
     """Validate every row of a manifest in one pass. -> (rows, problems): the good rows
     (normalised dicts, see read_manifest) and [(line, reason, detail)] for every problem, in
-    file order. Never raises for a bad row; FileNotFoundError if the manifest is missing. Blank
-    lines are skipped, but counted: line numbers are physical and 1-based."""
+    file order. Never raises for a bad row; vadr.InputError for a missing or unreadable file, a
+    directory, or a line that is not UTF-8. Blank lines are skipped, but counted: line numbers
+    are physical and 1-based. A second row for a (source, video) is a duplicate-video."""
     if kind not in ("sft", "rl", "caption"):
         raise ValueError(f"kind must be 'sft', 'rl' or 'caption', got {kind!r}")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"manifest not found: {path}")
+    if not os.path.isfile(path):  # missing, a directory, a device (/dev/zero would never end)
+        raise vadr.InputError(f"cannot read manifest {path}: " + ("is a directory" if os.path.isdir(
+            path) else "not a regular file" if os.path.exists(path) else "not found"))
+    try:
+        f = open(path, "rb")
+    except OSError as e:  # no permission
+        raise vadr.InputError(f"cannot read manifest {path}: {e.strerror}") from None
     mdir = os.path.dirname(os.path.abspath(path))
-    rows, problems = [], []
-    with open(path, encoding="utf-8") as f:
-        for lineno, raw in enumerate(f, 1):
-            if not raw.strip():
+    rows, problems, seen = [], [], {}
+    with f:
+        for lineno, raw in enumerate(_lines(f), 1):
+            text = None if raw is None else _decode(raw, path, lineno)
+            if text is not None and not text.strip():
                 continue
             mine = []
 
@@ -289,15 +320,25 @@ def check_manifest(path: str, kind: str = "sft", video_root: str | None = None,
                 assert reason in REASONS, reason
                 _mine.append((_ln, reason, detail))
 
-            try:
-                row = _check_row(json.loads(raw), kind, bad)
-            except json.JSONDecodeError as e:
-                row = bad("bad-json", f"not valid JSON ({e.msg}, column {e.colno})")
+            if text is None or len(text.rstrip("\r\n")) > MAX_ROW_CHARS:
+                row = bad("row-too-long", f"more than {MAX_ROW_CHARS} characters (MAX_ROW_CHARS)")
+            else:
+                try:
+                    row = _check_row(json.loads(text), kind, bad)
+                except json.JSONDecodeError as e:
+                    row = bad("bad-json", f"not valid JSON ({e.msg}, column {e.colno})")
+                except (ValueError, RecursionError) as e:  # a 5000-digit int, nesting 10^4 deep
+                    row = bad("bad-json", f"not readable JSON ({type(e).__name__}: {e!s:.80})")
+            key = row and (row["source"], row["video"])
+            if row is not None and key in seen:
+                row = bad("duplicate-video", f"source {key[0]!r} video {key[1]!r} is also at line "
+                          f"{seen[key]}; each video once per manifest (--skip-bad keeps the first)")
             if row is not None:
                 row["video_path"] = _find_video(row, video_root, mdir, check_videos,
                                                 probe_videos, bad)
             problems += mine
             if not mine:
+                seen[key] = lineno
                 rows.append(dict(row, line=lineno))
     return rows, problems
 
@@ -372,7 +413,9 @@ class SFTDataset(torch.utils.data.Dataset):
         """Row i's video, encoded by vadr.encode_video (or from the cache)."""
         video = self.cache.get(i) if self.cache is not None else None
         if video is None:
-            video = vadr.encode_video(self.rows[i]["video_path"], **self.video_args)
+            row = self.rows[i]  # total_frames (SFT rows): a video far shorter is an error
+            video = vadr.encode_video(row["video_path"], expect_frames=row.get("total_frames"),
+                                      **self.video_args)
             if self.cache is not None:
                 self.cache[i] = video
         return video
@@ -451,7 +494,8 @@ def main(argv=None):
     v.add_argument("--skip-bad", action="store_true",
                    help="drop bad rows and count them instead of failing")
     v.add_argument("--no-check-videos", action="store_true", help="do not look for the video files")
-    v.add_argument("--probe", action="store_true", help="also open every video with decord")
+    v.add_argument("--probe", action="store_true", help="also decode every video's first and "
+                   "last frames and compare its frame count with total_frames (vadr.FRAME_SLACK)")
     _cmd_validate(ap.parse_args(argv))
 
 

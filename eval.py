@@ -22,10 +22,13 @@ from their temperature-0.1 sampling so that a table is reproducible; `--authors-
 as they did and refuses any flag that contradicts their settings.
 
 Predictions are matched to ground-truth rows by (source, video), else by a video id unique in the
-GT. A prediction for a video not in the GT, or a GT video without a prediction, is counted and
-listed, never a crash. Metrics JSON (nested; detection.f1 is json["detection"]["f1"], a figure over
-an empty set is null): detection, detection_abnormal_only, category, reasoning, reasoning_common,
-frame, format, counts, unmatched; every key, and where we knowingly depart from the authors'
+GT. A prediction for a video not in the GT is counted and listed, never a crash. A GT video
+without a usable prediction counts WRONG in every figure (no label, IoU 0, text scores 0; the
+authors skip it: detection_matched_only), and `--score` then exits 1 without writing --json unless
+--allow-missing; repeated and malformed rows: extras/scoring.py. Metrics JSON (nested;
+detection.f1 is json["detection"]["f1"], a figure over an empty set is null): detection,
+detection_matched_only, detection_abnormal_only, category, reasoning, reasoning_common, frame,
+format, counts, unmatched; every key, and where we knowingly depart from the authors'
 scripts (METEOR without WordNet, our tokenizer, tags as spaces, ...): docs/eval.md.
 """
 from __future__ import annotations
@@ -34,37 +37,24 @@ import argparse
 import json
 import os
 import sys
-from collections import defaultdict
 
 import numpy as np
 
 import vadr
-from extras import (fastpath, paper_tables, predictions, report, textmetrics, toymodel,
-                    training, vane)
+from extras import (badvideos, fastpath, flagcheck, paper_tables, predictions, report, scoring,
+                    textmetrics, toymodel, training, vane)
 from vadr import parse_completion
 
 
 # ---- 0. Reading JSONL (fail loudly with file:line) -----------------------------------------------
 
-def load_jsonl(path: str) -> list[dict]:
-    """Read a JSON Lines file: one JSON object per non-blank line. A malformed line raises
-    vadr.InputError (a ValueError) "PATH:LINE: ..." naming the file and the 1-based line, so a
-    broken prediction file is never silently half-scored."""
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise vadr.InputError(f"{path}:{lineno}: malformed JSON ({e.msg}, column "
-                                      f"{e.colno}): {line.strip()[:120]!r}") from None
-            if not isinstance(obj, dict):
-                raise vadr.InputError(f"{path}:{lineno}: expected a JSON object, got "
-                                      f"{type(obj).__name__}")
-            rows.append(obj)
-    return rows
+def load_jsonl(path: str, with_lines: bool = False):
+    """Read a JSON Lines file: one JSON object per non-blank line. A missing file, a directory,
+    bytes that are not UTF-8 or a malformed line raise vadr.InputError (a ValueError)
+    "PATH:LINE: ..." naming the file and the 1-based line, so a broken prediction file is never
+    silently half-scored (extras/scoring.py). with_lines: (rows, "PATH:LINE" of each row)."""
+    rows, where = scoring.read_jsonl(path)
+    return (rows, where) if with_lines else rows
 
 
 # ---- 1. Detection (docs/paper-vs-authors.md s.3): binary label, P/R/F1, interval IoU, mIoU, R@k --
@@ -148,9 +138,10 @@ def predicted_interval_authors(parsed: dict) -> tuple[float, float]:
     return parsed["when"] if parsed.get("when") is not None else (0.0, 0.0)
 
 
-def detection_metrics(outputs: list[str], gt_rows: list[dict]) -> dict:
+def detection_metrics(outputs: list[str | None], gt_rows: list[dict]) -> dict:
     """Authors' detection protocol (docs/paper-vs-authors.md s.3) over aligned (output, GT row)
-    pairs, i.e. every GT video that has a prediction row, whatever its output:
+    pairs. An output None (a GT video without a prediction) has NO label: wrong whatever the GT
+    (an abnormal video is a false negative), IoU 0; every other output, even empty, is scored:
 
       label:  authors_label(<which>) vs gt_label(row); Abnormal is the positive class;
       IoU:    label right -> interval_iou(predicted_interval_authors, gt_interval)
@@ -158,7 +149,7 @@ def detection_metrics(outputs: list[str], gt_rows: list[dict]) -> dict:
       mIoU = mean IoU, R@k = mean(IoU >= k).
     Abnormal GT rows without an interval are left out of the IoU figures (not of P/R/F1)."""
     parsed = [parse_completion(o) for o in outputs]
-    pred = [authors_label(p.get("which")) for p in parsed]
+    pred = [None if o is None else authors_label(p.get("which")) for o, p in zip(outputs, parsed)]
     gold = [gt_label(r) for r in gt_rows]
     out = binary_prf(pred, gold)
     ious = []
@@ -194,8 +185,8 @@ def _norm_cat(s) -> str:
 
 
 def category_metrics(outputs: list[str], gt_rows: list[dict]) -> dict:
-    """Fine-grained category accuracy over abnormal GT videos with a prediction row:
-    correct iff _norm_cat(<which>) == _norm_cat(anomaly_type); a missing <which> is wrong.
+    """Fine-grained category accuracy over abnormal GT videos: correct iff _norm_cat(<which>)
+    == _norm_cat(anomaly_type); a missing <which> or prediction (None) is wrong.
     accuracy_merged additionally maps both sides through vadr.normalize_category (unknown names
     keep their normalised text), so "Drown" and "Drowning" count as the same category."""
     hits, hits_m, n = 0, 0, 0
@@ -291,7 +282,8 @@ def best_f1(labels, scores) -> tuple[float | None, float | None]:
 
 
 def frame_metrics(outputs: list[str], gt_rows: list[dict]) -> dict:
-    """Frame-level AUC and best F1 over all frames of all matched videos concatenated."""
+    """Frame-level AUC and best F1 over all frames of all GT videos concatenated (a video
+    without a prediction, None, scores 0 on every frame)."""
     labs, scs, nv = [], [], 0
     for out, row in zip(outputs, gt_rows):
         lab = frame_labels(row)
@@ -310,73 +302,57 @@ def frame_metrics(outputs: list[str], gt_rows: list[dict]) -> dict:
 
 # ---- 3. Matching predictions to GT, and the whole score ------------------------------------------
 
-def _key(row: dict) -> tuple[str, str]:
-    return (str(row.get("source", "")).strip(), str(row.get("video", "")).strip())
+_key = scoring.key  # (source, video), stripped: how a row names its video
 
 
-def match_predictions(pred_rows: list[dict], gt_rows: list[dict]) -> dict:
+def match_predictions(pred_rows: list[dict], gt_rows: list[dict], pred_where=None,
+                      gt_where=None) -> dict:
     """Pair prediction rows with GT rows: by (source, video); else by video alone when that id is
-    unique in the GT. Returns dict(matched: list of (gt_index, output) in GT order,
-    unknown: prediction keys not in the GT, duplicates: count of extra rows for a matched
-    video (the first row wins), missing: GT keys with no prediction). Two GT rows with the same
-    (source, video) raise ValueError: the GT must identify each video once."""
-    by_key = {}
-    by_video = defaultdict(list)
-    for i, g in enumerate(gt_rows):
-        k = _key(g)
-        if k in by_key:
-            raise ValueError(f"ground truth has two rows for source={k[0]!r} video={k[1]!r}")
-        by_key[k] = i
-        by_video[k[1]].append(i)
-    got, unknown, dup = {}, [], 0
-    for p in pred_rows:
-        k = _key(p)
-        gi = by_key.get(k)
-        if gi is None and len(by_video.get(k[1], [])) == 1:
-            gi = by_video[k[1]][0]
-        if gi is None:
-            unknown.append(f"{k[0]}/{k[1]}")
-            continue
-        if gi in got:
-            dup += 1
-            continue
-        out = p.get("output")
-        got[gi] = "" if out is None else str(out)
-    matched = [(i, got[i]) for i in range(len(gt_rows)) if i in got]
-    missing = ["/".join(_key(g)) for i, g in enumerate(gt_rows) if i not in got]
-    return {"matched": matched, "unknown": unknown, "duplicates": dup, "missing": missing}
+    unique in the GT. Returns dict(matched: list of (gt_index, output) in GT order, unknown:
+    prediction keys not in the GT, duplicates: extra rows with the SAME output for a matched
+    video (counted once), missing: GT keys with no usable prediction, malformed: "WHERE: why" of
+    rows without a usable video/source/output, which are ignored). Two different outputs for one
+    video, or a GT that names a video twice or without a usable id, raise vadr.InputError naming
+    the lines (rules: extras/scoring.py). *_where: "PATH:LINE" of each row (load_jsonl)."""
+    pw = pred_where or [f"prediction row {n + 1}" for n in range(len(pred_rows))]
+    gw = gt_where or [f"ground-truth row {n + 1}" for n in range(len(gt_rows))]
+    return scoring.pair_rows(pred_rows, gt_rows, pw, gw)
 
 
-def score_predictions(pred_rows: list[dict], gt_rows: list[dict]) -> dict:
+def score_predictions(pred_rows: list[dict], gt_rows: list[dict], pred_where=None,
+                      gt_where=None) -> dict:
     """Every figure of the metrics JSON (keys: docs/eval.md) from prediction rows
-    {source, video, output, ...} and GT rows (Vad-Reasoning SFT-test format)."""
-    m = match_predictions(pred_rows, gt_rows)
-    idx = [i for i, _ in m["matched"]]
-    outs = [o for _, o in m["matched"]]
-    gts = [gt_rows[i] for i in idx]
+    {source, video, output, ...} and GT rows (Vad-Reasoning SFT-test format), over EVERY GT
+    video: one without a usable prediction counts wrong (no label, IoU 0, text scores 0, format
+    failed; counts.n_missing). detection_matched_only: the authors' protocol, which skips them."""
+    m = match_predictions(pred_rows, gt_rows, pred_where, gt_where)
     got = dict(m["matched"])
-    res = {"detection": detection_metrics(outs, gts)}
+    outs = [got.get(i) for i in range(len(gt_rows))]  # None: no prediction (wrong everywhere)
+    seen = [o for o in outs if o is not None]
+    res = {"detection": detection_metrics(outs, gt_rows),
+           "detection_matched_only": detection_metrics(seen, [gt_rows[i] for i, _ in m["matched"]])}
     ab = [i for i, g in enumerate(gt_rows) if gt_label(g) == "Abnormal"]
-    res["detection_abnormal_only"] = detection_abnormal_only([got.get(i) for i in ab],
+    res["detection_abnormal_only"] = detection_abnormal_only([outs[i] for i in ab],
                                                              [gt_rows[i] for i in ab])
-    res["category"] = category_metrics(outs, gts)
-    res.update(textmetrics.reasoning_metrics(outs, gts))
-    res["frame"] = frame_metrics(outs, gts)
+    res["category"] = category_metrics(outs, gt_rows)
+    res.update(textmetrics.reasoning_metrics(outs, gt_rows))
+    res["frame"] = frame_metrics(outs, gt_rows)
     # share of outputs whose whole text matches the 2- or 4-step layout (the format reward, Table 7)
-    passed = [float(vadr.check_format(o) is not None) for o in outs]
+    passed = [float(o is not None and vadr.check_format(o) is not None) for o in outs]
     res["format"] = {"pass_rate": float(np.mean(passed)) if passed else None, "n": len(outs)}
     disagree = 0  # a <which> the training rule gives no label ('Normal.'), the authors' Abnormal
-    for o in outs:
+    for o in seen:
         p = parse_completion(o)
         disagree += p["which"] is not None and p["label"] != authors_label(p["which"])
     res["counts"] = {
-        "n_gt": len(gt_rows), "n_pred": len(pred_rows), "n_matched": len(outs),
+        "n_gt": len(gt_rows), "n_pred": len(pred_rows), "n_matched": len(seen),
         "n_missing": len(m["missing"]), "n_unknown_pred": len(m["unknown"]),
-        "n_duplicate_pred": m["duplicates"], "n_empty": sum(not o.strip() for o in outs),
-        "n_label_rule_disagree": disagree,
+        "n_duplicate_pred": m["duplicates"], "n_malformed_pred": len(m["malformed"]),
+        "n_empty": sum(not o.strip() for o in seen), "n_label_rule_disagree": disagree,
         "n_gt_no_interval": sum(gt_interval(g) is None for g in gt_rows),
     }
-    res["unmatched"] = {"unknown_pred": m["unknown"], "missing": m["missing"]}
+    res["unmatched"] = {"unknown_pred": m["unknown"], "missing": m["missing"],
+                        "malformed": m["malformed"]}
     return res
 
 
@@ -450,13 +426,7 @@ def format_report(metrics: dict, name: str = "ours", with_paper: bool = False) -
         f"frame AUC {_fmt(metrics['frame']['auc'])}, best F1 {_fmt(metrics['frame']['best_f1'])}",
         "Counts: " + ", ".join(f"{k}={v}" for k, v in c.items()),
     ]
-    if c["n_unknown_pred"]:
-        parts.append(f"WARNING: {c['n_unknown_pred']} prediction rows name videos not in the GT "
-                     f"(ignored), e.g. {metrics['unmatched']['unknown_pred'][:5]}")
-    if c["n_missing"]:
-        parts.append(f"NOTE: {c['n_missing']} GT videos have no prediction row (skipped by the "
-                     f"authors' protocol; IoU 0 in detection_abnormal_only)")
-    return "\n".join(parts)
+    return "\n".join(parts + scoring.warnings(metrics, _fmt))
 
 
 # ---- 5. Inference: a checkpoint over a test manifest -> predictions JSONL ------------------------
@@ -525,8 +495,6 @@ def run_inference(args) -> int:
     from tqdm import tqdm
     import data as data_mod
 
-    if not (args.data and args.out):
-        raise SystemExit("inference needs --model, --data and --out")
     dist_info = vadr.setup_distributed(args.device)
     rank, world, device = dist_info["rank"], dist_info["world_size"], dist_info["device"]
     rows = data_mod.read_manifest(args.data, "sft", video_root=args.video_root,
@@ -543,26 +511,35 @@ def run_inference(args) -> int:
     model.eval()
     ds = data_mod.SFTDataset(mine, prompt_variant=args.prompt_variant,
                              **training.video_args(args))
-    loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size,
-                                         collate_fn=data_mod.make_collate(tok, with_targets=False),
+    # a video that fails to decode: an error naming it, or (--skip-bad) an "error" row for it
+    collate = badvideos.make_collate(data_mod.make_collate(tok, with_targets=False))
+    loader = torch.utils.data.DataLoader(badvideos.SkipBadVideos(ds, replace=False),
+                                         batch_size=args.batch_size, collate_fn=collate,
                                          num_workers=args.num_workers if len(mine) else 0)
+    bad_videos = badvideos.Tally(args.data, args.skip_bad)
     gen = torch.Generator(device=device).manual_seed(args.seed + rank)
     with tqdm(total=len(mine), disable=not vadr.is_main(), desc="eval") as pbar:
         for batch in loader:
-            texts = generate_outputs(model, tok, vadr.to_device(batch, device), args, gen)
+            failed = bad_videos.note(batch, replace=False).pop("failed_rows")
+            texts = generate_outputs(model, tok, vadr.to_device(batch, device), args, gen) \
+                if batch["rows"] else []
+            outs = [dict(output=t) for t in texts] + \
+                [dict(output="", error=bad_videos.seen[r["line"]]) for r in failed]  # as missing
             with open(part, "a") as f:
-                for r, t in zip(batch["rows"], texts):
+                for r, o in sorted(zip(batch["rows"] + failed, outs), key=lambda x: x[0]["line"]):
                     row = dict(source=r["source"], video=r["video"],
-                               anomaly_type=r["anomaly_type"], output=t)
+                               anomaly_type=r["anomaly_type"], **o)
                     f.write(json.dumps(row, ensure_ascii=False) + "\n")
-            pbar.update(len(texts))
+            pbar.update(len(texts) + len(failed))
+    bad_videos.report("written as prediction rows with an 'error' field")
     vadr.barrier()
     if world > 1 and vadr.is_main():
         predictions.merge_rank_files(args.out, rows, world, load_jsonl)
     if vadr.is_main():
         print(f"predictions: {args.out}")
         if args.json:  # score straight away against the same manifest
-            run_scoring(args.out, args.data, args.json, args.with_paper, args.name)
+            run_scoring(args.out, args.data, args.json, args.with_paper, args.name, args.skip_bad,
+                        args.allow_missing, keys={_key(r) for r in rows})
     vadr.barrier()
     if dist_info["distributed"]:
         torch.distributed.destroy_process_group()
@@ -572,15 +549,49 @@ def run_inference(args) -> int:
 # ---- 6. Command line: scoring, VANE, the toy report ----------------------------------------------
 
 def run_scoring(pred_path: str, gt_path: str, json_path: str | None = None,
-                with_paper: bool = False, name: str = "ours") -> dict:
-    """What `--score` does: read both JSONL files, score, write the JSON (if asked), print."""
-    metrics = score_predictions(load_jsonl(pred_path), load_jsonl(gt_path))
-    if json_path:
-        d = os.path.dirname(os.path.abspath(json_path))
-        os.makedirs(d, exist_ok=True)
-        with open(json_path, "w", encoding="utf-8") as f:
-            json.dump(metrics, f, indent=2)
+                with_paper: bool = False, name: str = "ours", skip_bad: bool = False,
+                allow_missing: bool = False, keys: set | None = None) -> dict:
+    """What `--score` does: read both JSONL files, score, print, write the JSON (if asked).
+    Rows with an "error" (a video inference could not decode) count as no prediction. A GT video
+    without a usable prediction counts wrong (score_predictions); unless allow_missing, any such
+    video (other than an "error" row's under skip_bad) is an InputError after the printout and
+    --json is not written. keys: score only these (source, video) (inference's --limit)."""
+    for p in (pred_path, gt_path):
+        if json_path and os.path.exists(json_path) and os.path.exists(p) \
+                and os.path.samefile(json_path, p):
+            raise vadr.InputError(f"--json {json_path} is the input file {p}; name another file")
+    preds, pred_where = load_jsonl(pred_path, with_lines=True)
+    errors = [p for p in preds if "error" in p]
+    gt_all, gt_where = load_jsonl(gt_path, with_lines=True)
+    gt = predictions.unique_gt(gt_path, gt_all, _key, skip_bad)
+    where = dict(zip(map(id, gt_all), gt_where))
+    gt = [g for g in gt if keys is None or _key(g) in keys]
+    if not gt:
+        raise vadr.InputError(f"{gt_path}: no ground-truth rows to score against")
+    ok = [n for n, p in enumerate(preds) if "error" not in p]
+    metrics = score_predictions([preds[n] for n in ok], gt, [pred_where[n] for n in ok],
+                                [where[id(g)] for g in gt])
+    metrics["counts"]["n_video_error"] = len(errors)
     print(format_report(metrics, name=name, with_paper=with_paper))
+    if errors:
+        print(f"NOTE: {len(errors)} prediction row(s) carry an 'error' (the video did not decode;"
+              f" scored as no prediction), e.g. {'/'.join(_key(errors[0]))}: {errors[0]['error']}")
+    if keys is not None and len(gt) < len(gt_all):
+        print(f"NOTE: scored against the {len(gt)} of {len(gt_all)} GT rows this run covered")
+    explained = {"/".join(_key(p)) for p in errors} if skip_bad else set()
+    missing = [k for k in metrics["unmatched"]["missing"] if k not in explained]
+    if missing and not allow_missing:
+        bad = metrics["unmatched"]["malformed"]
+        raise vadr.InputError(
+            f"{pred_path}: {len(missing)} of {len(gt)} GT videos have no usable prediction (e.g. "
+            f"{missing[0]}{f'; {len(bad)} malformed row(s), e.g. {bad[0]}' if bad else ''}), "
+            f"counted wrong above; --json not written. Complete the file, or pass "
+            f"--allow-missing to accept a partial one")
+    if json_path:
+        os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
+        with open(json_path + ".tmp", "w", encoding="utf-8") as f:
+            json.dump(metrics, f, indent=2)
+        os.replace(json_path + ".tmp", json_path)
     return metrics
 
 
@@ -639,21 +650,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--mc", metavar="PREDS",
                    help="multiple-choice JSONL (id, category, question, answer, output)")
     s.add_argument("--json", help="write every figure here (keys: docs/eval-keys.md)")
+    s.add_argument("--allow-missing", action="store_true",
+                   help="exit 0 although GT videos lack a prediction (they count as wrong)")
     s.add_argument("--with-paper", action="store_true",
                    help="print the paper's published rows beside ours")
     s.add_argument("--name", default="ours", help="row name in the printed table")
     s.add_argument("--report", metavar="RUN_DIR",
                    help="write RUN_DIR/table.md, curves and frame strips "
                    "from eval_*.json and the logs (with --data/--video-root for the strips)")
+    s.add_argument("--ablation-report", metavar="ABL_DIR",
+                   help="write ABL_DIR/table10.md from eval_<stem>.json and <stem>/log.jsonl "
+                        "(make toy-ablation; with --with-paper the paper's 16-frame rows)")
     return ap
 
 
 def main(argv=None) -> int:
     args = resolve_inference_args(build_parser().parse_args(argv))
+    flagcheck.check_flags(args, "eval")  # inference: every flag and --out, before loading
     if args.score:
         if not args.gt:
             raise SystemExit("--score needs --gt (the ground-truth JSONL)")
-        run_scoring(args.score, args.gt, args.json, args.with_paper, args.name)
+        run_scoring(args.score, args.gt, args.json, args.with_paper, args.name, args.skip_bad,
+                    args.allow_missing)
         return 0
     if args.mc:
         run_mc_scoring(args.mc, args.gt, args.json, args.with_paper, args.name)
@@ -662,6 +680,10 @@ def main(argv=None) -> int:
         return run_inference(args)
     if args.report:
         print(run_report(args.report, args.data, args.video_root))
+        return 0
+    if args.ablation_report:
+        print(report.ablation_report(args.ablation_report, load_jsonl, get_metric, _fmt,
+                                     paper_tables.TABLE10 if args.with_paper else None))
         return 0
     build_parser().print_help()
     return 2

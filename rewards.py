@@ -19,6 +19,7 @@ Decisions and departures (paper vs the authors' scripts, docs/paper-vs-authors.m
     (the paper gives no length for "the beginning or the ending segment": 0.3 is the authors').
  3. A trim that leaves no frame ([0, 1]) skips the second pass: r_ano = 0 (Alg. 1 line 1); a
     head/tail trim instead would keep the "abnormal" segment and pay +0.5 for evidence against it.
+    So is < 2 kept frames of total_frames (one temporal patch, as the authors' trims): [0.001, 1].
  4. The head/tail coin comes from the caller's seeded generator and is drawn on every call, so a
     completion's coin does not depend on what the ones before it predicted.
  5. Length counts WORDS of the whole completion with the tags stripped (vadr.count_words), the
@@ -28,7 +29,8 @@ Decisions and departures (paper vs the authors' scripts, docs/paper-vs-authors.m
  7. length_rewards_group(mode="authors") is the authors' variant: completion TOKENS, paid only to
     completions with accuracy 1 and only when more than one completion of the group is correct.
  8. Labels: vadr.label_from_which for <which> (exactly 'Normal', 'Abnormal' or a known category;
-    anything else earns nothing), vadr.weak_label for the row's `solution`.
+    anything else earns nothing), vadr.weak_label for the row's `solution`; a solution that is
+    no label (not a string, or 'Unknown') raises ValueError: data.py checks rows, so it is a bug.
 """
 from __future__ import annotations
 
@@ -60,6 +62,8 @@ def predicted_label(completion: str) -> str | None:
 
 def weak_label(solution) -> str:
     """The RL row's `solution` as 'Abnormal' / 'Normal' (vadr.weak_label); raises otherwise."""
+    if not isinstance(solution, str):  # a caller bug, never str()-ed into a label (decision 8)
+        raise ValueError(f"weak label must be a string, got {solution!r:.60}")
     label = vadr.weak_label(solution)
     if label is None:
         raise ValueError(f"weak label {solution!r} is not 'Abnormal' or 'Normal'")
@@ -148,7 +152,7 @@ def verification_trim(completion: str, rng, total_frames: int | None = None) -> 
     as vadr.read_video(keep=...). rng: anything with .random(), drawn once per call (decision 4).
       predicted Abnormal with a valid <when>[s, e] -> [(0, s), (e, 1)] minus empty windows (l. 7)
       anything else -> [(0.3, 1)] or [(0, 0.7)] with probability 1/2 each                (l. 5)
-      nothing left (also: no frame of a total_frames-long video) -> [], no second pass (dec. 3)
+      nothing left (also: < 2 frames of a total_frames-long video) -> [], no 2nd pass (dec. 3)
     """
     coin = rng.random()  # drawn first, on every call (decision 4)
     p = vadr.parse_completion(completion)                        # line 3: extract the prediction
@@ -157,7 +161,8 @@ def verification_trim(completion: str, rng, total_frames: int | None = None) -> 
         keep = [(a, b) for a, b in ((0.0, s), (e, 1.0)) if b > a]
     else:                                                        # lines 4-5: head or tail
         keep = [(HEAD_TAIL_FRACTION, 1.0)] if coin < 0.5 else [(0.0, 1.0 - HEAD_TAIL_FRACTION)]
-    if not keep or (total_frames is not None and len(vadr.kept_frames(total_frames, keep)) == 0):
+    if not keep or (total_frames is not None and
+                    len(vadr.kept_frames(total_frames, keep)) < vadr.TEMPORAL_PATCH_SIZE):
         return []                                                # degenerate (decision 3)
     return keep                                                  # line 9: the trimmed video
 

@@ -44,7 +44,8 @@ import data
 import grpo
 import rewards
 import vadr
-from extras import checkpoint, dynamic, fastpath, lora, scale, toy, training
+from extras import (badvideos, checkpoint, dynamic, fastpath, flagcheck, lora, scale, toy,
+                    training)
 
 TOY_DATA_DIR, TOY_SFT_DIR = "data/toy", "runs/toy/sft"
 
@@ -145,12 +146,15 @@ def verification_inputs(tok, rows: list[dict], completions: list[str], G: int, r
     videos, which, n_frames = [], [], {}
     for i, c in enumerate(completions):
         path = rows[i // G]["video_path"]
-        if path not in n_frames:
-            n_frames[path] = vadr.count_frames(path)
-        keep = rewards.verification_trim(c, rng, total_frames=n_frames[path])  # kept windows
-        if keep:
-            videos.append(vadr.encode_video(path, keep=keep, **training.video_args(args)))
-            which.append(i)
+        try:
+            if path not in n_frames:
+                n_frames[path] = vadr.count_frames(path)
+            keep = rewards.verification_trim(c, rng, total_frames=n_frames[path])  # kept windows
+            if keep:
+                videos.append(vadr.encode_video(path, keep=keep, **training.video_args(args)))
+                which.append(i)
+        except vadr.VideoError as e:  # frames the first pass did not read: --skip-bad, no 2nd pass
+            badvideos.Tally(args.data, args.skip_bad).skip(rows[i // G], f"{e} (trimmed)")
     if not videos:
         return None, []
     vids = vadr.collate_videos(videos)
@@ -290,6 +294,7 @@ def rl_step(model, ref_model, tok, opt, sched, batch: dict, args, step: int, ran
 
 def main(argv=None):
     args = parse_args(argv)
+    flagcheck.check_flags(args, "rl")  # every flag, --model and --out, before loading anything
     if args.merge:  # fold a LoRA run's adapters into a full Hugging Face directory, and exit
         return lora.merge_checkpoint(args.merge, args.out)
     if args.dry_run:  # parameter counts and the per-GPU memory estimate, from the config alone
@@ -301,9 +306,6 @@ def main(argv=None):
     if args.data is None:
         toy.use_toy_world(args, "rl", TOY_DATA_DIR)
     start_dir = checkpoint.resolve_resume(args.resume) if args.resume else None
-    if start_dir is None and not os.path.exists(args.model):
-        raise SystemExit(f"--model {args.model} does not exist. Make the toy SFT model first with "
-                         f"`python train_sft.py` (or `make toy`), or pass --model SFT_DIR.")
     rows = data.read_manifest(args.data, "rl", video_root=args.video_root, skip_bad=args.skip_bad)
     length_ranges = (rewards.length_ranges_from_manifest(args.length_ranges_from)
                      if args.length_ranges_from else dict(rewards.DEFAULT_LENGTH_RANGES))
@@ -332,10 +334,12 @@ def main(argv=None):
 
     prompt = vadr.build_prompt(args.prompt_variant)  # binary: Abnormal / Normal in <which>
     ds = data.RLDataset(rows, prompt_variant=args.prompt_variant, **training.video_args(args))
-    collate = data.make_collate(tok, with_targets=False)
+    ds = badvideos.SkipBadVideos(ds, replace=args.skip_bad)  # --skip-bad at decode time too
+    collate = badvideos.make_collate(data.make_collate(tok, with_targets=False))
+    bad_videos = badvideos.Tally(args.data, args.skip_bad)
     # --dynamic-sampling's refills: n random videos of the whole set (extras/dynamic.py)
-    draw = lambda n, rng: vadr.to_device(collate([ds[rng.randrange(len(ds))] for _ in range(n)]),
-                                         device)
+    draw = lambda n, rng: vadr.to_device(bad_videos.note(collate(
+        [ds[rng.randrange(len(ds))] for _ in range(n)])), device)
     step = start["step"]
     pbar = tqdm(total=total_steps, initial=step, disable=not vadr.is_main(), desc="rl")
     done = step >= total_steps
@@ -349,6 +353,7 @@ def main(argv=None):
                                              num_workers=args.num_workers)
         for s, batch in zip(range(first, steps_per_epoch), loader):
             ts = time.time()
+            batch = bad_videos.note(batch)  # without --skip-bad a bad video stops here, named
             res = rl_step(model, ref_model, tok, opt, sched, vadr.to_device(batch, device), args,
                           step, rank, mode, length_ranges, prompt, draw=draw)
             texts = res.pop("_texts")
@@ -368,6 +373,7 @@ def main(argv=None):
             if done:
                 break
     pbar.close()
+    bad_videos.report()
     training.finish_run(args, model, dist_info, step)
 
 

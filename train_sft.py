@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 import data
 import vadr
-from extras import checkpoint, lora, scale, toy, training
+from extras import badvideos, checkpoint, flagcheck, lora, scale, toy, training
 
 TOY_DATA_DIR = "data/toy"  # the default data: the toy world, made on first use
 # Paper defaults for a real model (docs/paper-vs-authors.md s.2): fill the flags left at None.
@@ -140,6 +140,7 @@ def backward_global_batch(model, micro: list[dict], world: int, mode: str, devic
 
 def main(argv=None):
     args = parse_args(argv)
+    flagcheck.check_flags(args, "sft")  # every flag, and --out, before anything is loaded
     if args.merge:  # fold a LoRA run's adapters into a full Hugging Face directory, and exit
         return lora.merge_checkpoint(args.merge, args.out)
     if args.dry_run:  # parameter counts and the per-GPU memory estimate, from the config alone
@@ -190,7 +191,9 @@ def main(argv=None):
     video = dict(training.video_args(args), cache_videos=args.cache_videos)
     ds = toy.CaptionDataset(rows, **video) if args.task == "caption" else \
         data.SFTDataset(rows, prompt_variant=args.prompt_variant, **video)
-    collate = data.make_collate(tok, with_targets=True)
+    ds = badvideos.SkipBadVideos(ds, replace=args.skip_bad)  # --skip-bad at decode time too
+    collate = badvideos.make_collate(data.make_collate(tok, with_targets=True))
+    bad_videos = badvideos.Tally(args.data, args.skip_bad)
     per_step = args.batch_size * args.grad_accum  # rows this rank consumes per optimizer step
 
     step = start["step"]
@@ -211,6 +214,8 @@ def main(argv=None):
         for s in range(first, steps_per_epoch):
             ts = time.time()
             micro = [vadr.to_device(next(it), device) for _ in range(args.grad_accum)]
+            for m in micro:
+                bad_videos.note(m)  # without --skip-bad, a bad video stops here naming its line
             res = backward_global_batch(model, micro, world, mode, device)
             gn = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
             gn = gn.full_tensor() if hasattr(gn, "full_tensor") else gn  # FSDP2 returns a DTensor
@@ -235,6 +240,7 @@ def main(argv=None):
             if done:
                 break
     pbar.close()
+    bad_videos.report()
     training.finish_run(args, model, dist_info, step)
 
 

@@ -197,7 +197,9 @@ def check_format(text: str) -> str | None:
     return None
 
 
-_NUM = r"[+-]?(?:\d+\.?\d*|\.\d+)"
+# \d+(?:\.\d*)?, not \d+\.?\d*: the same numbers, but a run of N digits splits only one way, so
+# a search over "[" + "1" * N is linear, not O(N^2) (outputs are untrusted input)
+_NUM = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)"
 _WHEN = re.compile(r"\[\s*(" + _NUM + r")\s*,\s*(" + _NUM + r")\s*\]")
 
 
@@ -327,14 +329,33 @@ def sample_frame_indices(total_frames: int, num_frames: int = 16, keep=((0.0, 1.
     return kept[pos]  # (n,) frame indices
 
 
+class VideoError(InputError, RuntimeError):
+    """A video file that cannot be used (missing, undecodable, malformed frames, a frame count
+    far from its row's); the message names the file. reason: data.REASONS' name for it."""
+
+    def __init__(self, path: str, why: str, reason: str = "unreadable-video"):
+        self.path, self.why, self.reason = path, why, reason
+        super().__init__(f"cannot read video {path}: {why}")
+
+
+# A row's total_frames and the decoded count may differ by a few frames between decoders (edit
+# lists, B-frame delay, counts estimated from the duration): max(3 frames, 1%) is tolerated. 1%
+# bounds the shift of the <when> fractions (start/total) to 0.01, ten times their rounding.
+FRAME_SLACK = (3, 0.01)
+
+
 def _open_video(path: str):
     import decord  # imported here so that modules that never read video do not need it
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"video not found: {path}")
+        raise VideoError(path, "file not found")
     try:
         return decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
-    except decord.DECORDError as e:  # a corrupt or unsupported file: name it, do not traceback deep
-        raise RuntimeError(f"cannot decode video {path}: {e}") from e
+    except Exception as e:  # decord raises DECORDError, RuntimeError, ... on untrusted files
+        raise VideoError(path, _why(e)) from e
+
+
+def _why(e: Exception) -> str:
+    return f"{type(e).__name__}: " + str(e).strip().split("\n")[0][:200]
 
 
 def count_frames(path: str) -> int:
@@ -342,16 +363,31 @@ def count_frames(path: str) -> int:
     return len(_open_video(path))
 
 
-def read_video(path: str, num_frames: int = 16, keep=None, rule: str = "paper") -> dict:
+def read_video(path: str, num_frames: int = 16, keep=None, rule: str = "paper",
+               expect_frames: int | None = None) -> dict:
     """Frames sampled by `rule` over the kept windows, decoded with decord -> dict(frames uint8
     (n, H, W, 3), indices (n,), timestamps (n,) s, fps, sampled_fps, total_frames). sampled_fps =
-    n / K * fps for K kept frames is the rate the model sees (docs/paper-vs-authors.md s.4)."""
+    n / K * fps for K kept frames is the rate the model sees (docs/paper-vs-authors.md s.4).
+    VideoError if the file cannot be used, or its count is off expect_frames (FRAME_SLACK)."""
     keep = ((0.0, 1.0),) if keep is None else tuple(keep)
     vr = _open_video(path)
     total = len(vr)
+    if total <= 0:
+        raise VideoError(path, "decord reads 0 frames")
+    if expect_frames and abs(total - expect_frames) > max(FRAME_SLACK[0],
+                                                          FRAME_SLACK[1] * expect_frames):
+        raise VideoError(path, f"decodes {total} frames but its row says total_frames="
+                         f"{expect_frames} (off by more than max(3, 1%))", "frame-count-mismatch")
     fps = float(vr.get_avg_fps()) or 1.0
     idx = sample_frame_indices(total, num_frames, keep, rule, fps)  # (n,)
-    frames = vr.get_batch(idx.tolist()).asnumpy()  # (n, H, W, 3) uint8
+    try:
+        frames = vr.get_batch(idx.tolist()).asnumpy()  # (n, H, W, 3) uint8
+    except Exception as e:  # a truncated or corrupt stream, a size decord cannot convert (8x8)
+        raise VideoError(path, _why(e)) from e
+    if frames.ndim != 4 or frames.shape[0] != len(idx) or frames.shape[-1] != 3:
+        raise VideoError(path, f"decord returns frames of shape {frames.shape}, not (n, H, W, 3)")
+    if max(frames.shape[1:3]) / min(frames.shape[1:3]) > 200:  # smart_resize's limit (Qwen's)
+        raise VideoError(path, f"aspect ratio of {frames.shape[1]}x{frames.shape[2]} exceeds 200")
     n_kept = len(kept_frames(total, keep))
     return dict(frames=frames, indices=idx, timestamps=idx / fps, fps=fps,
                 sampled_fps=len(idx) / n_kept * fps, total_frames=total)
@@ -444,9 +480,9 @@ def encode_frames(frames, sampled_fps: float, min_pixels=DEFAULT_MIN_PIXELS,
 
 def encode_video(path: str, num_frames: int = 16, keep=None, min_pixels=DEFAULT_MIN_PIXELS,
                  max_pixels=DEFAULT_MAX_PIXELS, frame_rule: str = "paper",
-                 grid_time: str = "real") -> dict:
+                 grid_time: str = "real", expect_frames: int | None = None) -> dict:
     """read_video + encode_frames: the model's three vision inputs for one video file."""
-    v = read_video(path, num_frames, keep, frame_rule)
+    v = read_video(path, num_frames, keep, frame_rule, expect_frames)
     return encode_frames(v["frames"], v["sampled_fps"], min_pixels, max_pixels, grid_time)
 
 
@@ -538,13 +574,15 @@ def build_chat_inputs(tokenizer, prompts: list[str], video_grid_thw,
 # ---- 6. Models: a local checkpoint directory --------------------------------------------
 
 def latest_checkpoint(run_dir: str) -> str | None:
-    """The checkpoint a run directory's `latest` file names (the one copy of that rule), or None."""
+    """The checkpoint a run directory's `latest` file names (the one copy of that rule), or None
+    (no file, or not a plain name such as step-N: `latest` is input like any other file)."""
     try:
-        with open(os.path.join(run_dir, "latest")) as f:
-            name = f.read().strip()
-    except OSError:
+        with open(os.path.join(run_dir, "latest"), encoding="utf-8") as f:
+            name = f.read(4096).strip()
+    except (OSError, UnicodeDecodeError):
         return None
-    return os.path.join(run_dir, name) if name else None
+    plain = re.fullmatch(r"[\w.-]*[\w-][\w.-]*", name)  # not '', '.', '..' nor a path
+    return os.path.join(run_dir, name) if plain else None
 
 
 def load_model(name_or_dir: str, dtype=None, device=None):
@@ -555,8 +593,8 @@ def load_model(name_or_dir: str, dtype=None, device=None):
 
     if not os.path.isfile(os.path.join(name_or_dir, "config.json")):
         name_or_dir = latest_checkpoint(name_or_dir) or name_or_dir  # a run directory
-    if not os.path.isdir(name_or_dir):
-        raise FileNotFoundError(
+    if not os.path.isfile(os.path.join(name_or_dir, "config.json")):
+        raise InputError(
             f"--model {name_or_dir!r} is neither 'toy' nor a local checkpoint directory "
             "(nothing is downloaded: point it at a directory holding config.json and weights)")
     tokenizer = AutoTokenizer.from_pretrained(name_or_dir)

@@ -7,10 +7,15 @@ and AutoTokenizer load as they are, plus
 
   * training_state.pt: optimizer, scheduler, step and data position, every rank's RNG streams,
     the resolved config;
-  * run_config.json: the same config, readable.
+  * run_config.json: the same config, readable;
+  * checkpoint_manifest.json, written last: the size of every file above (what makes a
+    checkpoint "intact" for --resume: checkpoint_problem).
 
-It is written into a temporary directory and renamed into place, so a crash mid-save never
-leaves half a checkpoint; the run directory's `latest` file names the newest complete one.
+It is written into a temporary directory (.tmp-<name>-<pid>) and renamed into place, so a crash
+mid-save never leaves half a checkpoint; the run directory's `latest` file names the newest
+complete one. What a crash leaves instead (.tmp-* directories) goes at the next save. --resume
+skips a checkpoint damaged later (truncated, deleted files), with a warning, for the newest
+intact one (resolve_resume).
 A LoRA run writes its adapters instead of the full weights (extras/lora.py save_lora_checkpoint,
 through write_checkpoint below); the training scripts choose which writer they use.
 
@@ -27,12 +32,18 @@ import os
 import random
 import re
 import shutil
+import struct
+import sys
+import zipfile
 
 import numpy as np
 import torch
 
-from vadr import (barrier, gather_objects, is_main, latest_checkpoint, unwrap,
+from vadr import (InputError, barrier, gather_objects, is_main, latest_checkpoint, unwrap,
                   world_size)
+
+TRAINING_STATE = "training_state.pt"
+MANIFEST = "checkpoint_manifest.json"
 
 
 # ---- RNG streams ---------------------------------------------------------------------------------
@@ -75,8 +86,8 @@ def write_checkpoint(out_dir: str, name: str, write_weights, model, tokenizer, o
                      scheduler, train_state, config, keep_last) -> str | None:
     """What every checkpoint shares, whatever its weights: gather the optimizer state and every
     rank's RNG streams (collectives), then on rank 0 write the weights (write_weights(tmp_dir)),
-    tokenizer, training_state.pt and run_config.json into a temporary directory, rename it into
-    place, point `latest` at it and prune old step-N directories."""
+    tokenizer, training_state.pt, run_config.json and last the manifest into a temporary
+    directory, rename it into place, point `latest` at it and prune old step-N directories."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
     opt_sd = None
@@ -87,8 +98,8 @@ def write_checkpoint(out_dir: str, name: str, write_weights, model, tokenizer, o
     final = os.path.join(out_dir, name)
     if is_main():
         os.makedirs(out_dir, exist_ok=True)
+        remove_stale_temporaries(out_dir)
         tmp = os.path.join(out_dir, f".tmp-{name}-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
         write_weights(tmp)
         tokenizer.save_pretrained(tmp)
@@ -97,10 +108,13 @@ def write_checkpoint(out_dir: str, name: str, write_weights, model, tokenizer, o
         torch.save(state, os.path.join(tmp, "training_state.pt"))
         with open(os.path.join(tmp, "run_config.json"), "w") as f:
             json.dump(config or {}, f, indent=1, default=str)
-        if os.path.exists(final):
-            shutil.rmtree(final)
+        write_manifest(tmp)
+        old = os.path.join(out_dir, f".tmp-{name}-old-{os.getpid()}")
+        if os.path.exists(final):  # a resumed run redoing a step: move the old one aside in one
+            os.replace(final, old)  # step, so a kill never leaves half of it under its name
         os.replace(tmp, final)  # atomic on one file system
         atomic_write(os.path.join(out_dir, "latest"), name)
+        shutil.rmtree(old, ignore_errors=True)
         if keep_last:
             _prune_checkpoints(out_dir, keep_last, protect=name)
     barrier()
@@ -119,14 +133,64 @@ def atomic_write(path: str, text: str):
 
 def _step_dirs(run_dir: str) -> list[str]:
     """The step-N subdirectories of run_dir, oldest first."""
-    steps = [d for d in os.listdir(run_dir) if re.fullmatch(r"step-\d+", d)]
+    steps = [d for d in os.listdir(run_dir)
+             if re.fullmatch(r"step-\d+", d) and os.path.isdir(os.path.join(run_dir, d))]
     return sorted(steps, key=lambda d: int(d.split("-")[1]))
 
 
 def _prune_checkpoints(out_dir: str, keep_last: int, protect: str):
-    for d in _step_dirs(out_dir)[:-keep_last]:
-        if d != protect:
-            shutil.rmtree(os.path.join(out_dir, d), ignore_errors=True)
+    """Keep the keep_last newest step-N up to `protect` (the one just saved). Newer ones stay: after
+    a resume from an older checkpoint they are the damaged ones it skipped (the user's to inspect),
+    or are replaced when the run gets there. Each goes by a rename first, so a kill mid-delete
+    leaves a .tmp-* directory (removed at the next save), never half a checkpoint."""
+    upto = int(protect.split("-")[1]) if re.fullmatch(r"step-\d+", protect) else None
+    steps = [d for d in _step_dirs(out_dir) if upto is None or int(d.split("-")[1]) <= upto]
+    for d in steps[:-keep_last]:
+        if d != protect and not os.path.islink(os.path.join(out_dir, d)):  # a link: the user's
+            gone = os.path.join(out_dir, f".tmp-{d}-pruned-{os.getpid()}")
+            os.replace(os.path.join(out_dir, d), gone)
+            shutil.rmtree(gone, ignore_errors=True)
+
+
+# what write_checkpoint and _prune_checkpoints (and lora's base writer) leave when killed:
+# .tmp-<name>-[old-|pruned-]<pid>
+_TEMPORARY = re.compile(r"\.tmp-(?:step-\d+|init|lora-base)-(?:old-|pruned-)?(\d+)")
+
+
+def remove_stale_temporaries(out_dir: str):
+    """Remove the temporary directories interrupted saves left in out_dir: those named as
+    write_checkpoint names them, of a process that is no longer running (or of this one).
+    Nothing else is touched: other names, files and links stay."""
+    for d in os.listdir(out_dir):
+        m = _TEMPORARY.fullmatch(d)
+        path = os.path.join(out_dir, d)
+        if m and os.path.isdir(path) and not os.path.islink(path) and \
+                not _running_elsewhere(int(m.group(1))):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _running_elsewhere(pid: int) -> bool:
+    """Whether pid is a live process other than this one (its save may be in progress)."""
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except (ProcessLookupError, OverflowError):
+        return False
+    except OSError:  # e.g. PermissionError: it exists, under another user
+        return True
+    return True
+
+
+def write_manifest(ckpt_dir: str):
+    """checkpoint_manifest.json: every file of ckpt_dir (relative path) and its size in bytes."""
+    files = {}
+    for root, _, names in os.walk(ckpt_dir):
+        for n in names:
+            p = os.path.join(root, n)
+            files[os.path.relpath(p, ckpt_dir)] = os.path.getsize(p)
+    with open(os.path.join(ckpt_dir, MANIFEST), "w") as f:
+        json.dump(dict(format="vadr-checkpoint-v1", files=files), f, indent=1)
 
 
 def save_if_due(args, *, save, step: int, total_steps: int, epoch: int, step_in_epoch: int,
@@ -157,38 +221,173 @@ def save_run_config(out_dir: str, config: dict):
 # ---- resuming ------------------------------------------------------------------------------------
 
 def resolve_resume(path: str) -> str:
-    """--resume accepts a checkpoint directory or a run directory (then its `latest`)."""
-    if os.path.isfile(os.path.join(path, "training_state.pt")):
+    """--resume PATH -> the checkpoint to continue from. PATH is a checkpoint directory (taken
+    only if intact) or a run directory: the checkpoint its `latest` names, else the newest
+    intact step-N, else its `init` (the toy's untrained model: the run starts at step 0). Each
+    damaged checkpoint skipped costs a one-line warning naming it; none intact is an InputError
+    naming the bad file and what to do."""
+    again = "start the run afresh without --resume (with --overwrite, to reuse the directory)"
+    if not os.path.isdir(path):
+        what = "is not a directory" if os.path.exists(path) else "no such directory"
+        raise InputError(f"--resume {path}: {what}; pass a run directory (or one of its step-N "
+                         f"checkpoints), or {again}")
+    if is_checkpoint_dir(path):
+        bad = checkpoint_problem(path)  # a checkpoint directory, named on purpose: no fallback
+        if bad:
+            raise InputError(f"--resume {path}: {bad}; resume from another checkpoint (its run "
+                             f"directory {os.path.dirname(os.path.abspath(path))} falls back "
+                             f"to the newest intact one), or {again}")
         return path
     latest = latest_checkpoint(path)
-    if latest:
-        return latest
-    # no `latest` (e.g. deleted by an interrupted make): the newest complete step-N checkpoint
-    complete = [d for d in (_step_dirs(path) if os.path.isdir(path) else [])
-                if os.path.isfile(os.path.join(path, d, "training_state.pt"))]
-    if complete:
-        return os.path.join(path, complete[-1])
-    raise FileNotFoundError(f"--resume {path}: no training_state.pt, no 'latest' file and no "
-                            "step-N checkpoint there")
+    if latest is None and os.path.lexists(os.path.join(path, "latest")):
+        _warn(f"--resume {path}: {os.path.join(path, 'latest')} names no checkpoint directory; "
+              "ignored")
+    named = [latest] if latest else []
+    steps = [os.path.join(path, d) for d in reversed(_step_dirs(path))]
+    init = [os.path.join(path, "init")] if os.path.isdir(os.path.join(path, "init")) else []
+    candidates = list(dict.fromkeys(named + steps + init))  # no checkpoint checked twice
+    if not candidates:
+        raise InputError(f"--resume {path}: no checkpoint there (no `latest` file, no step-N "
+                         f"directory); {again}")
+    bad = []
+    for c in candidates:
+        problem = checkpoint_problem(c)
+        if problem is None:
+            start = " (the untrained model: step 0)" if c in init else ""
+            for b in bad:
+                _warn(f"--resume {path}: skipping a damaged checkpoint: {b}; resuming from {c}"
+                      + start)
+            return c
+        named_by = f"{os.path.join(path, 'latest')} names {c}, but " if c == latest else ""
+        bad.append(named_by + problem)
+    more = f"; {len(bad) - 1} older ones are damaged too" if len(bad) > 1 else ""
+    raise InputError(f"--resume {path}: no intact checkpoint there: {bad[0]}{more}; {again}")
+
+
+def _warn(msg: str):
+    if is_main():
+        print(f"warning: {msg}", file=sys.stderr)
+
+
+def is_checkpoint_dir(path: str) -> bool:
+    """Whether path is meant as one checkpoint (intact or not), not a run directory holding
+    several: it has a file only a checkpoint has."""
+    return any(os.path.lexists(os.path.join(path, f))
+               for f in (TRAINING_STATE, MANIFEST, "config.json", "adapter_config.json"))
+
+
+def checkpoint_problem(ckpt_dir: str) -> str | None:
+    """Why ckpt_dir is not an intact checkpoint (a phrase naming the bad file), or None. Intact:
+    every file its manifest lists is there with the size written (a checkpoint from before
+    manifests: the files every checkpoint has are there and non-empty), and the files with a
+    structure parse: JSON, safetensors (its header's tensor sizes must add up to the file's) and
+    training_state.pt (a zip: its directory, at the end, and its pickle's CRC). Cheap (no tensor
+    is read), and it catches what happens to a complete checkpoint later: a copy or disk cut
+    short, a file deleted, a pointer to a directory that is gone."""
+    if not os.path.isdir(ckpt_dir):
+        return f"{ckpt_dir} " + ("is not a directory" if os.path.exists(ckpt_dir) else
+                                 "does not exist")
+    man = os.path.join(ckpt_dir, MANIFEST)
+    if os.path.lexists(man):
+        try:
+            with open(man, encoding="utf-8") as f:
+                sizes = {str(k): int(v) for k, v in json.load(f)["files"].items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return f"{man} is not a readable manifest (truncated?)"
+    else:  # written before manifests: the files every checkpoint has must not be empty
+        sizes = dict.fromkeys(_required_files(ckpt_dir), 0)
+        sizes.update({n: -1 for n in os.listdir(ckpt_dir)  # -1: any size
+                      if n not in sizes and os.path.isfile(os.path.join(ckpt_dir, n))})
+    for rel in dict.fromkeys([TRAINING_STATE] + sorted(sizes)):
+        p = os.path.join(ckpt_dir, rel)
+        if not os.path.isfile(p):
+            return f"{p} is missing"
+        got, want = os.path.getsize(p), sizes.get(rel, 0)
+        if want == 0 and got == 0:
+            return f"{p} is empty"
+        if want > 0 and got != want:
+            return f"{p} has {got} bytes where {want} were written (truncated?)"
+        bad = _format_problem(p)
+        if bad:
+            return f"{p} {bad}"
+    return None
+
+
+def _required_files(ckpt_dir: str) -> list[str]:
+    """The files of a checkpoint written before manifests: training state, config, tokenizer and
+    the weights (full: model.safetensors or the shards its index names; LoRA: the adapters)."""
+    names = [TRAINING_STATE, "run_config.json", "tokenizer_config.json"]
+    if os.path.lexists(os.path.join(ckpt_dir, "adapter_config.json")):
+        return names + ["adapter_config.json", "adapter_model.safetensors"]
+    index = os.path.join(ckpt_dir, "model.safetensors.index.json")
+    if not os.path.lexists(index):
+        return names + ["config.json", "model.safetensors"]
+    try:
+        with open(index, encoding="utf-8") as f:
+            shards = sorted(set(json.load(f)["weight_map"].values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        shards = []  # the index itself is reported as unreadable
+    return names + ["config.json", "model.safetensors.index.json"] + shards
+
+
+def _format_problem(path: str) -> str | None:
+    """What is wrong inside a file whose format can be checked from its header, or None."""
+    try:
+        if path.endswith(".json"):
+            with open(path, encoding="utf-8") as f:
+                json.load(f)
+        elif path.endswith(".safetensors"):  # u64 header length, JSON header, tensor bytes
+            size = os.path.getsize(path)
+            with open(path, "rb") as f:
+                (n,) = struct.unpack("<Q", f.read(8))
+                header = json.loads(f.read(n)) if n <= size - 8 else None
+            if not isinstance(header, dict):
+                return "is not a safetensors file (truncated?)"
+            end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"),
+                      default=0)
+            if 8 + n + end != size:
+                return f"has {size} bytes where its header needs {8 + n + end} (truncated?)"
+        elif path.endswith(".pt"):  # a zip; its pickle (small: the tensors are apart) is read
+            with zipfile.ZipFile(path) as z:  # whole, which checks its CRC
+                z.read(next(n for n in z.namelist() if n.endswith("/data.pkl")))
+    except Exception as e:  # noqa: BLE001 -- whatever a damaged file makes a parser raise
+        kind = {".json": "JSON", ".safetensors": "safetensors", ".pt": "torch.save"}
+        return (f"is not valid {kind[os.path.splitext(path)[1]]} (truncated or corrupted?: "
+                f"{type(e).__name__})")
+    return None
 
 
 def load_training_state(ckpt_dir: str, model, optimizer=None, scheduler=None,
                         rank: int = 0) -> dict:
     """Restore optimizer, scheduler and this rank's RNG streams from a checkpoint whose weights
-    were already loaded into `model` (before wrapping). Returns the saved state."""
+    were already loaded into `model` (before wrapping). Returns the saved state, with its position
+    (step, epoch, step_in_epoch). The toy's `init` checkpoint, written before step 1, has none
+    yet: it starts at step 0, from the weights and RNG streams the uninterrupted run had there."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-    state = torch.load(os.path.join(ckpt_dir, "training_state.pt"), map_location="cpu",
-                       weights_only=False)
-    if optimizer is not None and state.get("optimizer") is not None:
-        set_optimizer_state_dict(unwrap(model), optimizer, state["optimizer"],
-                                 options=StateDictOptions(full_state_dict=True))
-    if scheduler is not None and state.get("scheduler") is not None:
-        scheduler.load_state_dict(state["scheduler"])
+    state = _read_state(ckpt_dir)
+    where = os.path.join(ckpt_dir, TRAINING_STATE)
+    if "step" not in state:  # init: saved before the first step, no optimizer or position yet
+        state.update(step=0, epoch=0, step_in_epoch=0)
+    if not all(isinstance(state.get(k), int) for k in ("step", "epoch", "step_in_epoch")) \
+            or not isinstance(state.get("rng"), list):
+        raise InputError(f"{where}: no step/epoch/step_in_epoch/rng in it (not written by this "
+                         "project's training scripts?); resume from one of their checkpoints")
     rngs = state["rng"]
     if len(rngs) != world_size():
-        raise RuntimeError(f"{ckpt_dir} was saved by {len(rngs)} ranks; resuming on "
-                           f"{world_size()} would not continue the same run exactly")
+        raise InputError(f"{ckpt_dir} was saved by {len(rngs)} ranks; resuming on "
+                         f"{world_size()} would not continue the same run exactly: resume with "
+                         f"{len(rngs)} ranks (torchrun --nproc_per_node {len(rngs)})")
+    try:
+        if optimizer is not None and state.get("optimizer") is not None:
+            set_optimizer_state_dict(unwrap(model), optimizer, state["optimizer"],
+                                     options=StateDictOptions(full_state_dict=True))
+        if scheduler is not None and state.get("scheduler") is not None:
+            scheduler.load_state_dict(state["scheduler"])
+    except (ValueError, KeyError, TypeError, RuntimeError) as e:
+        raise InputError(f"{where}: its optimizer state does not fit this model "
+                         f"({type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]});"
+                         " resume with the run's own flags (--freeze-vision, --lora-*)") from None
     set_rng_state(rngs[rank])
     return state
 
@@ -215,10 +414,27 @@ def start_log(out_dir: str, config: dict, resume_step: int | None) -> str:
 
 
 def truncate_jsonl(path: str, max_step: int):
-    """On resume, drop log lines of steps after the checkpoint (they will be redone)."""
+    """On resume, drop log lines of steps after the checkpoint (they will be redone). A last
+    line cut short by a kill mid-write (no newline) is such a line; any other line that is not
+    a JSON record is an error naming it (the log is the user's, not ours to guess at)."""
     if not os.path.isfile(path):
         return
-    keep = [ln for ln in open(path) if ln.strip() and json.loads(ln).get("step", 0) <= max_step]
+    with open(path, encoding="utf-8", errors="replace") as f:
+        lines = f.readlines()
+    keep = []
+    for i, ln in enumerate(lines, 1):
+        if not ln.strip():
+            continue
+        try:
+            step = json.loads(ln).get("step", 0)
+            step = int(step)
+        except (ValueError, AttributeError, TypeError):
+            if i == len(lines) and not ln.endswith("\n"):
+                break  # the record being written when the run was killed
+            raise InputError(f"{path}:{i}: not a log record; fix or delete the line to resume"
+                             ) from None
+        if step <= max_step:
+            keep.append(ln)
     atomic_write(path, "".join(keep))
 
 
@@ -232,5 +448,20 @@ def full_state_dict(model) -> dict:
 
 def saved_config(ckpt_dir: str) -> dict:
     """The resolved config a checkpoint was saved with (training_state.pt)."""
-    return torch.load(os.path.join(ckpt_dir, "training_state.pt"), map_location="cpu",
-                      weights_only=False)["config"]
+    return _read_state(ckpt_dir).get("config") or {}
+
+
+def _read_state(ckpt_dir: str) -> dict:
+    """training_state.pt as saved, or an InputError naming it (damage the cheap checks of
+    checkpoint_problem, which resolve_resume applied, cannot see)."""
+    path = os.path.join(ckpt_dir, TRAINING_STATE)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 -- unpickling a damaged file raises anything
+        raise InputError(f"{path} cannot be read ({type(e).__name__}: corrupted?); move its "
+                         "checkpoint aside and --resume the run directory: it falls back to the "
+                         "newest intact checkpoint") from None
+    if not isinstance(state, dict):
+        raise InputError(f"{path} holds a {type(state).__name__}, not a training state; resume "
+                         "from a checkpoint the training scripts wrote")
+    return state

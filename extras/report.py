@@ -79,7 +79,7 @@ def svg_curves(path: str, panels: list[tuple[str, list, list]], cols: int = 3, w
     rows = max(1, math.ceil(len(panels) / cols))
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{cols * w}" height="{rows * h}" '
            f'font-family="sans-serif" font-size="11">',
-           f'<rect width="100%" height="100%" fill="white"/>']
+           '<rect width="100%" height="100%" fill="white"/>']
     for k, (title, xs, ys) in enumerate(panels):
         ox, oy = (k % cols) * w, (k // cols) * h
         L, R, T, B = ox + 45, ox + w - 10, oy + 22, oy + h - 25   # plot box
@@ -175,7 +175,8 @@ def write_strips(run_dir: str, preds_path: str, data_path: str, video_root: str 
 
     os.makedirs(os.path.join(run_dir, "strips"), exist_ok=True)
     gt = data_mod.read_manifest(data_path, "sft", video_root=video_root)
-    preds = {(str(r["source"]), str(r["video"])): r["output"] for r in read_jsonl(preds_path)}
+    preds = {(str(r.get("source")), str(r.get("video"))): r["output"] for r in read_jsonl(preds_path)
+             if isinstance(r.get("output"), str) and not r.get("error")}  # error rows: no strip
     ab = [r for r in gt if r["label"] == "Abnormal"][: n_strips // 2]
     no = [r for r in gt if r["label"] == "Normal"][: n_strips - len(ab)]
     for r in ab + no:

@@ -367,18 +367,40 @@ def _lcs_table(x: list, y: list) -> list[list[int]]:
     return t
 
 
+def _lcs_columns(x: list, y: list) -> list[int]:
+    """Every column of _lcs_table, bit-parallel (Allison & Dix 1986; Hyyro 2004): bit i-1 of
+    cols[j] is 0 exactly where T[i][j] = T[i-1][j] + 1, so T[i][j] = i - popcount(the low i bits
+    of cols[j]). One big-integer update per token of y: a long y (an untrusted output) costs
+    len(y) * len(x) / 64 machine words, not len(y) * len(x) Python steps."""
+    match = {}
+    for i, w in enumerate(x):
+        match[w] = match.get(w, 0) | (1 << i)
+    full = (1 << len(x)) - 1
+    cols = [full]
+    for w in y:
+        v = cols[-1]
+        u = v & match.get(w, 0)
+        cols.append(((v + u) | (v - u)) & full)
+    return cols
+
+
+def _lcs_length(x: list, y: list) -> int:
+    """T[len(x)][len(y)] of _lcs_table."""
+    return len(x) - _lcs_columns(x, y)[-1].bit_count()
+
+
 def _lcs_words(x: list, y: list) -> list:
     """One LCS of x and y read back from the end of the table; on a tie the step goes to
     (i, j-1) unless T[i-1][j] > T[i][j-1] (the `rouge` package's choice, which matters because
-    that package keeps the LCS as a SET of words)."""
-    t = _lcs_table(x, y)
+    that package keeps the LCS as a SET of words). T from _lcs_columns: the same table."""
+    cols, low = _lcs_columns(x, y), [(1 << i) - 1 for i in range(len(x) + 1)]
     i, j, out = len(x), len(y), []
     while i > 0 and j > 0:
         if x[i - 1] == y[j - 1]:
             out.append(x[i - 1])
             i, j = i - 1, j - 1
-        elif t[i - 1][j] > t[i][j - 1]:
-            i -= 1
+        elif i - 1 - (cols[j] & low[i - 1]).bit_count() > i - (cols[j - 1] & low[i]).bit_count():
+            i -= 1   # T[i-1][j] > T[i][j-1]
         else:
             j -= 1
     return out[::-1]
@@ -441,8 +463,14 @@ def rouge_l(prediction: str, reference: str, convention: str = "rouge") -> dict:
             return {"p": 0.0, "r": 0.0, "f": 0.0}
         union = set()
         for rsent in rs:
+            vocab = set(rsent)
             for hsent in hs:
-                union.update(_lcs_words(rsent, hsent))
+                # a word absent from rsent is in no LCS, and the read-back steps over it (its
+                # column repeats the one before): dropping it changes nothing, and saves the
+                # time of long junk predictions
+                h = [w for w in hsent if w in vocab]
+                if h:
+                    union.update(_lcs_words(rsent, h))
         m = len({w for s in rs for w in s})
         n = len({w for s in hs for w in s})
         r, p = len(union) / m, len(union) / n
@@ -451,7 +479,8 @@ def rouge_l(prediction: str, reference: str, convention: str = "rouge") -> dict:
         th, tr = rouge_score_tokens(prediction), rouge_score_tokens(reference)
         if not th or not tr:
             return {"p": 0.0, "r": 0.0, "f": 0.0}
-        lcs = _lcs_table(tr, th)[-1][-1]
+        vocab = set(tr)
+        lcs = _lcs_length(tr, [w for w in th if w in vocab])  # same LCS (see the rouge branch)
         p, r = lcs / len(th), lcs / len(tr)
         return {"p": p, "r": r, "f": _f_score(p, r)}
     raise ValueError(f"unknown ROUGE convention {convention!r} (use 'rouge' or 'rouge_score')")
@@ -461,12 +490,19 @@ def rouge_l(prediction: str, reference: str, convention: str = "rouge") -> dict:
 # 6. Reasoning-text metrics per video and their means
 # ================================================================================================
 
+# A prediction is scored on its first MAX_SCORED_CHARS characters (tags stripped; counted as
+# reasoning.n_truncated; docs/eval.md). ROUGE-L's LCS costs len(prediction) x len(reference), so a
+# runaway output of megabytes (untrusted input) would take minutes per video; 20,000 characters is
+# several times the longest reference (~3,500) and a 512-token output (~2,500).
+MAX_SCORED_CHARS = 20_000
+
+
 def reasoning_texts(output: str | None, gt_row: dict) -> tuple[str, str]:
     """(prediction text, reference text), docs/paper-vs-authors.md s.3: reference = think +
     answer with all tags removed and newlines dropped; prediction = the whole output with tags
-    removed."""
+    removed, cut to its first MAX_SCORED_CHARS characters."""
     ref = strip_tags(str(gt_row.get("think") or "") + " " + str(gt_row.get("answer") or ""))
-    return strip_tags(output), ref
+    return strip_tags(output)[:MAX_SCORED_CHARS], ref
 
 
 def reasoning_scores_authors(output: str | None, gt_row: dict) -> dict | None:
@@ -505,14 +541,22 @@ def _mean(xs):
     return float(np.mean(xs)) if len(xs) else None
 
 
-def reasoning_metrics(outputs: list[str], gt_rows: list[dict]) -> dict:
+def reasoning_metrics(outputs: list[str | None], gt_rows: list[dict]) -> dict:
     """Means over videos of reasoning_scores_authors (-> "reasoning") and
     reasoning_scores_common (-> "reasoning_common"). GT rows with neither think nor answer are
-    left out of both."""
-    auth, comm, n_skip, n_short = [], [], 0, 0
+    left out of both. An output None is a video WITHOUT a prediction: it scores 0 in both
+    (counted as reasoning.n_missing), unlike an empty output, which the authors skip."""
+    auth, comm, n_skip, n_short, n_miss, n_trunc = [], [], 0, 0, 0, 0
+    zeros = dict.fromkeys(("bleu2", "meteor", "rouge1", "rouge2", "rouge_l"), 0.0)
     for out, row in zip(outputs, gt_rows):
         if not (row.get("think") or row.get("answer")):
             continue
+        if out is None:
+            n_miss += 1
+            auth.append(zeros)
+            comm.append(zeros)
+            continue
+        n_trunc += len(strip_tags(out)) > MAX_SCORED_CHARS
         comm.append(reasoning_scores_common(out, row))
         s = reasoning_scores_authors(out, row)
         if s is None:
@@ -523,7 +567,8 @@ def reasoning_metrics(outputs: list[str], gt_rows: list[dict]) -> dict:
     keys_a = ("bleu2", "meteor", "rouge1", "rouge2", "rouge_l")
     keys_c = ("bleu2", "rouge1", "rouge2", "rouge_l")
     reasoning = {k: _mean([s[k] for s in auth]) for k in keys_a}
-    reasoning.update(n=len(auth), n_skipped_empty=n_skip, n_short=n_short)
+    reasoning.update(n=len(auth), n_skipped_empty=n_skip, n_short=n_short, n_missing=n_miss,
+                     n_truncated=n_trunc)
     common = {k: _mean([s[k] for s in comm]) for k in keys_c}
     common["n"] = len(comm)
     return {"reasoning": reasoning, "reasoning_common": common}

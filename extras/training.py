@@ -58,6 +58,9 @@ def add_run_args(ap: argparse.ArgumentParser, default_out: str):
     g.add_argument("--save-every", type=int, default=None, help="checkpoint every N optimizer steps (and at the end)")
     g.add_argument("--keep-last", type=int, default=2, help="keep only the newest N step checkpoints")
     g.add_argument("--resume", default=None, help="checkpoint or run directory to continue exactly")
+    g.add_argument("--overwrite", action="store_true",
+                   help="--out holds an earlier run: delete its checkpoints and log and start "
+                        "afresh (without it, or --resume, such an --out is refused)")
     g.add_argument("--fsdp", action="store_true", help="shard with FSDP2 fully_shard (under torchrun); default DDP")
     g.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     g.add_argument("--seed", type=int, default=0, help="seed for init, data order, sampling")

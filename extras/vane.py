@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 
+import vadr
 from extras import paper_tables
 
 PAPER_TABLE3_VAD_R1 = paper_tables.TABLE3_VAD_R1   # the paper's Vad-R1 row, % per category
@@ -32,10 +33,14 @@ def extract_choice(text: str | None) -> str | None:
     letter or digit: "B", "(B)", "B.", "Answer: B" match; "Bus", "AD" do not) in the <answer>
     block when there is one, else in the output with any <think>...</think> removed.
     Caveat of this simple rule: the article "A" in "A man ..." is read as choice A."""
-    if not text:
+    if not isinstance(text, str) or not text:  # a missing or non-string output: no answer
         return None
-    m = re.search(r"<answer>(.*?)</answer>", text, re.DOTALL)
-    scope = m.group(1) if m else re.sub(r"<think>.*?(</think>|$)", " ", text, flags=re.DOTALL)
+    # str.find, not re.search(r"<answer>(.*?)</answer>"): the same first block, but linear on
+    # "<answer>" * N without a close (the regex rescans the rest of the text from every "<answer>")
+    i = text.find("<answer>")
+    j = text.find("</answer>", i + 8) if i >= 0 else -1
+    scope = text[i + 8:j] if j >= 0 else re.sub(r"<think>.*?(</think>|$)", " ", text,
+                                                flags=re.DOTALL)
     c = _CHOICE_RE.search(scope)
     return c.group(1) if c else None
 
@@ -45,13 +50,18 @@ def score_multiple_choice(preds: list[dict], gts: list[dict] | None = None) -> d
     is correct only when the extracted letter equals the answer letter
     (docs/paper-vs-authors.md s.3). gts=None: the prediction rows carry category and answer
     themselves; otherwise GT rows are matched by str(id) and every GT question counts (no
-    output -> wrong). JSON: accuracy, n, n_unanswered, n_missing_output,
+    output -> wrong). JSON: accuracy, n, n_unanswered, n_missing_output, n_duplicate,
     per_category.{CATEGORY}.{accuracy, n}."""
     if gts is None:
         gts = preds
-    out_by_id = {}
-    for p in preds:
-        out_by_id.setdefault(str(p.get("id")), p.get("output"))
+    out_by_id, n_dup = {}, 0
+    for p in preds:  # a repeated id: counted once if its output is the same, else an error
+        pid = str(p.get("id"))
+        if pid in out_by_id and out_by_id[pid] != p.get("output"):
+            raise vadr.InputError(f"prediction id {pid!r} appears twice with different outputs; "
+                                  "keep one row per question")
+        n_dup += pid in out_by_id
+        out_by_id.setdefault(pid, p.get("output"))
     per = defaultdict(lambda: [0, 0])
     n_unans, n_missing = 0, 0
     for g in gts:
@@ -67,7 +77,7 @@ def score_multiple_choice(preds: list[dict], gts: list[dict] | None = None) -> d
     n = sum(v[1] for v in per.values())
     per_category = {c: {"accuracy": v[0] / v[1], "n": v[1]} for c, v in sorted(per.items())}
     return {"accuracy": sum(v[0] for v in per.values()) / n if n else None, "n": n,
-            "n_unanswered": n_unans, "n_missing_output": n_missing,
+            "n_unanswered": n_unans, "n_missing_output": n_missing, "n_duplicate": n_dup,
             "per_category": per_category}
 
 

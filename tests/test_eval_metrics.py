@@ -285,6 +285,11 @@ def test_multiple_choice_hand():
     gts = [{k: v for k, v in x.items() if k != "output"} for x in rows[:2]]
     r2 = vane.score_multiple_choice(preds, gts)
     assert r2["accuracy"] == 0.5 and r2["n_missing_output"] == 1
+    # a repeated id: once if the output is the same (counted), an error if it differs
+    r3 = vane.score_multiple_choice(preds + preds, gts)
+    assert r3["accuracy"] == 0.5 and r3["n_duplicate"] == 1
+    with pytest.raises(ValueError, match="prediction id '1' appears twice with different outputs"):
+        vane.score_multiple_choice(preds + [{"id": 1, "output": "A"}], gts)
 
 
 def test_text_normalisation():
@@ -464,7 +469,7 @@ def test_edge_cases():
         {"source": "UCF", "video": "e", "output": "The street looks normal today."},     # no tags
         {"video": "f", "output": _out("Normal")},                                        # no source: by video
         {"source": "XD", "video": "zzz", "output": _out("Normal")},                      # not in GT
-        {"source": "UCF", "video": "f", "output": _out("Fire", "[0, 1]")},               # duplicate
+        {"source": "UCF", "video": "f", "output": _out("Normal")},                       # same again
     ]                                                                                    # g: no row
     m = E.score_predictions(preds, gts)
     c = m["counts"]
@@ -475,17 +480,22 @@ def test_edge_cases():
     d = m["detection"]
     # labels (authors): a Abn (empty), b Abn ("Normal."), c Abn, d Abn, e Abn (no which), f Normal
     # gold:             a Abn,         b Nor,              c Abn, d Abn, e Nor,              f Nor
-    # TP = 3 (a c d), FP = 2 (b e), TN = 1 (f), FN = 0
-    assert d["n"] == 6 and d["accuracy"] == pytest.approx(4 / 6) and d["precision"] == pytest.approx(3 / 5)
-    assert d["recall"] == 1.0
+    # TP = 3 (a c d), FP = 2 (b e), TN = 1 (f), FN = 0 -- over the 6 videos with a row (authors)
+    dm = m["detection_matched_only"]
+    assert dm["n"] == 6 and dm["accuracy"] == pytest.approx(4 / 6) and dm["precision"] == pytest.approx(3 / 5)
+    assert dm["recall"] == 1.0
     # IoU: a [0,0] vs [0.2,0.6] -> 0; b, e wrong -> 0; c unparseable -> [0,0] vs [0,0.5] -> 0;
     # d reversed -> 0; f right Normal -> 1  => mIoU = 1/6
-    assert d["miou"] == pytest.approx(1 / 6)
+    assert dm["miou"] == pytest.approx(1 / 6)
+    # the headline counts g (no row) wrong: no label, so a false negative, IoU 0 -> over 7 videos
+    assert d["n"] == 7 and d["accuracy"] == pytest.approx(4 / 7) and d["precision"] == pytest.approx(3 / 5)
+    assert d["recall"] == pytest.approx(3 / 4) and d["miou"] == pytest.approx(1 / 7)
     # abnormal-only: a 0, c 0, d 0, g (no row) 0 -> 0 over 4 videos
     assert m["detection_abnormal_only"]["n"] == 4 and m["detection_abnormal_only"]["miou"] == 0.0
-    # reasoning: the empty output is skipped (authors), scored 0 in the common convention
+    # reasoning: the empty output is skipped (authors), scored 0 in the common convention; the
+    # video without a row (g) scores 0 in both
     r, rc = m["reasoning"], m["reasoning_common"]
-    assert r["n"] == 5 and r["n_skipped_empty"] == 1 and rc["n"] == 6
+    assert r["n"] == 6 and r["n_skipped_empty"] == 1 and r["n_missing"] == 1 and rc["n"] == 7
     # reversed <when> gives no positive frame; all frames scored 0 except none -> AUC 0.5
     assert m["frame"]["auc"] == pytest.approx(0.5)
     json.dumps(m)   # serialisable

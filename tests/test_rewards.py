@@ -227,11 +227,14 @@ def test_verification_trim_windows_are_frame_windows():
 
 
 def test_verification_trim_degenerate_by_frame_count():
-    # [0, 0.95] leaves (0.95, 1): frame 19 of 20 survives, but no frame of a 10-frame video does
-    assert R.verification_trim(_abn("[0, 0.95]"), Coin(0.1), total_frames=20) == [(0.95, 1.0)]
+    # [0, 0.95] leaves (0.95, 1): frames 38, 39 of 40 survive; one frame (19 of 20) is too few
+    # (a second pass needs one temporal patch, 2 frames), and no frame of a 10-frame video does
+    assert R.verification_trim(_abn("[0, 0.95]"), Coin(0.1), total_frames=40) == [(0.95, 1.0)]
+    assert R.verification_trim(_abn("[0, 0.95]"), Coin(0.1), total_frames=20) == []
     assert R.verification_trim(_abn("[0, 0.95]"), Coin(0.1), total_frames=10) == []
     assert R.verification_trim(NOR, Coin(0.1), total_frames=1) == []          # 1 frame at 0 < 0.3
-    assert R.verification_trim(NOR, Coin(0.9), total_frames=1) == [(0.0, 0.7)]
+    assert R.verification_trim(NOR, Coin(0.9), total_frames=1) == []          # frame 0 alone
+    assert R.verification_trim(NOR, Coin(0.9), total_frames=3) == [(0.0, 0.7)]  # frames 0-2
 
 
 @pytest.mark.parametrize("make_rng", [random.Random, np.random.default_rng])

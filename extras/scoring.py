@@ -1,0 +1,142 @@
+"""extras/scoring.py -- reading and checking the JSONL files that eval.py scores (untrusted input).
+
+Not part of the method: what lets `python eval.py --score preds.jsonl --gt test.jsonl` say which
+file and line is wrong instead of a traceback or a silently wrong figure (docs/eval.md
+"Matching"). eval.load_jsonl reads with read_jsonl; eval.match_predictions pairs rows with
+pair_rows. The rules:
+  * a file that is missing, a directory, not UTF-8, or holds a line that is not a JSON object:
+    InputError "PATH:LINE: ..." (never half-scored);
+  * a prediction row without a usable `video` (absent, null, not a string or an integer, empty),
+    with a `source` that is not a string, or without a string `output`: MALFORMED, counted and
+    listed as "PATH:LINE: why", and its video stays missing (so it is counted wrong);
+  * two prediction rows for one GT video: the same output -> counted once (n_duplicate_pred);
+    different outputs -> InputError naming both lines (which one to score is not ours to guess);
+  * a GT row without a usable video/source, or two GT rows for one (source, video): InputError
+    naming the line(s).
+Exercised by: pytest tests/test_bad_input_scoring.py -q
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+
+import vadr
+from extras.textmetrics import MAX_SCORED_CHARS
+
+
+def read_jsonl(path: str) -> tuple[list[dict], list[str]]:
+    """(rows, "PATH:LINE" of each row) of a JSON Lines file, blank lines skipped; every problem is
+    a one-line vadr.InputError naming the file (and line)."""
+    if not os.path.isfile(path):
+        what = "is a directory" if os.path.isdir(path) else "does not exist"
+        raise vadr.InputError(f"{path}: {what}; expected a JSONL file (one JSON object per line)")
+    rows, where = [], []
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise vadr.InputError(f"{path}:{lineno}: not UTF-8 (byte {raw[e.start]:#04x} at "
+                                      f"column {e.start + 1}); save the file as UTF-8") from None
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise vadr.InputError(f"{path}:{lineno}: malformed JSON ({e.msg}, column "
+                                      f"{e.colno}): {line.strip()[:120]!r}") from None
+            if not isinstance(obj, dict):
+                raise vadr.InputError(f"{path}:{lineno}: expected a JSON object, got "
+                                      f"{type(obj).__name__}")
+            rows.append(obj)
+            where.append(f"{path}:{lineno}")
+    return rows, where
+
+
+def key_problem(row: dict) -> str | None:
+    """Why (source, video) of a row is unusable, else None. video: a non-empty string or an
+    integer (ids like 2 match "2"); source: absent (match by video alone) or a string."""
+    v, s = row.get("video"), row.get("source", "")
+    if isinstance(v, bool) or not isinstance(v, (str, int)) or not str(v).strip():
+        return f"'video' must be a non-empty string, got {v!r:.60}"
+    if not isinstance(s, str):
+        return f"'source' must be a string, got {s!r:.60}"
+    return None
+
+
+def key(row: dict) -> tuple[str, str]:
+    return (str(row.get("source", "")).strip(), str(row.get("video", "")).strip())
+
+
+def pair_rows(pred_rows: list[dict], gt_rows: list[dict], pred_where: list[str],
+              gt_where: list[str]) -> dict:
+    """eval.match_predictions' work (its docstring has the contract; the rules: this module's)."""
+    by_key, first_at, by_video = {}, {}, defaultdict(list)
+    for i, g in enumerate(gt_rows):
+        why = key_problem(g)
+        if why:
+            raise vadr.InputError(f"{gt_where[i]}: ground-truth row: {why}")
+        k = key(g)
+        if k in by_key:
+            raise vadr.InputError(f"{gt_where[i]}: ground truth repeats source={k[0]!r} "
+                                  f"video={k[1]!r} (first at {gt_where[by_key[k]]}); each video "
+                                  f"must appear once: remove one of the two rows")
+        by_key[k] = i
+        by_video[k[1]].append(i)
+    got, unknown, malformed, dup = {}, [], [], 0
+    for n, p in enumerate(pred_rows):
+        out = p.get("output")
+        why = key_problem(p) or (None if isinstance(out, str) else
+                                 "no 'output'" if "output" not in p else
+                                 f"'output' must be a string, got {type(out).__name__}")
+        if why:
+            malformed.append(f"{pred_where[n]}: {why}")
+            continue
+        k = key(p)
+        gi = by_key.get(k)
+        if gi is None and len(by_video.get(k[1], [])) == 1:
+            gi = by_video[k[1]][0]
+        if gi is None:
+            unknown.append(f"{k[0]}/{k[1]}")
+            continue
+        if gi in got:
+            if got[gi] != out:
+                gk = "/".join(key(gt_rows[gi]))
+                raise vadr.InputError(f"{pred_where[n]}: a second prediction for {gk} with a "
+                                      f"different output (first at {pred_where[first_at[gi]]});"
+                                      f" keep one row per video")
+            dup += 1
+            continue
+        got[gi], first_at[gi] = out, n
+    matched = [(i, got[i]) for i in range(len(gt_rows)) if i in got]
+    missing = ["/".join(key(g)) for i, g in enumerate(gt_rows) if i not in got]
+    return {"matched": matched, "unknown": unknown, "duplicates": dup, "missing": missing,
+            "malformed": malformed}
+
+
+def warnings(metrics: dict, fmt) -> list[str]:
+    """The lines eval.format_report prints under the tables when rows were ignored, missing,
+    repeated or cut (fmt: eval._fmt, passed in because extras never import the entry scripts)."""
+    c, u, r = metrics["counts"], metrics["unmatched"], metrics["reasoning"]
+    out = []
+    if c["n_unknown_pred"]:
+        out.append(f"WARNING: {c['n_unknown_pred']} prediction rows name videos not in the GT "
+                   f"(ignored), e.g. {u['unknown_pred'][:5]}")
+    if c["n_missing"]:
+        dm = metrics["detection_matched_only"]
+        out.append(f"WARNING: {c['n_missing']} of {c['n_gt']} GT videos have no usable "
+                   f"prediction, counted WRONG in every figure above (no label, IoU 0, text 0), "
+                   f"e.g. {u['missing'][:5]}; skipping them as the authors do: acc "
+                   f"{fmt(dm['accuracy'])}, F1 {fmt(dm['f1'])}, mIoU {fmt(dm['miou'])} "
+                   f"(detection_matched_only)")
+    if c["n_malformed_pred"]:
+        out.append(f"WARNING: {c['n_malformed_pred']} prediction rows are malformed (ignored, "
+                   f"their videos missing), e.g. {u['malformed'][:3]}")
+    if c["n_duplicate_pred"]:
+        out.append(f"NOTE: {c['n_duplicate_pred']} repeated prediction rows with the same output "
+                   f"(counted once)")
+    if r["n_truncated"]:
+        out.append(f"NOTE: {r['n_truncated']} outputs are longer than {MAX_SCORED_CHARS} "
+                   f"characters: the text metrics score their beginning (docs/eval.md)")
+    return out
