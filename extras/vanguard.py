@@ -82,7 +82,8 @@ def box_iou(pred, gt) -> float:
 # ---- stage 1: slot features, labels, the head ----------------------------------------------------
 
 def slot_features(model, batch: dict) -> list[torch.Tensor]:
-    """Mean merged vision token per temporal slot, per video -> [ (t_i, D) ], no gradient.
+    """Mean and max of the merged vision tokens per temporal slot, per video -> [ (t_i, 2D) ],
+    no gradient.
     The tower returns each video's merged tokens in (t, h/2, w/2) order (tests/golden layout)."""
     visual = vadr.unwrap(model).model.visual
     grid = batch["video_grid_thw"]                                                 # (B, 3)
@@ -91,8 +92,9 @@ def slot_features(model, batch: dict) -> list[torch.Tensor]:
         tokens = out.pooler_output if hasattr(out, "pooler_output") else out       # (sum, D)
     m2 = visual.spatial_merge_size ** 2
     per_video = torch.split(tokens, (grid.prod(-1) // m2).tolist())                # B x (n_i, D)
-    return [v.reshape(int(g[0]), -1, v.shape[-1]).mean(1).float()                  # (t_i, D)
-            for v, g in zip(per_video, grid)]
+    slots = [v.reshape(int(g[0]), -1, v.shape[-1]).float() for v, g in zip(per_video, grid)]
+    # mean and max over the slot's tokens: the mean sees the scene, the max a small local event
+    return [torch.cat([x.mean(1), x.amax(1)], -1) for x in slots]                # (t_i, 2D)
 
 
 def slot_labels(row: dict, indices) -> np.ndarray:
