@@ -1,20 +1,16 @@
 """data.py -- Vad-Reasoning manifests and the Datasets built on them (paper Sec. 3.2, App. B).
 
-Reads the released SFT and RL JSON Lines files (docs/paper-vs-authors.md s.1). read_manifest
-checks a whole file in one pass and raises ONE ManifestError that lists every problem as
-`file:line: reason: detail`, or, with skip_bad, drops the bad rows and counts them by reason.
-SFTDataset / RLDataset decode videos in __getitem__ (so in DataLoader workers); make_collate
-builds the Qwen2.5-VL chat batch (vadr.build_chat_inputs, docs/paper-vs-authors.md s.4). The toy
-world, which writes manifests in this schema, is extras/toy.py (docs/toy-world.md).
-
-Run it:
-    python data.py validate --manifest Vad-Reasoning-SFT-train.jsonl --kind sft --video-root R
-    python data.py validate --manifest data/toy/Vad-Reasoning-RL.jsonl --kind rl --skip-bad
+Reads the released SFT and RL JSON Lines files (docs/paper-vs-authors.md s.1): read_manifest
+checks a whole file in one pass and raises ONE ManifestError listing every problem as
+`file:line: reason: detail` (or, with skip_bad, drops and counts the bad rows). The Datasets
+decode videos in __getitem__ (so in DataLoader workers); make_collate builds the Qwen2.5-VL chat
+batch (vadr.build_chat_inputs, s.4). The toy world's manifests: extras/toy.py (docs/toy-world.md).
+    python -m extras.validate --manifest Vad-Reasoning-SFT-train.jsonl --kind sft --video-root R
 
 Departures from the released data and the authors' scripts:
-  * Beyond the schema, the reader checks that `<when>` is [round(start/T, 3), round(end/T, 3)]
-    (true of every released row) and that the think/answer layout fits the label. Whether `end`
-    is inclusive is not documented, so only start < end <= total_frames is required.
+  * Beyond the schema, `<when>` must be [round(start/T, 3), round(end/T, 3)] (true of every
+    released row) and the think/answer layout must fit the label. Whether `end` is inclusive is
+    not documented, so only start < end <= total_frames is required.
   * Toy rows may carry `bbox` (passed through); kind 'caption' reads the toy's Toy-Caption.jsonl.
   * Videos resolve against trailing parts of the authors' `path` under --video-root (s.6); two
     different files matching one row is an error (ambiguous-video), not a silent pick.
@@ -22,7 +18,6 @@ Departures from the released data and the authors' scripts:
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import os
@@ -48,8 +43,8 @@ REASONS = ("bad-json", "missing-field", "bad-value", "unknown-category", "bad-in
            "interval-out-of-range", "bad-format", "label-mismatch", "when-mismatch",
            "missing-video", "ambiguous-video", "unreadable-video", "frame-count-mismatch",
            "row-too-long", "duplicate-video")
-# A bound on one raw line, so that a corrupt row never builds a million-token target. The released
-# rows are at most 3,336 characters (SFT-train line 415; RL: 312); 65,536 is ~20x that.
+# A bound on one line, so that a corrupt row never builds a million-token target: the released
+# rows are at most 3,336 characters (SFT-train line 415; RL: 312), ~20x less.
 MAX_ROW_CHARS = 65_536
 
 
@@ -63,6 +58,10 @@ class ManifestError(vadr.InputError):
         super().__init__("\n".join([head] + [f"{path}:{ln}: {r}: {d}" for ln, r, d in problems]))
 
 
+def _as_written(path: str, manifest_dir: str) -> str:
+    return path if not path or os.path.isabs(path) else os.path.join(manifest_dir, path)
+
+
 def video_candidates(source: str, video: str, path: str, video_root: str | None,
                      manifest_dir: str = ".") -> list[str]:
     """The files tried for one row, in order. `path` is an absolute path on the authors' machine
@@ -74,7 +73,7 @@ def video_candidates(source: str, video: str, path: str, video_root: str | None,
     Without a root only candidate 5. resolve_video says which one wins."""
     name = video if video.lower().endswith(VIDEO_EXTENSIONS) else video + ".mp4"
     parts = [c for c in path.replace("\\", "/").split("/") if c not in ("", ".", "..")]
-    as_written = path if not path or os.path.isabs(path) else os.path.join(manifest_dir, path)
+    as_written = _as_written(path, manifest_dir)
     cands = []
     if video_root is not None:
         cands += [os.path.join(video_root, source, name), os.path.join(video_root, name)]
@@ -89,18 +88,19 @@ def video_candidates(source: str, video: str, path: str, video_root: str | None,
 def resolve_video(source: str, video: str, path: str, video_root: str | None,
                   manifest_dir: str = ".") -> tuple[str | None, list[str], list[str]]:
     """-> (the first existing candidate or None, every candidate tried, the existing candidates
-    that are other files than the first: non-empty means the match is ambiguous)."""
+    under the root that are other files than the first: non-empty means the match is ambiguous;
+    `path` as written is a fallback, never a rival of a file under the root, e.g. a copy)."""
     cands = video_candidates(source, video, path, video_root, manifest_dir)
     found = [c for c in cands if os.path.isfile(c)]
-    others = [c for c in found[1:] if not os.path.samefile(c, found[0])]
+    written = _as_written(path, manifest_dir)
+    others = [c for c in found[1:] if c != written and not os.path.samefile(c, found[0])]
     return (found[0] if found else None), cands, others
 
 
 def _as_int(v) -> int | None:
     """JSON ints, and floats with an integral value (12.0), are accepted as ints; bools are not."""
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return None
-    return int(v) if isinstance(v, int) or v.is_integer() else None
+    ok = isinstance(v, int) or isinstance(v, float) and v.is_integer()
+    return int(v) if ok and not isinstance(v, bool) else None
 
 
 def expected_tags(layout: str) -> list[str]:
@@ -114,8 +114,7 @@ def expected_tags(layout: str) -> list[str]:
 
 def diagnose_format(text: str, layout: str) -> str:
     """Where `text` first departs from the layout, e.g. 'tag #3 is <step1> where </step1> is
-    expected' for the released row that closes step 1 with <step1> (docs/paper-vs-authors.md
-    s.1)."""
+    expected' (the released row that closes step 1 with <step1>, docs/paper-vs-authors.md s.1)."""
     found, exp = vadr.TAG_RE.findall(text), expected_tags(layout)
     for i, (a, b) in enumerate(zip(found, exp)):
         if a != b:
@@ -176,8 +175,7 @@ def _check_interval(obj: dict, row: dict, bad) -> dict | None:
     if s < 0 or e > total:
         return bad("interval-out-of-range",
                    f"[start, end] = [{s}, {e}] is not inside [0, total_frames={total}]")
-    # <when> of the answer is exactly this pair, fractions rounded to 3 places
-    # (docs/paper-vs-authors.md s.1, s.3)
+    # <when> is this pair, fractions rounded to 3 places (docs/paper-vs-authors.md s.1, s.3)
     row.update(start=s, end=e, when=(round(s / total, 3), round(e / total, 3)))
     return row
 
@@ -215,8 +213,7 @@ def _check_sft(obj: dict, row: dict, bad) -> dict | None:
 
 
 def _binary_label(text: str) -> str | None:
-    """vadr.weak_label, except that a category name is refused: RL rows carry only the binary
-    label (docs/paper-vs-authors.md s.1)."""
+    """vadr.weak_label, but a category name is refused: RL rows carry the binary label (s.1)."""
     plain = vadr.strip_tags(text).strip().rstrip(".")
     return None if vadr.normalize_category(plain) else vadr.weak_label(text)
 
@@ -237,24 +234,10 @@ def _check_rl(obj: dict, row: dict, bad) -> dict | None:
     return row
 
 
-def _video_problem(path: str, probe: bool, total_frames=None) -> tuple[str, str] | None:
-    """None if usable, else (reason, why). Cheap by default (readable, not empty); probe=True
-    also decodes the first and last frames through vadr.read_video, the training path, and
-    compares the frame count with the row's total_frames (slower: ms per video)."""
-    if not os.access(path, os.R_OK):
-        return "unreadable-video", "not readable (permissions)"
-    if os.path.getsize(path) == 0:
-        return "unreadable-video", "empty file"
-    if probe:
-        try:
-            vadr.read_video(path, num_frames=2, expect_frames=total_frames)
-        except vadr.VideoError as e:
-            return e.reason, e.why
-    return None
-
-
 def _find_video(row: dict, video_root, mdir: str, check: bool, probe: bool, bad) -> str | None:
-    """The row's video; with check, reported through bad if missing or unreadable."""
+    """The row's video; with check, reported through bad if missing, ambiguous, unreadable or
+    empty; probe also decodes the first and last frames through vadr.read_video (the training
+    path) and checks the frame count against total_frames (ms per video)."""
     args = (row["source"], row["video"], row["path"], video_root, mdir)
     if not check:  # the best guess, for callers that only read text
         return video_candidates(*args)[0]
@@ -265,81 +248,85 @@ def _find_video(row: dict, video_root, mdir: str, check: bool, probe: bool, bad)
     elif others:
         bad("ambiguous-video", f"video {row['video']!r} matches different files: "
             + ", ".join([found] + others) + "; keep one or pass a --video-root that holds one")
-    elif why := _video_problem(found, probe, row.get("total_frames")):
-        bad(why[0], f"{found}: {why[1]}")
+    elif not os.access(found, os.R_OK):
+        bad("unreadable-video", f"{found}: not readable (permissions)")
+    elif os.path.getsize(found) == 0:
+        bad("unreadable-video", f"{found}: empty file")
+    elif probe:
+        try:
+            vadr.read_video(found, num_frames=2, expect_frames=row.get("total_frames"))
+        except vadr.VideoError as e:
+            bad(e.reason, f"{found}: {e.why}")
     return found
 
 
-def _lines(f, limit: int = 4 * MAX_ROW_CHARS + 2):
-    """The lines of a binary file; one of more than `limit` bytes (so more than MAX_ROW_CHARS
-    characters: UTF-8 spends at most 4 bytes on one) comes back as None, read in pieces and
-    dropped, so that a huge line never sits in memory whole."""
-    while line := f.readline(limit):
-        if len(line) == limit and not line.endswith(b"\n"):
-            while (more := f.readline(limit)) and not more.endswith(b"\n"):
-                pass
-            line = None
-        yield line
-
-
-def _decode(raw: bytes, path: str, lineno: int) -> str:
-    try:  # utf-8-sig on line 1: a byte-order mark (some editors write one) is not data
-        return raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
-    except UnicodeDecodeError as e:  # a wrong encoding is the whole file's problem: not skipped
-        raise vadr.InputError(f"{path}:{lineno}: not UTF-8 text (byte {raw[e.start]:#04x} at byte "
-                              f"{e.start + 1} of the line); re-encode the manifest as UTF-8 "
-                              "(e.g. iconv -t UTF-8)") from None
+def _lines(path: str):
+    """(line number, text) per physical line of a manifest, decoded as UTF-8 (a byte-order mark
+    on line 1 is not data); text None for a line over MAX_ROW_CHARS, which is read in pieces of
+    4 * MAX_ROW_CHARS + 2 bytes (UTF-8 spends at most 4 on a character), never whole.
+    vadr.InputError for a file that cannot be read or a line that is not UTF-8 (not skipped)."""
+    if not os.path.isfile(path):  # missing, a directory, a device (/dev/zero would never end)
+        why = "is a directory" if os.path.isdir(path) else (
+            "not a regular file" if os.path.exists(path) else "not found")
+        raise vadr.InputError(f"cannot read manifest {path}: {why}")
+    try:
+        f = open(path, "rb")
+    except OSError as e:  # no permission
+        raise vadr.InputError(f"cannot read manifest {path}: {e.strerror}") from None
+    limit = 4 * MAX_ROW_CHARS + 2
+    with f:
+        for lineno, raw in enumerate(iter(lambda: f.readline(limit), b""), 1):
+            if len(raw) == limit and not raw.endswith(b"\n"):
+                while (more := f.readline(limit)) and not more.endswith(b"\n"):
+                    pass
+                raw = None
+            try:
+                text = raw and raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise vadr.InputError(f"{path}:{lineno}: not UTF-8 text (byte {raw[e.start]:#04x} "
+                                      f"at byte {e.start + 1} of the line); re-encode the manifest "
+                                      "as UTF-8 (e.g. iconv -t UTF-8)") from None
+            yield lineno, None if text and len(text.rstrip("\r\n")) > MAX_ROW_CHARS else text
 
 
 def check_manifest(path: str, kind: str = "sft", video_root: str | None = None,
                    check_videos: bool = True, probe_videos: bool = False):
     """Validate every row of a manifest in one pass. -> (rows, problems): the good rows
     (normalised dicts, see read_manifest) and [(line, reason, detail)] for every problem, in
-    file order. Never raises for a bad row; vadr.InputError for a missing or unreadable file, a
-    directory, or a line that is not UTF-8. Blank lines are skipped, but counted: line numbers
-    are physical and 1-based. A second row for a (source, video) is a duplicate-video."""
+    file order. Never raises for a bad row (vadr.InputError: see _lines). Blank lines are
+    skipped; line numbers are physical, 1-based. A second row for a (source, video) is a
+    duplicate-video."""
     if kind not in ("sft", "rl", "caption"):
         raise ValueError(f"kind must be 'sft', 'rl' or 'caption', got {kind!r}")
-    if not os.path.isfile(path):  # missing, a directory, a device (/dev/zero would never end)
-        raise vadr.InputError(f"cannot read manifest {path}: " + ("is a directory" if os.path.isdir(
-            path) else "not a regular file" if os.path.exists(path) else "not found"))
-    try:
-        f = open(path, "rb")
-    except OSError as e:  # no permission
-        raise vadr.InputError(f"cannot read manifest {path}: {e.strerror}") from None
     mdir = os.path.dirname(os.path.abspath(path))
-    rows, problems, seen = [], [], {}
-    with f:
-        for lineno, raw in enumerate(_lines(f), 1):
-            text = None if raw is None else _decode(raw, path, lineno)
-            if text is not None and not text.strip():
-                continue
-            mine = []
+    rows, problems, seen, lineno = [], [], {}, 0
 
-            def bad(reason, detail, _ln=lineno, _mine=mine):
-                assert reason in REASONS, reason
-                _mine.append((_ln, reason, detail))
+    def bad(reason, detail):  # returns None, so `return bad(...)` rejects the row
+        assert reason in REASONS, reason
+        problems.append((lineno, reason, detail))
 
-            if text is None or len(text.rstrip("\r\n")) > MAX_ROW_CHARS:
-                row = bad("row-too-long", f"more than {MAX_ROW_CHARS} characters (MAX_ROW_CHARS)")
-            else:
-                try:
-                    row = _check_row(json.loads(text), kind, bad)
-                except json.JSONDecodeError as e:
-                    row = bad("bad-json", f"not valid JSON ({e.msg}, column {e.colno})")
-                except (ValueError, RecursionError) as e:  # a 5000-digit int, nesting 10^4 deep
-                    row = bad("bad-json", f"not readable JSON ({type(e).__name__}: {e!s:.80})")
-            key = row and (row["source"], row["video"])
-            if row is not None and key in seen:
-                row = bad("duplicate-video", f"source {key[0]!r} video {key[1]!r} is also at line "
-                          f"{seen[key]}; each video once per manifest (--skip-bad keeps the first)")
-            if row is not None:
-                row["video_path"] = _find_video(row, video_root, mdir, check_videos,
-                                                probe_videos, bad)
-            problems += mine
-            if not mine:
-                seen[key] = lineno
-                rows.append(dict(row, line=lineno))
+    for lineno, text in _lines(path):
+        if text is not None and not text.strip():
+            continue
+        n_problems = len(problems)
+        if text is None:
+            row = bad("row-too-long", f"more than {MAX_ROW_CHARS} characters (MAX_ROW_CHARS)")
+        else:
+            try:
+                row = _check_row(json.loads(text), kind, bad)
+            except json.JSONDecodeError as e:
+                row = bad("bad-json", f"not valid JSON ({e.msg}, column {e.colno})")
+            except (ValueError, RecursionError) as e:  # a 5000-digit int, nesting 10^4 deep
+                row = bad("bad-json", f"not readable JSON ({type(e).__name__}: {e!s:.80})")
+        key = row and (row["source"], row["video"])
+        if key in seen:
+            row = bad("duplicate-video", f"source {key[0]!r} video {key[1]!r} is also at line "
+                      f"{seen[key]}; each video once per manifest (--skip-bad keeps the first)")
+        if row is not None:
+            row["video_path"] = _find_video(row, video_root, mdir, check_videos, probe_videos, bad)
+        if len(problems) == n_problems:
+            seen[key] = lineno
+            rows.append(dict(row, line=lineno))
     return rows, problems
 
 
@@ -349,27 +336,24 @@ def skipped_counts(problems) -> Counter:
     return Counter(first.values())
 
 
-def _counts_text(counts: Counter) -> str:
+def counts_text(counts: Counter) -> str:
     return ", ".join(f"{r}={n}" for r, n in sorted(counts.items()))
 
 
 def read_manifest(path: str, kind: str = "sft", video_root: str | None = None,
                   skip_bad: bool = False, check_videos: bool = True,
                   probe_videos: bool = False) -> list[dict]:
-    """Read and validate a manifest (kind 'sft', 'rl', or 'caption' for the toy's
-    Toy-Caption.jsonl). Raises one ManifestError listing every problem with file:line, unless
-    skip_bad: then the bad rows are dropped and their count by reason goes to stderr. Rows hold
-    the normalised schema fields plus line (1-based), video_path (resolved file), label
-    ('Abnormal' / 'Normal') and bbox when present. SFT: anomaly_type = one of the 37 categories
-    or 'Normal'; start/end and when = (round(start/total, 3), round(end/total, 3)) on abnormal
-    rows, else when = None. RL: anomaly_type = label, solution as written. caption: caption,
-    anomaly_type and label as written (None when absent)."""
+    """Read and validate a manifest (kind 'sft', 'rl', or 'caption': the toy's Toy-Caption.jsonl):
+    one ManifestError listing every problem, or with skip_bad the bad rows dropped and counted
+    on stderr. Rows: the schema fields, line, video_path, label ('Abnormal' / 'Normal'), bbox if
+    present. SFT: anomaly_type one of the 37 categories or 'Normal'; abnormal rows add start/end
+    and when = (round(start/total, 3), round(end/total, 3)), else when = None. RL: anomaly_type
+    = label, solution as written. caption: anomaly_type and label as given (None if absent)."""
     rows, problems = check_manifest(path, kind, video_root, check_videos, probe_videos)
     if problems and not skip_bad:
         raise ManifestError(path, problems)
-    if problems:
-        counts = skipped_counts(problems)
-        print(f"{path}: skipped {sum(counts.values())} bad row(s): " + _counts_text(counts),
+    if counts := skipped_counts(problems):
+        print(f"{path}: skipped {sum(counts.values())} bad row(s): " + counts_text(counts),
               file=sys.stderr)
     if not rows:  # every row bad (skip_bad), or an empty file: nothing to train on is an error
         raise ManifestError(path, problems or [(0, "bad-value", "the manifest holds no rows")])
@@ -399,11 +383,10 @@ class SFTDataset(torch.utils.data.Dataset):
         if missing:
             raise ValueError(f"{type(self).__name__} needs rows with {'/'.join(self.target_fields)}"
                              f"; rows at lines {missing[:10]} have none")
-        self.rows, self.prompt = rows, vadr.build_prompt(prompt_variant)
-        # vadr.encode_video's keywords: num_frames, min/max_pixels, frame_rule, grid_time
-        self.video_args = video
-        # cache_videos keeps each encoded video after its first decode, for many epochs over a
-        # small set (the toy SFT). Per process: each DataLoader worker keeps, and loses, its own.
+        # video: vadr.encode_video's keywords (num_frames, min/max_pixels, frame_rule, grid_time)
+        self.rows, self.prompt, self.video_args = rows, vadr.build_prompt(prompt_variant), video
+        # cache_videos: each video decoded once, for many epochs over a small set (the toy SFT);
+        # per process, so each DataLoader worker keeps its own
         self.cache = {} if cache_videos else None
 
     def __len__(self):
@@ -463,41 +446,3 @@ def make_collate(tokenizer, system: str = vadr.DEFAULT_SYSTEM_PROMPT, *, with_ta
     closure) so that it pickles into DataLoader workers under any start method."""
     return functools.partial(collate_batch, tokenizer=tokenizer, system=system,
                              with_targets=with_targets)
-
-
-# ---- 3. The command line: validate a manifest ---------------------------------------------------
-
-def _cmd_validate(a):
-    try:
-        rows = read_manifest(a.manifest, a.kind, a.video_root, skip_bad=a.skip_bad,
-                             check_videos=not a.no_check_videos, probe_videos=a.probe)
-    except ManifestError as e:
-        print(str(e), file=sys.stderr)
-        print("bad rows by reason: " + _counts_text(skipped_counts(e.problems)), file=sys.stderr)
-        sys.exit(1)
-    labels, sources = Counter(r["label"] for r in rows), Counter(r["source"] for r in rows)
-    print(f"{a.manifest}: {len(rows)} good rows; labels {dict(labels)}; sources {dict(sources)}")
-    if a.kind == "sft":
-        print(f"categories: {dict(Counter(r['anomaly_type'] for r in rows).most_common())}")
-        print(f"reasoning length ranges (words, tags stripped): {length_ranges(rows)}")
-
-
-def main(argv=None):
-    ap = argparse.ArgumentParser(description="Vad-Reasoning manifests (see the module docstring).")
-    v = ap.add_subparsers(dest="cmd", required=True).add_parser(
-        "validate", help="validate a manifest; list every problem with file:line")
-    v.add_argument("--manifest", required=True, help="a Vad-Reasoning .jsonl file")
-    v.add_argument("--kind", choices=("sft", "rl"), required=True,
-                   help="sft (CoT rows) or rl (weak labels)")
-    v.add_argument("--video-root", default=None,
-                   help="folder to resolve videos in (the order: data.video_candidates)")
-    v.add_argument("--skip-bad", action="store_true",
-                   help="drop bad rows and count them instead of failing")
-    v.add_argument("--no-check-videos", action="store_true", help="do not look for the video files")
-    v.add_argument("--probe", action="store_true", help="also decode every video's first and "
-                   "last frames and compare its frame count with total_frames (vadr.FRAME_SLACK)")
-    _cmd_validate(ap.parse_args(argv))
-
-
-if __name__ == "__main__":
-    vadr.run_main(main)

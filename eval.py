@@ -33,7 +33,6 @@ scripts (METEOR without WordNet, our tokenizer, tags as spaces, ...): docs/eval.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -41,8 +40,8 @@ import sys
 import numpy as np
 
 import vadr
-from extras import (badvideos, fastpath, flagcheck, paper_tables, predictions, report, scoring,
-                    textmetrics, toymodel, training, vane)
+from extras import (badvideos, cli, fastpath, flagcheck, paper_tables, predictions, report,
+                    scoring, textmetrics, toymodel, training, vane)
 from vadr import parse_completion
 
 
@@ -438,29 +437,6 @@ def format_report(metrics: dict, name: str = "ours", with_paper: bool = False) -
 AUTHORS_INFERENCE = dict(training.VIDEO_AUTHORS_INFERENCE, temperature=0.1, top_p=0.9,
                          max_new_tokens=512)
 
-def add_inference_args(ap: argparse.ArgumentParser):
-    g = ap.add_argument_group("generation (docs/paper-vs-authors.md s.3)")
-    g.add_argument("--batch-size", type=int, default=4, help="videos per generation batch")
-    g.add_argument("--limit", type=int, default=None,
-                   help="only the first N videos of the manifest")
-    g.add_argument("--sample", action="store_true",
-                   help="sample (temperature/top-p) instead of greedy")
-    g.add_argument("--authors-inference", action="store_true",
-                   help="the authors' inference settings: --sample, and the defaults below fixed")
-    g.add_argument("--temperature", type=float, default=None,
-                   help="sampling temperature with --sample (authors: 0.1)")
-    g.add_argument("--top-p", type=float, default=None, help="nucleus with --sample (authors: 0.9)")
-    g.add_argument("--max-new-tokens", type=int, default=None,
-                   help="max completion length (authors: 512)")
-    g.add_argument("--prompt-variant", default="fine", choices=["fine", "binary"],
-                   help="<which>: categories or Abnormal/Normal")
-    g.add_argument("--skip-bad", action="store_true",
-                   help="skip (and count) bad manifest rows instead of failing")
-    g.add_argument("--num-workers", type=int, default=1, help="DataLoader workers decoding videos")
-    g.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    g.add_argument("--seed", type=int, default=0, help="sampling seed (with --sample)")
-    training.add_video_args(ap)  # unset flags take AUTHORS_INFERENCE (resolve_inference_args)
-
 
 def resolve_inference_args(args):
     """Unset generation and video flags take the authors' inference values; with
@@ -633,39 +609,8 @@ def run_report(run_dir: str, data_path: str | None, video_root: str | None,
     return text
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        description="Vad-R1 evaluation: inference (--model) or scoring (--score / --mc).")
-    g = ap.add_argument_group("inference (a checkpoint over a manifest -> predictions JSONL)")
-    g.add_argument("--model", help="checkpoint directory, or 'toy'")
-    g.add_argument("--data", help="test manifest JSONL (Vad-Reasoning SFT-test rows)")
-    g.add_argument("--video-root", help="directory the videos are resolved against")
-    g.add_argument("--out", help="predictions JSONL to write")
-    add_inference_args(ap)
-    s = ap.add_argument_group("scoring")
-    s.add_argument("--score", metavar="PREDS",
-                   help="predictions JSONL (source, video, output) to score")
-    s.add_argument("--gt",
-                   help="ground-truth JSONL (Vad-Reasoning SFT-test format; for --mc optional)")
-    s.add_argument("--mc", metavar="PREDS",
-                   help="multiple-choice JSONL (id, category, question, answer, output)")
-    s.add_argument("--json", help="write every figure here (keys: docs/eval-keys.md)")
-    s.add_argument("--allow-missing", action="store_true",
-                   help="exit 0 although GT videos lack a prediction (they count as wrong)")
-    s.add_argument("--with-paper", action="store_true",
-                   help="print the paper's published rows beside ours")
-    s.add_argument("--name", default="ours", help="row name in the printed table")
-    s.add_argument("--report", metavar="RUN_DIR",
-                   help="write RUN_DIR/table.md, curves and frame strips "
-                   "from eval_*.json and the logs (with --data/--video-root for the strips)")
-    s.add_argument("--ablation-report", metavar="ABL_DIR",
-                   help="write ABL_DIR/table10.md from eval_<stem>.json and <stem>/log.jsonl "
-                        "(make toy-ablation; with --with-paper the paper's 16-frame rows)")
-    return ap
-
-
 def main(argv=None) -> int:
-    args = resolve_inference_args(build_parser().parse_args(argv))
+    args = resolve_inference_args(cli.eval_parser().parse_args(argv))  # flags: extras/cli.py
     flagcheck.check_flags(args, "eval")  # inference: every flag and --out, before loading
     if args.score:
         if not args.gt:
@@ -685,7 +630,7 @@ def main(argv=None) -> int:
         print(report.ablation_report(args.ablation_report, load_jsonl, get_metric, _fmt,
                                      paper_tables.TABLE10 if args.with_paper else None))
         return 0
-    build_parser().print_help()
+    cli.eval_parser().print_help()
     return 2
 
 

@@ -12,24 +12,18 @@ Algorithm 2 lines 5, 11 and 12).
     mask    the completion tokens that count: up to and including the first end  completion_mask
     Alg.2 line 5   G completions per video from a KV-cached sampling loop        sample_group
 
-Peer variants, flags that default to the paper (docs/paper-vs-authors.md s.7):
-    Dr. GRPO (Liu et al. 2025, "Understanding R1-Zero-Like Training"): A_i = r_i - mean(r), no std
-      division (std="none"), and 1/(G * L_max) for a fixed budget L_max in place of 1/|o_i|
-      (loss_type="dr_grpo"), removing the length and difficulty biases they point out.
-    Clip-higher (DAPO, Yu et al. 2025): a separate upper clip 1 + eps_high (epsilon_high; DAPO
-      uses eps 0.2, eps_high 0.28). Live only when the ratio can move (mu > 1).
+Peer variants, flags that default to the paper (docs/paper-vs-authors.md s.7): Dr. GRPO (Liu et
+al. 2025): A_i = r_i - mean(r) (std="none"), 1/(G * L_max) for 1/|o_i| (loss_type="dr_grpo");
+clip-higher (DAPO, Yu et al. 2025): an upper clip 1 + epsilon_high, live only at mu > 1.
 
 The rewards (Alg. 2 lines 6-10) are rewards.py. This file is the version to read: train_rl.py and
-eval.py call the same contracts in extras/fastpath.py, computed with less time and memory
-(tests/test_fastpath.py checks they agree; docs/performance.md). Tests:
-python -m pytest tests/test_grpo.py tests/test_fastpath.py -q
+eval.py call the same contracts in extras/fastpath.py, faster and leaner (docs/performance.md;
+tests/test_fastpath.py checks they agree).
 
 Decisions (the paper vs the authors' trainer, docs/paper-vs-authors.md s.2)
  1. std in Eq. 1 is the UNBIASED (n-1) sample std by default, as the authors' trainer (torch.std);
-    the paper does not say. std="biased" gives the population std (n). The denominator is std + 1e-4
-    (authors). With G = 4 the unbiased A is sqrt(3/4) ~ 0.87 times the biased one. Under AdamW that
-    does not shrink the update (Adam normalises the gradient); it only lowers the weight of the
-    policy term against beta * KL.
+    the paper does not say (std="biased": n). The denominator is std + 1e-4 (authors). At G = 4 the
+    unbiased A is ~0.87x the biased one: under AdamW that only lowers the policy term against KL.
  2. A group whose G rewards are all equal has advantages exactly 0 (not (r - mean)/1e-4, which
     rounding could make nonzero), reported in zero_std; it still counts in the mean (KL only).
  3. KL: k3 with d clamped to [-10, 10], as the authors (the clamp also zeroes its gradient there;
@@ -66,11 +60,9 @@ def group_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-4,
     """Eq. 1 within each group: A_i = (r_i - mean(r)) / (std(r) + eps).
 
     rewards: (B*G,) total rewards, the G completions of a prompt CONTIGUOUS (rows b*G .. b*G+G-1).
-    std: "unbiased" (n-1, torch.std, the authors' trainer; default) or "biased" (n); decision 1;
-    "none": no division, Dr. GRPO's A_i = r_i - mean(r).
+    std: "unbiased" (n-1, default) or "biased" (n), decision 1; "none": Dr. GRPO's r_i - mean(r).
     Returns (advantages (B*G,) float32, zero_std (B,) bool: the groups whose rewards are all
-    equal; their advantages are exactly 0, decision 2).
-    """
+    equal; their advantages are exactly 0, decision 2)."""
     if std not in ADV_STDS:
         raise ValueError(f"std must be one of {ADV_STDS}, got {std!r}")
     if group_size < 2:
@@ -96,15 +88,12 @@ def vision_token_ids(config) -> list[int]:
 
 def completion_mask(completion_ids: torch.Tensor, end_ids: Sequence[int], pad_id: int,
                     vision_ids: Sequence[int] = ()) -> torch.Tensor:
-    """1 on the tokens that carry loss, 0 elsewhere.
-
-    completion_ids: (N, T) sampled tokens (after the prompt, padded with pad_id).
-    end_ids: every id that ends a completion (Qwen: <|im_end|> and <|endoftext|>).
+    """1 on the tokens that carry loss, 0 elsewhere. completion_ids: (N, T) sampled tokens,
+    padded with pad_id; end_ids: every id that ends a completion (Qwen: <|im_end|>, <|endoftext|>).
     Returns mask (N, T) float32: 1 up to and INCLUDING the first end token (the choice to stop is
-    trained too), 0 after it. A pad_id that is not an end id is masked wherever it is (Qwen pads
-    with <|endoftext|>, itself an end id). A completion with no end token (cut at the maximum
-    length) is all 1. vision_ids: a completion is cut just BEFORE its first one (decision 7).
-    """
+    trained too), 0 after it; a completion without one (cut at the maximum length) is all 1. A
+    pad_id that is not an end id is masked wherever it is (Qwen pads with <|endoftext|>, an end
+    id). vision_ids: a completion is cut just BEFORE its first one (decision 7)."""
     ids = completion_ids                                                           # (N, T)
     is_end = torch.isin(ids, torch.as_tensor(list(end_ids), device=ids.device))    # (N, T)
     ends_before = torch.cumsum(is_end.long(), dim=1) - is_end.long()  # (N, T) ends strictly before
@@ -120,15 +109,11 @@ def completion_mask(completion_ids: torch.Tensor, end_ids: Sequence[int], pad_id
 
 def scoring_inputs(model, inputs: dict, completion_ids: torch.Tensor,
                    pad_id: int | None = None) -> dict:
-    """The model inputs of prompt + completion: exactly the sequence the sampler had built when it
-    chose the last token (rows as `inputs`: one per completion).
-
-    Completion tokens are text (mm_token_type_ids 0): transformers computes the 3D mRoPE positions
-    from mm_token_type_ids, so the completion's positions continue the prompt's last text position
-    by +1 per token, as during sampling. Vision placeholders in a completion become pad_id
-    (decision 7; default the model's generation pad id); every completion column gets attention 1
-    (decision 6).
-    """
+    """The model inputs of prompt + completion: the sequence the sampler had built when it chose
+    the last token (rows as `inputs`: one per completion). Completion tokens are text
+    (mm_token_type_ids 0), so their mRoPE positions continue the prompt's by +1 per token, as in
+    sampling. Vision placeholders become pad_id (decision 7; default the model's generation pad
+    id); every completion column gets attention 1 (decision 6)."""
     N, T = completion_ids.shape
     inner = vadr.unwrap(model)      # the config lives on the Qwen model, not on a DDP wrapper
     if pad_id is None:
@@ -155,10 +140,9 @@ def completion_logprobs(model, inputs: dict, completion_ids: torch.Tensor,
       with G completions appears G times): input_ids (N, P) left-padded, attention_mask (N, P),
       mm_token_type_ids (N, P), pixel_values_videos, video_grid_thw (N, 3), second_per_grid_ts (N,).
     completion_ids: (N, T) the sampled tokens.  temperature: the sampling one (decision 5).
-    pad_id: written over vision placeholders in completions (decision 7; mask those positions with
-      completion_mask(..., vision_ids=vision_token_ids(cfg))).
-    Returns logp (N, T) float32, differentiable when grad is enabled. Entries after the first end
-    token are computed but meaningless: multiply by completion_mask.
+    pad_id: written over vision placeholders (decision 7; completion_mask(..., vision_ids) masks
+      them). Returns logp (N, T) float32, differentiable when grad is enabled; entries after the
+      first end token are meaningless: multiply by completion_mask.
     """
     N, T = completion_ids.shape
     if inputs["input_ids"].shape[0] != N:
@@ -179,8 +163,7 @@ def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor, clamp: float | None = 10.0
     """Per-token k3 estimate of KL(pi_theta || pi_ref) on tokens sampled from pi_theta:
         d = log pi_ref - log pi_theta,  KL ~ exp(d) - d - 1  (>= 0, 0 iff d = 0; E[exp(d)] = 1).
     d is clamped to [-clamp, clamp] (authors: 10; decision 3), which zeroes the gradient outside.
-    Gradient w.r.t. logp: 1 - exp(d). Elementwise: returns the shape of logp.
-    """
+    Gradient w.r.t. logp: 1 - exp(d). Elementwise: returns the shape of logp."""
     d = ref_logp.detach() - logp                                                  # (..., T)
     if clamp is not None:
         d = d.clamp(-clamp, clamp)
@@ -191,8 +174,7 @@ def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor, clamp: float | None = 10.0
 
 def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor | None, ref_logp: torch.Tensor | None,
               advantages: torch.Tensor, mask: torch.Tensor, beta: float = 0.04,
-              epsilon: float = 0.2, loss_type: str = "sequence",
-              n_tokens: float | None = None,
+              epsilon: float = 0.2, loss_type: str = "sequence", n_tokens: float | None = None,
               epsilon_high: float | None = None) -> tuple[torch.Tensor, dict]:
     """loss = -J, with J of Eq. 2 (or Eq. 3 when old_logp is None).
 
@@ -210,10 +192,9 @@ def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor | None, ref_logp: torch
     KL), clip_frac (share of tokens where the clip binds: A > 0 and ratio > 1+eps, or A < 0 and
     ratio < 1-eps), ratio (masked mean).
 
-    Why the loss is ~0 at ratio 1 and still trains: in value ratio = exp(logp - sg(logp)) = 1, the
-    surrogate is A_i, whose group mean is 0 (Eq. 1), and k3 starts at 0 (pi_theta = pi_ref). But
+    At ratio 1 the loss is ~0 (the A_i have group mean 0, k3 starts at 0) but still trains:
     d/dtheta exp(logp - sg(logp)) = grad log pi, so the gradient is -1/G sum_i A_i 1/|o_i| sum_t
-    grad log pi_theta(o_it): REINFORCE with a group baseline. The rewards measure progress.
+    grad log pi_theta(o_it), REINFORCE with a group baseline. The rewards measure progress.
     """
     if loss_type not in LOSS_TYPES:
         raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
@@ -257,15 +238,11 @@ def token_normaliser(mask: torch.Tensor) -> float:
 
 
 # ---- Rollouts: G samples per video (Alg. 2 line 5), the verification pass (Alg. 1 line 10) -----
-# A sampling loop over the model's forward with a KV cache, written out so that every choice is
-# visible. The G samples of a prompt share it: the prompt (vision tower included) is prefilled
-# once and its KV cache copied to the G rows, where generate(num_return_sequences=G) would encode
-# the video G times.
-#
-# Positions (mRoPE). The prompt's come from the model's own get_rope_index (time, height, width on
-# video tokens; three equal ids on text). A generated token gets max(prompt positions) + 1, then
-# + 1 per token, on all three axes: what get_rope_index gives the same tokens in the teacher-forced
-# pass over prompt + completion, so sampling and scoring see the same positions (tested).
+# A KV-cached sampling loop, written out so that every choice is visible. The prompt (vision tower
+# included) is prefilled once and its cache copied to the G rows (docs/performance.md). mRoPE: the
+# prompt's positions come from the model's get_rope_index; a generated token gets max(prompt
+# positions) + 1, then + 1 per token, on all three axes: what get_rope_index gives the same tokens
+# in the teacher-forced pass, so sampling and scoring see the same positions (tested).
 
 def _top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     """Nucleus filtering: keep the smallest set of tokens whose probability sums to >= top_p
@@ -317,14 +294,12 @@ def sample_group(model, inputs: dict, num_samples: int = 1, max_new_tokens: int 
                  temperature: float = 1.0, top_p: float = 1.0, greedy: bool = False,
                  end_ids=(), pad_id: int = 0, generator: torch.Generator | None = None,
                  suppress_vision: bool = True) -> dict:
-    """Sample `num_samples` = G completions for each prompt of a left-padded batch.
-
-    inputs: build_chat_inputs(...) + collate_videos(...) tensors for B prompts (each with a video).
+    """Sample `num_samples` = G completions for each prompt of a left-padded batch (inputs:
+    build_chat_inputs + collate_videos tensors for B prompts, each with a video).
     Returns dict(completion_ids (B*G, T), pad after the first end token; completion_mask (B*G, T);
     logprobs (B*G, T), the sampling-time log p of each chosen token under logits / T, times the
     mask; prompt_positions_max (B,)). Row b*G + g is sample g of prompt b (group_advantages'
-    layout). suppress_vision: forbid the vision placeholder ids (decision 7).
-    """
+    layout). suppress_vision: forbid the vision placeholder ids (decision 7)."""
     inner, G = vadr.unwrap(model), num_samples
     N, dev = inputs["input_ids"].shape[0] * G, inputs["input_ids"].device
     banned = torch.tensor(vision_token_ids(inner.config) if suppress_vision else [], device=dev,

@@ -87,10 +87,7 @@ count_words = vadr.count_words  # the one word count (decision 5)
 
 
 def _in_range(n: int, label: str | None, ranges: dict) -> bool:
-    if label is None:
-        return False
-    lo, hi = ranges[label]
-    return lo <= n <= hi  # inclusive (App. C.3 "[140, 261]")
+    return label is not None and ranges[label][0] <= n <= ranges[label][1]  # inclusive (App. C.3)
 
 
 def length_reward(completion: str, ranges: dict = DEFAULT_LENGTH_RANGES) -> float:

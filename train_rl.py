@@ -32,11 +32,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import random
 import time
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -44,7 +42,7 @@ import data
 import grpo
 import rewards
 import vadr
-from extras import (badvideos, checkpoint, dynamic, fastpath, flagcheck, lora, scale, toy,
+from extras import (badvideos, checkpoint, cli, dynamic, fastpath, flagcheck, lora, scale, toy,
                     training)
 
 TOY_DATA_DIR, TOY_SFT_DIR = "data/toy", "runs/toy/sft"
@@ -54,8 +52,7 @@ PAPER = dict(epochs=1, lr=1e-6, batch_size=1, num_generations=4, beta=0.04, temp
              top_p=0.95, max_new_tokens=768, weight_decay=0.01, max_grad_norm=5.0,
              warmup_ratio=0.0, save_every=100, num_workers=2, prompt_variant="binary",
              **dict(training.VIDEO_PAPER, grid_time="one"))  # the authors' RL trainer: 1.0 (s.5)
-# Toy preset: short completions, a larger lr, the SFT prompt (docs/experiments.md: under the binary
-# prompt, which the toy SFT model never saw, no completion passed the format check).
+# Toy: short completions, larger lr, the SFT prompt (binary: no format passed, docs/experiments.md)
 TOY = dict(epochs=1, max_steps=60, lr=5e-5, batch_size=2, num_generations=4, beta=0.04,
            temperature=1.0, top_p=0.95, max_new_tokens=320, weight_decay=0.0, max_grad_norm=1.0,
            warmup_ratio=0.0, save_every=20, num_workers=1, prompt_variant="fine",
@@ -79,16 +76,7 @@ def add_reward_args(ap):
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    g = ap.add_argument_group("model and data")
-    g.add_argument("--model", default=None, help="SFT checkpoint directory (default: runs/toy/sft)")
-    g.add_argument("--data", default=None, help="Vad-Reasoning-RL.jsonl (default: the toy world's)")
-    g.add_argument("--video-root", default=None, help="directory the videos are resolved under")
-    g.add_argument("--prompt-variant", default=None, choices=["binary", "fine"],
-                   help="<which> asks for Abnormal/Normal (paper preset) or the fine category (toy "
-                        "preset); accuracy compares the binary label either way")
-    g.add_argument("--skip-bad", action="store_true", help="skip and count bad manifest rows")
-    g.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (decoding)")
-    training.add_video_args(ap)
+    cli.add_rl_data_args(ap)  # --model, --data, --video-root, ..., the video flags
     g = ap.add_argument_group("AVA-GRPO (Sec. 3.3, App. C.2-C.3; None = preset)")
     g.add_argument("--num-generations", type=int, default=None, help="G per video (paper: 4)")
     g.add_argument("--temperature", type=float, default=None, help="sampling temperature (1.0)")
@@ -97,45 +85,13 @@ def parse_args(argv=None):
     g.add_argument("--beta", type=float, default=None, help="KL coefficient (paper: 0.04)")
     g.add_argument("--epsilon", type=float, default=0.2, help="clip range (live with --mu > 1)")
     g.add_argument("--mu", type=int, default=1, help="policy updates per rollout (paper: 1)")
-    g.add_argument("--dynamic-sampling", action="store_true",
-                   help="DAPO: refill groups whose G rewards are equal (extras/dynamic.py)")
-    g.add_argument("--dynamic-max-rounds", type=int, default=4,
-                   help="refill rounds per step with --dynamic-sampling")
-    g.add_argument("--epsilon-high", type=float, default=None,
-                   help="upper clip 1 + this (DAPO's clip-higher, 0.28); default: --epsilon")
-    g.add_argument("--loss-type", default="sequence", choices=grpo.LOSS_TYPES,
-                   help="mean per completion, then over the group (Eq. 2), or over all tokens "
-                        "of all ranks, or Dr. GRPO's sum / (rows x --max-new-tokens)")
-    g.add_argument("--adv-std", default="unbiased", choices=grpo.ADV_STDS,
-                   help="std of Eq. 1: n-1 (torch.std, the authors'), n, or none (Dr. GRPO)")
+    cli.add_grpo_variant_args(g)  # --dynamic-*, --epsilon-high, --loss-type, --adv-std
     add_reward_args(ap)
-    g = ap.add_argument_group("optimisation (None = paper default or toy preset)")
-    g.add_argument("--epochs", type=int, default=None, help="passes over the RL data (paper: 1)")
-    g.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
-    g.add_argument("--batch-size", type=int, default=None, help="videos per step per process")
-    g.add_argument("--lr", type=float, default=None, help="learning rate (paper: 1e-6, cosine)")
-    g.add_argument("--warmup-ratio", type=float, default=None, help="share of warmup steps")
-    g.add_argument("--weight-decay", type=float, default=None, help="AdamW (authors: 0.01)")
-    g.add_argument("--max-grad-norm", type=float, default=None, help="clipping (authors: 5)")
-    g.add_argument("--preset", default=None, choices=["paper", "toy"],
-                   help="defaults for unset flags (toy when --data is not given)")
+    cli.add_rl_optim_args(ap)  # --epochs, --lr, ..., --preset (extras/cli.py)
     training.add_run_args(ap, default_out="runs/toy/rl")
     scale.add_scale_args(ap, stage="rl")  # --lora-*, --merge, --dry-run, --no-rollout-gather
-    args = ap.parse_args(argv)
-    toy = args.data is None
-    preset = args.preset or ("toy" if toy else "paper")
-    if args.model is None and not toy:
-        ap.error("--model is required with --data (an SFT checkpoint directory)")
-    args.model = args.model or TOY_SFT_DIR
-    args.preset_filled = training.apply_preset(args, TOY if preset == "toy" else PAPER, preset)
-    if toy and args.length_ranges_from is None:
-        args.length_ranges_from = os.path.join(TOY_DATA_DIR, "Vad-Reasoning-SFT-train.jsonl")
-    if args.no_verification_reward:
-        args.no_verification_abnormal = args.no_verification_normal = True
-    if args.dynamic_sampling and (args.fsdp or args.dynamic_max_rounds < 1):
-        ap.error("--dynamic-sampling needs --dynamic-max-rounds >= 1 and DDP, not --fsdp "
-                 "(a refill round's sampling would be a collective on some ranks only)")
-    return args
+    # presets, the toy's defaults, the flags that imply others (extras/cli.py)
+    return cli.resolve_rl_args(ap, ap.parse_args(argv), PAPER, TOY, TOY_SFT_DIR, TOY_DATA_DIR)
 
 
 def verification_inputs(tok, rows: list[dict], completions: list[str], G: int, rng, args,
@@ -280,14 +236,8 @@ def rl_step(model, ref_model, tok, opt, sched, batch: dict, args, step: int, ran
                               loss=float(loss.detach()), grad_norm=float(gn)))
     t["time_update"] = time.time() - t0
 
-    mean = lambda k: float(np.mean([p[k] for p in parts]))
-    out = dict(reward=float(R.numpy().mean()),
-               reward_std=float(R.view(-1, G).std(1, unbiased=False).mean()),
-               reward_accuracy=mean("accuracy"), reward_format=mean("format"),
-               reward_verification=mean("verification"), reward_length=mean("length"),
-               completion_length=float(mask.sum(1).float().mean()),
-               zero_std_fraction=float(zero_std.float().mean()), lr=sched.get_last_lr()[0], **t)
-    out.update({k: float(np.mean([s[k] for s in stats_acc])) for k in stats_acc[0]})
+    # log fields: the reward parts' means, lengths, timings, the mean loss stats of the mu updates
+    out = training.rl_log_fields(R, G, parts, mask, zero_std, sched.get_last_lr()[0], t, stats_acc)
     out["_texts"] = texts
     return out
 
@@ -312,7 +262,6 @@ def main(argv=None):
     global_batch, steps_per_epoch, total_steps = training.plan_steps(args, len(rows), world)
 
     # ---- policy and reference (Alg. 2 lines 1-2: pi_ref <- pi_theta; on resume still the start)
-    start = dict(step=0, epoch=0, step_in_epoch=0)
     if start_dir:
         args.model = checkpoint.saved_config(start_dir)["model"]
     # the weights (+ LoRA adapters with --lora-rank), the flags they decide, the checkpoint writer
@@ -325,9 +274,7 @@ def main(argv=None):
     opt = training.make_optimizer(model, args.lr, args.weight_decay)
     n_updates = total_steps * args.mu
     sched = training.cosine_schedule(opt, n_updates, int(args.warmup_ratio * n_updates))
-    if start_dir:
-        st = checkpoint.load_training_state(start_dir, model, opt, sched, rank)
-        start = dict(step=st["step"], epoch=st["epoch"], step_in_epoch=st["step_in_epoch"])
+    start = training.start_state(start_dir, model, opt, sched, rank, seed=None)  # own generators
     config = dict(vars(args), world_size=world, parallel=mode, total_steps=total_steps,
                   steps_per_epoch=steps_per_epoch, length_ranges=length_ranges, n_rows=len(rows))
     log_path = checkpoint.start_log(args.out, config, start["step"] if start_dir else None)

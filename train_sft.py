@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 import data
 import vadr
-from extras import badvideos, checkpoint, flagcheck, lora, scale, toy, training
+from extras import badvideos, checkpoint, cli, flagcheck, lora, scale, toy, training
 
 TOY_DATA_DIR = "data/toy"  # the default data: the toy world, made on first use
 # Paper defaults for a real model (docs/paper-vs-authors.md s.2): fill the flags left at None.
@@ -60,26 +60,7 @@ TOY_CAPTION = dict(TOY, epochs=2, batch_size=8, save_every=100, num_workers=1, c
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    g = ap.add_argument_group("model")
-    g.add_argument("--model", default="toy", help="'toy' or a local Qwen2.5-VL checkpoint dir")
-    g = ap.add_argument_group("data")
-    g.add_argument("--task", default="p2c", choices=["p2c", "caption"],
-                   help="p2c: Vad-R1 SFT (the paper). caption: toy stage 0 on Toy-Caption.jsonl "
-                        "behind toy.CAPTION_PROMPT (not in the paper)")
-    g.add_argument("--data", default=None, help="Vad-Reasoning-SFT-train.jsonl, or "
-                   "Toy-Caption.jsonl with --task caption (default: the toy world's)")
-    g.add_argument("--video-root", default=None, help="directory the videos are resolved under")
-    g.add_argument("--prompt-variant", default="fine", choices=["fine", "binary"],
-                   help="<which> holds the fine-grained category (SFT data) or Abnormal/Normal")
-    g.add_argument("--skip-bad", action="store_true", help="skip (and count) bad manifest rows")
-    g.add_argument("--num-workers", type=int, default=None, help="DataLoader workers")
-    g.add_argument("--cache-videos", action=argparse.BooleanOptionalAction, default=None,
-                   help="keep each encoded video in memory after its first decode (use "
-                        "--num-workers 0). Paper preset: off; toy preset: on")
-    g.add_argument("--tokenizer-corpus", nargs="+", default=None, metavar="JSONL",
-                   help="--model toy: manifests whose texts train the toy tokenizer (default: the "
-                        "toy world's SFT and caption text, or --data's)")
-    training.add_video_args(ap)
+    cli.add_sft_data_args(ap)  # --model, --task, --data, ..., the video flags (extras/cli.py)
     g = ap.add_argument_group("optimisation (paper App. C.3; None = paper default or toy preset)")
     g.add_argument("--epochs", type=int, default=None, help="passes over the data (paper: 4)")
     g.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")

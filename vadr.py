@@ -1,35 +1,25 @@
 """vadr.py -- the model side of Vad-R1: what the model sees and what it says.
 
-One video from its file to the model's answer, in one file:
+One video from its file to the model's answer, in one file (importing no other project file):
   1. the Perception-to-Cognition chain-of-thought prompt (paper Sec. 3.1, App. C.1, Fig. 9);
   2. the completion parser, the format check and the one weak-label rule;
   3. frame sampling with decord: N frames at linspace over a *kept window*, so that AVA-GRPO's
      trimmed videos (Algorithm 1) re-sample N frames from what remains (App. C.3);
-  4. Qwen2.5-VL's video front end in plain torch (smart_resize, bicubic antialiased resize, CLIP
-     normalisation, patchify), bit-exact against the reference processor (tests/golden);
+  4. Qwen2.5-VL's video front end in plain torch, bit-exact against the reference (tests/golden);
   5. the chat layout with <|video_pad|> placeholders (docs/paper-vs-authors.md s.4);
   6. model loading from a local checkpoint directory (the `toy` preset: extras/toymodel.py);
-  7. the small distributed block: one process, DDP or FSDP2 under torchrun.
-This file imports no other project file.
-
-Run it (a library; its demo is one forward on one video):
-    python -m extras.toymodel                 # the toy model on the first toy-world video
-    python -m extras.toymodel --model /path/to/Qwen2.5-VL-7B-Instruct --video clip.mp4
-    python -m pytest tests/test_vadr.py -q    # its oracles
+  7. the small distributed block: one process or torchrun (wrapping: extras/training.py).
+Demo (one forward, one video): python -m extras.toymodel [--model DIR --video V]; tests/test_vadr.py
 
 Departures from the paper / the authors' scripts (docs/paper-vs-authors.md):
   * Frame indices are rounded from linspace(0, K-1, N) over the K kept frames (the paper's 16
-    uniform frames; the authors' evaluation is the case keep=[(0, 1)]). Their training's 2 fps
-    rule, and its shorter trimmed videos, are rule='authors' (docs/paper-vs-authors.md s.5).
-  * second_per_grid_ts follows the sampled frame rate; grid_time='one' gives the 1.0 that the
-    authors' RL trainer leaves the model with (s.5).
+    uniform frames); the authors' 2 fps training rule and its short trims are rule='authors' (s.5).
+  * second_per_grid_ts follows the sampled rate; grid_time='one': the authors' RL trainer's 1.0.
   * The completion ends with <|im_end|>; the "\n" the chat template writes after it is not part
     of the target (generation stops at <|im_end|>, so it would never be sampled).
-  * Batches are LEFT-padded everywhere (training, generation, scoring): a completion then starts
-    at the same column in every row, which keeps sampling and log-prob gathering simple.
-  * <which> is read with one strict rule (label_from_which): 'Normal', 'Abnormal' or a known
-    category; anything else is no label. The authors' reward is an exact match on the binary
-    label; eval.py also reports their looser evaluation rule (docs/paper-vs-authors.md s.3).
+  * Batches are LEFT-padded everywhere: a completion starts at the same column in every row.
+  * <which> is read with one strict rule (label_from_which); the authors' reward is an exact
+    match on the binary label; eval.py also reports their looser rule (s.3).
 """
 from __future__ import annotations
 
@@ -47,14 +37,13 @@ import torch.nn.functional as F
 
 
 class InputError(ValueError):
-    """Bad user input (a manifest row, a flag, ...): its message names the file and line, and
-    run_main prints it without a traceback (a bug still gets one)."""
+    """Bad user input: the message names the file (and line); run_main prints it, no traceback."""
 
 
 def run_main(main, argv=None):
-    """Run a script's main(); an InputError ends the process with its message and exit code 1.
-    A process-group member (torchrun) ends with os._exit after flushing stdio, skipping the
-    interpreter teardown that gloo's worker threads can abort (docs/engineering-notes.md)."""
+    """Run a script's main(); an InputError ends the process with its message and exit code 1. A
+    torchrun member ends with os._exit after flushing stdio, skipping the interpreter teardown
+    that gloo's worker threads can abort (docs/engineering-notes.md)."""
     try:
         rc = main(argv)
     except InputError as e:
@@ -83,34 +72,29 @@ CATEGORIES = [
 ]
 assert len(CATEGORIES) == 37
 
-# The released files spell five categories two ways (docs/paper-vs-authors.md s.1); keys are
-# compared after _category_key() (zero-width characters removed, case and spaces folded).
-_CATEGORY_VARIANTS = {"animal hurts human": "Animals Hurt Human", "drown": "Drowning",
-                      "red lgiht violation": "Red Light Violation"}
-
 
 def _category_key(name: str) -> str:
-    # a zero-width character (the released 'Avalanche and Landslide' has one) counts as a space
+    """Case and spaces folded; a zero-width character (the released 'Avalanche and Landslide' has
+    one) counts as a space."""
     name = re.sub(r"[\u200b\u200c\u200d\u2060\ufeff]", " ", name)
     return " ".join(name.strip().lower().split())
 
 
+# The released files spell five categories two ways (docs/paper-vs-authors.md s.1).
 _CATEGORY_LOOKUP = {_category_key(c): c for c in CATEGORIES}
-_CATEGORY_LOOKUP.update(_CATEGORY_VARIANTS)
+_CATEGORY_LOOKUP.update({"animal hurts human": "Animals Hurt Human", "drown": "Drowning",
+                         "red lgiht violation": "Red Light Violation"})
 
 
 def normalize_category(name: str) -> str | None:
     """Any released spelling -> one of the 37 categories ("Drown" -> "Drowning"), else None."""
-    if not isinstance(name, str):
-        return None
-    return _CATEGORY_LOOKUP.get(_category_key(name))
+    return _CATEGORY_LOOKUP.get(_category_key(name)) if isinstance(name, str) else None
 
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 
 # The three parts of App. C.1 (task, output specification, format with an example each), in our
-# own words. The variants differ in <which>: the SFT data's category, or the binary label that
-# RL's weak labels can check (docs/paper-vs-authors.md s.2).
+# own words; the variants differ in <which> (build_prompt; docs/paper-vs-authors.md s.2).
 _PROMPT_TASK = (
     "Task: watch the video and decide whether it contains an anomaly, an event that departs "
     "from what normally happens in this scene. Think before you answer: write your reasoning "
@@ -191,10 +175,8 @@ _NORMAL_LAYOUT = _layout(2, ("which", "what", "why"))
 def check_format(text: str) -> str | None:
     """'abnormal' / 'normal' if the WHOLE text has the 4-step / 2-step layout, else None (Table 7's
     format reward is 1 exactly when this is not None)."""
-    for name, layout in (("abnormal", _ABNORMAL_LAYOUT), ("normal", _NORMAL_LAYOUT)):
-        if isinstance(text, str) and layout.fullmatch(text):
-            return name
-    return None
+    layouts = (("abnormal", _ABNORMAL_LAYOUT), ("normal", _NORMAL_LAYOUT))
+    return next((n for n, lay in layouts if isinstance(text, str) and lay.fullmatch(text)), None)
 
 
 # \d+(?:\.\d*)?, not \d+\.?\d*: the same numbers, but a run of N digits splits only one way, so
@@ -221,19 +203,13 @@ def parse_when(s: str | None) -> tuple[float, float] | None:
 
 
 def label_from_which(which: str | None) -> str | None:
-    """The one weak-label rule (training's rewards, eval's strict mode, manifest checks).
-    'Normal' -> Normal; 'Abnormal' or one of the 37 categories (any released spelling, so the
-    fine-grained prompt works) -> Abnormal; anything else ('normal', 'Normal.', 'Unknown',
-    'Abnormal or Normal', empty, not a string) -> None, which earns no accuracy reward. The
-    authors' reward is an exact string match (docs/paper-vs-authors.md s.2)."""
-    if not isinstance(which, str):
-        return None
-    w = which.strip()
+    """The one weak-label rule (rewards, eval's strict mode, manifest checks): 'Normal' -> Normal;
+    'Abnormal' or one of the 37 categories (any released spelling) -> Abnormal; anything else
+    ('normal', 'Normal.', 'Unknown', empty, not a string) -> None: no accuracy reward (s.2)."""
+    w = which.strip() if isinstance(which, str) else ""
     if w == "Normal":
         return "Normal"
-    if w == "Abnormal" or normalize_category(w) is not None:
-        return "Abnormal"
-    return None
+    return "Abnormal" if w == "Abnormal" or normalize_category(w) is not None else None
 
 
 def weak_label(text) -> str | None:
@@ -259,20 +235,14 @@ def parse_completion(text) -> dict:
     """A completion's parts; never raises, whatever the input. -> dict(think, steps, answer,
     which, what, when, where, why, how, label): the first <think>/<answer> block's text (None if
     absent or unclosed); the step texts inside think (else anywhere), in order; the first of each
-    answer tag inside the answer (else anywhere); when as (s, e) floats as written, or None;
-    label = label_from_which(which)."""
+    answer tag inside the answer (else anywhere); when = parse_when; label = label_from_which."""
     if not isinstance(text, str):
         text = "" if text is None else str(text)
-    think = _first_tag(text, "think")
-    answer = _first_tag(text, "answer")
+    think, answer = _first_tag(text, "think"), _first_tag(text, "answer")
     scope_t = think if think is not None else text
-    steps = []
-    for i in range(1, 5):
-        s = _first_tag(scope_t, f"step{i}")
-        if s is not None:
-            steps.append(s)
+    steps = [_first_tag(scope_t, f"step{i}") for i in range(1, 5)]
     scope_a = answer if answer is not None else text
-    out = dict(think=think, steps=steps, answer=answer)
+    out = dict(think=think, steps=[s for s in steps if s is not None], answer=answer)
     for t in ("which", "what", "when", "where", "why", "how"):
         out[t] = _first_tag(scope_a, t)
     out["when"] = parse_when(out["when"])
@@ -293,29 +263,23 @@ def kept_frames(total_frames: int, keep=((0.0, 1.0),)) -> np.ndarray:
             raise ValueError(f"kept window ({a}, {b}) is not inside [0, 1] with a <= b")
         lo, hi = math.ceil(a * total_frames - 1e-9), math.ceil(b * total_frames - 1e-9)
         parts.append(np.arange(lo, hi, dtype=np.int64))
-    idx = np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)  # sorted, no repeats
-    return idx
+    return np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)  # sorted, unique
 
 
 FRAME_RULES = ("paper", "authors")  # --frame-rule (docs/paper-vs-authors.md s.5)
 
 
-def _even(n: float) -> int:
-    return int(n) // 2 * 2
-
-
 def sample_frame_indices(total_frames: int, num_frames: int = 16, keep=((0.0, 1.0),),
                          rule: str = "paper", fps: float | None = None) -> np.ndarray:
-    """Frame indices into a video of total_frames, over the kept windows (K frames).
-    rule 'paper' (App. C.3: every video normalised to 16 frames): N at linspace(0, K-1, N), rounded;
-    frames repeat when K < N. rule 'authors' (their training utilities, s.5): a whole video gets
-    2 fps, n = total/fps*2 clamped to [4, N] and floored to even, at linspace(0, total-1, n); a
-    trimmed one gets N at linspace over its K frames when K >= N, else its first even number of
-    frames (none repeated). Raises if fewer frames remain than the rule can use (0, or 1 under
-    'authors'), so a degenerate trim is an error, never a silent empty video."""
+    """Frame indices into a video of total_frames, over the kept windows (K frames). rule 'paper'
+    (App. C.3, 16 frames a video): N at linspace(0, K-1, N), rounded (repeats when K < N). rule
+    'authors' (docs/paper-vs-authors.md s.5): 2 fps on a whole video; on a trim, N at linspace
+    when K >= N, else its first even number of frames. Raises if fewer frames remain than the
+    rule can use (0, or 1 under 'authors'): a degenerate trim is never a silent empty video."""
     if rule not in FRAME_RULES:
         raise ValueError(f"frame rule must be one of {FRAME_RULES}, got {rule!r}")
     kept = kept_frames(total_frames, keep)  # (K,)
+    _even = lambda n: int(n) // 2 * 2  # floored to an even count
     if len(kept) < (2 if rule == "authors" else 1):
         raise ValueError(f"the kept windows {list(keep)} leave {len(kept)} frame(s) of a "
                          f"{total_frames}-frame video")
@@ -330,32 +294,29 @@ def sample_frame_indices(total_frames: int, num_frames: int = 16, keep=((0.0, 1.
 
 
 class VideoError(InputError, RuntimeError):
-    """A video file that cannot be used (missing, undecodable, malformed frames, a frame count
-    far from its row's); the message names the file. reason: data.REASONS' name for it."""
+    """A video file that cannot be used; the message names the file. why: a text, or the decoder's
+    exception (its first line is kept); reason: data.REASONS' name for it."""
 
-    def __init__(self, path: str, why: str, reason: str = "unreadable-video"):
+    def __init__(self, path: str, why, reason: str = "unreadable-video"):
+        if isinstance(why, Exception):
+            why = f"{type(why).__name__}: " + str(why).strip().split("\n")[0][:200]
         self.path, self.why, self.reason = path, why, reason
         super().__init__(f"cannot read video {path}: {why}")
 
 
-# A row's total_frames and the decoded count may differ by a few frames between decoders (edit
-# lists, B-frame delay, counts estimated from the duration): max(3 frames, 1%) is tolerated. 1%
-# bounds the shift of the <when> fractions (start/total) to 0.01, ten times their rounding.
+# Decoders may count a few frames off a row's total_frames (edit lists, B-frame delay): max(3
+# frames, 1%) is tolerated; 1% bounds the shift of the <when> fractions to 0.01.
 FRAME_SLACK = (3, 0.01)
 
 
 def _open_video(path: str):
-    import decord  # imported here so that modules that never read video do not need it
+    import decord  # here, so that modules that never read video do not need it
     if not os.path.isfile(path):
         raise VideoError(path, "file not found")
     try:
         return decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
     except Exception as e:  # decord raises DECORDError, RuntimeError, ... on untrusted files
-        raise VideoError(path, _why(e)) from e
-
-
-def _why(e: Exception) -> str:
-    return f"{type(e).__name__}: " + str(e).strip().split("\n")[0][:200]
+        raise VideoError(path, e) from e
 
 
 def count_frames(path: str) -> int:
@@ -383,7 +344,7 @@ def read_video(path: str, num_frames: int = 16, keep=None, rule: str = "paper",
     try:
         frames = vr.get_batch(idx.tolist()).asnumpy()  # (n, H, W, 3) uint8
     except Exception as e:  # a truncated or corrupt stream, a size decord cannot convert (8x8)
-        raise VideoError(path, _why(e)) from e
+        raise VideoError(path, e) from e
     if frames.ndim != 4 or frames.shape[0] != len(idx) or frames.shape[-1] != 3:
         raise VideoError(path, f"decord returns frames of shape {frames.shape}, not (n, H, W, 3)")
     if max(frames.shape[1:3]) / min(frames.shape[1:3]) > 200:  # smart_resize's limit (Qwen's)
@@ -403,8 +364,8 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 DEFAULT_MIN_PIXELS = 56 * 56
 DEFAULT_MAX_PIXELS = 128 * 28 * 28  # paper App. C.3 / D.2
-# The authors' training band (s.5): min = max = 128*28*28 in their utilities, which widen the max
-# to int(1.05 * min); the paper preset's. Their inference: 28*28 .. 128*28*28.
+# The authors' pixel bands (s.5): training (min = max = 128*28*28, max widened to int(1.05 * min);
+# the paper preset's) and inference.
 AUTHORS_TRAIN_PIXELS = (128 * 28 * 28, int(128 * 28 * 28 * 1.05))  # (100352, 105369)
 AUTHORS_INFER_PIXELS = (28 * 28, 128 * 28 * 28)
 GRID_TIMES = ("real", "one")  # --grid-time: second_per_grid_ts from the frame rate, or 1.0
@@ -432,9 +393,8 @@ def smart_resize(height: int, width: int, factor: int = IMAGE_FACTOR,
 def preprocess_frames(frames, min_pixels: int = DEFAULT_MIN_PIXELS,
                       max_pixels: int = DEFAULT_MAX_PIXELS):
     """uint8 frames (T, H, W, 3) -> (pixel_values_videos float32 (N, 1176), video_grid_thw (1, 3)):
-    N = grid_t * grid_h * grid_w patches of 3 x 2 x 14 x 14, 2x2 merge groups contiguous. Exact
-    (tests/golden) when the uint8 tensor itself is resized, then rescaled and normalised in ONE
-    float32 step (x - 255*mean) / (255*std) (docs/paper-vs-authors.md s.4)."""
+    N = grid_t * grid_h * grid_w patches of 3 x 2 x 14 x 14 (docs/paper-vs-authors.md s.4). Exact
+    (tests/golden) when the uint8 tensor is resized, then normalised in ONE float32 step."""
     x = torch.as_tensor(np.asarray(frames))
     if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[-1] != 3:
         raise ValueError(f"expected uint8 frames (T, H, W, 3), got {tuple(x.shape)} {x.dtype}")
@@ -468,9 +428,8 @@ def encode_frames(frames, sampled_fps: float, min_pixels=DEFAULT_MIN_PIXELS,
                   max_pixels=DEFAULT_MAX_PIXELS, grid_time: str = "real") -> dict:
     """Frames -> the three vision inputs of one video for the model's forward."""
     pv, thw = preprocess_frames(frames, min_pixels, max_pixels)
-    # second_per_grid_ts: seconds spanned by one temporal patch (2 frames) -> mRoPE time ids.
-    # grid_time 'one': 1.0 whatever the frame rate, the model's default when the authors' RL
-    # trainer drops the value (docs/paper-vs-authors.md s.5).
+    # second_per_grid_ts: seconds spanned by one temporal patch (2 frames) -> mRoPE time ids;
+    # grid_time 'one': 1.0 whatever the frame rate, as in the authors' RL trainer (s.5).
     if grid_time not in GRID_TIMES:
         raise ValueError(f"grid_time must be one of {GRID_TIMES}, got {grid_time!r}")
     spg = TEMPORAL_PATCH_SIZE / sampled_fps if grid_time == "real" else 1.0
@@ -521,11 +480,9 @@ def pad_token_id(tokenizer) -> int:
 
 def chat_prompt_ids(tokenizer, prompt: str, n_video_tokens: int,
                     system: str = DEFAULT_SYSTEM_PROMPT) -> list[int]:
-    """Token ids of
-    <|im_start|>system\\n{system}<|im_end|>\\n<|im_start|>user\\n<|vision_start|><|video_pad|>*n
-    <|vision_end|>{prompt}<|im_end|>\\n<|im_start|>assistant\\n
-    Text pieces are tokenized separately around the placeholders; every boundary is a special
-    token, where Qwen's pre-tokenizer splits anyway, so this equals tokenizing the whole string."""
+    """Token ids of the chat layout (docs/paper-vs-authors.md s.4) with n_video_tokens pads. Text
+    pieces are tokenized separately around the placeholders; every boundary is a special token,
+    where Qwen's pre-tokenizer splits anyway, so this equals tokenizing the whole string."""
     head = f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n<|vision_start|>"
     tail = f"<|vision_end|>{prompt}<|im_end|>\n<|im_start|>assistant\n"
     enc = lambda s: tokenizer(s, add_special_tokens=False)["input_ids"]
@@ -535,11 +492,10 @@ def chat_prompt_ids(tokenizer, prompt: str, n_video_tokens: int,
 def build_chat_inputs(tokenizer, prompts: list[str], video_grid_thw,
                       system: str = DEFAULT_SYSTEM_PROMPT,
                       targets: list[str] | None = None) -> dict:
-    """A LEFT-padded batch, one video per row: input_ids, attention_mask, mm_token_type_ids
-    (B, L) (2 on video placeholders: transformers builds the 3D mRoPE positions from it), and
-    with targets labels (B, L), -100 except the target and the <|im_end|> closing it (SFT trains
-    on the answer only). Left padding puts every row's last prompt token in the last column, so
-    completions start at the same place in every row; the mask hides the padding."""
+    """A LEFT-padded batch (every completion starts in the same column), one video per row:
+    input_ids, attention_mask, mm_token_type_ids (B, L) (2 on video placeholders: transformers
+    builds the 3D mRoPE positions from it), and with targets labels (B, L), -100 except the target
+    and the <|im_end|> closing it (SFT trains on the answer only)."""
     grids = torch.as_tensor(video_grid_thw).reshape(-1, 3)
     if len(prompts) != grids.shape[0]:
         raise ValueError(f"{len(prompts)} prompts but {grids.shape[0]} videos")
@@ -550,32 +506,29 @@ def build_chat_inputs(tokenizer, prompts: list[str], video_grid_thw,
     rows, labels = [], []
     for i, prompt in enumerate(prompts):
         ids = chat_prompt_ids(tokenizer, prompt, video_token_count(grids[i]), system)
-        lab = [-100] * len(ids)
-        if targets is not None:
-            t = tokenizer(targets[i], add_special_tokens=False)["input_ids"] + [im_end]
-            ids, lab = ids + t, lab + t
-        rows.append(ids)
-        labels.append(lab)
+        t = [] if targets is None else \
+            tokenizer(targets[i], add_special_tokens=False)["input_ids"] + [im_end]
+        rows.append(ids + t)
+        labels.append([-100] * len(ids) + t)
     L = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), L), pad_id, dtype=torch.long)      # (B, L)
-    attention_mask = torch.zeros((len(rows), L), dtype=torch.long)        # (B, L)
-    label_t = torch.full((len(rows), L), -100, dtype=torch.long)          # (B, L)
-    for i, (r, lab) in enumerate(zip(rows, labels)):
-        input_ids[i, L - len(r):] = torch.tensor(r)
-        attention_mask[i, L - len(r):] = 1
-        label_t[i, L - len(r):] = torch.tensor(lab)
-    out = dict(input_ids=input_ids, attention_mask=attention_mask,
+
+    def left_pad(seqs, value):  # (B, L)
+        out = torch.full((len(seqs), L), value, dtype=torch.long)
+        for i, r in enumerate(seqs):
+            out[i, L - len(r):] = torch.tensor(r, dtype=torch.long)
+        return out
+    input_ids = left_pad(rows, pad_id)  # (B, L)
+    out = dict(input_ids=input_ids, attention_mask=left_pad([[1] * len(r) for r in rows], 0),
                mm_token_type_ids=(input_ids == video_id).to(torch.int32) * 2)  # (B, L)
     if targets is not None:
-        out["labels"] = label_t
+        out["labels"] = left_pad(labels, -100)  # (B, L)
     return out
 
 
 # ---- 6. Models: a local checkpoint directory --------------------------------------------
 
 def latest_checkpoint(run_dir: str) -> str | None:
-    """The checkpoint a run directory's `latest` file names (the one copy of that rule), or None
-    (no file, or not a plain name such as step-N: `latest` is input like any other file)."""
+    """The checkpoint run_dir/latest names, or None (unreadable, or no plain name like step-N)."""
     try:
         with open(os.path.join(run_dir, "latest"), encoding="utf-8") as f:
             name = f.read(4096).strip()
@@ -586,9 +539,8 @@ def latest_checkpoint(run_dir: str) -> str | None:
 
 
 def load_model(name_or_dir: str, dtype=None, device=None):
-    """-> (Qwen2_5_VLForConditionalGeneration, tokenizer) from a local Hugging Face directory
-    (e.g. Qwen2.5-VL-7B-Instruct, or one our scripts wrote), or a run directory (its `latest`).
-    Nothing is downloaded, ever. The toy preset (`--model toy`) is built by extras/toymodel.py."""
+    """-> (Qwen2_5_VLForConditionalGeneration, tokenizer) from a local Hugging Face directory or a
+    run directory (its `latest`); nothing is ever downloaded (`--model toy`: extras/toymodel.py)."""
     from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 
     if not os.path.isfile(os.path.join(name_or_dir, "config.json")):
@@ -606,7 +558,7 @@ def load_model(name_or_dir: str, dtype=None, device=None):
     return model, tokenizer
 
 
-# ---- 7. Distributed block: one process, DDP, or FSDP2 (torchrun), gloo on CPU and nccl on GPU ----
+# ---- 7. Distributed block: one process or torchrun, gloo on CPU and nccl on GPU ----------------
 # Without torchrun (no RANK in the environment) every helper degrades to a no-op.
 
 _STARTED_PROCESS_GROUP = False  # set by setup_distributed, read by run_main
@@ -622,9 +574,7 @@ def setup_distributed(device: str | None = None) -> dict:
     distributed = "RANK" in os.environ and world > 1
     if device == "cuda":
         torch.cuda.set_device(local)
-        dev = torch.device("cuda", local)
-    else:
-        dev = torch.device("cpu")
+    dev = torch.device("cuda", local) if device == "cuda" else torch.device("cpu")
     if distributed and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device == "cuda" else "gloo",
                                 timeout=datetime.timedelta(minutes=30))
@@ -674,29 +624,6 @@ def gather_objects(obj) -> list:
 def shard_for_rank(items: list, rank: int, world: int) -> list:
     """Data strided by rank: rank r takes items r, r+W, r+2W, ..."""
     return items[rank::world]
-
-
-def wrap_model(model, mode: str = "none", device=None, bf16: bool = False):
-    """'none', 'ddp', or 'fsdp': FSDP2 fully_shard on every decoder layer and vision block, then the
-    root, so the 7B trains full-parameter on 4 x 80 GB; with bf16, fp32 master weights, bf16
-    compute and fp32 gradient reduction (MixedPrecisionPolicy)."""
-    if mode == "none":
-        return model
-    if mode == "ddp":
-        from torch.nn.parallel import DistributedDataParallel as DDP
-        ids = [device.index] if device is not None and device.type == "cuda" else None
-        return DDP(model, device_ids=ids)
-    if mode == "fsdp":
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 \
-            else MixedPrecisionPolicy()
-        for layer in model.model.language_model.layers:
-            fully_shard(layer, mp_policy=mp)
-        for block in model.model.visual.blocks:
-            fully_shard(block, mp_policy=mp)
-        fully_shard(model, mp_policy=mp)
-        return model
-    raise ValueError(f"unknown parallel mode {mode!r}")
 
 
 def unwrap(model):

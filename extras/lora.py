@@ -35,7 +35,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from extras import checkpoint, toymodel
-from vadr import barrier, is_main, latest_checkpoint, unwrap, wrap_model
+from extras.training import wrap_model
+from vadr import barrier, is_main, latest_checkpoint, unwrap
 
 # ---- the adapters --------------------------------------------------------------------------------
 #

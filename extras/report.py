@@ -171,12 +171,13 @@ def write_strips(run_dir: str, preds_path: str, data_path: str, video_root: str 
                  read_jsonl, n_strips: int = 8) -> list[str]:
     """RUN_DIR/strips/<video>.png for the first n_strips/2 abnormal and then normal test videos
     that have a prediction; returns the report's line naming the folder."""
-    import data as data_mod  # here, not at the top: data.py's preview command imports this file
+    import data as data_mod  # not at the top: `python -m extras.toy preview` imports this file
 
     os.makedirs(os.path.join(run_dir, "strips"), exist_ok=True)
     gt = data_mod.read_manifest(data_path, "sft", video_root=video_root)
-    preds = {(str(r.get("source")), str(r.get("video"))): r["output"] for r in read_jsonl(preds_path)
-             if isinstance(r.get("output"), str) and not r.get("error")}  # error rows: no strip
+    preds = {(str(r.get("source")), str(r.get("video"))): r["output"]  # error rows: no strip
+             for r in read_jsonl(preds_path)
+             if isinstance(r.get("output"), str) and not r.get("error")}
     ab = [r for r in gt if r["label"] == "Abnormal"][: n_strips // 2]
     no = [r for r in gt if r["label"] == "Normal"][: n_strips - len(ab)]
     for r in ab + no:

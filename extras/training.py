@@ -1,5 +1,5 @@
-"""extras/training.py -- plumbing both training scripts share: flags, presets, the optimizer and
-schedule, the data order of an epoch, and the end of a run.
+"""extras/training.py -- plumbing both training scripts share: flags, presets, DDP / FSDP2
+wrapping, the optimizer and schedule, the data order of an epoch, and the end of a run.
 
 Used by train_sft.py and train_rl.py; nothing here is part of the method itself.
 """
@@ -10,10 +10,11 @@ import json
 import math
 import os
 
+import numpy as np
 import torch
 
 from extras import checkpoint, toy
-from vadr import (wrap_model, AUTHORS_INFER_PIXELS, AUTHORS_TRAIN_PIXELS, DEFAULT_MAX_PIXELS,
+from vadr import (AUTHORS_INFER_PIXELS, AUTHORS_TRAIN_PIXELS, DEFAULT_MAX_PIXELS,
                   DEFAULT_MIN_PIXELS, FRAME_RULES, GRID_TIMES, barrier, gather_objects, is_main, latest_checkpoint, shard_for_rank, unwrap)
 
 
@@ -150,6 +151,29 @@ def write_rank_checksums(model, path: str):
             json.dump(sums, f)
 
 
+def wrap_model(model, mode: str = "none", device=None, bf16: bool = False):
+    """'none', 'ddp', or 'fsdp': FSDP2 fully_shard on every decoder layer and vision block, then the
+    root, so the 7B trains full-parameter on 4 x 80 GB; with bf16, fp32 master weights, bf16
+    compute and fp32 gradient reduction (MixedPrecisionPolicy)."""
+    if mode == "none":
+        return model
+    if mode == "ddp":
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        ids = [device.index] if device is not None and device.type == "cuda" else None
+        return DDP(model, device_ids=ids)
+    if mode == "fsdp":
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 \
+            else MixedPrecisionPolicy()
+        for layer in model.model.language_model.layers:
+            fully_shard(layer, mp_policy=mp)
+        for block in model.model.visual.blocks:
+            fully_shard(block, mp_policy=mp)
+        fully_shard(model, mp_policy=mp)
+        return model
+    raise ValueError(f"unknown parallel mode {mode!r}")
+
+
 def prepare_model(model, args, dist_info: dict):
     """Freeze / checkpoint / move / wrap, in the order FSDP2 needs (optimizer after wrapping)."""
     if getattr(args, "freeze_vision", False):
@@ -184,14 +208,15 @@ def toy_tokenizer_corpus(args, rows):
     return toy.row_texts(rows)
 
 
-def start_state(resume_dir, model, optimizer, scheduler, rank: int, seed: int) -> dict:
+def start_state(resume_dir, model, optimizer, scheduler, rank: int, seed: int | None) -> dict:
     """Where the loop starts: a resumed run's step, epoch and position in the epoch (its RNG state
     restored by checkpoint.load_training_state); a fresh run starts at 0 with torch seeded by
-    seed + rank."""
+    seed + rank (left as it is when seed is None: train_rl.py seeds its own generators)."""
     if resume_dir:
         st = checkpoint.load_training_state(resume_dir, model, optimizer, scheduler, rank)
         return dict(step=st["step"], epoch=st["epoch"], step_in_epoch=st["step_in_epoch"])
-    torch.manual_seed(seed + rank)
+    if seed is not None:
+        torch.manual_seed(seed + rank)
     return dict(step=0, epoch=0, step_in_epoch=0)
 
 
@@ -208,3 +233,19 @@ def plan_steps(args, n_rows: int, world: int, grad_accum: int = 1) -> tuple[int,
     if args.max_steps is not None:
         total_steps = min(total_steps, args.max_steps)
     return global_batch, steps_per_epoch, total_steps
+
+
+def rl_log_fields(R, G: int, parts: list[dict], mask, zero_std, lr: float, timings: dict,
+                  stats: list[dict]) -> dict:
+    """train_rl.rl_step's log fields: mean reward and its within-group std, each reward part's
+    mean, the completion length, the share of groups with zero std, lr, the timings, then the
+    loss stats of the mu updates averaged."""
+    mean = lambda k: float(np.mean([p[k] for p in parts]))
+    out = dict(reward=float(R.numpy().mean()),
+               reward_std=float(R.view(-1, G).std(1, unbiased=False).mean()),
+               reward_accuracy=mean("accuracy"), reward_format=mean("format"),
+               reward_verification=mean("verification"), reward_length=mean("length"),
+               completion_length=float(mask.sum(1).float().mean()),
+               zero_std_fraction=float(zero_std.float().mean()), lr=lr, **timings)
+    out.update({k: float(np.mean([s[k] for s in stats])) for k in stats[0]})
+    return out

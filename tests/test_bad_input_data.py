@@ -1,5 +1,5 @@
 """Bad videos and bad manifests (issue 16, classes Videos and Manifests): every decoder failure is a
-vadr.VideoError naming the file; the probe (data.py validate --probe) reports each kind with its
+vadr.VideoError naming the file; the probe (extras/validate.py --probe) reports each kind with its
 manifest line; --skip-bad skips and counts bad videos at decode time in train_sft.py, train_rl.py's
 second pass and eval.py; manifests are bounded per row, read as UTF-8 with file:line, and name each
 video once. Run: pytest tests/test_bad_input_data.py -q"""
@@ -16,7 +16,7 @@ from conftest import ROOT, run_script
 import data
 import eval as ev
 import vadr
-from extras import badvideos, checkpoint, toy
+from extras import badvideos, checkpoint, toy, validate
 
 
 def _rows(path):
@@ -102,7 +102,7 @@ def test_probe_reports_each_bad_video_with_its_line(tiny_world, bad_videos, tmp_
     assert data.check_manifest(path, "sft")[1] == []
     # the command line: every problem with file:line, the count by reason, exit 1
     with pytest.raises(SystemExit) as ei:
-        data.main(["validate", "--manifest", path, "--kind", "sft", "--probe"])
+        validate.main(["--manifest", path, "--kind", "sft", "--probe"])
     err = capsys.readouterr().err
     assert ei.value.code == 1 and "Traceback" not in err
     assert f"{path}:9: frame-count-mismatch: " in err and f"{path}:7: unreadable-video: " in err
@@ -262,7 +262,7 @@ def test_unreadable_manifests_are_one_line_errors(tmp_path, tiny_world):
     deep.write_text("[" * 30_000 + "]" * 30_000 + "\n" + '{"n": ' + "9" * 5000 + "}\n")
     assert [(ln, r) for ln, r, _ in data.check_manifest(str(deep), "sft")[1]] == [(1, "bad-json"), (2, "bad-json")]
     # through a script: the message alone, exit 1
-    p = subprocess.run([sys.executable, "data.py", "validate", "--manifest", str(latin), "--kind", "sft"], cwd=ROOT,
+    p = subprocess.run([sys.executable, "-m", "extras.validate", "--manifest", str(latin), "--kind", "sft"], cwd=ROOT,
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 1 and p.stderr == f"error: {ei.value}\n"
 

@@ -18,7 +18,7 @@ import eval as ev
 import train_rl
 import train_sft
 import vadr
-from extras import flagcheck, predictions
+from extras import cli, flagcheck, predictions
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PIX = "(Qwen2.5-VL's 16384 * 28 * 28)"
@@ -126,7 +126,7 @@ def _rl(tmp_path, *extra):
 
 
 def _eval(tmp_path, *extra):
-    return ev.resolve_inference_args(ev.build_parser().parse_args(
+    return ev.resolve_inference_args(cli.eval_parser().parse_args(
         ["--model", "toy", "--data", str(tmp_path / "test.jsonl"), "--out",
          str(tmp_path / "preds.jsonl"), *extra]))
 
@@ -189,17 +189,17 @@ def test_scoring_modes_take_no_inference_flags(tmp_path):
     """--score / --mc / --report never generate: inference values, however bad, are not checked."""
     for mode in (["--score", "p.jsonl", "--gt", "g.jsonl"], ["--mc", "p.jsonl"],
                  ["--report", str(tmp_path)]):
-        args = ev.resolve_inference_args(ev.build_parser().parse_args(
+        args = ev.resolve_inference_args(cli.eval_parser().parse_args(
             mode + ["--batch-size", "0", "--max-new-tokens", "0", "--top-p", "nan"]))
         assert flagcheck.check_flags(args, "eval") is None
     # --model with --score is scoring too (main() scores first)
-    args = ev.resolve_inference_args(ev.build_parser().parse_args(
+    args = ev.resolve_inference_args(cli.eval_parser().parse_args(
         ["--score", "p.jsonl", "--gt", "g.jsonl", "--model", "/nonexistent", "--limit", "0"]))
     assert flagcheck.check_flags(args, "eval") is None
 
 
 def test_eval_needs_data_and_out_and_a_writable_out(tmp_path):
-    args = ev.resolve_inference_args(ev.build_parser().parse_args(["--model", "toy"]))
+    args = ev.resolve_inference_args(cli.eval_parser().parse_args(["--model", "toy"]))
     assert _refused(args, "eval") == "eval.py: inference needs --model, --data and --out"
     (tmp_path / "folder").mkdir()
     assert _refused(_eval(tmp_path, "--out", str(tmp_path / "folder")), "eval") == (

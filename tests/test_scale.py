@@ -216,7 +216,7 @@ import json, os, sys
 sys.path.insert(0, os.getcwd())
 import torch, torch.distributed as dist
 import data, vadr
-from extras import fastpath, scale, toymodel
+from extras import fastpath, scale, toymodel, training
 
 
 def main(argv):
@@ -225,7 +225,7 @@ def main(argv):
     rank = info["rank"]
     model, tok = toymodel.load_model(ckpt)
     P = sum(p.numel() for p in model.parameters())
-    model = vadr.wrap_model(model, "fsdp", info["device"]).eval()
+    model = training.wrap_model(model, "fsdp", info["device"]).eval()
     rows = data.read_manifest(manifest, "rl")[rank::2][:1]          # a different video per rank
     b = data.make_collate(tok, with_targets=False)([data.RLDataset(rows, num_frames=4)[0]])
     calls = []
