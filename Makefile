@@ -70,6 +70,7 @@ ABL := $(RUN)/ablation
 ABL_FLAGS_grpo := --no-verification-reward --no-length-reward
 ABL_FLAGS_grpo_len := --no-verification-reward
 ABL_FLAGS_grpo_ano := --no-length-reward
+.PRECIOUS: $(ABL)/%/done $(ABL)/eval_%.json  # finished runs, not intermediates to delete
 
 $(ABL)/%/done: $(RUN)/sft/done
 	$(PY) train_rl.py --model $(RUN)/sft --data $(DATA)/Vad-Reasoning-RL.jsonl --video-root $(DATA)/videos \

@@ -1,6 +1,8 @@
-"""The main job, shortened: `make toy-smoke` runs every stage of `make toy` (toy world, SFT,
-AVA-GRPO, three evaluations, the report) for a few steps each. Every stage must leave its outputs
-and every eval JSON must carry every documented field. Run: pytest tests/test_pipeline.py"""
+"""The main job, shortened: `make toy-ablation-smoke` runs every stage of `make toy` (toy world,
+SFT, AVA-GRPO, three evaluations, the report) and of `make toy-ablation` (three more RL runs with
+Table 10's reward switches, their evaluations, table10.md) for a few steps each. Every stage must
+leave its outputs and every eval JSON must carry every documented field.
+Run: pytest tests/test_pipeline.py"""
 import json
 import os
 import shutil
@@ -22,7 +24,7 @@ FIELDS = ["detection.accuracy", "detection.precision", "detection.recall", "dete
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make (the README's entry point)")
 def test_make_toy_smoke_runs_every_stage(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    p = subprocess.run(["make", "toy-smoke", f"PY={sys.executable}", f"SMOKE={tmp_path}"], cwd=ROOT, env=env,
+    p = subprocess.run(["make", "toy-ablation-smoke", f"PY={sys.executable}", f"SMOKE={tmp_path}"], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=1200)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
     for f in ["data/toy_world.json", "data/Vad-Reasoning-RL.jsonl", "data/Toy-Caption.jsonl", "base/latest",
@@ -43,7 +45,21 @@ def test_make_toy_smoke_runs_every_stage(tmp_path):
     assert len(os.listdir(tmp_path / "strips")) == 4  # 2 abnormal + 2 normal test videos
     table = open(tmp_path / "table.md").read()
     assert "+SFT+AVA-GRPO" in table and "R@0.7" in table
-    # a second `make toy-smoke` finds every output and redoes nothing
-    p2 = subprocess.run(["make", "-n", "toy-smoke", f"PY={sys.executable}", f"SMOKE={tmp_path}"], cwd=ROOT,
+    # the ablation: each variant's RL run has its reward switches, 2 steps, an eval; AVA-GRPO is the main run
+    abl = tmp_path / "ablation"
+    switches = {"grpo": (True, True), "grpo_len": (True, False), "grpo_ano": (False, True)}
+    for stem, (no_verify, no_length) in switches.items():
+        cfg = json.load(open(abl / stem / "run_config.json"))
+        assert (cfg["no_verification_abnormal"], cfg["no_verification_normal"], cfg["no_length_reward"]) == \
+            (no_verify, no_verify, no_length), stem
+        assert len(open(abl / stem / "log.jsonl").read().splitlines()) == 2
+        assert json.load(open(abl / f"eval_{stem}.json"))["counts"]["n_gt"] == 4
+    assert json.load(open(abl / "eval_ava_grpo.json")) == json.load(open(tmp_path / "eval_rl.json"))
+    table10 = open(abl / "table10.md").read()
+    for row in ("GRPO (accuracy + format)", "GRPO + length", "GRPO + verification", "AVA-GRPO (all four)",
+                "AVA-GRPO (paper, Table 10)"):
+        assert table10.count(f"| {row} |") == (1 if "paper" in row else 2), row  # metrics + rewards rows
+    # a second run finds every output and redoes nothing
+    p2 = subprocess.run(["make", "-n", "toy-ablation-smoke", f"PY={sys.executable}", f"SMOKE={tmp_path}"], cwd=ROOT,
                         capture_output=True, text=True)
     assert "train_sft.py" not in p2.stdout and "train_rl.py" not in p2.stdout
