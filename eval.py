@@ -41,7 +41,7 @@ import numpy as np
 
 import vadr
 from extras import (badvideos, cli, fastpath, flagcheck, paper_tables, predictions, report,
-                    scoring, textmetrics, toymodel, training, vane)
+                    scoring, textmetrics, toymodel, training, vane, vanguard)
 from vadr import parse_completion
 
 
@@ -319,7 +319,7 @@ def match_predictions(pred_rows: list[dict], gt_rows: list[dict], pred_where=Non
 
 
 def score_predictions(pred_rows: list[dict], gt_rows: list[dict], pred_where=None,
-                      gt_where=None) -> dict:
+                      gt_where=None, boxes: dict | None = None) -> dict:
     """Every figure of the metrics JSON (keys: docs/eval.md) from prediction rows
     {source, video, output, ...} and GT rows (Vad-Reasoning SFT-test format), over EVERY GT
     video: one without a usable prediction counts wrong (no label, IoU 0, text scores 0, format
@@ -352,6 +352,8 @@ def score_predictions(pred_rows: list[dict], gt_rows: list[dict], pred_where=Non
     }
     res["unmatched"] = {"unknown_pred": m["unknown"], "missing": m["missing"],
                         "malformed": m["malformed"]}
+    if boxes is not None:  # VANGUARD: the box in <where> against the GT box (extras/vanguard.py)
+        res["box"] = vanguard.box_metrics(outs, gt_rows, boxes)
     return res
 
 
@@ -526,12 +528,15 @@ def run_inference(args) -> int:
 
 def run_scoring(pred_path: str, gt_path: str, json_path: str | None = None,
                 with_paper: bool = False, name: str = "ours", skip_bad: bool = False,
-                allow_missing: bool = False, keys: set | None = None) -> dict:
+                allow_missing: bool = False, keys: set | None = None, boxes: str | None = None,
+                frame_scores: str | None = None) -> dict:
     """What `--score` does: read both JSONL files, score, print, write the JSON (if asked).
     Rows with an "error" (a video inference could not decode) count as no prediction. A GT video
     without a usable prediction counts wrong (score_predictions); unless allow_missing, any such
     video (other than an "error" row's under skip_bad) is an InputError after the printout and
-    --json is not written. keys: score only these (source, video) (inference's --limit)."""
+    --json is not written. keys: score only these (source, video) (inference's --limit).
+    boxes / frame_scores: VANGUARD's box JSONL and a stage-1 head's per-frame scores
+    (extras/vanguard.py) add metrics["box"] and metrics["frame_head"]."""
     for p in (pred_path, gt_path):
         if json_path and os.path.exists(json_path) and os.path.exists(p) \
                 and os.path.samefile(json_path, p):
@@ -546,8 +551,12 @@ def run_scoring(pred_path: str, gt_path: str, json_path: str | None = None,
         raise vadr.InputError(f"{gt_path}: no ground-truth rows to score against")
     ok = [n for n, p in enumerate(preds) if "error" not in p]
     metrics = score_predictions([preds[n] for n in ok], gt, [pred_where[n] for n in ok],
-                                [where[id(g)] for g in gt])
+                                [where[id(g)] for g in gt],
+                                vanguard.load_boxes(boxes) if boxes else None)
     metrics["counts"]["n_video_error"] = len(errors)
+    if frame_scores:
+        metrics["frame_head"] = vanguard.head_frame_metrics(load_jsonl(frame_scores), gt,
+                                                            frame_labels, frame_auc, best_f1)
     print(format_report(metrics, name=name, with_paper=with_paper))
     if errors:
         print(f"NOTE: {len(errors)} prediction row(s) carry an 'error' (the video did not decode;"
@@ -616,7 +625,7 @@ def main(argv=None) -> int:
         if not args.gt:
             raise SystemExit("--score needs --gt (the ground-truth JSONL)")
         run_scoring(args.score, args.gt, args.json, args.with_paper, args.name, args.skip_bad,
-                    args.allow_missing)
+                    args.allow_missing, boxes=args.boxes, frame_scores=args.frame_scores)
         return 0
     if args.mc:
         run_mc_scoring(args.mc, args.gt, args.json, args.with_paper, args.name)

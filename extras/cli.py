@@ -148,6 +148,9 @@ def eval_parser() -> argparse.ArgumentParser:
     s.add_argument("--mc", metavar="PREDS",
                    help="multiple-choice JSONL (id, category, question, answer, output)")
     s.add_argument("--json", help="write every figure here (keys: docs/eval-keys.md)")
+    s.add_argument("--boxes", help="VANGUARD: GT boxes JSONL (python -m extras.vanguard boxes)")
+    s.add_argument("--frame-scores",
+                   help="VANGUARD: a stage-1 head's per-frame scores (extras.vanguard scores)")
     s.add_argument("--allow-missing", action="store_true",
                    help="exit 0 although GT videos lack a prediction (they count as wrong)")
     s.add_argument("--with-paper", action="store_true",

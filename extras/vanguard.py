@@ -21,6 +21,9 @@ Run it:
     python -m extras.vanguard scores --model runs/toy/base --head runs/toy-vanguard/stage1 \
         --data data/toy/Vad-Reasoning-SFT-test.jsonl --video-root data/toy/videos \
         --out runs/toy-vanguard/frame_scores.jsonl     # prints frame ROC-AUC and best F1
+    python -m extras.vanguard boxes --data data/toy/Vad-Reasoning-SFT-test.jsonl \
+        --video-root data/toy/videos --out runs/toy-vanguard/boxes.jsonl
+    python eval.py --score PREDS --gt TEST --boxes boxes.jsonl --frame-scores frame_scores.jsonl
 
 Tests: tests/test_vanguard.py.
 """
@@ -77,6 +80,87 @@ def box_iou(pred, gt) -> float:
     inter = iw * ih
     area = lambda b: (b[2] - b[0]) * (b[3] - b[1])
     return inter / (area(pred) + area(gt) - inter)
+
+
+def load_boxes(path: str) -> dict:
+    """A box JSONL (rows {source, video, box: [x1, y1, x2, y2] normalised}, as `boxes` writes it
+    or a box detector would offline) -> {(source, video): box}; a bad row is an InputError."""
+    out = {}
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                r = json.loads(line)
+                key, box = (str(r["source"]), str(r["video"])), tuple(float(v) for v in r["box"])
+            except (ValueError, KeyError, TypeError):
+                raise vadr.InputError(f"{path}:{n}: expected {{source, video, box: [x1, y1, x2, "
+                                      "y2]}}") from None
+            if not valid_box(box):
+                raise vadr.InputError(f"{path}:{n}: box {list(box)} is not inside [0, 1] with "
+                                      "x1 < x2 and y1 < y2")
+            out[key] = box
+    return out
+
+
+def box_metrics(outputs: list, gt_rows: list[dict], boxes: dict) -> dict:
+    """Grounding over the abnormal GT videos that have a box: the box written in the output's
+    <where> (parse_box) against it; a missing output or box scores IoU 0. -> dict(miou,
+    acc@0.5 (share with IoU >= 0.5), n, n_no_box (outputs without a parseable box))."""
+    ious, no_box = [], 0
+    for out, g in zip(outputs, gt_rows):
+        gt_box = boxes.get((str(g["source"]), str(g["video"])))
+        if gt_box is None:  # the box file holds the abnormal videos that have a box
+            continue
+        pred = parse_box(vadr.parse_completion(out)["where"]) if out is not None else None
+        no_box += pred is None
+        ious.append(box_iou(pred, gt_box))
+    n = len(ious)
+    return {"miou": float(np.mean(ious)) if n else None, "n": n, "n_no_box": no_box,
+            "acc@0.5": float(np.mean([i >= 0.5 for i in ious])) if n else None}
+
+
+def head_frame_metrics(score_rows: list[dict], gt_rows: list[dict], frame_labels, frame_auc,
+                       best_f1) -> dict:
+    """Frame ROC-AUC and best F1 of a head's per-frame scores (`scores`' JSONL), the UCF-Crime
+    convention: per-frame 0/1 truth, all frames of all GT videos concatenated; a GT video without
+    scores gets 0 on every frame (counted in n_missing). eval.py's functions are passed in."""
+    by_key = {(str(r["source"]), str(r["video"])): r["frame_scores"] for r in score_rows}
+    ys, ss, missing = [], [], 0
+    for g in gt_rows:
+        y = frame_labels(g)
+        if y is None:
+            continue
+        s = by_key.get((str(g["source"]), str(g["video"])))
+        missing += s is None
+        s = np.zeros(len(y)) if s is None else np.asarray(s, dtype=np.float64)
+        if len(s) != len(y):
+            raise vadr.InputError(f"frame scores of {g['source']}/{g['video']}: {len(s)} values "
+                                  f"for {len(y)} frames")
+        ys.append(y), ss.append(s)
+    if not ys:
+        return {"auc": None, "best_f1": None, "best_threshold": None, "n_videos": 0,
+                "n_missing": missing}
+    y, s = np.concatenate(ys), np.concatenate(ss)
+    f1, thr = best_f1(y, s)
+    return {"auc": frame_auc(y, s), "best_f1": f1, "best_threshold": thr, "n_videos": len(ys),
+            "n_missing": missing}
+
+
+def write_boxes(args) -> int:
+    """The `boxes` command: a manifest's pixel `bbox` fields (the toy world's) -> a box JSONL,
+    normalised by each video's frame size."""
+    rows = data.read_manifest(args.data, "sft", video_root=args.video_root, skip_bad=args.skip_bad)
+    n = 0
+    with open(args.out, "w") as f:
+        for r in rows:
+            if r.get("bbox") and r["label"] == "Abnormal":
+                h, w = vadr.read_video(r["video_path"], 1)["frames"].shape[1:3]
+                box = parse_box(format_box(r["bbox"], w, h))
+                f.write(json.dumps(dict(source=r["source"], video=r["video"], box=box)) + "\n")
+                n += 1
+    print(f"{args.out}: {n} boxes")
+    return n
 
 
 # ---- stage 1: slot features, labels, the head ----------------------------------------------------
@@ -238,9 +322,11 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description="VANGUARD stage 1 on vadr (see the module docstring)")
     sub = ap.add_subparsers(dest="cmd", required=True)
     for name, what in (("stage1", "train the head on frozen features"),
-                       ("scores", "per-frame scores of a test manifest with a trained head")):
+                       ("scores", "per-frame scores of a test manifest with a trained head"),
+                       ("boxes", "a manifest's pixel bbox fields -> a normalised box JSONL")):
         p = sub.add_parser(name, help=what)
-        p.add_argument("--model", required=True, help="the frozen backbone checkpoint directory")
+        p.add_argument("--model", required=name != "boxes",
+                       help="the frozen backbone checkpoint directory")
         p.add_argument("--data", required=True, help="an SFT manifest (rows with start/end)")
         p.add_argument("--video-root", default=None, help="folder the videos resolve under")
         p.add_argument("--out", required=True,
@@ -263,6 +349,8 @@ def main(argv=None):
         cfg = train_stage1(args)
         print(f"{args.out}: head on {cfg['n_slots']} slots ({cfg['positive_slots']} abnormal), "
               f"final loss {cfg['log'][-1]['loss']:.4f}")
+    elif args.cmd == "boxes":
+        write_boxes(args)
     else:
         score_frames(args)
 

@@ -106,3 +106,66 @@ def test_frame_auc_of_head_scores_equals_sklearn(stage1):
     s = np.concatenate([scores[(r["source"], r["video"])] for r in rows])
     assert len(s) == sum(r["total_frames"] for r in rows) and 0 < y.sum() < len(y)
     assert eval_mod.frame_auc(y, s) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+
+
+# ---------------------------------------------------------------- eval.py's box and head-score metrics
+
+def _gt(video, label, start=None, end=None, total=10):
+    r = dict(source="TOY", video=video, anomaly_type="Fire" if label == "Abnormal" else "Normal",
+             total_frames=total)
+    return dict(r, start=start, end=end) if label == "Abnormal" else r
+
+
+def test_box_metrics_by_hand():
+    gts = [_gt("a", "Abnormal", 2, 5), _gt("b", "Abnormal", 0, 3), _gt("c", "Abnormal", 1, 2),
+           _gt("n", "Normal")]
+    boxes = {("TOY", "a"): (0.0, 0.0, 0.5, 0.5), ("TOY", "b"): (0.0, 0.0, 0.5, 0.5),
+             ("TOY", "c"): (0.5, 0.5, 1.0, 1.0)}
+    outs = ["<answer><where>left [0.0, 0.0, 0.5, 0.5]</where></answer>",      # IoU 1
+            "<answer><where>left [0.25, 0.25, 0.75, 0.75]</where></answer>",  # 0.0625 / 0.4375
+            None,                                                             # missing: 0
+            "<answer><where>anywhere [0, 0, 1, 1]</where></answer>"]          # normal: no box
+    m = vanguard.box_metrics(outs, gts, boxes)
+    assert m["n"] == 3 and m["n_no_box"] == 1
+    assert m["miou"] == pytest.approx((1 + 0.0625 / 0.4375 + 0) / 3) and m["acc@0.5"] == pytest.approx(1 / 3)
+
+
+def test_head_frame_metrics_equal_sklearn_and_count_missing():
+    gts = [_gt("a", "Abnormal", 2, 5, total=8), _gt("n", "Normal", total=6)]
+    rows = [dict(source="TOY", video="a", frame_scores=[0.1, 0.2, 0.9, 0.8, 0.7, 0.6, 0.3, 0.2])]
+    m = vanguard.head_frame_metrics(rows, gts, eval_mod.frame_labels, eval_mod.frame_auc, eval_mod.best_f1)
+    y = np.r_[eval_mod.frame_labels(gts[0]), eval_mod.frame_labels(gts[1])]
+    s = np.r_[rows[0]["frame_scores"], np.zeros(6)]  # the video without scores: 0 on every frame
+    assert m["n_missing"] == 1 and m["n_videos"] == 2
+    assert m["auc"] == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+    with pytest.raises(ValueError, match="3 values for 8 frames"):
+        vanguard.head_frame_metrics([dict(rows[0], frame_scores=[0.1] * 3)], gts[:1],
+                                    eval_mod.frame_labels, eval_mod.frame_auc, eval_mod.best_f1)
+
+
+def test_eval_score_with_boxes_and_frame_scores(stage1, tmp_path, capsys):
+    import json
+    w = stage1["world"]
+    boxes = tmp_path / "boxes.jsonl"
+    vanguard.main(["boxes", "--data", w["sft_test"], "--video-root", w["videos"], "--out", str(boxes)])
+    gt_boxes = vanguard.load_boxes(str(boxes))
+    rows = data.read_manifest(w["sft_test"], "sft", video_root=w["videos"])
+    assert len(gt_boxes) == sum(r["label"] == "Abnormal" for r in rows) > 0
+    # predictions that write each abnormal video's own box: box mIoU 1, accuracy 1
+    preds = tmp_path / "preds.jsonl"
+    with open(preds, "w") as f:
+        for r in rows:
+            box = gt_boxes.get((r["source"], r["video"]))
+            where = f"<where>here {list(box)}</where>" if box else ""
+            f.write(json.dumps(dict(source=r["source"], video=r["video"],
+                                    output=f"<answer><which>Normal</which>{where}</answer>")) + "\n")
+    out = tmp_path / "m.json"
+    eval_mod.main(["--score", str(preds), "--gt", w["sft_test"], "--json", str(out), "--boxes", str(boxes),
+                   "--frame-scores", str(stage1["preds"])])
+    m = json.load(open(out))
+    assert m["box"] == {"miou": 1.0, "n": len(gt_boxes), "n_no_box": 0, "acc@0.5": 1.0}
+    assert m["frame_head"]["n_missing"] == 0 and 0.0 <= m["frame_head"]["auc"] <= 1.0
+    bad = tmp_path / "bad_boxes.jsonl"
+    bad.write_text('{"source": "TOY", "video": "x", "box": [0.5, 0.1, 0.2, 0.9]}\n')
+    with pytest.raises(ValueError, match="bad_boxes.jsonl:1: box .* is not inside"):
+        vanguard.load_boxes(str(bad))
