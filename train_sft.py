@@ -119,7 +119,8 @@ def backward_global_batch(model, micro: list[dict], world: int, mode: str, devic
     return dict(loss=loss, target_tokens=n_tok)
 
 
-def main(argv=None):
+def main(argv=None, make_dataset=None):
+    """make_dataset(rows, video_kwargs): another dataset of SFT items (extras/vanguard.py)."""
     args = parse_args(argv)
     flagcheck.check_flags(args, "sft")  # every flag, and --out, before anything is loaded
     if args.merge:  # fold a LoRA run's adapters into a full Hugging Face directory, and exit
@@ -170,8 +171,9 @@ def main(argv=None):
     log_path = checkpoint.start_log(args.out, config, start["step"] if resume_dir else None)
 
     video = dict(training.video_args(args), cache_videos=args.cache_videos)
-    ds = toy.CaptionDataset(rows, **video) if args.task == "caption" else \
-        data.SFTDataset(rows, prompt_variant=args.prompt_variant, **video)
+    ds = make_dataset(rows, dict(video, prompt_variant=args.prompt_variant)) if make_dataset \
+        else toy.CaptionDataset(rows, **video) if args.task == "caption" \
+        else data.SFTDataset(rows, prompt_variant=args.prompt_variant, **video)
     ds = badvideos.SkipBadVideos(ds, replace=args.skip_bad)  # --skip-bad at decode time too
     collate = badvideos.make_collate(data.make_collate(tok, with_targets=True))
     bad_videos = badvideos.Tally(args.data, args.skip_bad)

@@ -1,6 +1,7 @@
 """extras/vanguard.py -- VANGUARD's pieces on vadr's code (the VANGUARD summary in the project's
-sources; no code of it is public): stage 1, an anomaly classifier warmed up on frozen features,
-and the box utilities its grounding stage and eval.py's box scores share.
+sources; no code of it is public): stage 1, an anomaly classifier warmed up on frozen features;
+stage 2, SFT whose target writes the anomalous object's box inside <where> (train_sft.py with
+BoxSFTDataset, LoRA with --lora-rank); and the box utilities it and eval.py's box scores share.
 
 Stage 1 (classifier warm-up). The whole VLM is frozen; a two-layer head reads, for each temporal
 slot of the video (Qwen2.5-VL merges 2 frames into one slot, vadr.TEMPORAL_PATCH_SIZE), the mean
@@ -16,7 +17,8 @@ Labels per slot: 1 when one of its sampled frames lies in the event's frames sta
 the slot of its nearest sampled frame.
 
 Run it:
-    python -m extras.vanguard stage1 --model runs/toy/base --data data/toy/Vad-Reasoning-SFT-train.jsonl \
+    python -m extras.vanguard stage1 --model runs/toy/base \
+        --data data/toy/Vad-Reasoning-SFT-train.jsonl \
         --video-root data/toy/videos --out runs/toy-vanguard/stage1
     python -m extras.vanguard scores --model runs/toy/base --head runs/toy-vanguard/stage1 \
         --data data/toy/Vad-Reasoning-SFT-test.jsonl --video-root data/toy/videos \
@@ -24,6 +26,9 @@ Run it:
     python -m extras.vanguard boxes --data data/toy/Vad-Reasoning-SFT-test.jsonl \
         --video-root data/toy/videos --out runs/toy-vanguard/boxes.jsonl
     python eval.py --score PREDS --gt TEST --boxes boxes.jsonl --frame-scores frame_scores.jsonl
+    python -m extras.vanguard stage2 --boxes runs/toy-vanguard/boxes_train.jsonl \
+        --model runs/toy/base --data data/toy/Vad-Reasoning-SFT-train.jsonl \
+        --video-root data/toy/videos --preset toy --out runs/toy-vanguard/stage2 [--lora-rank 16]
 
 Tests: tests/test_vanguard.py.
 """
@@ -163,6 +168,43 @@ def write_boxes(args) -> int:
     return n
 
 
+# ---- stage 2: box grounding, the SFT target with the box inside <where> --------------------------
+
+BOX_INSTRUCTION = (" In <where>, after the place, give the anomalous object's box as"
+                   " [x1, y1, x2, y2], fractions of the frame's width and height, 3 decimals.")
+
+
+def with_box(answer: str, box) -> str:
+    """The answer with ' [x1, y1, x2, y2]' (3 decimals) before its first </where>."""
+    text = "[" + ", ".join(f"{v:.3f}" for v in box) + "]"
+    i = answer.find("</where>")
+    return answer if i < 0 else answer[:i].rstrip() + " " + text + answer[i:]
+
+
+class BoxSFTDataset(data.SFTDataset):
+    """SFT items whose target writes the box of an abnormal video (boxes: load_boxes) inside
+    <where>, beside the place phrase; rows without a box keep today's target. The prompt adds
+    BOX_INSTRUCTION to the P2C-CoT prompt."""
+
+    def __init__(self, rows: list[dict], boxes: dict, prompt_variant: str = "fine", **video):
+        super().__init__(rows, prompt_variant, **video)
+        self.boxes, self.prompt = boxes, self.prompt + BOX_INSTRUCTION
+
+    def target(self, row: dict) -> str:
+        box = self.boxes.get((str(row["source"]), str(row["video"])))
+        abnormal = box and row["label"] == "Abnormal"
+        answer = with_box(row["answer"], box) if abnormal else row["answer"]
+        return row["think"] + "\n" + answer
+
+
+def train_stage2(argv: list[str], boxes_path: str):
+    """train_sft.py with BoxSFTDataset (its flags: --model, --data, --lora-rank, --out, ...)."""
+    import train_sft  # the entry script composes the run; this only swaps the dataset
+    boxes = load_boxes(boxes_path)
+    make = lambda rows, video: BoxSFTDataset(rows, boxes, video.pop("prompt_variant"), **video)
+    return train_sft.main(argv, make_dataset=make)
+
+
 # ---- stage 1: slot features, labels, the head ----------------------------------------------------
 
 def slot_features(model, batch: dict) -> list[torch.Tensor]:
@@ -221,7 +263,7 @@ def head_loss(head, feats: torch.Tensor, labels: torch.Tensor, cats: torch.Tenso
     return loss
 
 
-# ---- the two commands ------------------------------------------------------------------------------
+# ---- the commands -------------------------------------------------------------------------------
 
 def _features_of(model, rows: list[dict], args) -> list[dict]:
     """Each row's slot features, slot labels and sampled frame indices (one tower pass a video)."""
@@ -319,7 +361,15 @@ def score_frames(args) -> list[dict]:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description="VANGUARD stage 1 on vadr (see the module docstring)")
+    argv = list(argv) if argv is not None else __import__("sys").argv[1:]
+    if argv[:1] == ["stage2"]:  # everything but --boxes goes to train_sft.py
+        rest = argv[1:]
+        if "--boxes" not in rest or rest.index("--boxes") + 1 >= len(rest):
+            raise vadr.InputError("stage2 needs --boxes BOXES.jsonl "
+                                  "(python -m extras.vanguard boxes writes one)")
+        i = rest.index("--boxes")
+        return train_stage2(rest[:i] + rest[i + 2:], rest[i + 1])
+    ap = argparse.ArgumentParser(description="VANGUARD stages 1-2 on vadr (the module docstring)")
     sub = ap.add_subparsers(dest="cmd", required=True)
     for name, what in (("stage1", "train the head on frozen features"),
                        ("scores", "per-frame scores of a test manifest with a trained head"),

@@ -169,3 +169,44 @@ def test_eval_score_with_boxes_and_frame_scores(stage1, tmp_path, capsys):
     bad.write_text('{"source": "TOY", "video": "x", "box": [0.5, 0.1, 0.2, 0.9]}\n')
     with pytest.raises(ValueError, match="bad_boxes.jsonl:1: box .* is not inside"):
         vanguard.load_boxes(str(bad))
+
+
+# ---------------------------------------------------------------- stage 2: the box inside <where>
+
+def test_box_target_puts_the_box_in_where_and_keeps_the_format(tiny_world):
+    import vadr
+    rows = data.read_manifest(tiny_world["sft_train"], "sft", video_root=tiny_world["videos"])
+    ab = next(r for r in rows if r["label"] == "Abnormal")
+    no = next(r for r in rows if r["label"] == "Normal")
+    boxes = {(ab["source"], ab["video"]): (0.125, 0.3, 0.40625, 0.65)}
+    ds = vanguard.BoxSFTDataset([ab, no], boxes, num_frames=4)
+    plain = data.SFTDataset([ab, no], num_frames=4)
+    t = ds.target(ab)
+    where = vadr.parse_completion(t)["where"]
+    assert where == vadr.parse_completion(plain.target(ab))["where"] + " [0.125, 0.300, 0.406, 0.650]"
+    assert vanguard.parse_box(where) == pytest.approx((0.125, 0.3, 0.406, 0.65))
+    assert vadr.check_format(t) == "abnormal"                       # the format reward still pays
+    assert ds.target(no) == plain.target(no)                        # no box: today's target
+    assert ds.prompt == plain.prompt + vanguard.BOX_INSTRUCTION
+    assert vanguard.with_box("<answer>no where tag</answer>", (0, 0, 1, 1)) == "<answer>no where tag</answer>"
+
+
+def test_stage2_trains_lora_on_box_targets(tiny_world, tmp_path, monkeypatch):
+    """`python -m extras.vanguard stage2 --boxes B <train_sft.py flags>`: one LoRA step whose batch
+    targets carry the boxes (the collate sees BoxSFTDataset's items)."""
+    import json
+    boxes = tmp_path / "boxes.jsonl"
+    vanguard.main(["boxes", "--data", tiny_world["sft_train"], "--video-root", tiny_world["videos"],
+                   "--out", str(boxes)])
+    seen = []
+    real = vanguard.BoxSFTDataset.target
+    monkeypatch.setattr(vanguard.BoxSFTDataset, "target", lambda self, r: seen.append(real(self, r)) or seen[-1])
+    out = tmp_path / "s2"
+    vanguard.main(["stage2", "--boxes", str(boxes), "--data", tiny_world["sft_train"], "--video-root",
+                   tiny_world["videos"], "--max-steps", "1", "--frames", "4", "--lora-rank", "4", "--out", str(out),
+                   "--device", "cpu", "--num-workers", "0", "--batch-size", "4"])
+    assert any(vanguard.parse_box(t) for t in seen) and len(seen) >= 4
+    assert json.load(open(out / "run_config.json"))["lora_rank"] == 4
+    assert (out / "log.jsonl").read_text().count("\n") == 1
+    with pytest.raises(ValueError, match="stage2 needs --boxes"):
+        vanguard.main(["stage2", "--data", tiny_world["sft_train"]])
