@@ -205,6 +205,52 @@ def train_stage2(argv: list[str], boxes_path: str):
     return train_sft.main(argv, make_dataset=make)
 
 
+# ---- beyond both papers: spatial verification (Algorithm 1 for *where*) ---------------------
+# Algorithm 1 checks *when* by cutting the predicted interval out and asking again. The spatial
+# check blanks the predicted box over the predicted interval instead: if the video then reads as
+# Normal, the evidence was in that box (+0.5, Algorithm 1's value for Abnormal -> Normal); if it
+# still reads Abnormal, the box did not hold what made the answer abnormal (0). Only an Abnormal
+# completion with a valid <when> and a valid box gets the pass. The blank is CLIP's mean colour,
+# which the processor normalises to about 0: no signal, rather than a black patch that is one.
+
+BLANK_RGB = tuple(round(255 * m) for m in vadr.CLIP_MEAN)  # (124, 117, 104)
+
+
+def spatial_trim(completion: str) -> tuple[tuple[float, float], tuple] | None:
+    """-> ((s, e), box) to blank, or None (no spatial pass): an Abnormal <which>, a <when> with
+    0 <= s < e <= 1 and a valid box in <where>."""
+    p = vadr.parse_completion(completion)
+    when, box = p["when"], parse_box(p["where"])
+    if p["label"] != "Abnormal" or when is None or not (0.0 <= when[0] < when[1] <= 1.0):
+        return None
+    return (when, box) if valid_box(box) else None
+
+
+def blank_box(frames: np.ndarray, indices, total_frames: int, when, box) -> np.ndarray:
+    """A copy of the sampled frames (n, H, W, 3) with the box (normalised, outward to whole
+    pixels) set to BLANK_RGB on exactly the frames inside the interval: frame index i with
+    s*total <= i < e*total, the same window rule as vadr.kept_frames."""
+    out = np.array(frames, copy=True)
+    H, W = out.shape[1:3]
+    x1, y1 = math.floor(box[0] * W), math.floor(box[1] * H)
+    x2, y2 = math.ceil(box[2] * W), math.ceil(box[3] * H)
+    lo, hi = math.ceil(when[0] * total_frames - 1e-9), math.ceil(when[1] * total_frames - 1e-9)
+    inside = [k for k, i in enumerate(indices) if lo <= i < hi]
+    out[np.ix_(inside, range(y1, y2), range(x1, x2))] = BLANK_RGB
+    return out
+
+
+def spatial_reward(first_completion: str, second_completion: str | None,
+                   value: float = 0.5) -> float:
+    """value if the blanked video's completion reads Normal where the first read Abnormal, else 0
+    (no second pass: 0). value defaults to Algorithm 1's +0.5 (rewards.VERIFY_ABNORMAL_VALUE)."""
+    if second_completion is None:
+        return 0.0
+    first = vadr.parse_completion(first_completion)["label"]
+    second = vadr.parse_completion(second_completion)["label"]
+    return value if first == "Abnormal" and second == "Normal" else 0.0
+
+
 # ---- stage 1: slot features, labels, the head ----------------------------------------------------
 
 def slot_features(model, batch: dict) -> list[torch.Tensor]:

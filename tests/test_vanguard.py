@@ -210,3 +210,45 @@ def test_stage2_trains_lora_on_box_targets(tiny_world, tmp_path, monkeypatch):
     assert (out / "log.jsonl").read_text().count("\n") == 1
     with pytest.raises(ValueError, match="stage2 needs --boxes"):
         vanguard.main(["stage2", "--data", tiny_world["sft_train"]])
+
+
+# ---------------------------------------------------------------- spatial verification
+
+ABN = ("<think><step1>a</step1><step2>b</step2><step3>c</step3><step4>d</step4></think><answer><which>Fire"
+       "</which><what>fire</what><when>[0.25, 0.5]</when><where>left [0.25, 0.5, 0.5, 1.0]</where>"
+       "<why>w</why><how>h</how></answer>")
+
+
+def test_spatial_trim_needs_an_abnormal_answer_a_when_and_a_box():
+    assert vanguard.spatial_trim(ABN) == ((0.25, 0.5), (0.25, 0.5, 0.5, 1.0))
+    assert vanguard.spatial_trim(ABN.replace("Fire", "Normal")) is None
+    assert vanguard.spatial_trim(ABN.replace("[0.25, 0.5]</when>", "[0.5, 0.25]</when>")) is None
+    assert vanguard.spatial_trim(ABN.replace("[0.25, 0.5, 0.5, 1.0]", "[0.5, 0.5, 0.25, 1.0]")) is None
+    assert vanguard.spatial_trim(ABN.replace(" [0.25, 0.5, 0.5, 1.0]", "")) is None
+
+
+def test_blank_box_is_exactly_the_box_over_exactly_the_interval():
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (8, 8, 12, 3), dtype=np.uint8)   # 8 sampled frames of 8 x 12
+    indices = [0, 5, 10, 15, 20, 25, 30, 39]                        # of a 40-frame video
+    out = vanguard.blank_box(frames, indices, 40, (0.25, 0.5), (0.25, 0.5, 0.5, 1.0))
+    # interval: frames 10 <= i < 20 -> sampled positions 2, 3; box: x 3..5 (of 12), y 4..7 (of 8)
+    mask = np.zeros(frames.shape[:3], bool)
+    mask[2:4, 4:8, 3:6] = True
+    assert (out[mask] == vanguard.BLANK_RGB).all()
+    assert np.array_equal(out[~mask], frames[~mask])               # nothing else changed
+    assert not np.shares_memory(out, frames)
+    # a box edge between pixels goes outward: x 0.3..0.45 of 12 -> 3.6..5.4 -> columns 3, 4, 5
+    out2 = vanguard.blank_box(frames, indices, 40, (0.0, 0.1), (0.3, 0.0, 0.45, 0.1))
+    m2 = np.zeros(frames.shape[:3], bool)
+    m2[0, 0:1, 3:6] = True                                          # frames 0..3 -> position 0; y 0..0.8 -> row 0
+    assert (out2[m2] == vanguard.BLANK_RGB).all() and np.array_equal(out2[~m2], frames[~m2])
+
+
+def test_spatial_reward():
+    normal = ABN.replace("<which>Fire", "<which>Normal")
+    assert vanguard.spatial_reward(ABN, normal) == 0.5
+    assert vanguard.spatial_reward(ABN, ABN) == 0.0
+    assert vanguard.spatial_reward(ABN, None) == 0.0
+    assert vanguard.spatial_reward(normal, ABN) == 0.0
+    assert vanguard.spatial_reward(ABN, normal, value=1.0) == 1.0
