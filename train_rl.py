@@ -7,14 +7,13 @@ Vad-Reasoning-RL (weak labels only: Abnormal / Normal):
   Alg. 2 l. 6-10   accuracy, format, verification, length, their sum R   rewards.group_rewards
   Alg. 2 line 11   A = (R - mean(R)) / std(R) within the group (Eq. 1)   grpo.group_advantages
   Alg. 2 line 12   update with Eq. 3 (clipped surrogate - beta * KL_k3)  grpo.grpo_loss
-Sampling and scoring run through extras/fastpath.py (tested equal to grpo's). pi_ref is a frozen
-copy of the start, or with --lora-rank the policy with its adapters off (extras/lora.py).
+Sampling and scoring: extras/fastpath.py (tested equal to grpo's). pi_ref: a frozen copy, or the
+policy with its LoRA adapters off (extras/lora.py). Beyond the paper: docs/paper-vs-authors.md s.7.
 
 Run it:
     python train_rl.py                       # toy preset: runs/toy/sft -> runs/toy/rl
     torchrun --nproc_per_node 4 train_rl.py --model SFT_DIR --data Vad-Reasoning-RL.jsonl \
         --video-root ROOT --fsdp                             # the paper's setting (4 x 80 GB)
-    python train_rl.py --resume runs/toy/rl                  # continue a killed run exactly
     python train_rl.py --no-verification-reward --no-length-reward   # plain GRPO (Table 10)
 
 Departures from the paper / the authors' scripts (docs/paper-vs-authors.md s.2):
@@ -24,7 +23,7 @@ Departures from the paper / the authors' scripts (docs/paper-vs-authors.md s.2):
     repeat when fewer remain; the authors' shorter trims: --frame-rule authors); the authors'
     pixel band and their RL trainer's second_per_grid_ts of 1.0 (--grid-time real for the rate).
   * --loss-type token divides by the tokens of all ranks (grpo.token_normaliser).
-  * Sampling uses a generator seeded by (seed, step, rank): a resumed run re-samples exactly.
+  * Sampling uses a generator seeded by (seed, step, rank): --resume re-samples exactly.
   * The toy preset (the default without --data) fills unset flags with values for a 1.5M-
     parameter model and samples under the SFT (fine) prompt, the only one the toy model knows.
 """
@@ -43,7 +42,7 @@ import grpo
 import rewards
 import vadr
 from extras import (badvideos, checkpoint, cli, dynamic, fastpath, flagcheck, lora, scale, toy,
-                    training)
+                    training, vanguard)
 
 TOY_DATA_DIR, TOY_SFT_DIR = "data/toy", "runs/toy/sft"
 
@@ -166,6 +165,9 @@ def rollout(model, tok, batch: dict, args, mode: str, length_ranges: dict, promp
             use_format=not args.no_format_reward, use_length=not args.no_length_reward,
             verify_abnormal=not args.no_verification_abnormal,
             verify_normal=not args.no_verification_normal)
+    if args.spatial_verification:  # beyond both papers: Alg. 1 for *where* (extras/vanguard.py)
+        vanguard.add_spatial_rewards(parts, model, tok, batch["rows"], texts, args, prompt, device,
+                                     sample_kw)
     R = torch.tensor([p["total"] for p in parts], dtype=torch.float32)               # (B*G,)
     return dict(ids=ids, mask=mask, texts=texts, seconds=seconds, parts=parts, R=R)
 

@@ -62,6 +62,11 @@ def add_grpo_variant_args(g):
                    help="DAPO: refill groups whose G rewards are equal (extras/dynamic.py)")
     g.add_argument("--dynamic-max-rounds", type=int, default=4,
                    help="refill rounds per step with --dynamic-sampling")
+    g.add_argument("--spatial-verification", action="store_true",
+                   help="beyond both papers: blank the predicted box over the predicted "
+                        "interval, sample again, pay --spatial-value for Abnormal -> Normal")
+    g.add_argument("--spatial-value", type=float, default=0.5,
+                   help="reward of the spatial check (Algorithm 1's +0.5)")
     g.add_argument("--epsilon-high", type=float, default=None,
                    help="upper clip 1 + this (DAPO's clip-higher, 0.28); default: --epsilon")
     g.add_argument("--loss-type", default="sequence", choices=grpo.LOSS_TYPES,
@@ -101,6 +106,9 @@ def resolve_rl_args(ap, args, paper: dict, toy_preset: dict, toy_sft_dir: str, t
     if args.dynamic_sampling and (args.fsdp or args.dynamic_max_rounds < 1):
         ap.error("--dynamic-sampling needs --dynamic-max-rounds >= 1 and DDP, not --fsdp "
                  "(a refill round's sampling would be a collective on some ranks only)")
+    if args.spatial_verification and args.fsdp:
+        ap.error("--spatial-verification needs DDP, not --fsdp (its pass samples on some ranks "
+                 "only)")
     return args
 
 

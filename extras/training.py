@@ -245,6 +245,7 @@ def rl_log_fields(R, G: int, parts: list[dict], mask, zero_std, lr: float, timin
                reward_std=float(R.view(-1, G).std(1, unbiased=False).mean()),
                reward_accuracy=mean("accuracy"), reward_format=mean("format"),
                reward_verification=mean("verification"), reward_length=mean("length"),
+               **({"reward_spatial": mean("spatial")} if parts and "spatial" in parts[0] else {}),
                completion_length=float(mask.sum(1).float().mean()),
                zero_std_fraction=float(zero_std.float().mean()), lr=lr, **timings)
     out.update({k: float(np.mean([s[k] for s in stats])) for k in stats[0]})

@@ -251,6 +251,38 @@ def spatial_reward(first_completion: str, second_completion: str | None,
     return value if first == "Abnormal" and second == "Normal" else 0.0
 
 
+def add_spatial_rewards(parts: list[dict], model, tok, rows: list[dict], texts: list[str], args,
+                        prompt: str, device, sample_kw: dict) -> list[dict]:
+    """train_rl.py --spatial-verification: for each of the B*G completions with a spatial_trim,
+    the video re-read, the box blanked over the interval, one new completion sampled (one batch);
+    parts[i]["spatial"] = spatial_reward(...) is added to parts[i]["total"]."""
+    from extras import fastpath
+    import grpo
+    G, vids, which = args.num_generations, [], []
+    for i, c in enumerate(texts):
+        trim = spatial_trim(c)
+        if trim is None:
+            continue
+        v = vadr.read_video(rows[i // G]["video_path"], args.frames, rule=args.frame_rule)
+        frames = blank_box(v["frames"], v["indices"], v["total_frames"], *trim)
+        vids.append(vadr.encode_frames(frames, v["sampled_fps"], args.min_pixels, args.max_pixels,
+                                       args.grid_time))
+        which.append(i)
+    seconds = [None] * len(texts)
+    if vids:
+        vv = vadr.collate_videos(vids)
+        batch = {**vadr.build_chat_inputs(tok, [prompt] * len(vids), vv["video_grid_thw"]), **vv}
+        out = fastpath.sample_group(model, vadr.to_device(batch, device), num_samples=1,
+                                    **sample_kw)
+        for i, s in zip(which, grpo.decode_completions(tok, out["completion_ids"],
+                                                       out["completion_mask"])):
+            seconds[i] = s
+    for i, p in enumerate(parts):
+        p["spatial"] = spatial_reward(texts[i], seconds[i], args.spatial_value)
+        p["total"] += p["spatial"]
+    return parts
+
+
 # ---- stage 1: slot features, labels, the head ----------------------------------------------------
 
 def slot_features(model, batch: dict) -> list[torch.Tensor]:

@@ -252,3 +252,38 @@ def test_spatial_reward():
     assert vanguard.spatial_reward(ABN, None) == 0.0
     assert vanguard.spatial_reward(normal, ABN) == 0.0
     assert vanguard.spatial_reward(ABN, normal, value=1.0) == 1.0
+
+
+def test_spatial_pass_in_train_rl_blanks_and_pays(tiny_world, tmp_path, monkeypatch):
+    """train_rl.py --spatial-verification on one step: every completion is given a spatial trim
+    (monkeypatched: the tiny model writes no boxes); the frames that reach the encoder carry the
+    blank exactly there; the second completions reach spatial_reward; its value is in the total
+    and the log."""
+    import json
+    import train_rl
+    import vadr
+    from test_rl import _rl_args
+    from conftest import run_script
+    sft = tmp_path / "sft"
+    run_script("train_sft.py", ["--data", tiny_world["sft_train"], "--video-root", tiny_world["videos"],
+                                "--max-steps", "1", "--frames", "4"], sft)
+    trim = ((0.0, 1.0), (0.0, 0.0, 0.5, 0.5))
+    monkeypatch.setattr(vanguard, "spatial_trim", lambda c: trim)
+    blanked, calls = [], []
+    real_encode = vadr.encode_frames
+    def spy(frames, *a, **k):
+        blanked.append(np.array(frames))
+        return real_encode(frames, *a, **k)
+    monkeypatch.setattr(vadr, "encode_frames", spy)
+    monkeypatch.setattr(vanguard, "spatial_reward", lambda first, second, value: calls.append(second) or value)
+    out = tmp_path / "rl"
+    train_rl.main(_rl_args(tiny_world, str(sft), 1, ["--spatial-verification", "--spatial-value", "0.25",
+                                                     "--no-verification-reward", "--out", str(out),
+                                                     "--device", "cpu", "--num-workers", "0"]))
+    assert len(calls) == 3 and all(isinstance(c, str) for c in calls)  # G = 3 completions, 3 passes
+    spatial = [f for f in blanked if (f[:, :f.shape[1] // 2, :f.shape[2] // 2] == vanguard.BLANK_RGB).all()]
+    assert len(spatial) == 3  # the three blanked videos: the box's quarter is the blank colour
+    (log,) = [json.loads(x) for x in open(out / "log.jsonl")]
+    assert log["reward_spatial"] == 0.25
+    with pytest.raises(SystemExit):
+        train_rl.parse_args(["--spatial-verification", "--fsdp"])
