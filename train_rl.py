@@ -86,7 +86,7 @@ def parse_args(argv=None):
     g.add_argument("--mu", type=int, default=1, help="policy updates per rollout (paper: 1)")
     cli.add_grpo_variant_args(g)  # --dynamic-*, --epsilon-high, --loss-type, --adv-std
     add_reward_args(ap)
-    cli.add_rl_optim_args(ap)  # --epochs, --lr, ..., --preset (extras/cli.py)
+    cli.add_optim_args(ap, "rl")  # --epochs, --lr, ..., --preset (extras/cli.py)
     training.add_run_args(ap, default_out="runs/toy/rl")
     scale.add_scale_args(ap, stage="rl")  # --lora-*, --merge, --dry-run, --no-rollout-gather
     # presets, the toy's defaults, the flags that imply others (extras/cli.py)

@@ -61,21 +61,9 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     cli.add_sft_data_args(ap)  # --model, --task, --data, ..., the video flags (extras/cli.py)
-    g = ap.add_argument_group("optimisation (paper App. C.3; None = paper default or toy preset)")
-    g.add_argument("--epochs", type=int, default=None, help="passes over the data (paper: 4)")
-    g.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
-    g.add_argument("--batch-size", type=int, default=None, help="videos per micro-batch (paper: 1)")
-    g.add_argument("--grad-accum", type=int, default=None, help="micro-batches per step (paper: 2)")
-    g.add_argument("--lr", type=float, default=None, help="peak learning rate (paper: 1e-6)")
-    g.add_argument("--warmup-ratio", type=float, default=None, help="fraction of warmup steps")
-    g.add_argument("--schedule", default="cosine", choices=sorted(training.SCHEDULES),
-                   help="decay after the linear warmup (the authors' SFT trainer: linear)")
-    g.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay")
-    g.add_argument("--max-grad-norm", type=float, default=None, help="gradient clipping (paper: 5)")
+    cli.add_optim_args(ap, "sft")  # --epochs, --lr, --schedule, ..., --preset (extras/cli.py)
     training.add_run_args(ap, default_out="runs/toy/sft")
     scale.add_scale_args(ap, stage="sft")  # --lora-*, --merge, --dry-run (extras/scale.py)
-    g.add_argument("--preset", default=None, choices=["paper", "toy"], help="defaults for unset "
-                   "flags (default: toy with --model toy or without --data, else paper)")
     args = ap.parse_args(argv)
     args.preset = args.preset or ("toy" if args.model == "toy" or args.data is None else "paper")
     preset = {"paper": PAPER, "toy": TOY_CAPTION if args.task == "caption" else TOY}[args.preset]

@@ -76,17 +76,35 @@ def add_grpo_variant_args(g):
                    help="std of Eq. 1: n-1 (torch.std, the authors'), n, or none (Dr. GRPO)")
 
 
-def add_rl_optim_args(ap: argparse.ArgumentParser):
-    g = ap.add_argument_group("optimisation (None = paper default or toy preset)")
-    g.add_argument("--epochs", type=int, default=None, help="passes over the RL data (paper: 1)")
-    g.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
-    g.add_argument("--batch-size", type=int, default=None, help="videos per step per process")
-    g.add_argument("--lr", type=float, default=None, help="learning rate (paper: 1e-6, cosine)")
-    g.add_argument("--warmup-ratio", type=float, default=None, help="share of warmup steps")
-    g.add_argument("--weight-decay", type=float, default=None, help="AdamW (authors: 0.01)")
-    g.add_argument("--max-grad-norm", type=float, default=None, help="clipping (authors: 5)")
-    g.add_argument("--preset", default=None, choices=["paper", "toy"],
-                   help="defaults for unset flags (toy when --data is not given)")
+# The optimisation flags of both training scripts: (flag, type, help for SFT, help for RL); a help
+# of None leaves the flag out of that script. Every default is None: the preset fills it.
+_OPTIM = [("--epochs", int, "passes over the data (paper: 4)", "passes over the RL data (paper: 1)"),
+          ("--max-steps", int, "stop after this many steps", "stop after this many steps"),
+          ("--batch-size", int, "videos per micro-batch (paper: 1)", "videos per step per process"),
+          ("--grad-accum", int, "micro-batches per step (paper: 2)", None),
+          ("--lr", float, "peak learning rate (paper: 1e-6)", "learning rate (paper: 1e-6, cosine)"),
+          ("--warmup-ratio", float, "fraction of warmup steps", "share of warmup steps"),
+          ("--weight-decay", float, "AdamW weight decay", "AdamW (authors: 0.01)"),
+          ("--max-grad-norm", float, "gradient clipping (paper: 5)", "clipping (authors: 5)")]
+
+
+def add_optim_args(ap: argparse.ArgumentParser, stage: str):
+    """The optimisation group of train_sft.py (stage 'sft', with --schedule) or train_rl.py ('rl'),
+    and --preset."""
+    title = {"sft": "optimisation (paper App. C.3; None = paper default or toy preset)",
+             "rl": "optimisation (None = paper default or toy preset)"}[stage]
+    g = ap.add_argument_group(title)
+    for flag, typ, sft_help, rl_help in _OPTIM:
+        if (sft_help if stage == "sft" else rl_help) is not None:
+            g.add_argument(flag, type=typ, default=None,
+                           help=sft_help if stage == "sft" else rl_help)
+    if stage == "sft":
+        g.add_argument("--schedule", default="cosine", choices=sorted(training.SCHEDULES),
+                       help="decay after the linear warmup (the authors' SFT trainer: linear)")
+    g.add_argument("--preset", default=None, choices=["paper", "toy"], help={
+        "sft": "defaults for unset flags (default: toy with --model toy or without --data, else "
+               "paper)", "rl": "defaults for unset flags (toy when --data is not given)"}[stage])
+    return g
 
 
 def resolve_rl_args(ap, args, paper: dict, toy_preset: dict, toy_sft_dir: str, toy_data_dir: str):

@@ -16,18 +16,16 @@ import eval as E
 import rewards as R
 import vadr
 from extras import textmetrics, vane
+from test_eval_metrics import _gt as _gt_row
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _gt(video, cat, start=None, end=None, total=100, source="UCF"):
-    row = {"source": source, "video": video, "anomaly_type": cat, "path": f"/x/{video}.mp4",
-           "total_frames": total,
-           "think": "<think><step1>A man walks on the road.</step1><step2>He falls.</step2></think>",
-           "answer": f"<answer><which>{cat}</which><what>a man falls</what></answer>"}
-    if start is not None:
-        row.update(start=start, end=end)
-    return row
+    """test_eval_metrics' GT row, with this file's reference text."""
+    return dict(_gt_row(video, cat, start, end, total, source),
+                think="<think><step1>A man walks on the road.</step1><step2>He falls.</step2></think>",
+                answer=f"<answer><which>{cat}</which><what>a man falls</what></answer>")
 
 
 ABN_OUT = ("<think><step1>a</step1><step2>b</step2><step3>c</step3><step4>d</step4></think>"
