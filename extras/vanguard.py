@@ -49,9 +49,7 @@ import vadr
 
 # ---- boxes: [x1, y1, x2, y2] normalised to 0-1, 3 decimals (the grounding stage's target) -------
 
-_NUM = r"[+-]?(?:\d+\.?\d*|\.\d+)"
-_BOX = re.compile(r"\[\s*(" + _NUM + r")\s*,\s*(" + _NUM + r")\s*,\s*(" + _NUM + r")\s*,\s*("
-                  + _NUM + r")\s*\]")
+_BOX = re.compile(r"\[\s*(" + r")\s*,\s*(".join([vadr._NUM] * 4) + r")\s*\]")  # vadr's number
 
 
 def format_box(bbox_px, width: int, height: int) -> str:
@@ -258,12 +256,15 @@ def add_spatial_rewards(parts: list[dict], model, tok, rows: list[dict], texts: 
     parts[i]["spatial"] = spatial_reward(...) is added to parts[i]["total"]."""
     from extras import fastpath
     import grpo
-    G, vids, which = args.num_generations, [], []
+    G, vids, which, decoded = args.num_generations, [], [], {}
     for i, c in enumerate(texts):
         trim = spatial_trim(c)
         if trim is None:
             continue
-        v = vadr.read_video(rows[i // G]["video_path"], args.frames, rule=args.frame_rule)
+        path = rows[i // G]["video_path"]  # a video's G completions share one decode
+        if path not in decoded:
+            decoded[path] = vadr.read_video(path, args.frames, rule=args.frame_rule)
+        v = decoded[path]
         frames = blank_box(v["frames"], v["indices"], v["total_frames"], *trim)
         vids.append(vadr.encode_frames(frames, v["sampled_fps"], args.min_pixels, args.max_pixels,
                                        args.grid_time))

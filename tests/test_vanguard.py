@@ -287,3 +287,12 @@ def test_spatial_pass_in_train_rl_blanks_and_pays(tiny_world, tmp_path, monkeypa
     assert log["reward_spatial"] == 0.25
     with pytest.raises(SystemExit):
         train_rl.parse_args(["--spatial-verification", "--fsdp"])
+
+
+def test_parse_box_is_linear_in_a_long_digit_run():
+    """Model outputs are untrusted: the number pattern is vadr's linear one (a `\\d+\\.?\\d*` would
+    split a run of N digits N^2 ways: 6,000 digits took 0.33 s, so 200,000 would take minutes)."""
+    import time
+    t = time.perf_counter()
+    assert vanguard.parse_box("<where>[" + "1" * 200_000 + "</where>") is None
+    assert time.perf_counter() - t < 1.0
