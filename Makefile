@@ -5,6 +5,7 @@
 #   make toy-rl-only    also the "+AVA-GRPO alone" row (RL from the untrained model)
 #   make toy-smoke      a few steps per stage into runs/toy-smoke/ (what CI's pipeline test runs)
 #   make toy-ablation   the reward ablation of the paper's Table 10 -> runs/toy/ablation/table10.md
+#   make toy-vanguard   VANGUARD's curriculum and its baselines -> runs/toy-vanguard/table.md
 PY ?= python
 DATA ?= data/toy
 RUN ?= runs/toy
@@ -19,7 +20,8 @@ ifdef REDO
 FORCE := force
 endif
 
-.PHONY: toy toy-rl-only toy-ablation toy-ablation-smoke toy-smoke force clean-toy
+.PHONY: toy toy-rl-only toy-ablation toy-ablation-smoke toy-smoke toy-vanguard toy-vanguard-smoke \
+	force clean-toy
 # A stage is finished when its `done` stamp exists (touched after the script exits 0), not when its
 # first checkpoint (`latest`) appears. A killed stage has checkpoints but no stamp, so the next
 # `make toy` continues it with --resume; a stage whose stamp is stale (an earlier stage was redone)
@@ -93,6 +95,64 @@ toy-ablation-smoke:
 		BASE_ARGS="--max-steps 2 --frames 4 --num-workers 0" \
 		SFT_ARGS="--max-steps 2 --frames 4 --num-workers 0" \
 		RL_ARGS="--max-steps 2 --frames 4 --max-new-tokens 16 --num-workers 0" \
+		EVAL_ARGS="--max-new-tokens 16 --frames 4 --num-workers 0"
+
+# VANGUARD (docs/vanguard.md), on make toy's stage-0 model: stage 1 (a head on its frozen
+# features), stage 2 (LoRA, answer + box), stage 3 (LoRA on top, P2C-CoT + box); the baselines
+# train one LoRA run from the stage-0 model for stage 2 + stage 3's steps: monolithic (CoT + box
+# from the start) and classification-only (the category alone). Every run uses the same seed.
+VRUN ?= runs/toy-vanguard
+V_STEPS2 ?= 300
+V_STEPS3 ?= 300
+V_ARGS ?= --lora-rank 16 --lora-train-embeddings
+V_HEAD_ARGS ?=
+V_TOTAL = $(shell expr $(V_STEPS2) + $(V_STEPS3))
+V_TRAIN = --data $(DATA)/Vad-Reasoning-SFT-train.jsonl --video-root $(DATA)/videos --preset toy $(V_ARGS)
+V_BOXES := $(VRUN)/boxes_train.jsonl
+V_MODEL_stage2 = $(RUN)/base
+V_MODEL_stage3 = $(VRUN)/stage2
+V_MODEL_mono = $(RUN)/base
+V_MODEL_cls = $(RUN)/base
+V_FLAGS_stage2 = stage2 --max-steps $(V_STEPS2)
+V_FLAGS_stage3 = stage3 --max-steps $(V_STEPS3)
+V_FLAGS_mono = stage3 --max-steps $(V_TOTAL)
+V_FLAGS_cls = stage3 --target label --max-steps $(V_TOTAL)
+.PRECIOUS: $(VRUN)/%/done $(VRUN)/eval_%.json $(VRUN)/boxes_%.jsonl
+
+$(VRUN)/boxes_%.jsonl: $(DATA)/toy_world.json  # the GT boxes of SFT-train / SFT-test
+	mkdir -p $(VRUN) && $(PY) -m extras.vanguard boxes --data $(DATA)/Vad-Reasoning-SFT-$*.jsonl \
+		--video-root $(DATA)/videos --out $@
+
+$(VRUN)/stage1/done: $(RUN)/base/done
+	$(PY) -m extras.vanguard stage1 --model $(RUN)/base --data $(DATA)/Vad-Reasoning-SFT-train.jsonl \
+		--video-root $(DATA)/videos --out $(VRUN)/stage1 $(V_HEAD_ARGS)
+	touch $@
+
+$(VRUN)/frame_scores.jsonl: $(VRUN)/stage1/done
+	$(PY) -m extras.vanguard scores --model $(RUN)/base --head $(VRUN)/stage1 $(TEST) --out $@
+
+$(VRUN)/stage3/done: $(VRUN)/stage2/done
+$(VRUN)/%/done: $(RUN)/base/done $(V_BOXES)
+	$(PY) -m extras.vanguard $(V_FLAGS_$*) --boxes $(V_BOXES) --model $(V_MODEL_$*) $(V_TRAIN) \
+		--out $(VRUN)/$* $(call RESUME,$(VRUN)/$*)
+	$(PY) train_sft.py --merge $(VRUN)/$* --out $(VRUN)/merged_$*  # adapters folded in, for eval.py
+	touch $@
+
+# the staged rows carry the stage-1 head's frame scores; every row its boxes against the GT boxes
+$(VRUN)/eval_%.json: $(VRUN)/%/done $(VRUN)/boxes_test.jsonl $(VRUN)/frame_scores.jsonl
+	[ $(VRUN)/preds_$*.jsonl -nt $< ] || rm -f $(VRUN)/preds_$*.jsonl
+	$(PY) eval.py --model $(VRUN)/merged_$* $(TEST) --out $(VRUN)/preds_$*.jsonl --name $* $(EVAL_ARGS)
+	$(PY) eval.py --score $(VRUN)/preds_$*.jsonl --gt $(DATA)/Vad-Reasoning-SFT-test.jsonl --name $* \
+		--boxes $(VRUN)/boxes_test.jsonl $(if $(filter stage%,$*),--frame-scores $(VRUN)/frame_scores.jsonl) --json $@
+
+toy-vanguard: $(VRUN)/eval_stage3.json $(VRUN)/eval_stage2.json $(VRUN)/eval_mono.json $(VRUN)/eval_cls.json
+	$(PY) -m extras.vanguard table --data $(DATA)/Vad-Reasoning-SFT-test.jsonl --out $(VRUN)
+
+toy-vanguard-smoke:
+	$(MAKE) toy-vanguard DATA=$(SMOKE)/data RUN=$(SMOKE) VRUN=$(SMOKE)/vanguard \
+		WORLD_ARGS="--n-sft 8 --n-test 4 --n-rl 8 --n-caption 8 --frames 16 24" \
+		BASE_ARGS="--max-steps 2 --frames 4 --num-workers 0" V_STEPS2=2 V_STEPS3=2 \
+		V_ARGS="--lora-rank 4 --lora-train-embeddings --frames 4 --num-workers 0" V_HEAD_ARGS="--frames 4 --epochs 2" \
 		EVAL_ARGS="--max-new-tokens 16 --frames 4 --num-workers 0"
 
 SMOKE ?= runs/toy-smoke

@@ -117,6 +117,9 @@ def check_flags(args, stage: str):
     if stage == "eval":
         _check_eval_paths(args, script)
         return
+    if getattr(args, "lora_train_embeddings", False) and not (args.lora_rank or args.resume):
+        raise InputError(f"{script}: --lora-train-embeddings trains beside LoRA adapters: add "
+                         "--lora-rank R")
     if not args.merge and not args.resume:
         _check_model(args, script, stage)
     if not (args.merge or args.dry_run):

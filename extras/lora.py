@@ -112,12 +112,15 @@ def lora_config(model) -> dict | None:
 
 
 def apply_lora(model, rank: int, alpha: float | None = None, dropout: float = 0.0,
-               targets=LORA_TARGETS, seed: int = 0) -> int:
+               targets=LORA_TARGETS, seed: int = 0, train_embeddings: bool = False) -> int:
     """Wrap every nn.Linear named in `targets` inside the LANGUAGE model
     (model.model.language_model) in a LoRALinear, and freeze every other parameter (vision
     tower, embeddings, norms, lm_head, the wrapped weights themselves). Returns the number of
     wrapped layers. Adapters are initialised from a generator seeded with `seed`: identical on
-    every rank (FSDP2 does not broadcast weights)."""
+    every rank (FSDP2 does not broadcast weights).
+    train_embeddings: the input embeddings and lm_head train in full as well (fp32), saved beside
+    the adapters (peft calls them modules_to_save): a base that never wrote some tokens (the toy
+    captioner and the P2C tags) has untrained rows there that no low-rank update reaches."""
     if lora_config(model) is not None:
         raise RuntimeError("apply_lora: the model already has LoRA adapters")
     alpha = float(2 * rank if alpha is None else alpha)
@@ -137,9 +140,23 @@ def apply_lora(model, rank: int, alpha: float | None = None, dropout: float = 0.
                           if isinstance(m, nn.Linear)})
         raise ValueError(f"--lora-targets {','.join(targets)} matched no nn.Linear in the "
                          f"language model (its projections are {present})")
+    if train_embeddings:
+        for m in (inner.get_input_embeddings(), inner.get_output_embeddings()):
+            m.float().requires_grad_(True)
     inner.vadr_lora = dict(rank=int(rank), alpha=alpha, dropout=float(dropout),
-                           targets=list(targets))
+                           targets=list(targets), train_embeddings=bool(train_embeddings))
     return wrapped
+
+
+def _saved_names(inner) -> set[str]:
+    """What an adapter checkpoint holds: every lora_A / lora_B, and with train_embeddings the
+    input embedding and lm_head weights (names as in the unwrapped model)."""
+    names = {n for n, _ in inner.named_parameters() if n.endswith((".lora_A", ".lora_B"))}
+    if (getattr(inner, "vadr_lora", None) or {}).get("train_embeddings"):
+        names |= {n for n, p in inner.named_parameters()
+                  if p is inner.get_input_embeddings().weight
+                  or p is inner.get_output_embeddings().weight}
+    return names
 
 
 @contextlib.contextmanager
@@ -157,12 +174,13 @@ def lora_disabled(model):
 
 
 def lora_state_dict(model) -> dict:
-    """Adapters only: {fully qualified name: fp32 CPU tensor}, names as in the unwrapped model
-    ('model.language_model.layers.0.self_attn.q_proj.lora_A'). Under FSDP2 each adapter is a
-    sharded DTensor: full_tensor() all-gathers it, so every rank must call this (same order)."""
-    out = {}
+    """Adapters only (+ the embeddings with train_embeddings): {fully qualified name: fp32 CPU
+    tensor}, names as in the unwrapped model ('model.language_model.layers.0.self_attn.q_proj.
+    lora_A'). Under FSDP2 each is a sharded DTensor: full_tensor() all-gathers it, so every
+    rank must call this (same order)."""
+    out, keep = {}, _saved_names(unwrap(model))
     for n, p in unwrap(model).named_parameters():
-        if n.endswith(".lora_A") or n.endswith(".lora_B"):
+        if n in keep:
             t = p.detach()
             t = t.full_tensor() if hasattr(t, "full_tensor") else t
             out[n] = t.to("cpu", copy=True).contiguous()
@@ -171,13 +189,13 @@ def lora_state_dict(model) -> dict:
 
 def load_lora_state_dict(model, sd: dict):
     """Copy saved adapters into a model that apply_lora prepared with the same settings (strict)."""
-    params = {n: p for n, p in unwrap(model).named_parameters()
-              if n.endswith((".lora_A", ".lora_B"))}
+    keep = _saved_names(unwrap(model))
+    params = {n: p for n, p in unwrap(model).named_parameters() if n in keep}
     missing, extra = sorted(set(params) - set(sd)), sorted(set(sd) - set(params))
     if missing or extra:
         raise RuntimeError(f"adapter weights do not match the model: missing {missing[:3]}, "
-                           f"unexpected {extra[:3]} (different --lora-rank / --lora-targets "
-                           "than the checkpoint?)")
+                           f"unexpected {extra[:3]} (different --lora-rank / --lora-targets / "
+                           "--lora-train-embeddings than the checkpoint?)")
     with torch.no_grad():
         for n, p in params.items():
             if tuple(sd[n].shape) != tuple(p.shape):
@@ -242,7 +260,8 @@ def load_merged(path: str, dtype=None, device=None, corpus=None, seed: int = 0):
         return toymodel.load_model(path, dtype=dtype, device=device, corpus=corpus, seed=seed)
     cfg = read_adapter_config(path)
     model, _ = load_merged(cfg["base_model"], dtype=dtype)
-    apply_lora(model, cfg["rank"], cfg["alpha"], 0.0, cfg["targets"])
+    apply_lora(model, cfg["rank"], cfg["alpha"], 0.0, cfg["targets"],
+               train_embeddings=cfg.get("train_embeddings", False))
     load_lora_state_dict(model, load_file(os.path.join(path, ADAPTER_WEIGHTS)))
     merge_lora(model)
     tok = AutoTokenizer.from_pretrained(path)
@@ -353,12 +372,14 @@ def load_for_training(path: str, args, resume: bool, corpus=None, seed: int = 0)
             raise SystemExit(f"--resume {path}: the checkpoint has rank-{cfg['rank']} adapters, "
                              f"not --lora-rank {args.lora_rank}")
         settings = dict(lora_rank=cfg["rank"], lora_alpha=cfg["alpha"], lora_dropout=cfg["dropout"],
-                        lora_targets=",".join(cfg["targets"]))
+                        lora_targets=",".join(cfg["targets"]),
+                        lora_train_embeddings=cfg.get("train_embeddings", False))
         model, _ = load_merged(cfg["base_model"])
         tok = AutoTokenizer.from_pretrained(path)
         tok.padding_side = "left"
         model.to(base_dtype(args, device_type))
-        apply_lora(model, cfg["rank"], cfg["alpha"], cfg["dropout"], cfg["targets"], seed=seed)
+        apply_lora(model, cfg["rank"], cfg["alpha"], cfg["dropout"], cfg["targets"], seed=seed,
+                   train_embeddings=cfg.get("train_embeddings", False))
         load_lora_state_dict(model, load_file(os.path.join(path, ADAPTER_WEIGHTS)))
         model.vadr_lora["base_model"] = cfg["base_model"]
     else:
@@ -376,7 +397,8 @@ def load_for_training(path: str, args, resume: bool, corpus=None, seed: int = 0)
                 base = os.path.abspath(path)
             model.to(base_dtype(args, device_type))
             apply_lora(model, args.lora_rank, args.lora_alpha, args.lora_dropout,
-                       [t for t in args.lora_targets.split(",") if t], seed=seed)
+                       [t for t in args.lora_targets.split(",") if t], seed=seed,
+                       train_embeddings=getattr(args, "lora_train_embeddings", False))
             model.vadr_lora["base_model"] = base
     lc = lora_config(model)
     if lc is not None and is_main():

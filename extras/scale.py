@@ -349,10 +349,13 @@ def estimate_memory(config, args, stage: str, world: int = 1, device_type: str =
                         targets=[t for t in targets.split(",") if t])
     pc = count_parameters(config, adapters)
     P = pc["total"]
-    if adapters:
-        T = pc["adapters"]
+    if adapters:  # + the fp32 embeddings and lm_head with --lora-train-embeddings
+        tied = getattr(config, "tie_word_embeddings", False)
+        E = (pc["embed"] + (0 if tied else pc["lm_head"])
+             if getattr(args, "lora_train_embeddings", False) else 0)  # fp32, trained in full
+        T = pc["adapters"] + E
         base_b = 2 if lora.base_dtype(args, device_type) == torch.bfloat16 else 4
-        weights = (base_b * P + 4 * T) / shard
+        weights = (base_b * (P - E) + 4 * T) / shard
     else:
         T = P - (pc["vision"] if getattr(args, "freeze_vision", False) else 0)
         weights = 4 * P / shard
@@ -533,6 +536,10 @@ def add_scale_args(ap: argparse.ArgumentParser, stage: str):
                         "memory)")
     g.add_argument("--lora-targets", default=",".join(lora.LORA_TARGETS),
                    help="comma-separated nn.Linear names inside the language model to adapt")
+    if stage == "sft":  # RL's KL reference is the policy with its adapters off: embeddings stay
+        g.add_argument("--lora-train-embeddings", action="store_true",
+                       help="with --lora-rank: also train the input embeddings and lm_head in "
+                            "full (fp32), for tokens the base never learned (the toy's P2C tags)")
     g.add_argument("--lora-base-dtype", default="auto", choices=["auto", "bf16", "fp32"],
                    help="dtype of the frozen base weights under LoRA (auto: bf16 on GPU, fp32 "
                         "on CPU)")

@@ -168,8 +168,13 @@ def write_boxes(args) -> int:
 
 # ---- stage 2: box grounding, the SFT target with the box inside <where> --------------------------
 
-BOX_INSTRUCTION = (" In <where>, after the place, give the anomalous object's box as"
-                   " [x1, y1, x2, y2], fractions of the frame's width and height, 3 decimals.")
+# The three targets of the curriculum and its baselines. The prompt stays the P2C-CoT prompt, so
+# eval.py and train_rl.py ask the question the model was trained on; the box is taught by the
+# target alone. An SFT'd model writes what its targets wrote.
+#   cot:       think + "\n" + answer with the box (stage 3; the monolithic baseline)
+#   grounding: the answer with the box, no think (stage 2: classification and grounding)
+#   label:     '<answer>Category: <which>X</which>.</answer>' (the classification-only baseline)
+TARGETS = ("cot", "grounding", "label")
 
 
 def with_box(answer: str, box) -> str:
@@ -179,28 +184,45 @@ def with_box(answer: str, box) -> str:
     return answer if i < 0 else answer[:i].rstrip() + " " + text + answer[i:]
 
 
-class BoxSFTDataset(data.SFTDataset):
-    """SFT items whose target writes the box of an abnormal video (boxes: load_boxes) inside
-    <where>, beside the place phrase; rows without a box keep today's target. The prompt adds
-    BOX_INSTRUCTION to the P2C-CoT prompt."""
+def label_answer(row: dict) -> str:
+    """The classification-only target: the answer's category and nothing else."""
+    which = vadr.parse_completion(row["answer"])["which"] or row["anomaly_type"]
+    return f"<answer>Category: <which>{which}</which>.</answer>"
 
-    def __init__(self, rows: list[dict], boxes: dict, prompt_variant: str = "fine", **video):
+
+class BoxSFTDataset(data.SFTDataset):
+    """SFT items whose target (TARGETS) writes the box of an abnormal video (boxes: load_boxes)
+    inside <where>, beside the place phrase; rows without a box keep today's answer."""
+
+    def __init__(self, rows: list[dict], boxes: dict, prompt_variant: str = "fine",
+                 target: str = "cot", **video):
+        if target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
         super().__init__(rows, prompt_variant, **video)
-        self.boxes, self.prompt = boxes, self.prompt + BOX_INSTRUCTION
+        self.boxes, self.kind = boxes, target
 
     def target(self, row: dict) -> str:
+        if self.kind == "label":
+            return label_answer(row)
         box = self.boxes.get((str(row["source"]), str(row["video"])))
         abnormal = box and row["label"] == "Abnormal"
         answer = with_box(row["answer"], box) if abnormal else row["answer"]
-        return row["think"] + "\n" + answer
+        return answer if self.kind == "grounding" else row["think"] + "\n" + answer
 
 
-def train_stage2(argv: list[str], boxes_path: str):
-    """train_sft.py with BoxSFTDataset (its flags: --model, --data, --lora-rank, --out, ...)."""
+def train_stage(argv: list[str], boxes_path: str, target: str, stage: str):
+    """train_sft.py with BoxSFTDataset (its flags: --model, --data, --lora-rank, --out, ...);
+    <out>/vanguard_config.json records the stage, its target and the box file."""
     import train_sft  # the entry script composes the run; this only swaps the dataset
     boxes = load_boxes(boxes_path)
-    make = lambda rows, video: BoxSFTDataset(rows, boxes, video.pop("prompt_variant"), **video)
-    return train_sft.main(argv, make_dataset=make)
+    make = lambda rows, video: BoxSFTDataset(rows, boxes, video.pop("prompt_variant"), target,
+                                             **video)
+    out = train_sft.main(argv, make_dataset=make)
+    run_dir = train_sft.parse_args(argv).out
+    if int(os.environ.get("RANK", "0")) == 0 and os.path.isdir(run_dir):  # the group is gone
+        with open(os.path.join(run_dir, "vanguard_config.json"), "w") as f:
+            json.dump(dict(stage=stage, target=target, boxes=boxes_path), f, indent=1)
+    return out
 
 
 # ---- beyond both papers: spatial verification (Algorithm 1 for *where*) ---------------------
@@ -439,27 +461,93 @@ def score_frames(args) -> list[dict]:
     return out
 
 
+# ---- the curriculum's table (make toy-vanguard) --------------------------------------------------
+
+# (stem of eval_<stem>.json / preds_<stem>.jsonl, row): the staged run, its stage-2 checkpoint
+# alone, and the two baselines; the stage-1 head's frame scores go with the staged rows.
+VANGUARD_ROWS = [("stage3", "staged: head -> grounding -> CoT"),
+                 ("stage2", "after stage 2 (grounding, no CoT)"),
+                 ("mono", "monolithic: CoT + boxes from the start"),
+                 ("cls", "classification-only")]
+VANGUARD_COLUMNS = [("frame AUC (head)", "frame_head.auc"), ("frame AUC (<when>)", "frame.auc"),
+                    ("video F1", "detection.f1"), ("box mIoU", "box.miou"),
+                    ("box acc@0.5", "box.acc@0.5"), ("format", "format.pass_rate")]
+
+
+def vanguard_table(run_dir: str, gt_path: str) -> str:
+    """RUN_DIR/table.md: one row per eval_<stem>.json of VANGUARD_ROWS, the columns above plus the
+    share of predictions that are Abnormal (eval.py's authors' label rule) against the truth."""
+    import eval as eval_mod  # the entry script's metrics (extras import it only from a command)
+    gt = eval_mod.load_jsonl(gt_path)
+    true_rate = float(np.mean([eval_mod.gt_label(g) == "Abnormal" for g in gt]))
+    head = [h for h, _ in VANGUARD_COLUMNS] + ["predicted Abnormal (true %.3f)" % true_rate]
+    lines = ["# VANGUARD's curriculum on the toy world", "",
+             f"Test set: {gt_path} ({len(gt)} videos). The head's frame AUC is the stage-1 "
+             "classifier on the frozen backbone (LoRA leaves the vision tower as it is).", "",
+             "| model | " + " | ".join(head) + " |", "|---|" + "---:|" * len(head)]
+    for stem, name in VANGUARD_ROWS:
+        path = os.path.join(run_dir, f"eval_{stem}.json")
+        if not os.path.isfile(path):
+            continue
+        with open(path) as f:
+            m = json.load(f)
+        preds = eval_mod.load_jsonl(os.path.join(run_dir, f"preds_{stem}.jsonl"))
+        labels = [eval_mod.authors_label(vadr.parse_completion(r.get("output") or "")["which"])
+                  for r in preds]
+        rate = float(np.mean([lab == "Abnormal" for lab in labels])) if labels else None
+        cells = [eval_mod._fmt(eval_mod.get_metric(m, k)) for _, k in VANGUARD_COLUMNS]
+        lines.append(f"| {name} | " + " | ".join(cells + [eval_mod._fmt(rate)]) + " |")
+    text = "\n".join(lines) + "\n"
+    with open(os.path.join(run_dir, "table.md"), "w") as f:
+        f.write(text)
+    return text
+
+
+def _pop_flag(rest: list[str], flag: str, cmd: str) -> str | None:
+    """Remove `flag VALUE` from rest and return VALUE (None when absent)."""
+    if flag not in rest:
+        return None
+    i = rest.index(flag)
+    if i + 1 >= len(rest) or rest[i + 1].startswith("--"):
+        raise vadr.InputError(f"{cmd}: {flag} needs a value")
+    value = rest[i + 1]
+    del rest[i:i + 2]
+    return value
+
+
+def _stage_flags(cmd: str, rest: list[str]) -> tuple[list[str], str, str, str]:
+    """stage2 / stage3 argv -> (train_sft.py argv, boxes path, target, cmd). stage2 defaults to the
+    grounding target, stage3 to the chain of thought; --target overrides (the baselines)."""
+    rest = list(rest)
+    boxes = _pop_flag(rest, "--boxes", cmd)
+    if boxes is None:
+        raise vadr.InputError(f"{cmd} needs --boxes BOXES.jsonl "
+                              "(python -m extras.vanguard boxes writes one)")
+    target = _pop_flag(rest, "--target", cmd) or {"stage2": "grounding", "stage3": "cot"}[cmd]
+    if target not in TARGETS:
+        raise vadr.InputError(f"{cmd}: --target must be one of {', '.join(TARGETS)}, "
+                              f"got {target!r}")
+    return rest, boxes, target, cmd
+
+
 def main(argv=None):
     argv = list(argv) if argv is not None else __import__("sys").argv[1:]
-    if argv[:1] == ["stage2"]:  # everything but --boxes goes to train_sft.py
-        rest = argv[1:]
-        if "--boxes" not in rest or rest.index("--boxes") + 1 >= len(rest):
-            raise vadr.InputError("stage2 needs --boxes BOXES.jsonl "
-                                  "(python -m extras.vanguard boxes writes one)")
-        i = rest.index("--boxes")
-        return train_stage2(rest[:i] + rest[i + 2:], rest[i + 1])
+    if argv[:1] in (["stage2"], ["stage3"]):  # --boxes and --target here, the rest to train_sft
+        return train_stage(*_stage_flags(argv[0], argv[1:]))
     ap = argparse.ArgumentParser(description="VANGUARD stages 1-2 on vadr (the module docstring)")
     sub = ap.add_subparsers(dest="cmd", required=True)
     for name, what in (("stage1", "train the head on frozen features"),
                        ("scores", "per-frame scores of a test manifest with a trained head"),
-                       ("boxes", "a manifest's pixel bbox fields -> a normalised box JSONL")):
+                       ("boxes", "a manifest's pixel bbox fields -> a normalised box JSONL"),
+                       ("table", "RUN/table.md from RUN/eval_<stem>.json (make toy-vanguard)")):
         p = sub.add_parser(name, help=what)
-        p.add_argument("--model", required=name != "boxes",
+        p.add_argument("--model", required=name in ("stage1", "scores"),
                        help="the frozen backbone checkpoint directory")
         p.add_argument("--data", required=True, help="an SFT manifest (rows with start/end)")
         p.add_argument("--video-root", default=None, help="folder the videos resolve under")
         p.add_argument("--out", required=True,
-                       help="stage1: the head's directory; scores: the JSONL to write")
+                       help="stage1: the head's directory; scores, boxes: the JSONL to "
+                       "write; table: the run directory holding eval_<stem>.json")
         p.add_argument("--skip-bad", action="store_true", help="skip and count bad rows")
     s1 = sub.choices["stage1"]
     s1.add_argument("--frames", type=int, default=16, help="frames per video (8 slots)")
@@ -480,6 +568,10 @@ def main(argv=None):
               f"final loss {cfg['log'][-1]['loss']:.4f}")
     elif args.cmd == "boxes":
         write_boxes(args)
+    elif args.cmd == "table":
+        if not os.path.isdir(args.out):
+            raise vadr.InputError(f"table: {args.out} is not a directory (make toy-vanguard)")
+        print(vanguard_table(args.out, args.data))
     else:
         score_frames(args)
 

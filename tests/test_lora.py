@@ -187,3 +187,34 @@ def test_lora_rl_reference_is_the_base_with_adapters_off(tiny_world, lora_sft_ru
     assert cfg["rank"] == 2 and cfg["base_model"] == str((lora_sft_run / "step-2").resolve())
     train_rl.main(["--merge", str(out), "--out", str(tmp_path / "merged")])
     Qwen2_5_VLForConditionalGeneration.from_pretrained(str(tmp_path / "merged"))
+
+
+def test_lora_train_embeddings_saves_them_resumes_and_merges(tiny_world, tmp_path):
+    """--lora-train-embeddings: the input embeddings and lm_head train beside the adapters, are
+    saved in the adapter checkpoint (and nothing else of the base), and the merge carries them."""
+    import argparse
+    import train_sft
+    from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+    out = tmp_path / "emb"
+    train_sft.main(_sft_args(tiny_world, out, ["--max-steps", "2", "--lora-train-embeddings"]))
+    d = out / "step-2"
+    ad = load_file(d / lora.ADAPTER_WEIGHTS)
+    emb = {"model.language_model.embed_tokens.weight", "lm_head.weight"}
+    assert emb <= ad.keys() and len(ad) == 2 * N_TARGETS * 4 + 2
+    assert all(k in emb or k.endswith((".lora_A", ".lora_B")) for k in ad)
+    assert json.load(open(d / lora.ADAPTER_CONFIG))["train_embeddings"] is True
+    base = dict(Qwen2_5_VLForConditionalGeneration.from_pretrained(str(out / "lora-base")).named_parameters())
+    assert all(not torch.equal(ad[k], base[k]) for k in emb)                  # both trained
+    # resumed as its checkpoint says (the flag need not be repeated), merged with them
+    args = argparse.Namespace(lora_rank=None, lora_alpha=None, lora_dropout=0.0, lora_targets="", device="cpu",
+                              lora_base_dtype="auto", out=str(tmp_path), grad_ckpt=False, no_grad_ckpt=False)
+    adapted, _, settings = lora.load_for_training(str(d), args, resume=True)
+    assert settings["lora_train_embeddings"] is True
+    assert {n for n, p in adapted.named_parameters() if p.requires_grad} == set(ad)
+    train_sft.main(["--merge", str(out), "--out", str(tmp_path / "merged")])
+    m = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(tmp_path / "merged")).eval()
+    assert torch.equal(m.lm_head.weight, ad["lm_head.weight"])
+    b = _batch(AutoTokenizer.from_pretrained(str(d)), data.read_manifest(tiny_world["sft_train"], "sft")[:1])
+    torch.testing.assert_close(_logits(m, b), _logits(adapted.eval(), b), atol=2e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="--lora-train-embeddings trains beside LoRA adapters"):
+        train_sft.main(["--data", tiny_world["sft_train"], "--lora-train-embeddings", "--out", str(tmp_path / "x")])

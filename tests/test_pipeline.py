@@ -63,3 +63,23 @@ def test_make_toy_smoke_runs_every_stage(tmp_path):
     p2 = subprocess.run(["make", "-n", "toy-ablation-smoke", f"PY={sys.executable}", f"SMOKE={tmp_path}"], cwd=ROOT,
                         capture_output=True, text=True)
     assert "train_sft.py" not in p2.stdout and "train_rl.py" not in p2.stdout
+    # VANGUARD's curriculum on the same world and stage-0 model: every run, merge, eval and table row
+    p3 = subprocess.run(["make", "toy-vanguard-smoke", f"PY={sys.executable}", f"SMOKE={tmp_path}"], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=1200)
+    assert p3.returncode == 0, p3.stdout[-2000:] + p3.stderr[-3000:]
+    assert "train_sft.py --task caption" not in p3.stdout  # the stage-0 model is make toy's
+    v = tmp_path / "vanguard"
+    targets = {"stage2": "grounding", "stage3": "cot", "mono": "cot", "cls": "label"}
+    for stem, target in targets.items():
+        assert json.load(open(v / stem / "vanguard_config.json"))["target"] == target, stem
+        cfg = json.load(open(v / stem / "run_config.json"))
+        assert (cfg["max_steps"], cfg["lora_rank"]) == (4 if stem in ("mono", "cls") else 2, 4), stem
+        assert os.path.isfile(v / f"merged_{stem}" / "config.json"), stem
+        m = json.load(open(v / f"eval_{stem}.json"))
+        assert m["counts"]["n_gt"] == 4 and m["box"]["n"] == 2, stem
+        assert ("frame_head" in m) == stem.startswith("stage"), stem  # the head goes with the staged rows
+    assert json.load(open(v / "stage3" / "step-2" / "adapter_config.json"))["base_model"] == str(v / "stage2" / "step-2")
+    vtable = open(v / "table.md").read()
+    for stem, row in __import__("extras.vanguard", fromlist=["x"]).VANGUARD_ROWS:
+        assert vtable.count(f"| {row} |") == 1, row
+    assert "predicted Abnormal (true 0.500)" in vtable

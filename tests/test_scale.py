@@ -144,6 +144,16 @@ def test_toy_estimate_matches_measured_memory(tiny_world, tiny_model):
     est = scale.estimate_memory(model.config, args, "sft", device_type="cpu", shapes=_sft_shapes(b1))
     for k, v in _state_bytes(model, opt).items():
         assert abs(est[k] / v - 1) < STATE_TOL, ("lora", k, est[k], v)
+    # LoRA + --lora-train-embeddings: the embeddings and lm_head's gradients and AdamW state too
+    model = copy.deepcopy(model0).train()
+    lora.apply_lora(model, 4, seed=0, train_embeddings=True)
+    opt = training.make_optimizer(model, 1e-3, 0.0)
+    train_sft.sft_loss_sum(model, b1)[0].backward()
+    opt.step()
+    args.lora_train_embeddings = True
+    est = scale.estimate_memory(model.config, args, "sft", device_type="cpu", shapes=_sft_shapes(b1))
+    for k, v in _state_bytes(model, opt).items():
+        assert abs(est[k] / v - 1) < STATE_TOL, ("lora+emb", k, est[k], v)
 
 
 # ---- vision-tower guard ------------------------------------------------------------------------

@@ -187,7 +187,15 @@ def test_box_target_puts_the_box_in_where_and_keeps_the_format(tiny_world):
     assert vanguard.parse_box(where) == pytest.approx((0.125, 0.3, 0.406, 0.65))
     assert vadr.check_format(t) == "abnormal"                       # the format reward still pays
     assert ds.target(no) == plain.target(no)                        # no box: today's target
-    assert ds.prompt == plain.prompt + vanguard.BOX_INSTRUCTION
+    assert ds.prompt == plain.prompt                                # the question eval.py asks
+    # stage 2's target: the same answer, no think; the classification-only target: the category
+    g = vanguard.BoxSFTDataset([ab], boxes, target="grounding", num_frames=4)
+    assert g.target(ab) == t.split("\n", 1)[1] and g.target(ab).startswith("<answer>")
+    lab = vanguard.BoxSFTDataset([ab, no], boxes, target="label", num_frames=4)
+    assert lab.target(ab) == f"<answer>Category: <which>{ab['anomaly_type']}</which>.</answer>"
+    assert lab.target(no) == "<answer>Category: <which>Normal</which>.</answer>"
+    with pytest.raises(ValueError, match="target must be one of"):
+        vanguard.BoxSFTDataset([ab], boxes, target="boxes", num_frames=4)
     assert vanguard.with_box("<answer>no where tag</answer>", (0, 0, 1, 1)) == "<answer>no where tag</answer>"
 
 
@@ -206,10 +214,18 @@ def test_stage2_trains_lora_on_box_targets(tiny_world, tmp_path, monkeypatch):
                    tiny_world["videos"], "--max-steps", "1", "--frames", "4", "--lora-rank", "4", "--out", str(out),
                    "--device", "cpu", "--num-workers", "0", "--batch-size", "4"])
     assert any(vanguard.parse_box(t) for t in seen) and len(seen) >= 4
+    assert not any("<think>" in t for t in seen)                    # stage 2: the grounding target
     assert json.load(open(out / "run_config.json"))["lora_rank"] == 4
+    assert json.load(open(out / "vanguard_config.json")) == dict(stage="stage2", target="grounding",
+                                                                 boxes=str(boxes))
     assert (out / "log.jsonl").read_text().count("\n") == 1
     with pytest.raises(ValueError, match="stage2 needs --boxes"):
         vanguard.main(["stage2", "--data", tiny_world["sft_train"]])
+    with pytest.raises(ValueError, match="stage3: --target must be one of"):
+        vanguard.main(["stage3", "--boxes", str(boxes), "--target", "box"])
+    with pytest.raises(ValueError, match="stage3: --boxes needs a value"):
+        vanguard.main(["stage3", "--boxes", "--target", "cot"])
+    assert vanguard._stage_flags("stage3", ["--boxes", "b", "--model", "m"]) == (["--model", "m"], "b", "cot", "stage3")
 
 
 # ---------------------------------------------------------------- spatial verification
@@ -296,3 +312,25 @@ def test_parse_box_is_linear_in_a_long_digit_run():
     t = time.perf_counter()
     assert vanguard.parse_box("<where>[" + "1" * 200_000 + "</where>") is None
     assert time.perf_counter() - t < 1.0
+
+
+# ---------------------------------------------------------------- the curriculum's table
+
+def test_vanguard_table_rows_and_predicted_abnormal_rate(tmp_path):
+    """table.md: a row per eval_<stem>.json present, its metrics as written, '-' for a missing
+    one, and the share of predictions that are Abnormal (authors' rule) against the truth."""
+    import json
+    gt = [dict(source="S", video=f"v{i}", anomaly_type=t) for i, t in
+          enumerate(["Fire", "Fire", "Fire", "Normal"])]
+    (tmp_path / "gt.jsonl").write_text("".join(json.dumps(g) + "\n" for g in gt))
+    outs = ["<which>Fire</which>", "<which>Normal</which>", "no tags", "<which>Normal</which>"]
+    (tmp_path / "preds_stage3.jsonl").write_text("".join(
+        json.dumps(dict(source="S", video=f"v{i}", output=o)) + "\n" for i, o in enumerate(outs)))
+    (tmp_path / "eval_stage3.json").write_text(json.dumps(dict(
+        frame_head=dict(auc=0.9125), frame=dict(auc=0.5), detection=dict(f1=0.8),
+        box={"miou": 0.25, "acc@0.5": 0.0}, format=dict(pass_rate=1.0))))
+    text = vanguard.vanguard_table(str(tmp_path), str(tmp_path / "gt.jsonl"))
+    assert "predicted Abnormal (true 0.750)" in text
+    # 'no tags' has no <which>: Abnormal under the authors' rule, so 2 of 4 are Abnormal
+    assert "| staged: head -> grounding -> CoT | 0.912 | 0.500 | 0.800 | 0.250 | 0.000 | 1.000 | 0.500 |" in text
+    assert text.count("\n| ") == 2 and (tmp_path / "table.md").read_text() == text  # header + the one row
