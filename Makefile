@@ -6,6 +6,7 @@
 #   make toy-smoke      a few steps per stage into runs/toy-smoke/ (what CI's pipeline test runs)
 #   make toy-ablation   the reward ablation of the paper's Table 10 -> runs/toy/ablation/table10.md
 #   make toy-vanguard   VANGUARD's curriculum and its baselines -> runs/toy-vanguard/table.md
+#   make toy-vanguard-spatial  + AVA-GRPO from it without / with the spatial verification reward
 PY ?= python
 DATA ?= data/toy
 RUN ?= runs/toy
@@ -21,6 +22,7 @@ FORCE := force
 endif
 
 .PHONY: toy toy-rl-only toy-ablation toy-ablation-smoke toy-smoke toy-vanguard toy-vanguard-smoke \
+	toy-vanguard-spatial \
 	force clean-toy
 # A stage is finished when its `done` stamp exists (touched after the script exits 0), not when its
 # first checkpoint (`latest`) appears. A killed stage has checkpoints but no stamp, so the next
@@ -141,18 +143,31 @@ $(VRUN)/%/done: $(RUN)/base/done $(V_BOXES)
 # the staged rows carry the stage-1 head's frame scores; every row its boxes against the GT boxes
 $(VRUN)/eval_%.json: $(VRUN)/%/done $(VRUN)/boxes_test.jsonl $(VRUN)/frame_scores.jsonl
 	[ $(VRUN)/preds_$*.jsonl -nt $< ] || rm -f $(VRUN)/preds_$*.jsonl
-	$(PY) eval.py --model $(VRUN)/merged_$* $(TEST) --out $(VRUN)/preds_$*.jsonl --name $* $(EVAL_ARGS)
+	$(PY) eval.py --model $(VRUN)/$(if $(filter rl%,$*),$*,merged_$*) $(TEST) --out $(VRUN)/preds_$*.jsonl \
+		--name $* $(EVAL_ARGS)
 	$(PY) eval.py --score $(VRUN)/preds_$*.jsonl --gt $(DATA)/Vad-Reasoning-SFT-test.jsonl --name $* \
 		--boxes $(VRUN)/boxes_test.jsonl $(if $(filter stage%,$*),--frame-scores $(VRUN)/frame_scores.jsonl) --json $@
 
 toy-vanguard: $(VRUN)/eval_stage3.json $(VRUN)/eval_stage2.json $(VRUN)/eval_mono.json $(VRUN)/eval_cls.json
 	$(PY) -m extras.vanguard table --data $(DATA)/Vad-Reasoning-SFT-test.jsonl --out $(VRUN)
 
+# Beyond both papers: AVA-GRPO from the staged model, without and with the spatial verification
+# reward (train_rl.py --spatial-verification), scored on box IoU -> the last two rows of table.md
+$(VRUN)/rl/done $(VRUN)/rl_spatial/done: $(VRUN)/%/done: $(VRUN)/stage3/done
+	$(PY) train_rl.py --model $(VRUN)/merged_stage3 --data $(DATA)/Vad-Reasoning-RL.jsonl --video-root $(DATA)/videos \
+		--length-ranges-from $(DATA)/Vad-Reasoning-SFT-train.jsonl --preset toy --out $(VRUN)/$* \
+		$(if $(filter rl_spatial,$*),--spatial-verification) $(call RESUME,$(VRUN)/$*) $(RL_ARGS)
+	touch $@
+
+toy-vanguard-spatial: toy-vanguard $(VRUN)/eval_rl.json $(VRUN)/eval_rl_spatial.json
+	$(PY) -m extras.vanguard table --data $(DATA)/Vad-Reasoning-SFT-test.jsonl --out $(VRUN)
+
 toy-vanguard-smoke:
-	$(MAKE) toy-vanguard DATA=$(SMOKE)/data RUN=$(SMOKE) VRUN=$(SMOKE)/vanguard \
+	$(MAKE) toy-vanguard-spatial DATA=$(SMOKE)/data RUN=$(SMOKE) VRUN=$(SMOKE)/vanguard \
 		WORLD_ARGS="--n-sft 8 --n-test 4 --n-rl 8 --n-caption 8 --frames 16 24" \
 		BASE_ARGS="--max-steps 2 --frames 4 --num-workers 0" V_STEPS2=2 V_STEPS3=2 \
 		V_ARGS="--lora-rank 4 --lora-train-embeddings --frames 4 --num-workers 0" V_HEAD_ARGS="--frames 4 --epochs 2" \
+		RL_ARGS="--max-steps 2 --frames 4 --max-new-tokens 16 --num-workers 0" \
 		EVAL_ARGS="--max-new-tokens 16 --frames 4 --num-workers 0"
 
 SMOKE ?= runs/toy-smoke

@@ -187,22 +187,25 @@ def category_metrics(outputs: list[str], gt_rows: list[dict]) -> dict:
     """Fine-grained category accuracy over abnormal GT videos: correct iff _norm_cat(<which>)
     == _norm_cat(anomaly_type); a missing <which> or prediction (None) is wrong.
     accuracy_merged additionally maps both sides through vadr.normalize_category (unknown names
-    keep their normalised text), so "Drown" and "Drowning" count as the same category."""
-    hits, hits_m, n = 0, 0, 0
+    keep their normalised text), so "Drown" and "Drowning" count as the same category.
+    per_category: {GT category: accuracy over its videos}."""
+    hits_m, per = 0, {}
     for out, row in zip(outputs, gt_rows):
         if gt_label(row) != "Abnormal":
             continue
-        n += 1
+        gt_cat = row.get("anomaly_type", "")
+        c = per.setdefault(str(gt_cat), [0, 0])  # [hits, videos]
+        c[1] += 1
         which = parse_completion(out).get("which")
         if which is None:
             continue
-        gt_cat = row.get("anomaly_type", "")
-        hits += _norm_cat(which) == _norm_cat(gt_cat)
+        c[0] += _norm_cat(which) == _norm_cat(gt_cat)
         a = vadr.normalize_category(which) or _norm_cat(which)
         b = vadr.normalize_category(str(gt_cat)) or _norm_cat(gt_cat)
         hits_m += _norm_cat(a) == _norm_cat(b)
-    return {"accuracy": hits / n if n else None,
-            "accuracy_merged": hits_m / n if n else None, "n": n}
+    hits, n = (sum(v[i] for v in per.values()) for i in (0, 1))
+    return {"accuracy": hits / n if n else None, "accuracy_merged": hits_m / n if n else None,
+            "n": n, "per_category": {k: h / m for k, (h, m) in sorted(per.items())}}
 
 
 # ---- 2. Frame level: ROC-AUC (Mann-Whitney) and best-threshold F1 --------------------------------

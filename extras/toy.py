@@ -1,13 +1,13 @@
 """extras/toy.py -- the toy anomaly world: "the MNIST of video anomaly reasoning" (docs/toy-world.md).
 
-Procedurally rendered street scenes (walkway, one-way road, buildings) with the seven anomaly
+Procedurally rendered street scenes (walkway, one-way road, buildings) with the nine anomaly
 categories of the paper's taxonomy this world can draw (Fighting, Falling, Fire, Wrong-Way
-Driving, Falling Objects, Stealing, Pedestrian Jaywalking), each with an exact temporal range and
-bounding box. They are written as real H.264 mp4 files plus manifests in exactly the released
-Vad-Reasoning schema (data.py; docs/paper-vs-authors.md s.1), with P2C-CoT texts (paper Sec. 3.1)
-filled in from the rendered facts, and with captions for the toy pipeline's stage 0. It is the
-default data set of every script, so the whole method (SFT -> AVA-GRPO -> evaluation) runs on a
-laptop CPU. Not part of the paper: a reader of the method can skip this file.
+Driving, Falling Objects, Stealing, Pedestrian Jaywalking, Explosion, Flooding or Tsunami), each
+with an exact temporal range and bounding box. They are written as real H.264 mp4 files plus
+manifests in exactly the released Vad-Reasoning schema (data.py; docs/paper-vs-authors.md s.1),
+with P2C-CoT texts (paper Sec. 3.1) filled in from the rendered facts, and with captions for the
+toy pipeline's stage 0. It is the default data set of every script, so the whole method (SFT ->
+AVA-GRPO -> evaluation) runs on a laptop CPU. Not part of the paper: a reader of the method can skip this file.
 
 Run it:
     python -m extras.toy --out data/toy            # the default world (TOY_DEFAULTS), ~2,540 videos
@@ -59,15 +59,18 @@ import vadr
 # every video whatever its label. Actors of an event replace ordinary walkers, so the number of
 # people does not give the label away.
 
+# Explosion and Flooding or Tsunami came last (appended, so that the others keep their order); like
+# Fire they are large, uniform events (docs/toy-world.md "Why the default world is Fire").
 TOY_CATEGORIES = ("Fighting", "Falling", "Fire", "Wrong-Way Driving", "Falling Objects", "Stealing",
-                  "Pedestrian Jaywalking")
+                  "Pedestrian Jaywalking", "Explosion", "Flooding or Tsunami")
 assert all(c in vadr.CATEGORIES for c in TOY_CATEGORIES)
+_OFFSET_RANGE = 7  # the category rotation's draw (_toy_jobs): fixed, so old worlds keep their files
 TOY_SOURCE = "TOY"
-TOY_VERSION = 4  # bump when rendering or text changes, so ensure_toy_world regenerates
+TOY_VERSION = 5  # bump when rendering or text changes, so ensure_toy_world regenerates
 # The world `python -m extras.toy`, `make toy` and the scripts' no-argument runs make: Fire only,
 # sprites 2.5x larger, one template per text slot, the one setting the toy model learns within the
 # CPU budget (docs/toy-world.md "Why the default world is Fire"). generate_toy_world's own keyword
-# defaults draw all seven categories at scale 1 from every template (the tests' tiny worlds).
+# defaults draw all nine categories at scale 1 from every template (the tests' tiny worlds).
 TOY_DEFAULTS = dict(seed=0, n_sft=240, n_test=60, n_rl=240, n_caption=2000, size=(112, 112), frames=(48, 96), fps=8,
                     sprite_scale=2.5, categories=("Fire",), text_variants=1)
 MANIFEST_NAMES = dict(sft_train="Vad-Reasoning-SFT-train.jsonl", sft_test="Vad-Reasoning-SFT-test.jsonl",
@@ -140,6 +143,43 @@ def _disc(img, cx, cy, r, rgb) -> list:
     img[c:d, a:b][mask] = rgb
     ys, xs = np.nonzero(mask)
     return [(a + int(xs.min()), c + int(ys.min()), a + int(xs.max()) + 1, c + int(ys.max()) + 1)]
+
+
+def _fill_mask(img, a, c, mask, rgb) -> list:
+    """Fill the True pixels of mask (h, w) bool, whose top-left is (a, c) inside the image."""
+    if not mask.any():
+        return []
+    img[c:c + mask.shape[0], a:a + mask.shape[1]][mask] = rgb
+    ys, xs = np.nonzero(mask)
+    return [(a + int(xs.min()), c + int(ys.min()), a + int(xs.max()) + 1, c + int(ys.max()) + 1)]
+
+
+def _burst(img, cx, cy, r, rays, phase, rgb, spike: float = 0.3) -> list:
+    """Fill a star with `rays` spikes centred at (cx, cy): radius r * (1 - spike + spike * cos(rays *
+    angle + phase)), so the tips reach r and the notches between them 1 - 2 * spike of it."""
+    H, W = img.shape[:2]
+    r = max(1.0, float(r))
+    a, b = max(0, int(math.floor(cx - r))), min(W, int(math.ceil(cx + r)) + 1)
+    c, d = max(0, int(math.floor(cy - r))), min(H, int(math.ceil(cy + r)) + 1)
+    if a >= b or c >= d:
+        return []
+    yy, xx = np.ogrid[c:d, a:b]
+    dx, dy = xx - cx, yy - cy                                                 # (1, w), (h, 1)
+    rad = r * (1 - spike + spike * np.cos(rays * np.arctan2(dy, dx) + phase))  # (h, w)
+    return _fill_mask(img, a, c, dx ** 2 + dy ** 2 <= rad ** 2, rgb)
+
+
+def _wave_band(img, x1, x2, y_bot, level, amp, period, phase, rgb) -> list:
+    """Fill columns [x1, x2) (ints) from a wavy top edge, row level + amp * sin(2 pi x / period +
+    phase), down to row y_bot (exclusive)."""
+    H, W = img.shape[:2]
+    a, b = max(0, int(x1)), min(W, int(x2))
+    c, d = max(0, int(math.floor(level - abs(amp)))), min(H, int(y_bot))
+    if a >= b or c >= d:
+        return []
+    yy, xx = np.ogrid[c:d, a:b]
+    top = level + amp * np.sin(2 * np.pi * xx / period + phase)  # (1, w) the surface row per column
+    return _fill_mask(img, a, c, yy >= top, rgb)
 
 
 def _sizes(H: int, scale: float = 1.0) -> dict:
@@ -506,9 +546,89 @@ def _plan_jaywalking(rng, sc, T, s, e):
     return dict(actors=1, items=items, zone="road", facts=dict(shirt=look["shirt_name"]))
 
 
+# Explosion and Flooding are sized like Fire (about the same changed pixels per event frame; docs/
+# toy-world.md "What is rendered") but differ from it in colour (white/yellow, blue rather than red/
+# orange), shape (a spiky star with a debris ring, a wide flat band rather than a round flame) and
+# place (the road rather than the walkway). Both are drawn in front of everything else.
+
+def _plan_explosion(rng, sc, T, s, e):
+    W, u, rt, rb = sc["W"], sc["S"]["u"], sc["rt"], sc["rb"]
+    cx = rng.uniform(0.2, 0.8) * W
+    cy = rng.uniform(rt + 0.25 * (rb - rt), rt + 0.75 * (rb - rt))  # centred on the road's lanes
+    r_max, rays = rng.uniform(10, 12) * u, int(rng.integers(7, 10))
+    r0 = 0.3 * r_max
+    grow = max(2, int(round(0.3 * (e - s))))           # swells over the first 30% of the window
+    flick = rng.uniform(0.93, 1.07, size=T)            # (T,) size flicker
+    spin = rng.uniform(0, 2 * np.pi) + rng.uniform(-0.3, 0.3, size=T)   # (T,) spike angles
+    n = int(rng.integers(8, 12))                       # debris chunks in a ring around the flash
+    ang = (np.arange(n) + rng.uniform(-0.3, 0.3, n)) * 2 * np.pi / n     # (n,)
+    dist = rng.uniform(1.05, 1.3, n)                   # (n,) ring radius over r
+    chunk = np.maximum(2, np.round(rng.uniform(1.8, 2.6, n) * u))        # (n,) chunk sides in px
+    debris = _jitter(rng, (30, 28, 26), 4)             # charcoal: > 30 from the road's grey
+
+    def draw(img, t):
+        k = t - s
+        g = min(1.0, (k + 1) / grow)                            # 0..1 while it swells
+        fade = max(0.0, (k + 1 - grow) / max(1, e - s - grow))  # 0 at the peak -> 1 at the end
+        r = (r0 + (r_max - r0) * g) * (1 - 0.2 * fade) * flick[t]
+        out = []
+        for a, dd, cs in zip(ang, dist, chunk):   # flying outward, then drifting on slowly
+            rr = r_max * (dd * g + 0.15 * fade)
+            out += _rect(img, cx + rr * math.cos(a) - cs / 2, cy + rr * math.sin(a) - cs / 2, cs, cs, debris)
+        out += _burst(img, cx, cy, r, rays, spin[t], (255, 240, 150))          # pale yellow spikes
+        out += _disc(img, cx, cy, (0.5 - 0.15 * fade) * r, (255, 255, 248))    # white-hot core
+        return out
+
+    def items(t):
+        return [(rb + 0.5, functools.partial(draw, t=t))] if s <= t < e else []
+
+    return dict(actors=0, items=items, zone="road", facts={})
+
+
+def _plan_flooding(rng, sc, T, s, e):
+    W, u, hz, rt, rb = sc["W"], sc["S"]["u"], sc["hz"], sc["rt"], sc["rb"]
+    w = min(rng.uniform(14, 18) * u, 0.9 * W)
+    lo = 0.05 * W
+    x1 = int(round(rng.uniform(lo, max(lo, 0.95 * W - w))))
+    x2 = x1 + int(round(w))
+    h_max = min(rng.uniform(12, 15) * u, 0.8 * (rb - hz))   # up from the road's front edge, onto
+    h0 = 0.35 * h_max                                          # the walkway, below the buildings
+    grow = max(2, int(round(0.3 * (e - s))))                   # rises over the first 30% of the window
+    amp, period = max(1.0, 0.8 * u), rng.uniform(9, 13) * u    # the wavy surface
+    phase0 = rng.uniform(0, 2 * np.pi)
+    bob = rng.uniform(-0.6, 0.6, size=T) * u                   # (T,) level bobbing
+    water, ripple = _jitter(rng, (35, 90, 205), 12), _jitter(rng, (140, 190, 245), 8)
+    dash, gap, thick = max(2, int(round(3 * u))), max(2, int(round(3 * u))), max(1, int(round(0.6 * u)))
+    roff = rng.integers(0, dash + gap, size=2)                 # (2,) ripple dash offsets
+
+    def draw(img, t):
+        k = t - s
+        level = rb - (h0 + (h_max - h0) * min(1.0, (k + 1) / grow)) + bob[t]
+        out = _wave_band(img, x1, x2, rb, level, amp, period, phase0 + 0.7 * k, water)
+        for j, frac in enumerate((0.35, 0.7)):  # lighter ripple lines below the surface, drifting
+            yr = int(round(level + amp + frac * (rb - level - amp - thick)))
+            if yr + thick > rb:
+                continue
+            off = int(roff[j] + (1 - 2 * j) * k * max(1, int(round(u)))) % (dash + gap)
+            for xr in range(x1 - dash - gap + off, x2, dash + gap):
+                a, b = max(xr, x1), min(xr + dash, x2)
+                if b > a:
+                    out += _rect(img, a, yr, b - a, thick, ripple)
+        return out
+
+    def items(t):
+        return [(rb + 0.5, functools.partial(draw, t=t))] if s <= t < e else []
+
+    # the texts say the walkway is flooded only when the whole surface rises above the kerb
+    onto = rb - h_max + amp < rt
+    return dict(actors=0, items=items, zone="road",
+                facts=dict(flooded="the road and the walkway" if onto else "the road"))
+
+
 _EVENT_PLANNERS = {"Fighting": _plan_fighting, "Falling": _plan_falling, "Fire": _plan_fire,
                    "Wrong-Way Driving": _plan_wrong_way, "Falling Objects": _plan_falling_objects,
-                   "Stealing": _plan_stealing, "Pedestrian Jaywalking": _plan_jaywalking}
+                   "Stealing": _plan_stealing, "Pedestrian Jaywalking": _plan_jaywalking,
+                   "Explosion": _plan_explosion, "Flooding or Tsunami": _plan_flooding}
 assert set(_EVENT_PLANNERS) == set(TOY_CATEGORIES)
 
 
@@ -752,6 +872,37 @@ _EVENT_TEXT = {
         what=["a person in {shirt} crosses the road", "a pedestrian walks across the road"],
         why=["the person crosses where pedestrians should not", "jaywalking breaks traffic rules"],
         how=["the person may be hit by a car", "cars may brake suddenly and crash"]),
+    "Explosion": dict(
+        local=["From {t0} s to {t1} s, a bright white and yellow burst flashes {at}, swells quickly and "
+               "throws dark debris outward in a ring.",
+               "{Phase} a blast goes off {at}; the white flash spreads and debris flies out until "
+               "{t1} s."],
+        shallow=["A sudden blinding burst with debris flying out in all directions does not belong on a "
+                 "street; it shows an explosion.",
+                 "The flash that swells in a moment and the ring of scattered debris are clear signs of "
+                 "an explosion."],
+        deep=["A gas leak or a device may have blown up. An explosion can injure people nearby and "
+              "damage cars and buildings.",
+              "A blast endangers everyone around and may start fires; the area should be cleared and help "
+              "called."],
+        what=["an explosion bursts on the road", "a bright blast throws debris across the road"],
+        why=["an explosion is violent and dangerous", "a blast in a street threatens everyone nearby"],
+        how=["people and cars nearby may be hurt", "it may injure people and start fires"]),
+    "Flooding or Tsunami": dict(
+        local=["From {t0} s to {t1} s, blue water spreads {at} and rises over {flooded}, with ripples "
+               "on its surface.",
+               "{Phase} water floods {at}, rises over {flooded} and stays "
+               "there until {t1} s."],
+        shallow=["Deep water covering {flooded} is not normal; the rising level and the ripples show a "
+                 "flood.",
+                 "The water level climbs over {flooded}, a clear sign of flooding."],
+        deep=["Heavy rain or a burst water main may have caused it. Flood water can sweep people and cars "
+              "away and damage buildings.",
+              "Flooding cuts off the street and makes driving and walking dangerous; people should move "
+              "to higher ground."],
+        what=["water floods {flooded}", "a rising flood covers the street"],
+        why=["flood water covers the street", "a flood makes the street dangerous"],
+        how=["people and cars may be swept away", "it may trap people and damage property"]),
 }
 assert set(_EVENT_TEXT) == set(TOY_CATEGORIES)
 # The most options any text slot has: text_variants at this value draws from every option.
@@ -791,7 +942,7 @@ def _fact_words(meta: dict) -> dict:
              Phase="Early in the video," if mid < 0.4 else "Midway through the video," if mid < 0.65
              else "Late in the video,",
              shirt=f.get("shirt", ""), shirt2=f.get("shirt2", ""), car=f.get("car", ""),
-             bag=f.get("bag", ""), box=f.get("box", ""), cat=meta["category"],
+             bag=f.get("bag", ""), box=f.get("box", ""), flooded=f.get("flooded", ""), cat=meta["category"],
              wdir=_dir_words(f.get("dw", 1))[0], rdir=_dir_words(f.get("dr", 1))[1])
     return v
 
@@ -837,6 +988,8 @@ _CAPTION_EVENT = {
     "Falling Objects": "a {box} box drops from above and breaks {at}",
     "Stealing": "a person in {shirt} picks up a {bag} bag {at} and runs {rdir}",
     "Pedestrian Jaywalking": "a person in {shirt} walks across the road {at}",
+    "Explosion": "a bright white and yellow burst swells {at} and throws dark debris outward",
+    "Flooding or Tsunami": "blue water with light ripples rises {at} and covers {flooded}",
 }
 assert set(_CAPTION_EVENT) == set(TOY_CATEGORIES)
 
@@ -927,9 +1080,9 @@ def _toy_jobs(out_dir: str, seed: int, n_sft: int, n_test: int, n_rl: int, n_cap
     specs = []
     for split, n in (("sft_train", n_sft), ("sft_test", n_test), ("rl", n_rl), ("caption", n_caption)):
         n_abn = n // 2
-        # drawn over all seven whatever `categories` is, so the default world's random stream (and
-        # hence its files) is the same as before the knob existed
-        offset = int(rng.integers(len(TOY_CATEGORIES))) % len(categories)
+        # drawn over the count of the first seven categories whatever `categories` is, so the
+        # default world's random stream (and hence its files) is as before the later categories
+        offset = int(rng.integers(_OFFSET_RANGE)) % len(categories)
         cats = [categories[(offset + i) % len(categories)] for i in range(n_abn)] + [None] * (n - n_abn)
         order = rng.permutation(n)
         specs += [(split, cats[i]) for i in order]

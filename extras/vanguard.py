@@ -1,11 +1,13 @@
 """extras/vanguard.py -- VANGUARD's pieces on vadr's code (the VANGUARD summary in the project's
-sources; no code of it is public): stage 1, an anomaly classifier warmed up on frozen features;
-stage 2, SFT whose target writes the anomalous object's box inside <where> (train_sft.py with
-BoxSFTDataset, LoRA with --lora-rank); and the box utilities it and eval.py's box scores share.
+sources; no code of it is public; docs/vanguard.md): stage 1, an anomaly classifier warmed up on
+frozen features; stage 2, SFT whose target is the answer with the anomalous object's box inside
+<where> (LoRA with --lora-rank); stage 3, P2C-CoT SFT with the box, continuing from stage 2; the
+curriculum's table (make toy-vanguard); the box utilities eval.py's box scores share; and the
+spatial verification reward of train_rl.py --spatial-verification.
 
 Stage 1 (classifier warm-up). The whole VLM is frozen; a two-layer head reads, for each temporal
 slot of the video (Qwen2.5-VL merges 2 frames into one slot, vadr.TEMPORAL_PATCH_SIZE), the mean
-of that slot's merged vision tokens, and predicts normal vs abnormal (logit 0) and, on abnormal
+and the max of that slot's merged vision tokens, and predicts normal vs abnormal (logit 0) and, on abnormal
 slots, the category (logits 1..). Why these features and not the decoder's hidden states at the
 video tokens: they are one vision-tower pass per video (no language-model forward), they are
 what the decoder receives, and a slot lines up with two sampled frames, so slot labels come
@@ -27,8 +29,14 @@ Run it:
         --video-root data/toy/videos --out runs/toy-vanguard/boxes.jsonl
     python eval.py --score PREDS --gt TEST --boxes boxes.jsonl --frame-scores frame_scores.jsonl
     python -m extras.vanguard stage2 --boxes runs/toy-vanguard/boxes_train.jsonl \
-        --model runs/toy/base --data data/toy/Vad-Reasoning-SFT-train.jsonl \
-        --video-root data/toy/videos --preset toy --out runs/toy-vanguard/stage2 [--lora-rank 16]
+        --model runs/toy/base --data data/toy/Vad-Reasoning-SFT-train.jsonl --video-root \
+        data/toy/videos --preset toy --lora-rank 16 --lora-train-embeddings \
+        --out runs/toy-vanguard/stage2                 # any train_sft.py flags after --boxes
+    python -m extras.vanguard stage3 --boxes runs/toy-vanguard/boxes_train.jsonl \
+        --model runs/toy-vanguard/stage2 ... --out runs/toy-vanguard/stage3   # [--target label]
+    python -m extras.vanguard table --data data/toy/Vad-Reasoning-SFT-test.jsonl \
+        --out runs/toy-vanguard                        # table.md from eval_<stem>.json
+    make toy-vanguard                                  # all of it, with the baselines
 
 Tests: tests/test_vanguard.py.
 """
@@ -464,11 +472,14 @@ def score_frames(args) -> list[dict]:
 # ---- the curriculum's table (make toy-vanguard) --------------------------------------------------
 
 # (stem of eval_<stem>.json / preds_<stem>.jsonl, row): the staged run, its stage-2 checkpoint
-# alone, and the two baselines; the stage-1 head's frame scores go with the staged rows.
+# alone, the two baselines, and RL from the staged model (make toy-vanguard-spatial); the
+# stage-1 head's frame scores go with the staged SFT rows (RL trains the vision tower too).
 VANGUARD_ROWS = [("stage3", "staged: head -> grounding -> CoT"),
                  ("stage2", "after stage 2 (grounding, no CoT)"),
                  ("mono", "monolithic: CoT + boxes from the start"),
-                 ("cls", "classification-only")]
+                 ("cls", "classification-only"),
+                 ("rl", "staged + AVA-GRPO"),
+                 ("rl_spatial", "staged + AVA-GRPO + spatial verification")]
 VANGUARD_COLUMNS = [("frame AUC (head)", "frame_head.auc"), ("frame AUC (<when>)", "frame.auc"),
                     ("video F1", "detection.f1"), ("box mIoU", "box.miou"),
                     ("box acc@0.5", "box.acc@0.5"), ("format", "format.pass_rate")]

@@ -254,6 +254,7 @@ def test_detection_hand():
     assert a["miou"] == pytest.approx(1 / 6) and a["r@0.3"] == 0.5 and a["r@0.5"] == 0.0 and a["n"] == 2
     # category over abnormal GT: v1 "fighting " == "Fighting" (case/space-insensitive); v2 wrong
     assert m["category"]["accuracy"] == 0.5 and m["category"]["n"] == 2
+    assert m["category"]["per_category"] == {"Drown": 0.0, "Fighting": 1.0}   # per GT category, sorted
     # frames (400): GT pos v1 20..60 (41) + v2 10..50 (41) = 82; predicted 1: v1 f/100 in
     # [0.4, 0.8] -> 40..80 (41), v4 0..50 (51); TP = 40..60 = 21, FP = 71, FN = 61, TN = 247
     # binary scores -> AUC = (TPR + TNR) / 2 = (21/82 + 247/318) / 2

@@ -78,6 +78,11 @@ def test_make_toy_smoke_runs_every_stage(tmp_path):
         m = json.load(open(v / f"eval_{stem}.json"))
         assert m["counts"]["n_gt"] == 4 and m["box"]["n"] == 2, stem
         assert ("frame_head" in m) == stem.startswith("stage"), stem  # the head goes with the staged rows
+    for stem in ("rl", "rl_spatial"):  # AVA-GRPO from the staged model, without / with the spatial reward
+        cfg = json.load(open(v / stem / "run_config.json"))
+        assert cfg["spatial_verification"] == (stem == "rl_spatial") and cfg["model"] == str(v / "merged_stage3")
+        assert len(open(v / stem / "log.jsonl").read().splitlines()) == 2
+        assert json.load(open(v / f"eval_{stem}.json"))["box"]["n"] == 2
     assert json.load(open(v / "stage3" / "step-2" / "adapter_config.json"))["base_model"] == str(v / "stage2" / "step-2")
     vtable = open(v / "table.md").read()
     for stem, row in __import__("extras.vanguard", fromlist=["x"]).VANGUARD_ROWS:

@@ -16,7 +16,9 @@ from extras import toy
 
 # ================================================================ the toy world
 
-TINY = dict(n_sft=14, n_test=4, n_rl=6, n_caption=4, size=(64, 80), frames=(16, 24), fps=8, workers=1, quiet=True)
+# n_sft: twice the number of toy categories, so that each appears exactly once among the abnormal rows
+TINY = dict(n_sft=2 * len(toy.TOY_CATEGORIES), n_test=4, n_rl=6, n_caption=4, size=(64, 80), frames=(16, 24),
+            fps=8, workers=1, quiet=True)
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +61,7 @@ def test_toy_world_is_deterministic(tmp_path):
 def test_toy_schema(tiny_world):
     out, paths = tiny_world
     names = set()
-    for key, n in (("sft_train", 14), ("sft_test", 4), ("rl", 6)):
+    for key, n in (("sft_train", TINY["n_sft"]), ("sft_test", 4), ("rl", 6)):
         kind = "rl" if key == "rl" else "sft"
         raw = [json.loads(ln) for ln in open(paths[key], encoding="utf-8")]
         assert len(raw) == n
@@ -92,11 +94,11 @@ def test_toy_schema(tiny_world):
                 assert f"<when>{toy.format_when(s, e, T)}</when>" in r["answer"]
                 x1, y1, x2, y2 = r["bbox"]
                 assert 0 <= x1 < x2 <= 80 and 0 <= y1 < y2 <= 64
-    assert len(names) == 24  # unique names across the three manifests
+    assert len(names) == TINY["n_sft"] + 4 + 6  # unique names across the three manifests
     train = data.read_manifest(paths["sft_train"], "sft")
-    # 7 abnormal training videos spread evenly: each toy category exactly once
+    # len(TOY_CATEGORIES) abnormal training videos spread evenly: each toy category exactly once
     assert sorted(r["anomaly_type"] for r in train if r["label"] == "Abnormal") == sorted(toy.TOY_CATEGORIES)
-    assert len(toy.toy_corpus(out)) == 2 * 14 + 4  # think + answer per SFT row, then the captions
+    assert len(toy.toy_corpus(out)) == 2 * TINY["n_sft"] + 4  # think + answer per SFT row, then the captions
 
 
 def test_toy_captions_describe_pixels_without_judging(tiny_world):
@@ -196,12 +198,14 @@ def test_normal_video_has_no_event():
 
 def test_no_trivial_global_cue():
     """Length and mean colour do not give the label away (best threshold accuracy stays low)."""
-    stats, labels = [], []
+    stats, labels, cats = [], [], set()
     for i in range(48):
-        cat = None if i % 2 == 0 else toy.TOY_CATEGORIES[(i // 2) % 7]
+        cat = None if i % 2 == 0 else toy.TOY_CATEGORIES[(i // 2) % len(toy.TOY_CATEGORIES)]
         frames, meta = toy.render_toy_video(1000 + i, cat, size=(64, 64), frames=(16, 32))
         stats.append([meta["total_frames"], *frames.reshape(-1, 3).mean(0)])
         labels.append(cat is not None)
+        cats.add(cat)
+    assert cats == {None, *toy.TOY_CATEGORIES}  # every category takes part
     stats, labels = np.array(stats), np.array(labels)
     for k in range(stats.shape[1]):
         best = max(max(((stats[:, k] > t) == labels).mean(), ((stats[:, k] <= t) == labels).mean())
