@@ -7,7 +7,8 @@ with an exact temporal range and bounding box. They are written as real H.264 mp
 manifests in exactly the released Vad-Reasoning schema (data.py; docs/paper-vs-authors.md s.1),
 with P2C-CoT texts (paper Sec. 3.1) filled in from the rendered facts, and with captions for the
 toy pipeline's stage 0. It is the default data set of every script, so the whole method (SFT ->
-AVA-GRPO -> evaluation) runs on a laptop CPU. Not part of the paper: a reader of the method can skip this file.
+AVA-GRPO -> evaluation) runs on a laptop CPU. Not part of the paper: a reader of the method can
+skip this file.
 
 Run it:
     python -m extras.toy --out data/toy            # the default world (TOY_DEFAULTS), ~2,540 videos
@@ -128,21 +129,26 @@ def _rect(img, x, y, w, h, rgb) -> list:
     return [(a, c, b, d)]
 
 
-def _disc(img, cx, cy, r, rgb) -> list:
-    """Fill a disc of radius r centred at (cx, cy)."""
+def _around(img, cx, cy, r):
+    """The clipped square window around (cx, cy) of half-side r (at least 1) -> (a, c, dx, dy, r):
+    its top-left (a, c) and the offsets from the centre, dx (1, w) and dy (h, 1); None if empty."""
     H, W = img.shape[:2]
     r = max(1.0, float(r))
     a, b = max(0, int(math.floor(cx - r))), min(W, int(math.ceil(cx + r)) + 1)
     c, d = max(0, int(math.floor(cy - r))), min(H, int(math.ceil(cy + r)) + 1)
     if a >= b or c >= d:
-        return []
+        return None
     yy, xx = np.ogrid[c:d, a:b]
-    mask = (xx - cx) ** 2 + (yy - cy) ** 2 <= r * r  # (d-c, b-a) bool
-    if not mask.any():
+    return a, c, xx - cx, yy - cy, r
+
+
+def _disc(img, cx, cy, r, rgb) -> list:
+    """Fill a disc of radius r centred at (cx, cy)."""
+    win = _around(img, cx, cy, r)
+    if win is None:
         return []
-    img[c:d, a:b][mask] = rgb
-    ys, xs = np.nonzero(mask)
-    return [(a + int(xs.min()), c + int(ys.min()), a + int(xs.max()) + 1, c + int(ys.max()) + 1)]
+    a, c, dx, dy, r = win
+    return _fill_mask(img, a, c, dx ** 2 + dy ** 2 <= r * r, rgb)  # (h, w) bool
 
 
 def _fill_mask(img, a, c, mask, rgb) -> list:
@@ -157,14 +163,10 @@ def _fill_mask(img, a, c, mask, rgb) -> list:
 def _burst(img, cx, cy, r, rays, phase, rgb, spike: float = 0.3) -> list:
     """Fill a star with `rays` spikes centred at (cx, cy): radius r * (1 - spike + spike * cos(rays *
     angle + phase)), so the tips reach r and the notches between them 1 - 2 * spike of it."""
-    H, W = img.shape[:2]
-    r = max(1.0, float(r))
-    a, b = max(0, int(math.floor(cx - r))), min(W, int(math.ceil(cx + r)) + 1)
-    c, d = max(0, int(math.floor(cy - r))), min(H, int(math.ceil(cy + r)) + 1)
-    if a >= b or c >= d:
+    win = _around(img, cx, cy, r)
+    if win is None:
         return []
-    yy, xx = np.ogrid[c:d, a:b]
-    dx, dy = xx - cx, yy - cy                                                 # (1, w), (h, 1)
+    a, c, dx, dy, r = win                                                     # (1, w), (h, 1)
     rad = r * (1 - spike + spike * np.cos(rays * np.arctan2(dy, dx) + phase))  # (h, w)
     return _fill_mask(img, a, c, dx ** 2 + dy ** 2 <= rad ** 2, rgb)
 
