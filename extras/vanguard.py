@@ -7,8 +7,8 @@ spatial verification reward of train_rl.py --spatial-verification.
 
 Stage 1 (classifier warm-up). The whole VLM is frozen; a two-layer head reads, for each temporal
 slot of the video (Qwen2.5-VL merges 2 frames into one slot, vadr.TEMPORAL_PATCH_SIZE), the mean
-and the max of that slot's merged vision tokens, and predicts normal vs abnormal (logit 0) and, on abnormal
-slots, the category (logits 1..). Why these features and not the decoder's hidden states at the
+and the max of that slot's merged vision tokens, and predicts normal vs abnormal (logit 0) and,
+on abnormal slots, the category (logits 1..). Why these features and not the decoder's hidden states at the
 video tokens: they are one vision-tower pass per video (no language-model forward), they are
 what the decoder receives, and a slot lines up with two sampled frames, so slot labels come
 straight from the event interval and slot scores go straight back to frames. The features are
@@ -60,11 +60,15 @@ import vadr
 _BOX = re.compile(r"\[\s*(" + r")\s*,\s*(".join([vadr._NUM] * 4) + r")\s*\]")  # vadr's number
 
 
+def box_text(box) -> str:
+    """A normalised box as the targets write it: '[0.125, 0.300, 0.406, 0.650]' (3 decimals)."""
+    return "[" + ", ".join(f"{v:.3f}" for v in box) + "]"
+
+
 def format_box(bbox_px, width: int, height: int) -> str:
     """Pixel box [x1, y1, x2, y2] (the toy world's `bbox`) -> '[0.125, 0.300, 0.406, 0.650]'."""
     x1, y1, x2, y2 = bbox_px
-    return "[" + ", ".join(f"{v:.3f}" for v in (x1 / width, y1 / height, x2 / width,
-                                                 y2 / height)) + "]"
+    return box_text((x1 / width, y1 / height, x2 / width, y2 / height))
 
 
 def parse_box(text) -> tuple[float, float, float, float] | None:
@@ -186,10 +190,9 @@ TARGETS = ("cot", "grounding", "label")
 
 
 def with_box(answer: str, box) -> str:
-    """The answer with ' [x1, y1, x2, y2]' (3 decimals) before its first </where>."""
-    text = "[" + ", ".join(f"{v:.3f}" for v in box) + "]"
+    """The answer with ' [x1, y1, x2, y2]' (box_text) before its first </where>."""
     i = answer.find("</where>")
-    return answer if i < 0 else answer[:i].rstrip() + " " + text + answer[i:]
+    return answer if i < 0 else answer[:i].rstrip() + " " + box_text(box) + answer[i:]
 
 
 def label_answer(row: dict) -> str:
