@@ -137,6 +137,7 @@ $(VRUN)/stage3/done: $(VRUN)/stage2/done
 $(VRUN)/%/done: $(RUN)/base/done $(V_BOXES)
 	$(PY) -m extras.vanguard $(V_FLAGS_$*) --boxes $(V_BOXES) --model $(V_MODEL_$*) $(V_TRAIN) \
 		--out $(VRUN)/$* $(call RESUME,$(VRUN)/$*)
+	rm -rf $(VRUN)/merged_$*  # a redone or resumed run is merged again (--merge never overwrites)
 	$(PY) train_sft.py --merge $(VRUN)/$* --out $(VRUN)/merged_$*  # adapters folded in, for eval.py
 	touch $@
 

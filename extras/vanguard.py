@@ -100,6 +100,9 @@ def box_iou(pred, gt) -> float:
 def load_boxes(path: str) -> dict:
     """A box JSONL (rows {source, video, box: [x1, y1, x2, y2] normalised}, as `boxes` writes it
     or a box detector would offline) -> {(source, video): box}; a bad row is an InputError."""
+    if not os.path.isfile(path):
+        raise vadr.InputError(f"{path}: no such box file (python -m extras.vanguard boxes "
+                              "writes one from a manifest's bbox fields)")
     out = {}
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):

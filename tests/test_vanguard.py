@@ -169,6 +169,8 @@ def test_eval_score_with_boxes_and_frame_scores(stage1, tmp_path, capsys):
     bad.write_text('{"source": "TOY", "video": "x", "box": [0.5, 0.1, 0.2, 0.9]}\n')
     with pytest.raises(ValueError, match="bad_boxes.jsonl:1: box .* is not inside"):
         vanguard.load_boxes(str(bad))
+    with pytest.raises(ValueError, match="missing.jsonl: no such box file"):
+        vanguard.load_boxes(str(tmp_path / "missing.jsonl"))
 
 
 # ---------------------------------------------------------------- stage 2: the box inside <where>
