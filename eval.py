@@ -597,9 +597,8 @@ def run_mc_scoring(pred_path: str, gt_path: str | None = None, json_path: str | 
 
 def run_report(run_dir: str, data_path: str | None, video_root: str | None,
                n_strips: int = 8) -> str:
-    """What `--report RUN_DIR` does (the Makefile's last step): RUN_DIR/table.md with one row
-    per stage in Table 4's layout and a detection/format table, then what extras/report.py
-    draws (training curves, frame strips) and its notes."""
+    """`--report RUN_DIR` (the Makefile's last step): RUN_DIR/table.md, one row per stage in Table
+    4's layout, a detection/format table, RL - SFT with bootstrap intervals, curves and strips."""
     named = {}
     for key, label in report.REPORT_ROWS:
         p = os.path.join(run_dir, f"eval_{key}.json")
@@ -614,6 +613,7 @@ def run_report(run_dir: str, data_path: str | None, video_root: str | None,
             "category.accuracy")
     for name, m in named.items():
         lines.append(f"| {name} | " + " | ".join(_fmt(get_metric(m, k)) for k in keys) + " |")
+    lines += report.compare_lines(run_dir, data_path, detection_metrics)  # RL - SFT, bootstrap
     lines += report.draw_run(run_dir, data_path, video_root, load_jsonl, n_strips)
     text = "\n".join(lines) + "\n"
     with open(os.path.join(run_dir, "table.md"), "w") as f:

@@ -24,6 +24,7 @@ import zlib
 import numpy as np
 
 import vadr
+from extras import scoring
 
 # (stem of eval_<stem>.json, row name): the stages of the toy pipeline, in Table 4's order.
 REPORT_ROWS = [("base", "Toy Qwen2.5-VL (stage-0 captioner)"), ("rl_only", "+AVA-GRPO"),
@@ -268,3 +269,66 @@ def ablation_report(abl_dir: str, read_jsonl, get_metric, fmt,
     with open(os.path.join(abl_dir, "table10.md"), "w") as f:
         f.write(text)
     return text
+
+
+# ================================================================================================
+# 5. Does RL add to SFT? A paired bootstrap over the test videos (`eval.py --report`)
+# ================================================================================================
+
+def paired_bootstrap(a, b, n_boot: int = 10000, seed: int = 0, level: float = 0.95) -> dict:
+    """Percentile bootstrap of mean(b) - mean(a) over paired per-video values (Efron and
+    Tibshirani 1993, ch. 13): draw the N videos with replacement n_boot times, take each draw's
+    mean difference, report the (1 - level)/2 and (1 + level)/2 quantiles as the interval. Pairing
+    keeps each video's two scores together, so the interval reflects the test set's size only."""
+    d = np.asarray(b, dtype=float) - np.asarray(a, dtype=float)  # (N,) per-video difference
+    if d.size == 0:
+        return {"diff": None, "lo": None, "hi": None, "n": 0, "n_boot": n_boot}
+    idx = np.random.default_rng(seed).integers(0, d.size, size=(n_boot, d.size))  # (n_boot, N)
+    means = d[idx].mean(axis=1)  # (n_boot,) mean difference of each draw
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return {"diff": float(d.mean()), "lo": float(lo), "hi": float(hi), "n": int(d.size),
+            "n_boot": n_boot}
+
+
+def per_video(outputs: list, gt_rows: list[dict], detection_metrics) -> dict:
+    """Each GT video's accuracy (0/1) and IoU under eval.py's detection rule, called on one video
+    at a time so the rule exists once (detection_metrics: eval.py's, passed in). IoU is None where
+    the GT row has no interval; an output None (no prediction) is wrong with IoU 0, as in eval."""
+    one = [detection_metrics([o], [r]) for o, r in zip(outputs, gt_rows)]
+    return {"accuracy": [m["accuracy"] for m in one], "iou": [m["miou"] for m in one]}
+
+
+def compare_predictions(pred_a: str, pred_b: str, gt_path: str, detection_metrics,
+                        n_boot: int = 10000, seed: int = 0) -> dict:
+    """b - a in accuracy and mIoU over every GT video, each with its paired bootstrap interval.
+    Rows are paired with the GT by extras/scoring.py's rule (unmatched GT videos count wrong)."""
+    gt, gw = scoring.read_jsonl(gt_path)
+    vals = []
+    for path in (pred_a, pred_b):
+        rows, where = scoring.read_jsonl(path)
+        got = dict(scoring.pair_rows(rows, gt, where, gw)["matched"])
+        vals.append(per_video([got.get(i) for i in range(len(gt))], gt, detection_metrics))
+    a, b = vals
+    both = [i for i, v in enumerate(a["iou"]) if v is not None]  # rows with a GT interval
+    return {"accuracy": paired_bootstrap(a["accuracy"], b["accuracy"], n_boot, seed),
+            "miou": paired_bootstrap([a["iou"][i] for i in both], [b["iou"][i] for i in both],
+                                     n_boot, seed)}
+
+
+def compare_lines(run_dir: str, data_path: str | None, detection_metrics,
+                  a: str = "sft", b: str = "rl") -> list[str]:
+    """table.md's lines for RUN_DIR/preds_<b>.jsonl against preds_<a>.jsonl (both needed, and
+    the test manifest), also written to RUN_DIR/compare_<b>_vs_<a>.json."""
+    pa, pb = (os.path.join(run_dir, f"preds_{s}.jsonl") for s in (a, b))
+    if not (data_path and os.path.isfile(pa) and os.path.isfile(pb)):
+        return []
+    res = compare_predictions(pa, pb, data_path, detection_metrics)
+    with open(os.path.join(run_dir, f"compare_{b}_vs_{a}.json"), "w") as f:
+        json.dump(res, f, indent=2)
+    cell = lambda r: ("n/a" if r["diff"] is None else
+                      f"{r['diff']:+.3f} [{r['lo']:+.3f}, {r['hi']:+.3f}]")
+    n = res["accuracy"]
+    return ["", f"{b} minus {a} over the {n['n']} test videos (95% paired bootstrap interval, "
+                f"{n['n_boot']:,} draws; an interval above 0 means {b} is better beyond the "
+                f"test set's noise):", "", "| | difference [95% interval] |", "|---|---:|",
+            f"| accuracy | {cell(res['accuracy'])} |", f"| mIoU | {cell(res['miou'])} |"]

@@ -577,3 +577,68 @@ def test_cli_multiple_choice(tmp_path):
     _write_jsonl(pp, rows)
     assert E.main(["--mc", str(pp), "--json", str(jp)]) == 0
     assert json.loads(jp.read_text())["multiple_choice"]["accuracy"] == 1.0
+
+
+# ------------------------------------------------------------------------------------------------
+# RL minus SFT: the paired bootstrap of extras/report.py (eval.py --report)
+# ------------------------------------------------------------------------------------------------
+
+def test_paired_bootstrap_exact_quantiles_and_scipy():
+    from scipy.stats import bootstrap
+    from extras import report
+    # d = b - a is one 1 and nine 0s: a draw's mean is k/10, k ~ Binomial(10, 0.1).
+    # P(k = 0) = 0.349 > 0.025 -> lower bound 0; P(k <= 2) = 0.930 < 0.975 <= P(k <= 3) = 0.987
+    # -> upper bound 0.3. Both hold for any seed at 20,000 draws (sampling error ~0.001).
+    a, b = [0.0] * 10, [1.0] + [0.0] * 9
+    r = report.paired_bootstrap(a, b, n_boot=20000, seed=3)
+    assert (r["diff"], r["lo"], r["hi"], r["n"]) == (0.1, 0.0, 0.3, 10)
+    ref = bootstrap((np.array(a), np.array(b)), lambda x, y, axis=-1: np.mean(y - x, axis=axis),
+                    paired=True, vectorized=True, n_resamples=20000, method="percentile",
+                    confidence_level=0.95, rng=np.random.default_rng(7)).confidence_interval
+    assert (ref.low, ref.high) == (0.0, 0.3)
+    # a continuous case: the same interval as scipy's up to sampling error
+    rng = np.random.default_rng(0)
+    a, b = rng.random(40), rng.random(40) + 0.1
+    r = report.paired_bootstrap(a, b, n_boot=50000, seed=1)
+    ref = bootstrap((a, b), lambda x, y, axis=-1: np.mean(y - x, axis=axis), paired=True,
+                    vectorized=True, n_resamples=50000, method="percentile",
+                    rng=np.random.default_rng(2)).confidence_interval
+    assert r["diff"] == pytest.approx(np.mean(b - a), abs=1e-12)
+    assert r["lo"] == pytest.approx(ref.low, abs=0.005) and r["hi"] == pytest.approx(ref.high, abs=0.005)
+    # no difference at all -> [0, 0]; nothing to compare -> None
+    r = report.paired_bootstrap([1, 0, 1], [1, 0, 1])
+    assert (r["diff"], r["lo"], r["hi"]) == (0.0, 0.0, 0.0)
+    assert report.paired_bootstrap([], [])["diff"] is None
+
+
+def test_compare_predictions_hand(tmp_path):
+    from extras import report
+    gts = [_gt("v1", "Fighting", 20, 60), _gt("v2", "Drown", 10, 50), _gt("v3", "Normal"), _gt("v4", "Normal")]
+    sft = [{"source": "UCF", "video": "v1", "output": _out("Fighting", "[0.4, 0.8]")},  # right, IoU 1/3
+           {"source": "UCF", "video": "v2", "output": _out("Normal")},                 # wrong, IoU 0
+           {"source": "UCF", "video": "v3", "output": _out("Normal")}]                 # right, IoU 1; v4 missing
+    rl = [{"source": "UCF", "video": "v1", "output": _out("Fighting", "[0.2, 0.6]")},  # right, IoU 1
+          {"source": "UCF", "video": "v2", "output": _out("Drown", "[0.1, 0.3]")},     # right, IoU 0.5
+          {"source": "UCF", "video": "v3", "output": _out("Fire", "[0.0, 1.0]")},      # wrong, IoU 0
+          {"source": "UCF", "video": "v4", "output": _out("Normal")}]                  # right, IoU 1
+    for name, rows in (("gt", gts), ("sft", sft), ("rl", rl)):
+        _write_jsonl(tmp_path / f"{name}.jsonl", rows)
+    pv = report.per_video([r["output"] for r in sft] + [None], gts, E.detection_metrics)
+    assert pv == {"accuracy": [1.0, 0.0, 1.0, 0.0], "iou": [pytest.approx(1 / 3), 0.0, 1.0, 0.0]}
+    res = report.compare_predictions(str(tmp_path / "sft.jsonl"), str(tmp_path / "rl.jsonl"),
+                                     str(tmp_path / "gt.jsonl"), E.detection_metrics, n_boot=2000)
+    # accuracy 2/4 -> 3/4; per-video IoU (1/3, 0, 1, 0) -> (1, 0.5, 0, 1): mean diff (2/3 + 0.5 - 1 + 1) / 4
+    assert res["accuracy"]["diff"] == pytest.approx(0.25) and res["accuracy"]["n"] == 4
+    assert res["miou"]["diff"] == pytest.approx((2 / 3 + 0.5 - 1 + 1) / 4)
+    # the interval brackets the difference and lies within the per-video extremes (-1 .. +1)
+    for r in res.values():
+        assert -1 <= r["lo"] <= r["diff"] <= r["hi"] <= 1
+    # the report's lines, written beside table.md
+    run = tmp_path / "run"
+    run.mkdir()
+    for s in ("sft", "rl"):
+        (run / f"preds_{s}.jsonl").write_text((tmp_path / f"{s}.jsonl").read_text())
+    lines = report.compare_lines(str(run), str(tmp_path / "gt.jsonl"), E.detection_metrics)
+    assert "| accuracy | +0.250 [" in "\n".join(lines)
+    assert json.load(open(run / "compare_rl_vs_sft.json"))["accuracy"]["diff"] == pytest.approx(0.25)
+    assert report.compare_lines(str(tmp_path), str(tmp_path / "gt.jsonl"), E.detection_metrics) == []

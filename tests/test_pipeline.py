@@ -45,6 +45,9 @@ def test_make_toy_smoke_runs_every_stage(tmp_path):
     assert len(os.listdir(tmp_path / "strips")) == 4  # 2 abnormal + 2 normal test videos
     table = open(tmp_path / "table.md").read()
     assert "+SFT+AVA-GRPO" in table and "R@0.7" in table
+    # RL minus SFT with paired bootstrap intervals, in the table and beside it
+    cmp = json.load(open(tmp_path / "compare_rl_vs_sft.json"))
+    assert cmp["accuracy"]["n"] == 4 and "rl minus sft over the 4 test videos" in table
     # the ablation: each variant's RL run has its reward switches, 2 steps, an eval; AVA-GRPO is the main run
     abl = tmp_path / "ablation"
     switches = {"grpo": (True, True), "grpo_len": (True, False), "grpo_ano": (False, True)}
