@@ -103,13 +103,21 @@ toy-ablation-smoke:
 # features), stage 2 (LoRA, answer + box), stage 3 (LoRA on top, P2C-CoT + box); the baselines
 # train one LoRA run from the stage-0 model for stage 2 + stage 3's steps: monolithic (CoT + box
 # from the start) and classification-only (the category alone). Every run uses the same seed.
+# VANGUARD's slot labels and boxes come from SFT-train's rows, of which the paper-shaped default
+# world has few (60), so it trains on a world of its own with 240 (its rows carry bbox), whose
+# test split is as large as make toy's. Stage 0 is make toy's captioner: the two worlds draw from
+# one renderer and one set of texts, and share no video. (Seed 0 with 240 / 60 / 240 / 2,000 draws
+# the very videos the default world had before it took the paper's proportions.)
 VRUN ?= runs/toy-vanguard
+VDATA ?= data/toy-vanguard
+V_WORLD_ARGS ?= --n-sft 240 --n-rl 240
+VTEST = --data $(VDATA)/Vad-Reasoning-SFT-test.jsonl --video-root $(VDATA)/videos
 V_STEPS2 ?= 300
 V_STEPS3 ?= 300
 V_ARGS ?= --lora-rank 16 --lora-train-embeddings
 V_HEAD_ARGS ?=
 V_TOTAL = $(shell expr $(V_STEPS2) + $(V_STEPS3))
-V_TRAIN = --data $(DATA)/Vad-Reasoning-SFT-train.jsonl --video-root $(DATA)/videos --preset toy $(V_ARGS)
+V_TRAIN = --data $(VDATA)/Vad-Reasoning-SFT-train.jsonl --video-root $(VDATA)/videos --preset toy $(V_ARGS)
 V_BOXES := $(VRUN)/boxes_train.jsonl
 V_MODEL_stage2 = $(RUN)/base
 V_MODEL_stage3 = $(VRUN)/stage2
@@ -121,20 +129,23 @@ V_FLAGS_mono = stage3 --max-steps $(V_TOTAL)
 V_FLAGS_cls = stage3 --target label --max-steps $(V_TOTAL)
 .PRECIOUS: $(VRUN)/%/done $(VRUN)/eval_%.json $(VRUN)/boxes_%.jsonl
 
-$(VRUN)/boxes_%.jsonl: $(DATA)/toy_world.json  # the GT boxes of SFT-train / SFT-test
-	mkdir -p $(VRUN) && $(PY) -m extras.vanguard boxes --data $(DATA)/Vad-Reasoning-SFT-$*.jsonl \
-		--video-root $(DATA)/videos --out $@
+$(VDATA)/toy_world.json: $(FORCE)
+	$(PY) -m extras.toy --out $(VDATA) $(WORLD_ARGS) $(V_WORLD_ARGS)
 
-$(VRUN)/stage1/done: $(RUN)/base/done
-	$(PY) -m extras.vanguard stage1 --model $(RUN)/base --data $(DATA)/Vad-Reasoning-SFT-train.jsonl \
-		--video-root $(DATA)/videos --out $(VRUN)/stage1 $(V_HEAD_ARGS)
+$(VRUN)/boxes_%.jsonl: $(VDATA)/toy_world.json  # the GT boxes of SFT-train / SFT-test
+	mkdir -p $(VRUN) && $(PY) -m extras.vanguard boxes --data $(VDATA)/Vad-Reasoning-SFT-$*.jsonl \
+		--video-root $(VDATA)/videos --out $@
+
+$(VRUN)/stage1/done: $(RUN)/base/done $(VDATA)/toy_world.json
+	$(PY) -m extras.vanguard stage1 --model $(RUN)/base --data $(VDATA)/Vad-Reasoning-SFT-train.jsonl \
+		--video-root $(VDATA)/videos --out $(VRUN)/stage1 $(V_HEAD_ARGS)
 	touch $@
 
 $(VRUN)/frame_scores.jsonl: $(VRUN)/stage1/done
-	$(PY) -m extras.vanguard scores --model $(RUN)/base --head $(VRUN)/stage1 $(TEST) --out $@
+	$(PY) -m extras.vanguard scores --model $(RUN)/base --head $(VRUN)/stage1 $(VTEST) --out $@
 
 $(VRUN)/stage3/done: $(VRUN)/stage2/done
-$(VRUN)/%/done: $(RUN)/base/done $(V_BOXES)
+$(VRUN)/%/done: $(RUN)/base/done $(V_BOXES) $(VDATA)/toy_world.json
 	$(PY) -m extras.vanguard $(V_FLAGS_$*) --boxes $(V_BOXES) --model $(V_MODEL_$*) $(V_TRAIN) \
 		--out $(VRUN)/$* $(call RESUME,$(VRUN)/$*)
 	rm -rf $(VRUN)/merged_$*  # a redone or resumed run is merged again (--merge never overwrites)
@@ -144,27 +155,28 @@ $(VRUN)/%/done: $(RUN)/base/done $(V_BOXES)
 # the staged rows carry the stage-1 head's frame scores; every row its boxes against the GT boxes
 $(VRUN)/eval_%.json: $(VRUN)/%/done $(VRUN)/boxes_test.jsonl $(VRUN)/frame_scores.jsonl
 	[ $(VRUN)/preds_$*.jsonl -nt $< ] || rm -f $(VRUN)/preds_$*.jsonl
-	$(PY) eval.py --model $(VRUN)/$(if $(filter rl%,$*),$*,merged_$*) $(TEST) --out $(VRUN)/preds_$*.jsonl \
+	$(PY) eval.py --model $(VRUN)/$(if $(filter rl%,$*),$*,merged_$*) $(VTEST) --out $(VRUN)/preds_$*.jsonl \
 		--name $* $(EVAL_ARGS)
-	$(PY) eval.py --score $(VRUN)/preds_$*.jsonl --gt $(DATA)/Vad-Reasoning-SFT-test.jsonl --name $* \
+	$(PY) eval.py --score $(VRUN)/preds_$*.jsonl --gt $(VDATA)/Vad-Reasoning-SFT-test.jsonl --name $* \
 		--boxes $(VRUN)/boxes_test.jsonl $(if $(filter stage%,$*),--frame-scores $(VRUN)/frame_scores.jsonl) --json $@
 
 toy-vanguard: $(VRUN)/eval_stage3.json $(VRUN)/eval_stage2.json $(VRUN)/eval_mono.json $(VRUN)/eval_cls.json
-	$(PY) -m extras.vanguard table --data $(DATA)/Vad-Reasoning-SFT-test.jsonl --out $(VRUN)
+	$(PY) -m extras.vanguard table --data $(VDATA)/Vad-Reasoning-SFT-test.jsonl --out $(VRUN)
 
 # Beyond both papers: AVA-GRPO from the staged model, without and with the spatial verification
 # reward (train_rl.py --spatial-verification), scored on box IoU -> the last two rows of table.md
 $(VRUN)/rl/done $(VRUN)/rl_spatial/done: $(VRUN)/%/done: $(VRUN)/stage3/done
-	$(PY) train_rl.py --model $(VRUN)/merged_stage3 --data $(DATA)/Vad-Reasoning-RL.jsonl --video-root $(DATA)/videos \
-		--length-ranges-from $(DATA)/Vad-Reasoning-SFT-train.jsonl --preset toy --out $(VRUN)/$* \
+	$(PY) train_rl.py --model $(VRUN)/merged_stage3 --data $(VDATA)/Vad-Reasoning-RL.jsonl --video-root $(VDATA)/videos \
+		--length-ranges-from $(VDATA)/Vad-Reasoning-SFT-train.jsonl --preset toy --out $(VRUN)/$* \
 		$(if $(filter rl_spatial,$*),--spatial-verification) $(call RESUME,$(VRUN)/$*) $(RL_ARGS)
 	touch $@
 
 toy-vanguard-spatial: toy-vanguard $(VRUN)/eval_rl.json $(VRUN)/eval_rl_spatial.json
-	$(PY) -m extras.vanguard table --data $(DATA)/Vad-Reasoning-SFT-test.jsonl --out $(VRUN)
+	$(PY) -m extras.vanguard table --data $(VDATA)/Vad-Reasoning-SFT-test.jsonl --out $(VRUN)
 
 toy-vanguard-smoke:
 	$(MAKE) toy-vanguard-spatial DATA=$(SMOKE)/data RUN=$(SMOKE) VRUN=$(SMOKE)/vanguard \
+		VDATA=$(SMOKE)/vdata V_WORLD_ARGS="--seed 1" \
 		WORLD_ARGS="--n-sft 8 --n-test 4 --n-rl 8 --n-caption 8 --frames 16 24" \
 		BASE_ARGS="--max-steps 2 --frames 4 --num-workers 0" V_STEPS2=2 V_STEPS3=2 \
 		V_ARGS="--lora-rank 4 --lora-train-embeddings --frames 4 --num-workers 0" V_HEAD_ARGS="--frames 4 --epochs 2" \

@@ -70,9 +70,11 @@ TOY_SOURCE = "TOY"
 TOY_VERSION = 5  # bump when rendering or text changes, so ensure_toy_world regenerates
 # The world `python -m extras.toy`, `make toy` and the scripts' no-argument runs make: Fire only,
 # sprites 2.5x larger, one template per text slot, the one setting the toy model learns within the
-# CPU budget (docs/toy-world.md "Why the default world is Fire"). generate_toy_world's own keyword
-# defaults draw all nine categories at scale 1 from every template (the tests' tiny worlds).
-TOY_DEFAULTS = dict(seed=0, n_sft=240, n_test=60, n_rl=240, n_caption=2000, size=(112, 112), frames=(48, 96), fps=8,
+# CPU budget (docs/toy-world.md "Why the default world is Fire"), split in the paper's proportions:
+# RL 3.7x the SFT-train videos, with weak labels only (Sec. 3.2: 1,755 CoT-annotated, 6,448 weakly
+# labelled). generate_toy_world's own keyword defaults draw all nine categories at scale 1 from
+# every template (the tests' tiny worlds).
+TOY_DEFAULTS = dict(seed=0, n_sft=60, n_test=60, n_rl=220, n_caption=2000, size=(112, 112), frames=(48, 96), fps=8,
                     sprite_scale=2.5, categories=("Fire",), text_variants=1)
 MANIFEST_NAMES = dict(sft_train="Vad-Reasoning-SFT-train.jsonl", sft_test="Vad-Reasoning-SFT-test.jsonl",
                       rl="Vad-Reasoning-RL.jsonl", caption="Toy-Caption.jsonl")
