@@ -104,7 +104,7 @@ toy-ablation-smoke:
 # train one LoRA run from the stage-0 model for stage 2 + stage 3's steps: monolithic (CoT + box
 # from the start) and classification-only (the category alone). Every run uses the same seed.
 # VANGUARD's slot labels and boxes come from SFT-train's rows, of which the paper-shaped default
-# world has few (60), so it trains on a world of its own with 240 (its rows carry bbox), whose
+# world has few (90), so it trains on a world of its own with 240 (its rows carry bbox), whose
 # test split is as large as make toy's. Stage 0 is make toy's captioner: the two worlds draw from
 # one renderer and one set of texts, and share no video. (Seed 0 with 240 / 60 / 240 / 2,000 draws
 # the very videos the default world had before it took the paper's proportions.)

@@ -74,7 +74,7 @@ TOY_VERSION = 5  # bump when rendering or text changes, so ensure_toy_world rege
 # RL 3.7x the SFT-train videos, with weak labels only (Sec. 3.2: 1,755 CoT-annotated, 6,448 weakly
 # labelled). generate_toy_world's own keyword defaults draw all nine categories at scale 1 from
 # every template (the tests' tiny worlds).
-TOY_DEFAULTS = dict(seed=0, n_sft=60, n_test=60, n_rl=220, n_caption=2000, size=(112, 112), frames=(48, 96), fps=8,
+TOY_DEFAULTS = dict(seed=0, n_sft=90, n_test=60, n_rl=330, n_caption=2000, size=(112, 112), frames=(48, 96), fps=8,
                     sprite_scale=2.5, categories=("Fire",), text_variants=1)
 MANIFEST_NAMES = dict(sft_train="Vad-Reasoning-SFT-train.jsonl", sft_test="Vad-Reasoning-SFT-test.jsonl",
                       rl="Vad-Reasoning-RL.jsonl", caption="Toy-Caption.jsonl")

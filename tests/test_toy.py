@@ -303,6 +303,14 @@ def test_world_knobs_categories_and_sprite_scale(tmp_path):
         toy.render_toy_video(7, "Fire", size=(112, 112), frames=32, sprite_scale=10)
 
 
+def test_default_world_has_the_papers_proportions():
+    """Sec. 3.2: 1,755 CoT-annotated SFT videos, 6,448 weakly labelled RL videos (3.67x). The default
+    world keeps that ratio (90 : 330), so SFT leaves headroom and RL sees more videos, labels only."""
+    d = toy.TOY_DEFAULTS
+    assert (d["n_sft"], d["n_rl"], d["n_test"]) == (90, 330, 60)
+    assert abs(d["n_rl"] / d["n_sft"] - 6448 / 1755) < 0.01
+
+
 def test_bad_world_flags_fail_before_rendering(tmp_path):
     """python -m extras.toy with an out-of-range flag: one clear message, exit 1, no traceback from a worker
     process, and nothing written."""
