@@ -15,7 +15,8 @@ SFT_ARGS ?=
 RL_ARGS ?=
 EVAL_ARGS ?= --max-new-tokens 320
 WORLD_ARGS ?=
-TEST := --data $(DATA)/Vad-Reasoning-SFT-test.jsonl --video-root $(DATA)/videos
+test_set = --data $(1)/Vad-Reasoning-SFT-test.jsonl --video-root $(1)/videos  # a world's test split
+TEST := $(call test_set,$(DATA))
 
 ifdef REDO
 FORCE := force
@@ -111,7 +112,7 @@ toy-ablation-smoke:
 VRUN ?= runs/toy-vanguard
 VDATA ?= data/toy-vanguard
 V_WORLD_ARGS ?= --n-sft 240 --n-rl 240
-VTEST = --data $(VDATA)/Vad-Reasoning-SFT-test.jsonl --video-root $(VDATA)/videos
+VTEST = $(call test_set,$(VDATA))
 V_STEPS2 ?= 300
 V_STEPS3 ?= 300
 V_ARGS ?= --lora-rank 16 --lora-train-embeddings
