@@ -14,6 +14,7 @@ BASE_ARGS ?=
 SFT_ARGS ?=
 RL_ARGS ?=
 EVAL_ARGS ?= --max-new-tokens 320
+CHECK_ARGS ?=
 WORLD_ARGS ?=
 test_set = --data $(1)/Vad-Reasoning-SFT-test.jsonl --video-root $(1)/videos  # a world's test split
 TEST := $(call test_set,$(DATA))
@@ -33,6 +34,11 @@ endif
 RESUME = $(if $(REDO),--overwrite,$(if $(wildcard $(1)/done),--overwrite,$(if $(wildcard $(1)/latest $(1)/step-*),--resume $(1),--overwrite)))
 
 toy: $(RUN)/table.md
+
+# stage 0's own detection (extras/toy.py caption-check): of the test videos, how many does the
+# captioner caption with an event exactly when there is one? SFT's detection rarely exceeds it.
+$(RUN)/caption_check.json: $(RUN)/base/done
+	$(PY) -m extras.toy caption-check --model $(RUN)/base $(TEST) --json $@ $(CHECK_ARGS)
 
 $(DATA)/toy_world.json: $(FORCE)
 	$(PY) -m extras.toy --out $(DATA) $(WORLD_ARGS)
@@ -63,7 +69,7 @@ $(RUN)/eval_%.json: $(RUN)/%/done
 	[ $(RUN)/preds_$*.jsonl -nt $< ] || rm -f $(RUN)/preds_$*.jsonl  # resume unless stale
 	$(PY) eval.py --model $(RUN)/$* $(TEST) --out $(RUN)/preds_$*.jsonl --json $@ --name $* $(EVAL_ARGS)
 
-$(RUN)/table.md: $(RUN)/eval_base.json $(RUN)/eval_sft.json $(RUN)/eval_rl.json
+$(RUN)/table.md: $(RUN)/caption_check.json $(RUN)/eval_base.json $(RUN)/eval_sft.json $(RUN)/eval_rl.json
 	$(PY) eval.py --report $(RUN) $(TEST)
 
 toy-rl-only: $(RUN)/eval_rl_only.json
@@ -95,7 +101,7 @@ toy-ablation: $(ABL)/eval_grpo.json $(ABL)/eval_grpo_len.json $(ABL)/eval_grpo_a
 toy-ablation-smoke:
 	$(MAKE) toy toy-ablation DATA=$(SMOKE)/data RUN=$(SMOKE) \
 		WORLD_ARGS="--n-sft 8 --n-test 4 --n-rl 8 --n-caption 8 --frames 16 24" \
-		BASE_ARGS="--max-steps 2 --frames 4 --num-workers 0" \
+		BASE_ARGS="--max-steps 2 --frames 4 --num-workers 0" CHECK_ARGS="--frames 4" \
 		SFT_ARGS="--max-steps 2 --frames 4 --num-workers 0" \
 		RL_ARGS="--max-steps 2 --frames 4 --max-new-tokens 16 --num-workers 0" \
 		EVAL_ARGS="--max-new-tokens 16 --frames 4 --num-workers 0"
@@ -188,7 +194,7 @@ SMOKE ?= runs/toy-smoke
 toy-smoke:
 	$(MAKE) toy DATA=$(SMOKE)/data RUN=$(SMOKE) \
 		WORLD_ARGS="--n-sft 8 --n-test 4 --n-rl 8 --n-caption 8 --frames 16 24" \
-		BASE_ARGS="--max-steps 2 --frames 4 --num-workers 0" \
+		BASE_ARGS="--max-steps 2 --frames 4 --num-workers 0" CHECK_ARGS="--frames 4" \
 		SFT_ARGS="--max-steps 2 --frames 4 --num-workers 0" \
 		RL_ARGS="--max-steps 2 --frames 4 --max-new-tokens 16 --num-workers 0" \
 		EVAL_ARGS="--max-new-tokens 16 --frames 4 --num-workers 0"

@@ -1025,6 +1025,62 @@ class CaptionDataset(data.SFTDataset):
         return row["caption"]
 
 
+def caption_says_event(caption: str) -> bool:
+    """Stage 0's detection, read off a caption: an event is described first, the quiet sentence
+    only when nothing happens (toy_caption), so any other opening counts as 'an event was seen'."""
+    return not caption.strip().startswith(_CAPTION_QUIET)
+
+
+def caption_check(model_dir: str, manifest: str, video_root: str | None = None, frames: int = 16,
+                  batch_size: int = 8, max_new_tokens: int = 24) -> dict:
+    """How well a stage-0 captioner sees the event: caption each video of an SFT manifest
+    (greedy, CAPTION_PROMPT) and score caption_says_event against the row's label. The SFT
+    model's detection is bounded by it (docs/experiments.md) -> score_captions's dict plus
+    videos: each row's video, label and caption."""
+    from extras import fastpath, toymodel, training
+
+    rows = data.read_manifest(manifest, "sft", video_root=video_root)
+    model, tok = toymodel.load_model(model_dir)
+    model.eval()
+
+    class _Prompts(CaptionDataset):  # the caption prompt on rows that carry no caption
+        target_fields = ()
+
+        def target(self, row):
+            return ""
+
+    v = training.VIDEO_TOY  # the toy preset's pixels and frame rule, as stage 0 trains
+    ds = _Prompts(rows, num_frames=frames, min_pixels=v["min_pixels"], max_pixels=v["max_pixels"],
+                  frame_rule=v["frame_rule"], grid_time=v["grid_time"])
+    collate = data.make_collate(tok, with_targets=False)
+    captions = []
+    for b0 in range(0, len(rows), batch_size):
+        batch = collate([ds[i] for i in range(b0, min(b0 + batch_size, len(rows)))])
+        out = fastpath.sample_group(model, {k: batch[k] for k in vadr.MODEL_INPUT_KEYS},
+                                    num_samples=1, max_new_tokens=max_new_tokens, greedy=True,
+                                    end_ids=vadr.end_token_ids(tok), pad_id=vadr.pad_token_id(tok))
+        for ids, m in zip(out["completion_ids"].tolist(), out["completion_mask"].tolist()):
+            captions.append(tok.decode(ids[:int(sum(m))], skip_special_tokens=True))
+    videos = [dict(video=r["video"], label=r["label"], caption=c) for r, c in zip(rows, captions)]
+    return dict(score_captions(rows, captions), videos=videos)
+
+
+def score_captions(rows: list[dict], captions: list[str]) -> dict:
+    """caption_says_event against each row's label -> dict(n, accuracy, tpr (abnormal videos
+    captioned with an event), tnr (normal ones captioned quiet), per_category: the same rate per
+    category, 'Normal' for the normal videos)."""
+    right, by_cat = [], {}
+    for r, c in zip(rows, captions, strict=True):
+        ok = (r["label"] == "Abnormal") == caption_says_event(c)
+        right.append(ok)
+        by_cat.setdefault(r["anomaly_type"] if r["label"] == "Abnormal" else "Normal", []).append(ok)
+    rate = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
+    ab = [ok for r, ok in zip(rows, right) if r["label"] == "Abnormal"]
+    no = [ok for r, ok in zip(rows, right) if r["label"] != "Abnormal"]
+    return dict(n=len(right), accuracy=rate(right), tpr=rate(ab), tnr=rate(no),
+                per_category={c: rate(v) for c, v in sorted(by_cat.items())})
+
+
 # ---- 5. Writing videos and manifests ------------------------------------------------------------
 
 def write_video(path: str, frames, fps: float = 8.0, crf: int = 18):
@@ -1297,11 +1353,36 @@ def _preview_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _caption_check_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m extras.toy caption-check",
+                                description="Caption an SFT manifest's videos with a stage-0 model and "
+                                            "score 'the caption opens with an event' against the labels.")
+    p.add_argument("--model", required=True, help="stage-0 run or checkpoint directory (runs/toy/base)")
+    p.add_argument("--data", default="data/toy/Vad-Reasoning-SFT-test.jsonl", help="SFT manifest (labels)")
+    p.add_argument("--video-root", default=None, help="folder the manifest's video paths are under")
+    p.add_argument("--frames", type=int, default=16, help="frames sampled per video (stage 0's: the toy preset's)")
+    p.add_argument("--json", default=None, help="also write the result here as JSON")
+    return p
+
+
+def _cmd_caption_check(a):
+    res = caption_check(a.model, a.data, a.video_root, frames=a.frames)
+    cats = ", ".join(f"{c} {v:.3f}" for c, v in res["per_category"].items())
+    print(f"stage-0 caption check on {a.data} ({res['n']} videos): accuracy {res['accuracy']:.3f} "
+          f"(events seen {res['tpr']:.3f}, quiet videos called quiet {res['tnr']:.3f}; {cats})")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(dict(res, model=a.model, data=a.data), f, indent=1)
+
+
 def main(argv=None):
-    """`python -m extras.toy --out DIR [knobs]` generates a world; `... preview [flags]` a PNG."""
+    """`python -m extras.toy --out DIR [knobs]` generates a world; `... preview [flags]` a PNG;
+    `... caption-check --model RUN` scores a stage-0 captioner's event detection."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["preview"]:
         _cmd_preview(_preview_parser().parse_args(argv[1:]))
+    elif argv[:1] == ["caption-check"]:
+        _cmd_caption_check(_caption_check_parser().parse_args(argv[1:]))
     else:
         _cmd_toy(_world_parser().parse_args(argv))
 

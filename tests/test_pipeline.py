@@ -48,6 +48,10 @@ def test_make_toy_smoke_runs_every_stage(tmp_path):
     # RL minus SFT with paired bootstrap intervals, in the table and beside it
     cmp = json.load(open(tmp_path / "compare_rl_vs_sft.json"))
     assert cmp["accuracy"]["n"] == 4 and "rl minus sft over the 4 test videos" in table
+    # stage 0's caption check: its four test videos, its rates in the table
+    cc = json.load(open(tmp_path / "caption_check.json"))
+    assert cc["n"] == 4 and set(cc["per_category"]) <= {"Fire", "Normal"}
+    assert f"in {cc['accuracy']:.3f} of the 4 test videos" in table
     # the ablation: each variant's RL run has its reward switches, 2 steps, an eval; AVA-GRPO is the main run
     abl = tmp_path / "ablation"
     switches = {"grpo": (True, True), "grpo_len": (True, False), "grpo_ano": (False, True)}

@@ -324,3 +324,22 @@ def test_bad_world_flags_fail_before_rendering(tmp_path):
                            capture_output=True, text=True, timeout=120)
         assert p.returncode == 1 and "Traceback" not in p.stderr and f"error: {msg}" in p.stderr, p.stderr
         assert not out.exists()
+
+
+def test_caption_check_scores_the_opening_sentence():
+    """Stage 0's caption check on hand-made captions: an event caption counts as 'event seen'
+    whatever follows; only the quiet opening counts as 'nothing seen'."""
+    quiet = toy._CAPTION_QUIET + " A street under a grey sky."
+    assert not toy.caption_says_event(quiet) and not toy.caption_says_event("  " + quiet)
+    assert toy.caption_says_event("Flames and grey smoke rise on the left from 1.0 s to 2.0 s.")
+    assert toy.caption_says_event("") and toy.caption_says_event("People walk")  # not the sentence
+    rows = [dict(label="Abnormal", anomaly_type="Fire"), dict(label="Abnormal", anomaly_type="Fire"),
+            dict(label="Abnormal", anomaly_type="Explosion"), dict(label="Normal", anomaly_type="Normal"),
+            dict(label="Normal", anomaly_type="Normal")]
+    caps = ["Flames rise.", quiet, "A bright burst.", quiet, "Flames rise."]
+    r = toy.score_captions(rows, caps)
+    # right: yes, no, yes | yes, no -> 3 of 5; events 2 of 3; quiet 1 of 2; Fire 1/2, Explosion 1/1
+    assert r == dict(n=5, accuracy=0.6, tpr=2 / 3, tnr=0.5,
+                     per_category={"Explosion": 1.0, "Fire": 0.5, "Normal": 0.5})
+    with pytest.raises(ValueError):  # one caption per row, or it is an error
+        toy.score_captions(rows, caps[:4])
