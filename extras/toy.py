@@ -1366,6 +1366,12 @@ def _caption_check_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_caption_check(a):
+    if a.frames < 2:  # every flag before the model loads
+        raise vadr.InputError(f"caption-check: --frames must be >= 2 (Qwen2.5-VL's temporal patch), got {a.frames}")
+    for flag, path in (("--model", a.model), ("--data", a.data)):
+        if not os.path.exists(path):
+            raise vadr.InputError(f"caption-check: {flag} {path} does not exist (a stage-0 run such as "
+                                  f"runs/toy/base, and an SFT manifest with labels)")
     res = caption_check(a.model, a.data, a.video_root, frames=a.frames)
     cats = ", ".join(f"{c} {v:.3f}" for c, v in res["per_category"].items())
     print(f"stage-0 caption check on {a.data} ({res['n']} videos): accuracy {res['accuracy']:.3f} "

@@ -343,3 +343,19 @@ def test_caption_check_scores_the_opening_sentence():
                      per_category={"Explosion": 1.0, "Fire": 0.5, "Normal": 0.5})
     with pytest.raises(ValueError):  # one caption per row, or it is an error
         toy.score_captions(rows, caps[:4])
+
+
+def test_caption_check_bad_flags_one_line(tmp_path):
+    """caption-check with a missing model or manifest or too few frames: exit 1, one line naming
+    the flag, no traceback, no JSON written."""
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = tmp_path / "cc.json"
+    for flags, msg in ((["--model", str(tmp_path / "nope")], "--model"),
+                       (["--model", str(tmp_path), "--data", str(tmp_path / "none.jsonl")], "--data"),
+                       (["--model", str(tmp_path), "--frames", "1"], "--frames must be >= 2")):
+        p = subprocess.run([sys.executable, "-m", "extras.toy", "caption-check", *flags, "--json", str(out)],
+                           cwd=root, capture_output=True, text=True, timeout=120)
+        assert p.returncode == 1 and "Traceback" not in p.stderr and msg in p.stderr, p.stderr
+        assert len(p.stderr.strip().splitlines()) == 1 and not out.exists()
