@@ -52,6 +52,17 @@ def test_make_toy_smoke_runs_every_stage(tmp_path):
     cc = json.load(open(tmp_path / "caption_check.json"))
     assert cc["n"] == 4 and set(cc["per_category"]) <= {"Fire", "Normal"}
     assert f"in {cc['accuracy']:.3f} of the 4 test videos" in table
+    # extras/rewardcheck.py: SFT and RL sampled on the RL run's first / last tenth (1 step of 2 videos each)
+    pr = subprocess.run([sys.executable, "-m", "extras.rewardcheck", "--run", str(tmp_path / "rl"), "--models",
+                         str(tmp_path / "sft"), str(tmp_path / "rl"), "--json", str(tmp_path / "rc.json")],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert pr.returncode == 0, pr.stderr[-2000:]
+    rc, G = json.load(open(tmp_path / "rc.json")), json.load(open(tmp_path / "rl" / "run_config.json"))["num_generations"]
+    assert len(rc["sets"]["first"]) == len(rc["sets"]["last"]) == 2 and len(rc["results"]) == 2
+    for res in rc["results"].values():
+        for part in ("first", "last"):
+            assert (res[part]["n_videos"], res[part]["n_completions"]) == (2, 2 * G)
+            assert 0 <= res[part]["total"] <= 2.2
     # the ablation: each variant's RL run has its reward switches, 2 steps, an eval; AVA-GRPO is the main run
     abl = tmp_path / "ablation"
     switches = {"grpo": (True, True), "grpo_len": (True, False), "grpo_ano": (False, True)}

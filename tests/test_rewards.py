@@ -347,3 +347,52 @@ def test_format_surrounding_whitespace_is_allowed(pad):
     assert R.format_reward(pad + ABN + pad) == 1.0
     # whitespace only: any other text around the blocks fails
     assert R.format_reward("ok " + NOR) == 0.0
+
+
+# ---------------------------------------------------------------- extras/rewardcheck.py
+
+def test_rewardcheck_scores_groups_by_hand():
+    """Accuracy, format, length and their sum over hand-made groups (values worked out by hand)."""
+    from extras import rewardcheck
+    groups = [[abnormal_text(300), normal_text(150)], ["garbage", normal_text(100)]]
+    cfg = dict(length_ranges={k: list(v) for k, v in R.DEFAULT_LENGTH_RANGES.items()})
+    # per completion (acc, fmt, len): (1, 1, 0.2), (0, 1, 0.2), (0, 0, 0), (1, 1, 0: 100 < 140)
+    r = rewardcheck.score_groups(groups, ["Abnormal", "Normal"], cfg)
+    assert r["n_videos"] == 2 and r["n_completions"] == 4
+    assert (r["accuracy"], r["format"]) == (0.5, 0.75)
+    assert r["length"] == pytest.approx(0.1) and r["total"] == pytest.approx(5.4 / 4)
+    off = rewardcheck.score_groups(groups, ["Abnormal", "Normal"], dict(cfg, no_length_reward=True))
+    assert off["length"] == 0.0 and off["total"] == pytest.approx(5.0 / 4)
+    with pytest.raises(ValueError):  # one weak label per group
+        rewardcheck.score_groups(groups, ["Abnormal"], cfg)
+
+
+def test_rewardcheck_tenths_follow_the_runs_data_order():
+    """The first / last tenth's rows are the global batches train_rl.py draws at those steps:
+    step k is batch k % steps_per_epoch of extras/training.epoch_order for epoch k // spe."""
+    from extras import rewardcheck, training
+    o = lambda n, e: training.epoch_order(n, e, 3, 2, 0, 1)  # noqa: E731  seed 3, global batch 2
+    # 7 rows, batch 2: 3 steps per epoch (the odd row dropped); 6 steps -> one step per tenth
+    assert rewardcheck.tenth_rows(7, 3, 2, 6) == dict(first=o(7, 0)[0:2], last=o(7, 1)[4:6])
+    # 20 rows: 10 steps per epoch; 25 steps -> 2 per tenth, the last two in epoch 2 (steps 23, 24)
+    assert rewardcheck.tenth_rows(20, 3, 2, 25) == dict(first=o(20, 0)[0:4], last=o(20, 2)[6:10])
+    assert o(20, 0) != o(20, 2)  # epochs are reshuffled, so the epoch index matters
+    with pytest.raises(vadr.InputError):
+        rewardcheck.tenth_rows(1, 3, 2, 5)
+
+
+def test_rewardcheck_bad_run_one_line(tmp_path):
+    """--run without an RL run's config, or a missing --models path: exit 1, one line, no traceback."""
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    (tmp_path / "sft").mkdir()
+    (tmp_path / "sft" / "run_config.json").write_text('{"lr": 0.002}')
+    for run, models, msg in ((tmp_path, [str(tmp_path)], "has no run_config.json"),
+                             (tmp_path / "sft", [str(tmp_path / "x")], "--models"),
+                             (tmp_path / "sft", [str(tmp_path)], "is not an RL run's config")):
+        p = subprocess.run([sys.executable, "-m", "extras.rewardcheck", "--run", str(run), "--models", *models],
+                           cwd=root, capture_output=True, text=True, timeout=120)
+        assert p.returncode == 1 and "Traceback" not in p.stderr and msg in p.stderr, p.stderr
+        assert len(p.stderr.strip().splitlines()) == 1
