@@ -13,7 +13,8 @@ a second rollout on trimmed videos, which only train_rl.py builds.
     python -m extras.rewardcheck --run runs/toy/rl --models runs/toy/sft runs/toy/rl \
         [--json runs/toy/rewardcheck.json]
 
-Every model is sampled with the same seeded generator. Tests: tests/test_rl.py (the tenths, the
+Every model is sampled with the same seeded generator. A LoRA run is checked after merging its
+adapters (`python train_sft.py --merge RUN --out DIR`), as eval.py reads it. Tests: tests/test_rl.py (the tenths, the
 scoring on hand-made completions).
 """
 from __future__ import annotations

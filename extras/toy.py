@@ -15,6 +15,7 @@ Run it:
     python -m extras.toy --out /tmp/tiny --n-sft 14 --n-test 4 --n-rl 8 --n-caption 8 --frames 24 32
     python -m extras.toy --out /tmp/w7 --categories Fighting Falling Fire --sprite-scale 1 --text-variants 4
     python -m extras.toy preview --seed 3 --category Fire --out fire.png   # 16 sampled frames as a PNG
+    python -m extras.toy caption-check --model runs/toy/base   # does stage 0 see the event? (test split)
 
 Departures from the released data (docs/toy-world.md has the details and the measured figures):
   * Synthetic cartoon anomalies replace surveillance videos; the P2C-CoT texts are generated from
