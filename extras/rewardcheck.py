@@ -24,9 +24,10 @@ import json
 import os
 
 import data
+import grpo
 import rewards
 import vadr
-from extras import training
+from extras import checkpoint, training
 
 
 def tenth_rows(n_rows: int, seed: int, global_batch: int, total_steps: int) -> dict:
@@ -81,8 +82,7 @@ def sample_groups(model_dir: str, rows: list[dict], cfg: dict, seed: int, batch_
 
     model, tok = toymodel.load_model(model_dir)
     model.eval()
-    ds = data.RLDataset(rows, cfg["prompt_variant"], num_frames=cfg["frames"], min_pixels=cfg["min_pixels"],
-                        max_pixels=cfg["max_pixels"], frame_rule=cfg["frame_rule"], grid_time=cfg["grid_time"])
+    ds = data.RLDataset(rows, cfg["prompt_variant"], **training.video_args(argparse.Namespace(**cfg)))
     collate = data.make_collate(tok, with_targets=False)
     g, G, groups = torch.Generator().manual_seed(seed), cfg["num_generations"], []
     for b0 in range(0, len(rows), batch_size):
@@ -91,8 +91,7 @@ def sample_groups(model_dir: str, rows: list[dict], cfg: dict, seed: int, batch_
                                     max_new_tokens=cfg["max_new_tokens"], temperature=cfg["temperature"],
                                     top_p=cfg["top_p"], end_ids=vadr.end_token_ids(tok),
                                     pad_id=vadr.pad_token_id(tok), generator=g)
-        texts = [tok.decode(ids[:int(sum(m))], skip_special_tokens=True)  # (b*G,), video-major
-                 for ids, m in zip(out["completion_ids"].tolist(), out["completion_mask"].tolist())]
+        texts = grpo.decode_completions(tok, out["completion_ids"], out["completion_mask"])  # (b*G,)
         groups += [texts[j * G:(j + 1) * G] for j in range(len(texts) // G)]
     return groups
 
@@ -127,8 +126,7 @@ def main(argv=None):
         print(f"  {m}: " + "; ".join(f"{k} {r['first'][k]:.3f} / {r['last'][k]:.3f}"
                                       for k in ("total", "accuracy", "format", "length")))
     if a.json:
-        with open(a.json, "w") as f:
-            json.dump(dict(run=a.run, seed=a.seed, sets=sets, results=res), f, indent=1)
+        checkpoint.atomic_write(a.json, json.dumps(dict(run=a.run, seed=a.seed, sets=sets, results=res), indent=1))
 
 
 if __name__ == "__main__":

@@ -1038,6 +1038,7 @@ def caption_check(model_dir: str, manifest: str, video_root: str | None = None, 
     (greedy, CAPTION_PROMPT) and score caption_says_event against the row's label. The SFT
     model's detection is bounded by it (docs/experiments.md) -> score_captions's dict plus
     videos: each row's video, label and caption."""
+    import grpo
     from extras import fastpath, toymodel, training
 
     rows = data.read_manifest(manifest, "sft", video_root=video_root)
@@ -1050,9 +1051,8 @@ def caption_check(model_dir: str, manifest: str, video_root: str | None = None, 
         def target(self, row):
             return ""
 
-    v = training.VIDEO_TOY  # the toy preset's pixels and frame rule, as stage 0 trains
-    ds = _Prompts(rows, num_frames=frames, min_pixels=v["min_pixels"], max_pixels=v["max_pixels"],
-                  frame_rule=v["frame_rule"], grid_time=v["grid_time"])
+    # the toy preset's pixels and frame rule, as stage 0 trains
+    ds = _Prompts(rows, **training.video_args(argparse.Namespace(**dict(training.VIDEO_TOY, frames=frames))))
     collate = data.make_collate(tok, with_targets=False)
     captions = []
     for b0 in range(0, len(rows), batch_size):
@@ -1060,8 +1060,7 @@ def caption_check(model_dir: str, manifest: str, video_root: str | None = None, 
         out = fastpath.sample_group(model, {k: batch[k] for k in vadr.MODEL_INPUT_KEYS},
                                     num_samples=1, max_new_tokens=max_new_tokens, greedy=True,
                                     end_ids=vadr.end_token_ids(tok), pad_id=vadr.pad_token_id(tok))
-        for ids, m in zip(out["completion_ids"].tolist(), out["completion_mask"].tolist()):
-            captions.append(tok.decode(ids[:int(sum(m))], skip_special_tokens=True))
+        captions += grpo.decode_completions(tok, out["completion_ids"], out["completion_mask"])
     videos = [dict(video=r["video"], label=r["label"], caption=c) for r, c in zip(rows, captions)]
     return dict(score_captions(rows, captions), videos=videos)
 
@@ -1377,9 +1376,9 @@ def _cmd_caption_check(a):
     cats = ", ".join(f"{c} {v:.3f}" for c, v in res["per_category"].items())
     print(f"stage-0 caption check on {a.data} ({res['n']} videos): accuracy {res['accuracy']:.3f} "
           f"(events seen {res['tpr']:.3f}, quiet videos called quiet {res['tnr']:.3f}; {cats})")
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(dict(res, model=a.model, data=a.data), f, indent=1)
+    if a.json:  # in one step: a killed check leaves no half file for make to take as done
+        from extras import checkpoint
+        checkpoint.atomic_write(a.json, json.dumps(dict(res, model=a.model, data=a.data), indent=1))
 
 
 def main(argv=None):
