@@ -145,10 +145,10 @@ def rollout(model, tok, batch: dict, args, mode: str, length_ranges: dict, promp
                                               prompt, device)
         if v_inputs is None and mode == "fsdp":  # every trim empty: still join the collectives
             scale.sample_idle(model, tok, batch["rows"][0], prompt, args, device, sample_kw)
-        if v_inputs is not None:
-            v_roll = fastpath.sample_group(model, v_inputs, num_samples=1, **sample_kw)
-            v_texts = grpo.decode_completions(tok, v_roll["completion_ids"],
-                                              v_roll["completion_mask"])
+        if v_inputs is not None:  # only the label is read: a row stops once it is settled
+            v_roll = fastpath.sample_group(model, v_inputs, 1, stop=fastpath.label_stop(tok),
+                                           **sample_kw)
+            v_texts = grpo.decode_completions(tok, v_roll["completion_ids"], v_roll["completion_mask"])
             for i, v in zip(which, v_texts):
                 seconds[i] = v                                                     # Alg. 1 line 11
     add("time_verification", t0)

@@ -216,7 +216,7 @@ def hf_generate(model, inputs: dict, n: int, max_new_tokens: int, temperature: f
 def naive_sample_group(model, inputs: dict, num_samples: int = 1, max_new_tokens: int = 768,
                        temperature: float = 1.0, top_p: float = 1.0, greedy: bool = False, end_ids=(),
                        pad_id: int = 0, generator: torch.Generator | None = None, ignore_eos: bool = False,
-                       suppress_vision: bool = True, sync_ranks: bool = False) -> dict:
+                       suppress_vision: bool = True, sync_ranks: bool = False, stop=None) -> dict:
     """fastpath.sample_group's contract done the naive way (swapped into train_rl.rl_step by naive_parts):
     a group is generate(num_return_sequences=G) (vision tower and prefill G times); a batch of single
     samples (the verification pass) is one generate call per video. HF samples from the global RNG,

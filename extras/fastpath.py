@@ -20,6 +20,7 @@ Run:   python -m pytest tests/test_fastpath.py -q
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 
@@ -165,22 +166,93 @@ def _encode_each_video_once(model, inputs: dict):
             h.remove()
 
 
+def _prompt_groups(inputs: dict) -> list[int] | None:
+    """Sizes of the runs of consecutive rows with the very same prompt (tokens, mask and video:
+    the G rows of a group), or None if no two neighbouring rows share one."""
+    sizes = _video_groups(inputs)
+    if sizes is None:
+        return None
+    ids, attn = inputs["input_ids"], inputs["attention_mask"]                   # (N, P)
+    first = 0
+    for n in sizes:
+        if not (torch.equal(ids[first:first + n], ids[first].expand(n, -1)) and
+                torch.equal(attn[first:first + n], attn[first].expand(n, -1))):
+            return None
+        first += n
+    return sizes
+
+
+def _can_share_prompt(model) -> bool:
+    """The shared-prompt pass needs a KV cache that autograd flows through: not with gradient
+    checkpointing (HF turns the cache off) nor under FSDP2 (two forwards of each sharded module
+    before one backward), where the one-forward path runs instead."""
+    fsdp = getattr(torch.distributed, "fsdp", None)
+    kind = getattr(fsdp, "FSDPModule", None) or ()                     # () : isinstance is False
+    return not any(getattr(m, "gradient_checkpointing", False) is True or isinstance(m, kind)
+                   for m in vadr.unwrap(model).modules())
+
+
+def _shared_prompt_logits(model, inputs: dict, comp: torch.Tensor, sizes: list[int]):
+    """The logits (N, T+1, V) of the one-forward pass, with each distinct prompt run ONCE.
+
+    Why: the G rows of a group share their prompt (the video tokens are most of it: 862 of ~1,080
+    tokens on the toy, thousands on the real data), and causal attention makes the prompt's
+    activations independent of the completion. So the prompt runs once per group (vision tower
+    and text), its KV cache is copied to the group's rows (a differentiable gather: the prompt's
+    gradient is the sum over the G rows, as before), and the completions run on top of it. Same
+    values to float rounding (tests/test_fastpath.py); the teacher-forced pass of rl_step does
+    about (U*P + N*T) / (N*(P+T)) of the work (docs/performance.md)."""
+    N, T = comp.shape
+    dev = comp.device
+    U = len(sizes)
+    first = torch.tensor([sum(sizes[:j]) for j in range(U)], device=dev)        # (U,) first rows
+    rows = torch.repeat_interleave(torch.arange(U, device=dev),
+                                   torch.tensor(sizes, device=dev))             # (N,) row -> group
+    grid = inputs["video_grid_thw"]                                              # (N, 3)
+    chunks = torch.split(inputs["pixel_values_videos"], grid.prod(-1).tolist())  # N x (n, 1176)
+    prompt = {k: inputs[k][first] for k in ("input_ids", "attention_mask", "mm_token_type_ids",
+                                            "video_grid_thw", "second_per_grid_ts")}  # (U, ...)
+    prompt["pixel_values_videos"] = torch.cat([chunks[f] for f in first.tolist()])
+    inner = vadr.unwrap(model)
+    pos, _ = inner.model.get_rope_index(prompt["input_ids"], prompt["mm_token_type_ids"], None,
+                                        prompt["video_grid_thw"], prompt["second_per_grid_ts"],
+                                        prompt["attention_mask"])               # (3, U, P)
+    out = model(**vadr.model_inputs(prompt), position_ids=pos, use_cache=True, logits_to_keep=1)
+    cache, head = out.past_key_values, out.logits[rows]          # head (N, 1, V): predicts token 0
+    del out
+    cache.batch_select_indices(rows)                             # (U, H, P, D) -> (N, H, P, D)
+    # completion tokens: text, positions continuing the prompt's by +1 (= grpo.scoring_inputs)
+    start = pos.amax(dim=(0, 2))[rows] + 1                                       # (N,)
+    cpos = (start[:, None] + torch.arange(T, device=dev)).expand(3, N, T)        # (3, N, T)
+    attn = torch.cat([inputs["attention_mask"], inputs["attention_mask"].new_ones(N, T)], 1)
+    out = model(input_ids=comp, attention_mask=attn, position_ids=cpos, past_key_values=cache,
+                use_cache=True)                                                  # (N, T, V)
+    return torch.cat([head, out.logits], 1)                                      # (N, T+1, V)
+
+
 def completion_logprobs(model, inputs: dict, completion_ids: torch.Tensor,
                         temperature: float = 1.0, chunk: int = 256,
-                        pad_id: int | None = None) -> torch.Tensor:
-    """grpo.completion_logprobs (same arguments and result, see there), with one vision pass per
-    distinct video and the chunked log-probs. chunk: completion tokens per log-softmax chunk."""
+                        pad_id: int | None = None, share_prompt: bool = True) -> torch.Tensor:
+    """grpo.completion_logprobs (same arguments and result, see there), with one pass per
+    distinct prompt (share_prompt, where _can_share_prompt), else one vision pass per distinct
+    video, and the chunked log-probs. chunk: completion tokens per log-softmax chunk."""
     N, T = completion_ids.shape
     if inputs["input_ids"].shape[0] != N:
         raise ValueError(f"{inputs['input_ids'].shape[0]} prompt rows for {N} completions: "
                          "repeat each prompt (and its video) once per completion")
     scoring = grpo.scoring_inputs(model, inputs, completion_ids, pad_id)
-    with _encode_each_video_once(model, inputs):
-        out = model(**scoring, use_cache=False, logits_to_keep=T + 1)
-    # The whole out.logits goes in, not the view logits[:, :-1]: a view's backward would allocate
-    # a full-size zero gradient for its base tensor.
-    logits = out.logits                                                          # (N, T+1, V)
-    del out                               # now referenced only here (backward overwrites it)
+    sizes = _prompt_groups(inputs) if share_prompt and T > 0 and _can_share_prompt(model) \
+        else None
+    if sizes is not None:
+        P = inputs["input_ids"].shape[1]
+        logits = _shared_prompt_logits(model, inputs, scoring["input_ids"][:, P:], sizes)
+    else:
+        with _encode_each_video_once(model, inputs):
+            out = model(**scoring, use_cache=False, logits_to_keep=T + 1)
+        # The whole out.logits goes in, not the view logits[:, :-1]: a view's backward would
+        # allocate a full-size zero gradient for its base tensor.
+        logits = out.logits                                                      # (N, T+1, V)
+        del out                           # now referenced only here (backward overwrites it)
     if T == 0:
         return logits.new_zeros(N, 0, dtype=torch.float32)
     return _ChunkedTokenLogprobs.apply(logits, completion_ids, temperature, chunk)  # (N, T)
@@ -237,11 +309,15 @@ def sample_group(model, inputs: dict, num_samples: int = 1, max_new_tokens: int 
                  temperature: float = 1.0, top_p: float = 1.0, greedy: bool = False,
                  end_ids=(), pad_id: int = 0, generator: torch.Generator | None = None,
                  ignore_eos: bool = False, suppress_vision: bool = True,
-                 sync_ranks: bool = False) -> dict:
-    """grpo.sample_group (same arguments and result, see there), faster, plus two flags:
+                 sync_ranks: bool = False, stop=None) -> dict:
+    """grpo.sample_group (same arguments and result, see there), faster, plus three flags:
     sync_ranks: under FSDP every forward is a collective, so all ranks must run the same number
       of decode steps: the stop test (all rows finished) is all-reduced over ranks.
     ignore_eos: keep sampling to max_new_tokens (extras/bench.py's forced-length rollouts).
+    stop: (candidate token ids, check(ids: list[int]) -> bool), e.g. label_stop(tok): a row whose
+      new token is a candidate and whose tokens so far pass check ends there (its mask ends after
+      that token, no end token is written). Every row still draws from the generator at every
+      step, so the other rows' tokens are exactly those of a run without `stop`.
     """
     # inference_mode rather than no_grad: no autograd bookkeeping (version counters, view
     # tracking) on the small ops of every decode step (docs/performance.md). Not under FSDP
@@ -249,9 +325,36 @@ def sample_group(model, inputs: dict, num_samples: int = 1, max_new_tokens: int 
     # made in inference mode could not be written by the next training forward.
     with (torch.no_grad() if sync_ranks else torch.inference_mode()):
         out = _sample_group(model, inputs, num_samples, max_new_tokens, temperature, top_p, greedy,
-                            end_ids, pad_id, generator, ignore_eos, suppress_vision, sync_ranks)
+                            end_ids, pad_id, generator, ignore_eos, suppress_vision, sync_ranks,
+                            None if ignore_eos else stop)
     # clones made outside inference mode are ordinary tensors (the completions feed autograd later)
     return {k: v.clone() for k, v in out.items()}
+
+
+def label_settled(text: str) -> bool:
+    """True when vadr.parse_completion gives every continuation of `text` the label it gives
+    `text`: the first <answer> is open, the first <which> after it is closed with no </answer>
+    between, and no <which> comes before that <answer>. Then the label is that <which>'s,
+    whether the answer closes later (it is the first <which> inside it) or never (it is the first
+    <which> of the text): vadr._first_tag reads the first opening and the first closing after it.
+    tests/test_fastpath.py checks this against parse_completion on every prefix of completions."""
+    i = text.find("<answer>")
+    if i < 0 or "<which>" in text[:i]:
+        return False
+    w = text.find("<which>", i)
+    e = text.find("</which>", w) if w >= 0 else -1
+    return e >= 0 and "</answer>" not in text[i:e]
+
+
+@functools.lru_cache(maxsize=8)
+def label_stop(tok):
+    """sample_group's `stop` for Algorithm 1's second completion, of which only the label is read
+    (rewards.verification_reward_from_text): a row ends once its <which> is settled (label_settled),
+    checked only after tokens whose text holds '>' (every tag ends with one). Saves the rest of the
+    answer's decode steps (docs/performance.md) and leaves every reward as it was."""
+    pieces = tok.convert_ids_to_tokens(list(range(len(tok))))
+    cands = [i for i, p in enumerate(pieces) if isinstance(p, str) and ">" in p]
+    return cands, lambda ids: label_settled(tok.decode(ids, skip_special_tokens=True))
 
 
 def _decode_masks(inner, attn: torch.Tensor, max_new_tokens: int):
@@ -280,7 +383,7 @@ def _decode_masks(inner, attn: torch.Tensor, max_new_tokens: int):
 
 
 def _sample_group(model, inputs, num_samples, max_new_tokens, temperature, top_p, greedy, end_ids,
-                  pad_id, generator, ignore_eos, suppress_vision, sync_ranks) -> dict:
+                  pad_id, generator, ignore_eos, suppress_vision, sync_ranks, stop) -> dict:
     """sample_group's body (grpo.sample_group's steps), run under inference_mode / no_grad."""
     inner = vadr.unwrap(model)
     P, G, dev = inputs["input_ids"].shape[1], num_samples, inputs["input_ids"].device
@@ -294,12 +397,22 @@ def _sample_group(model, inputs, num_samples, max_new_tokens, temperature, top_p
     banned = torch.tensor(grpo.vision_token_ids(inner.config) if suppress_vision else [],
                           device=dev, dtype=torch.long)
     done = torch.zeros(N, dtype=torch.bool, device=dev)
+    cut = torch.full((N,), max_new_tokens, dtype=torch.long, device=dev)  # (N,) stop: kept length
+    if stop is not None:
+        may_stop = torch.zeros(logits.shape[-1], dtype=torch.bool, device=dev)      # (V,)
+        may_stop[[i for i in stop[0] if i < len(may_stop)]] = True
     toks, lps = [], []
     for t in range(max_new_tokens):
         tok, lp = grpo.choose_token(logits, temperature, top_p, greedy, banned, generator)  # step 3
         tok = torch.where(done, torch.full_like(tok, pad_id), tok)     # finished rows: padding
         toks.append(tok)
         lps.append(torch.where(done, torch.zeros_like(lp), lp))
+        if stop is not None and bool((~done & may_stop[tok]).any()):
+            rows = (~done & may_stop[tok]).nonzero().flatten().tolist()
+            hist = torch.stack(toks, 1)[rows].tolist()                       # those rows' tokens
+            for n, ids_n in zip(rows, hist):
+                if stop[1](ids_n):
+                    done[n], cut[n] = True, t + 1
         if not ignore_eos:
             done = done | torch.isin(tok, end)
             all_done = done.all().to(torch.int32)
@@ -318,5 +431,6 @@ def _sample_group(model, inputs, num_samples, max_new_tokens, temperature, top_p
     ids = torch.stack(toks, 1)                                                      # (N, T)
     mask = grpo.completion_mask(ids, list(end_ids), pad_id) if not ignore_eos \
         else torch.ones_like(ids, dtype=torch.float32)                              # (N, T)
+    mask = mask * (torch.arange(ids.shape[1], device=dev) < cut[:, None])         # (N, T) stop
     return dict(completion_ids=ids, completion_mask=mask,
                 logprobs=torch.stack(lps, 1) * mask, prompt_positions_max=pos.amax(dim=(0, 2)))

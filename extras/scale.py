@@ -208,7 +208,8 @@ def count_parameters(config, adapters: dict | None = None) -> dict:
 
 def activation_memory(config, *, rows: int, seq_len: int, patches: int, keep: int, act_bytes: int,
                       grad_ckpt: bool, padded: bool, loss: str, vision_trainable: bool,
-                      lora_dropout: float = 0.0, lora_targets=(), lora_rank: int = 0) -> dict:
+                      lora_dropout: float = 0.0, lora_targets=(), lora_rank: int = 0,
+                      prompt_rows: int | None = None, prompt_len: int | None = None) -> dict:
     """Bytes of activations one training micro-batch keeps for backward, derived tensor by tensor
     from what autograd saves in transformers' Qwen2.5-VL (sdpa attention; checked against the
     toy's measured memory in tests/test_scale.py). a = act_bytes (2 for bf16 autocast, 4 for fp32
@@ -229,7 +230,11 @@ def activation_memory(config, *, rows: int, seq_len: int, patches: int, keep: in
     (rows, keep, V) logits in the compute dtype (grpo._ChunkedTokenLogprobs).
     With gradient checkpointing every decoder layer / vision block keeps only its input (a h per
     token), and backward recomputes one layer at a time: + one layer's full activations at the
-    peak. LoRA: the same path is kept (the adapters' A needs the inputs the base weights would
+    peak. Shared prompt (RL scoring without checkpointing or FSDP, extras/fastpath.py; prompt_rows
+    U distinct prompts of prompt_len P, rows N of T = seq_len - P completion tokens): the prompt
+    pass keeps U*P tokens as above; the completion pass keeps N*T tokens without their own k, v
+    (only the (P+T)-long concatenation is saved: N (P+T) 2 a h per layer, sdpa repeating the kv
+    heads under the mask it always gets) plus its additive mask N T (P+T) a per layer. LoRA: the same path is kept (the adapters' A needs the inputs the base weights would
     have); dropout > 0 adds each adapted projection's dropped input and mask ((a + 1) x in) per
     token. Returns dict(held (kept at the end of forward), recompute (one layer, only with
     checkpointing), logits_peak (the loss's transient copies), and the parts)."""
@@ -248,6 +253,17 @@ def activation_memory(config, *, rows: int, seq_len: int, patches: int, keep: in
         per_tok_layer += a * lora_rank * len(lora_targets)                   # x A^T per adapter
     mask_layer = rows * seq_len * seq_len * a if padded else 0               # sdpa additive mask
     layer_full = tokens * per_tok_layer + mask_layer                         # one layer, all tokens
+    bool_masks = rows * seq_len * seq_len if padded else 0
+    if prompt_rows is not None and not grad_ckpt:                            # shared prompt
+        P, T = prompt_len, seq_len - prompt_len
+        kv_c = h if kv != h else kv                                          # repeated under a mask
+        per_tok_c = per_tok_layer - 2 * a * kv_saved                         # own k, v not kept
+        tokens = prompt_rows * P + rows * T
+        layer_full = (prompt_rows * P * per_tok_layer
+                      + (prompt_rows * P * P * a if padded else 0)          # prompt pass
+                      + rows * T * per_tok_c + rows * (P + T) * 2 * a * kv_c
+                      + rows * T * (P + T) * a)                              # completion pass
+        bool_masks = (prompt_rows * P * P if padded else 0) + rows * T * (P + T)
     hv, Iv, nb = vc.hidden_size, vc.intermediate_size, vc.depth
     per_patch_block = (8 + 11 * a) * hv + 4 * a * Iv
     if vision_trainable:
@@ -267,7 +283,7 @@ def activation_memory(config, *, rows: int, seq_len: int, patches: int, keep: in
         logits_peak = 2 * 256 * V * 4        # one chunk of fp32 temporaries (grpo chunk=256)
     # shared by all layers: RoPE cos/sin (rows, L, head_dim) each, the bool padding mask, and the
     # vision tower's fp32 rotary cos/sin (patches, head_dim_v) each
-    shared = 2 * tokens * (h // heads) * a + (rows * seq_len * seq_len if padded else 0)
+    shared = 2 * tokens * (h // heads) * a + bool_masks
     if vision_trainable:
         shared += 2 * patches * (hv // vc.num_heads) * 4
     block_full = patches * per_patch_block if vision_trainable else 0
@@ -378,13 +394,15 @@ def estimate_memory(config, args, stage: str, world: int = 1, device_type: str =
     kv_cache = (tc.num_hidden_layers * 2 * tc.num_key_value_heads * head_dim
                 * c * sh["rows"] * sh["seq_len"]) if rl else 0
     grad_ckpt = bool(getattr(args, "grad_ckpt", False))
+    share = rl and not grad_ckpt and not fsdp and sh.get("videos", sh["rows"]) < sh["rows"]
     act = activation_memory(
         config, rows=sh["rows"], seq_len=sh["seq_len"], patches=sh["patches"], keep=sh["keep"],
         act_bytes=c, grad_ckpt=grad_ckpt, padded=sh["padded"], loss=stage,
         vision_trainable=not adapters and not getattr(args, "freeze_vision", False),
         lora_dropout=(getattr(args, "lora_dropout", 0.0) or 0.0) if adapters else 0.0,
         lora_targets=adapters["targets"] if adapters else (),
-        lora_rank=adapters["rank"] if adapters else 0)
+        lora_rank=adapters["rank"] if adapters else 0,
+        prompt_rows=sh["videos"] if share else None, prompt_len=sh.get("prompt_tokens"))
     # the loss's transient logits copies live at the end of forward / start of backward, the
     # recomputed layer later in backward: the two peaks do not add up
     activations = act["held"] + max(act["recompute"], act["logits_peak"])

@@ -29,6 +29,7 @@ import pytest
 import torch
 
 import grpo
+import rewards
 import vadr
 from extras import bench, fastpath, toymodel
 
@@ -176,6 +177,79 @@ def test_sampled_completions_equal_hf_generate_under_one_seed(toy, seed, impl):
     assert torch.allclose(lp * ours["completion_mask"], ours["logprobs"], atol=1e-5)
 
 
+# ---------------------------------------------------------------- the second completion stops once its label is settled
+
+def test_stopped_rows_keep_their_tokens_and_the_others_are_untouched(toy):
+    """A stop that ends the rows starting with an even token at their 3rd token: those rows' tokens and
+    log-probs up to the cut are the ones of the run without a stop, their masks end there; every other
+    row is identical; the loop ends earlier only when every row is done."""
+    t = toy
+    kw = dict(num_samples=3, max_new_tokens=10, temperature=1.5, end_ids=t["end"], pad_id=t["pad"])
+    plain = fastpath.sample_group(t["model"], t["inputs"], generator=torch.Generator().manual_seed(1), **kw)
+    even = [i for i, v in enumerate(plain["completion_ids"][:, 0].tolist()) if v % 2 == 0]
+    assert 0 < len(even) < 6                                  # both kinds of rows, so the checks can fail
+    stop = (list(range(len(t["tok"]))), lambda ids: len(ids) == 3 and ids[0] % 2 == 0)
+    cut = fastpath.sample_group(t["model"], t["inputs"], generator=torch.Generator().manual_seed(1), stop=stop, **kw)
+    m0, m1 = plain["completion_mask"], cut["completion_mask"]
+    for n in range(6):
+        k = min(3, int(m0[n].sum())) if n in even else int(m0[n].sum())
+        assert torch.equal(cut["completion_ids"][n, :k], plain["completion_ids"][n, :k]), n
+        assert m1[n].tolist() == [1.0] * k + [0.0] * (m1.shape[1] - k), n
+        assert torch.allclose(cut["logprobs"][n], plain["logprobs"][n] * m1[n], atol=1e-6), n
+
+
+COMPLETIONS = [
+    "<think><step1>a road</step1></think>\n<answer>Category: <which>Normal</which>. Event: <what>people walk"
+    "</what></answer>",
+    "<think><step1>fire</step1></think><answer><which>Fire</which><when>[0.2, 0.6]</when></answer>",
+    "<answer><what>x</what><which>Abnormal</which></answer>",
+    "<think><which>Normal</which></think><answer><which>Abnormal</which></answer>",  # a <which> in the think
+    "<answer>Category: none</answer> then <which>Abnormal</which>",                   # the which outside it
+    "<answer><which>Normal</which><which>Abnormal</which>",                           # never closed
+    "<which>Abnormal</which><answer><which>Normal</which></answer>",
+    "<answer><which>Norm</which></answer>",
+]
+TAILS = ["", "</answer>", "<which>Abnormal</which></answer>", "</which><which>Normal</which>",
+         "</answer><answer><which>Abnormal</which></answer>", " <what>y</what></answer><which>Normal</which>"]
+
+
+def test_label_settled_means_no_continuation_changes_the_label():
+    """Every prefix of each completion that label_settled calls settled keeps vadr.parse_completion's label
+    under every continuation tried (its own rest and adversarial tails); typical outputs settle right after
+    their answer's </which>, and the traps (a <which> before the answer, an answer closed before its
+    <which>) never settle, where a tail would indeed change the label."""
+    for c in COMPLETIONS:
+        for k in range(len(c) + 1):
+            if fastpath.label_settled(c[:k]):
+                label = vadr.parse_completion(c[:k])["label"]
+                for tail in [c[k:]] + TAILS:
+                    assert vadr.parse_completion(c[:k] + tail)["label"] == label, (c[:k], tail)
+    first = lambda c: next((k for k in range(len(c) + 1) if fastpath.label_settled(c[:k])), None)
+    for c in COMPLETIONS[:3] + COMPLETIONS[5:6] + COMPLETIONS[7:]:
+        assert first(c) == c.index("</which>", c.index("<answer>")) + len("</which>"), c
+    for c in (COMPLETIONS[3], COMPLETIONS[4], COMPLETIONS[6]):
+        assert first(c) is None, c
+    trap = "<think><which>Normal</which></think><answer><which>Abnormal</which>"   # unclosed: Normal
+    assert vadr.parse_completion(trap)["label"] == "Normal"
+    assert vadr.parse_completion(trap + "</answer>")["label"] == "Abnormal"
+
+
+def test_label_stop_cuts_a_tokenised_completion_right_after_its_settled_which(toy):
+    """label_stop on the toy tokenizer: its check, tried only after candidate tokens (those holding '>'),
+    first passes at the token that closes the answer's </which> (a token may hold more, '>.'); the cut text has
+    the full text's label."""
+    tok = toy["tok"]
+    cands, check = fastpath.label_stop(tok)
+    assert fastpath.label_stop(tok) is fastpath.label_stop(tok)        # built once per tokenizer
+    for c in COMPLETIONS[:3]:
+        ids = tok(c)["input_ids"]
+        k = next(k for k in range(1, len(ids) + 1) if ids[k - 1] in cands and check(ids[:k]))
+        text = tok.decode(ids[:k], skip_special_tokens=True)
+        assert not check(ids[:k - 1]) and text.count("</which>") == 1, text   # settles at token k
+        assert len(text) - (text.index("</which>") + len("</which>")) < len(tok.decode(ids[k - 1:k])), text
+        assert rewards.predicted_label(text) == rewards.predicted_label(c) is not None
+
+
 # ---------------------------------------------------------------- sampling-time log-probs, positions, prefill once
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -267,7 +341,7 @@ def test_scoring_encodes_each_video_once_with_the_same_gradients(toy):
         model.zero_grad()
         ctx = contextlib.nullcontext() if dedupe else _no_dedupe()
         with ctx:
-            lp = fastpath.completion_logprobs(model, full, comp)
+            lp = fastpath.completion_logprobs(model, full, comp, share_prompt=False)
             (lp * w).sum().backward()
         return lp.detach(), [p.grad.clone() for p in model.parameters()]
     try:
@@ -282,6 +356,77 @@ def test_scoring_encodes_each_video_once_with_the_same_gradients(toy):
     assert max(v.abs().max().item() for v in vis) > 0                      # the vision tower is trained too
     with torch.no_grad():                                                   # and naive scoring agrees
         assert torch.allclose(bench.naive_logprobs(model, full, comp), lp1, atol=1e-5)
+
+
+def _rows(inputs, idx):
+    """The rows idx of a prompt batch, each with its own video (a group of G is idx repeated)."""
+    chunks = torch.split(inputs["pixel_values_videos"], inputs["video_grid_thw"].prod(-1).tolist())
+    out = {k: inputs[k][idx] for k in ("input_ids", "attention_mask", "mm_token_type_ids", "video_grid_thw",
+                                       "second_per_grid_ts")}
+    return dict(out, pixel_values_videos=torch.cat([chunks[i] for i in idx]))
+
+
+@pytest.mark.parametrize("idx", [[0, 0, 0, 1, 1, 1], [0, 0, 0, 1], [1, 0, 0]])
+def test_shared_prompt_scoring_runs_each_prompt_once_with_the_same_values_and_gradients(toy, idx):
+    """Groups of rows with one prompt (left-padded, of sizes 3+3, 3+1 and 1+2): the text model runs once over
+    the distinct prompts and once over the completions on their copied KV cache; log-probs and every
+    parameter's gradient equal grpo's one-forward pass and fastpath's with share_prompt=False."""
+    t = toy
+    model = copy.deepcopy(t["model"])
+    full = _rows(t["inputs"], idx)
+    N, T, P = len(idx), 8, full["input_ids"].shape[1]
+    comp = torch.randint(20, len(t["tok"]), (N, T), generator=torch.Generator().manual_seed(2))
+    comp[1, 4], comp[1, 5:] = t["tok"].convert_tokens_to_ids("<|im_end|>"), t["pad"]
+    comp[2, 3] = t["vis"][0]                                     # a vision placeholder: scored as the pad id
+    w = torch.randn(N, T, generator=torch.Generator().manual_seed(3))
+    seen = []
+    h = model.model.language_model.register_forward_hook(
+        lambda m, a, kw, o: seen.append(tuple(o.last_hidden_state.shape[:2])), with_kwargs=True)
+    out = {}
+    try:
+        for name, fn in (("grpo", grpo.completion_logprobs),
+                         ("shared", fastpath.completion_logprobs),
+                         ("one_pass", lambda *a, **k: fastpath.completion_logprobs(*a, share_prompt=False, **k))):
+            model.zero_grad()
+            seen.clear()
+            lp = fn(model, full, comp, temperature=0.7)
+            (lp * w).sum().backward()
+            out[name] = lp.detach(), [p.grad.clone() for p in model.parameters()], list(seen)
+    finally:
+        h.remove()
+    U = len([i for j, i in enumerate(idx) if j == 0 or idx[j - 1] != i])   # distinct runs of one prompt
+    assert out["shared"][2] == [(U, P), (N, T)]
+    assert out["one_pass"][2] == out["grpo"][2] == [(N, P + T)]
+    for name in ("shared", "one_pass"):
+        assert torch.allclose(out[name][0], out["grpo"][0], atol=1e-5, rtol=0), name
+        assert max((a - b).abs().max().item() for a, b in zip(out[name][1], out["grpo"][1])) < 1e-5, name
+    vis = [a for (n, _), a in zip(model.named_parameters(), out["shared"][1]) if n.startswith("model.visual")]
+    assert max(v.abs().max().item() for v in vis) > 0            # the prompt pass's gradient reaches the tower
+
+
+def test_shared_prompt_scoring_only_where_it_can(toy):
+    """Rows that share a video but not their prompt text, and a model with gradient checkpointing: the
+    one-forward path runs (the text model sees N rows of P+T tokens once), with the same values."""
+    t = toy
+    model = copy.deepcopy(t["model"])
+    full = _rows(t["inputs"], [0, 0, 1, 1])
+    other = dict(full, input_ids=full["input_ids"].clone())
+    other["input_ids"][1, -2] += 1                              # one text token of row 1 differs from row 0
+    comp = torch.randint(20, len(t["tok"]), (4, 6), generator=torch.Generator().manual_seed(2))
+    seen = []
+    h = model.model.language_model.register_forward_hook(
+        lambda m, a, kw, o: seen.append(tuple(o.last_hidden_state.shape[:2])), with_kwargs=True)
+    try:
+        with torch.no_grad():
+            fastpath.completion_logprobs(model, other, comp)
+            assert seen == [(4, full["input_ids"].shape[1] + 6)]
+            seen.clear()
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            lp = fastpath.completion_logprobs(model, full, comp)
+            assert seen == [(4, full["input_ids"].shape[1] + 6)]
+            assert torch.allclose(lp, grpo.completion_logprobs(model, full, comp), atol=1e-5, rtol=0)
+    finally:
+        h.remove()
 
 
 def test_completion_logprobs_chunking_invariant_and_gradients(toy):

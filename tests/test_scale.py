@@ -106,8 +106,9 @@ def test_toy_estimate_matches_measured_memory(tiny_world, tiny_model):
     full = grpo.expand_inputs({k: b1[k] for k in vadr.MODEL_INPUT_KEYS}, G)  # RL: G rows, video x G
     ids = torch.randint(20, 200, (G, T), generator=torch.Generator().manual_seed(0))
     # the scoring pass encodes each video once for its G rows (extras/fastpath.py): one copy's patches
+    # and runs the prompt once for them (the shared-prompt pass without checkpointing or FSDP)
     rl_shapes = dict(rows=G, seq_len=full["input_ids"].shape[1] + T, patches=b1["pixel_values_videos"].shape[0],
-                     keep=T + 1, padded=False)
+                     keep=T + 1, padded=False, videos=1, prompt_tokens=full["input_ids"].shape[1])
     cases = [("sft", False, b2, _sft_shapes(b2)), ("sft", True, b1, _sft_shapes(b1)), ("rl", False, None, rl_shapes)]
     for stage, ckpt, b, shapes in cases:
         model = copy.deepcopy(model0).train()
