@@ -13,9 +13,11 @@ writes the numbers (keys rollout_speedup, rl_step_speedup, scoring_memory_ratio,
   verification  G generate calls, one per trimmed video         one batched sample_group call
                 (Algorithm 1)
   scoring       one forward over the G-expanded inputs with     fastpath.completion_logprobs:
-                logits for every position, full-vocabulary      logits for the completion only,
-                log_softmax, gather (reference and policy)      chunked log-softmax, in-place
-                                                                backward, vision once per video
+                logits for every position, full-vocabulary      the prompt once per group (its KV
+                log_softmax, gather (reference and policy)      cache copied to the G rows),
+                                                                logits for the completion only,
+                                                                chunked log-softmax, in-place
+                                                                backward
   rl_step       train_rl.rl_step with the three naive parts     train_rl.rl_step as it is
                 swapped in (naive_parts)
   sft           forward with logits for the whole sequence      train_sft.sft_loss_sum
@@ -62,8 +64,9 @@ How it is measured.
   * GPU extras: peak memory (torch.cuda.max_memory_allocated above what was allocated before the
     call) and model FLOPs utilisation = useful model FLOPs / (time x peak bf16 FLOP/s), where
     useful FLOPs count the matmuls and attention of the work itself once (vision tower once per
-    video in a rollout, the lm_head only where logits are needed), so the naive side's repeated
-    work lowers its MFU. Attention inside the vision tower's 112-pixel windows is left out.
+    video in a rollout, the lm_head only where logits are needed; in scoring, every row's prompt,
+    which the shared-prompt pass runs once per group), so the naive side's repeated work lowers its
+    MFU, and ours can read above the hardware's true utilisation in scoring. Attention inside the vision tower's 112-pixel windows is left out.
   * RL step on GPU: SGD instead of AdamW (lr 1e-6; AdamW's two bf16 states would not fit beside the
     policy, the reference and the gradients on 80 GB) and gradient checkpointing (as the
     authors); on CPU AdamW.
@@ -220,7 +223,7 @@ def naive_sample_group(model, inputs: dict, num_samples: int = 1, max_new_tokens
     """fastpath.sample_group's contract done the naive way (swapped into train_rl.rl_step by naive_parts):
     a group is generate(num_return_sequences=G) (vision tower and prefill G times); a batch of single
     samples (the verification pass) is one generate call per video. HF samples from the global RNG,
-    which is seeded from `generator`."""
+    which is seeded from `generator`. stop is ignored: the naive verification decodes to the end."""
     if generator is not None:
         torch.manual_seed(generator.initial_seed())
     kw = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, greedy=greedy,

@@ -183,13 +183,14 @@ def _prompt_groups(inputs: dict) -> list[int] | None:
 
 
 def _can_share_prompt(model) -> bool:
-    """The shared-prompt pass needs a KV cache that autograd flows through: not with gradient
-    checkpointing (HF turns the cache off) nor under FSDP2 (two forwards of each sharded module
-    before one backward), where the one-forward path runs instead."""
+    """The shared-prompt pass needs a KV cache: not from a layer that checkpoints (HF drops the
+    cache in a training-mode layer with gradient checkpointing; the eval-mode reference keeps it)
+    nor under FSDP2 (two forwards of each sharded module before one backward), where the
+    one-forward path runs instead."""
     fsdp = getattr(torch.distributed, "fsdp", None)
     kind = getattr(fsdp, "FSDPModule", None) or ()                     # () : isinstance is False
-    return not any(getattr(m, "gradient_checkpointing", False) is True or isinstance(m, kind)
-                   for m in vadr.unwrap(model).modules())
+    return not any((getattr(m, "gradient_checkpointing", False) is True and m.training)
+                   or isinstance(m, kind) for m in vadr.unwrap(model).modules())
 
 
 def _shared_prompt_logits(model, inputs: dict, comp: torch.Tensor, sizes: list[int]):

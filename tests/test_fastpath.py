@@ -405,8 +405,9 @@ def test_shared_prompt_scoring_runs_each_prompt_once_with_the_same_values_and_gr
 
 
 def test_shared_prompt_scoring_only_where_it_can(toy):
-    """Rows that share a video but not their prompt text, and a model with gradient checkpointing: the
-    one-forward path runs (the text model sees N rows of P+T tokens once), with the same values."""
+    """Rows that share a video but not their prompt text, and a training-mode model with gradient
+    checkpointing: the one-forward path runs (the text model sees N rows of P+T tokens once), with the
+    same values. The same model in eval mode (the frozen reference) keeps the shared pass."""
     t = toy
     model = copy.deepcopy(t["model"])
     full = _rows(t["inputs"], [0, 0, 1, 1])
@@ -422,8 +423,12 @@ def test_shared_prompt_scoring_only_where_it_can(toy):
             assert seen == [(4, full["input_ids"].shape[1] + 6)]
             seen.clear()
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            lp = fastpath.completion_logprobs(model, full, comp)
+            lp = fastpath.completion_logprobs(model.train(), full, comp)
             assert seen == [(4, full["input_ids"].shape[1] + 6)]
+            assert torch.allclose(lp, grpo.completion_logprobs(model, full, comp), atol=1e-5, rtol=0)
+            seen.clear()
+            lp = fastpath.completion_logprobs(model.eval(), full, comp)
+            assert seen == [(2, full["input_ids"].shape[1]), (4, 6)]
             assert torch.allclose(lp, grpo.completion_logprobs(model, full, comp), atol=1e-5, rtol=0)
     finally:
         h.remove()
