@@ -66,7 +66,9 @@ def add_run_args(ap: argparse.ArgumentParser, default_out: str):
     g.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     g.add_argument("--seed", type=int, default=0, help="seed for init, data order, sampling")
     g.add_argument("--grad-ckpt", action="store_true", help="gradient checkpointing (saves activation memory)")
-    g.add_argument("--freeze-vision", action="store_true", help="train the language model only")
+    g.add_argument("--freeze-vision", action=argparse.BooleanOptionalAction, default=None,
+                   help="train the language model only; --no-freeze-vision trains the vision "
+                        "encoder too (default: the preset's)")
     return g
 
 

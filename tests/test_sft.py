@@ -181,3 +181,30 @@ def test_linear_schedule_by_hand_and_schedule_flag(tiny_world, tmp_path):
     lrs = [json.loads(x)["lr"] for x in open(tmp_path / "lin" / "log.jsonl")]
     assert lrs == pytest.approx([1e-3 * 2 / 3, 1e-3 / 3, 0.0])  # cosine would give 0.75e-3 first
     assert json.load(open(tmp_path / "lin" / "run_config.json"))["schedule"] == "linear"
+
+
+def test_toy_preset_keeps_the_trained_vision_encoder_frozen(tiny_world, tmp_path):
+    """The toy preset trains the language model only when it starts from a trained checkpoint
+    (stage 0 taught the encoder to see); stage 0 itself, a random --model toy, the paper preset and
+    --no-freeze-vision train the vision encoder too. Checked on the flags and on saved weights."""
+    def parsed(*extra):
+        return train_sft.parse_args(["--data", tiny_world["sft_train"], *extra]).freeze_vision
+    assert parsed("--model", "ckpt", "--preset", "toy") is True
+    assert parsed("--model", "ckpt", "--preset", "toy", "--no-freeze-vision") is False
+    assert parsed("--model", "ckpt", "--preset", "toy", "--task", "caption") is False
+    assert parsed("--model", "toy", "--preset", "toy") is False
+    assert parsed("--model", "ckpt", "--preset", "paper") is False
+    assert parsed("--model", "toy", "--preset", "paper", "--freeze-vision") is True
+    w = tiny_world
+    _run(_common(w) + ["--max-steps", "1", "--batch-size", "2"], tmp_path / "base")
+    base = saved_weights(tmp_path / "base")
+    args = _common(w) + ["--model", str(tmp_path / "base"), "--preset", "toy", "--max-steps", "2",
+                         "--batch-size", "2"]
+    _run(args, tmp_path / "frozen")
+    _run(args + ["--no-freeze-vision"], tmp_path / "trained")
+    for run, vision_moves in (("frozen", False), ("trained", True)):
+        after = saved_weights(tmp_path / run)
+        moved = {k for k in base if not torch.equal(base[k], after[k])}
+        assert any(".language_model." in k for k in moved), run
+        assert any(".visual." in k for k in moved) == vision_moves, (run, sorted(moved)[:3])
+    assert json.load(open(tmp_path / "frozen" / "run_config.json"))["freeze_vision"] is True
