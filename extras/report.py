@@ -345,5 +345,5 @@ def stage0_lines(run_dir: str) -> list[str]:
     c = json.load(open(p))
     return ["", f"Stage 0 sees the event (its greedy caption opens with an event exactly when the "
                 f"video has one) in {c['accuracy']:.3f} of the {c['n']} test videos: events "
-                f"captioned {c['tpr']:.3f}, quiet videos captioned quiet {c['tnr']:.3f}. SFT's "
-                f"detection rarely exceeds it (docs/experiments.md)."]
+                f"captioned {c['tpr']:.3f}, quiet videos captioned quiet {c['tnr']:.3f} (the first "
+                f"word of a caption; SFT on the frozen encoder can read more: docs/experiments.md)."]
