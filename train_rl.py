@@ -48,14 +48,14 @@ TOY_DATA_DIR, TOY_SFT_DIR = "data/toy", "runs/toy/sft"
 
 # The paper's defaults (App. C.3), the authors' where it is silent (docs/paper-vs-authors.md s.2)
 PAPER = dict(epochs=1, lr=1e-6, batch_size=1, num_generations=4, beta=0.04, temperature=1.0,
-             top_p=0.95, max_new_tokens=768, weight_decay=0.01, max_grad_norm=5.0,
-             warmup_ratio=0.0, save_every=100, num_workers=2, prompt_variant="binary",
+             top_p=0.95, max_new_tokens=768, weight_decay=0.01, max_grad_norm=5.0, warmup_ratio=0.0,
+             save_every=100, num_workers=2, prompt_variant="binary", freeze_vision=False,
              **dict(training.VIDEO_PAPER, grid_time="one"))  # the authors' RL trainer: 1.0 (s.5)
 # Toy: short completions, larger lr, the SFT prompt (binary: no format passed), 1 epoch as the paper
 TOY = dict(epochs=1, lr=5e-5, batch_size=2, num_generations=4, beta=0.04,
            temperature=1.0, top_p=0.95, max_new_tokens=320, weight_decay=0.0, max_grad_norm=1.0,
            warmup_ratio=0.0, save_every=20, num_workers=1, prompt_variant="fine",
-           **training.VIDEO_TOY)
+           freeze_vision=False, **training.VIDEO_TOY)
 
 
 def add_reward_args(ap):

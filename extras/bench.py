@@ -66,7 +66,8 @@ How it is measured.
     useful FLOPs count the matmuls and attention of the work itself once (vision tower once per
     video in a rollout, the lm_head only where logits are needed; in scoring, every row's prompt,
     which the shared-prompt pass runs once per group), so the naive side's repeated work lowers its
-    MFU, and ours can read above the hardware's true utilisation in scoring. Attention inside the vision tower's 112-pixel windows is left out.
+    MFU, and ours can read above the hardware's true utilisation in scoring. Attention inside the
+    vision tower's 112-pixel windows is left out.
   * RL step on GPU: SGD instead of AdamW (lr 1e-6; AdamW's two bf16 states would not fit beside the
     policy, the reference and the gradients on 80 GB) and gradient checkpointing (as the
     authors); on CPU AdamW.

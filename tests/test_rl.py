@@ -111,3 +111,12 @@ def test_rl_prompt_variant_follows_the_preset():
     assert train_rl.parse_args(["--data", "rl.jsonl", "--model", "sft_dir"]).prompt_variant == "binary"
     assert train_rl.parse_args(["--prompt-variant", "binary"]).prompt_variant == "binary"
     assert train_rl.parse_args(["--data", "rl.jsonl", "--model", "m", "--prompt-variant", "fine"]).prompt_variant == "fine"
+
+
+def test_rl_presets_train_the_vision_encoder_unless_asked():
+    """Both RL presets record freeze_vision=False (RL trains the whole model; on the toy world that
+    grounded better than freezing, docs/experiments.md); --freeze-vision wins over them."""
+    import train_rl
+    assert train_rl.parse_args([]).freeze_vision is False
+    assert train_rl.parse_args(["--data", "rl.jsonl", "--model", "m"]).freeze_vision is False
+    assert train_rl.parse_args(["--freeze-vision"]).freeze_vision is True
