@@ -378,6 +378,7 @@ def load_training_state(ckpt_dir: str, model, optimizer=None, scheduler=None,
         raise InputError(f"{ckpt_dir} was saved by {len(rngs)} ranks; resuming on "
                          f"{world_size()} would not continue the same run exactly: resume with "
                          f"{len(rngs)} ranks (torchrun --nproc_per_node {len(rngs)})")
+    _check_same_trainable(where, model, optimizer, state.get("optimizer"))
     try:
         if optimizer is not None and state.get("optimizer") is not None:
             set_optimizer_state_dict(unwrap(model), optimizer, state["optimizer"],
@@ -390,6 +391,21 @@ def load_training_state(ckpt_dir: str, model, optimizer=None, scheduler=None,
                          " resume with the run's own flags (--freeze-vision, --lora-*)") from None
     set_rng_state(rngs[rank])
     return state
+
+
+def _check_same_trainable(where: str, model, optimizer, saved: dict | None):
+    """A resumed run must train the parameters its checkpoint trained: the optimizer state is
+    keyed by parameter name, and loading it into an optimizer over another set (a flag such as
+    --freeze-vision changed) silently drops or skips moments instead of continuing the run."""
+    if optimizer is None or not isinstance(saved, dict):
+        return
+    was = {n for g in saved.get("param_groups", []) for n in g.get("params", [])}
+    names = {id(p): n for n, p in unwrap(model).named_parameters()}
+    now = {names.get(id(p), "?") for g in optimizer.param_groups for p in g["params"]}
+    if was and was != now:
+        raise InputError(f"{where}: its run trained {len(was)} parameter tensors, this one would "
+                         f"train {len(now)} ({len(was - now)} of them not, {len(now - was)} new): "
+                         "resume with the run's own flags (--freeze-vision, --lora-*)")
 
 
 # ---- the JSONL log -------------------------------------------------------------------------------

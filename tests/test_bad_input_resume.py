@@ -438,3 +438,28 @@ def test_load_model_on_a_run_dir_without_a_checkpoint_is_one_error(tmp_path):
     (tmp_path / "latest").write_text("step-9")  # names a checkpoint that is not there
     with pytest.raises(vadr.InputError, match="neither 'toy' nor a local checkpoint directory"):
         vadr.load_model(str(tmp_path))
+
+
+def test_resume_with_another_trainable_set_is_one_error(tiny_world, tmp_path):
+    """A resume whose flags train other parameters than the checkpoint's run did (here
+    --freeze-vision added) is refused in one line before anything is written; the run's own
+    flags resume it."""
+    out = tmp_path / "r"
+    base = [sys.executable, "train_sft.py", "--data", tiny_world["sft_train"], "--video-root",
+            tiny_world["videos"], "--frames", "4", "--max-steps", "2", "--save-every", "1",
+            "--batch-size", "1", "--device", "cpu", "--num-workers", "0", "--out", str(out)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    p = subprocess.run(base + ["--max-steps", "1"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300, env=env)
+    assert p.returncode == 0, p.stderr[-2000:]
+    log = open(out / "log.jsonl").read()
+    p = subprocess.run(base + ["--resume", str(out), "--freeze-vision"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr[-2000:]
+    line = p.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"error: {out}/step-1/training_state.pt: its run trained ") and \
+        line.endswith(" new): resume with the run's own flags (--freeze-vision, --lora-*)"), line
+    assert open(out / "log.jsonl").read() == log and not (out / "step-2").exists()
+    p = subprocess.run(base + ["--resume", str(out)], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300, env=env)
+    assert p.returncode == 0 and (out / "step-2").is_dir(), p.stderr[-2000:]
