@@ -76,7 +76,7 @@ TOY_VERSION = 5  # bump when rendering or text changes, so ensure_toy_world rege
 # labelled). generate_toy_world's own keyword defaults draw all nine categories at scale 1 from
 # every template (the tests' tiny worlds).
 TOY_DEFAULTS = dict(seed=0, n_sft=90, n_test=60, n_rl=330, n_caption=2000, size=(112, 112), frames=(48, 96), fps=8,
-                    sprite_scale=2.5, categories=("Fire",), text_variants=1)
+                    sprite_scale=2.5, categories=("Fire",), text_variants=1, column_tint=0)
 MANIFEST_NAMES = dict(sft_train="Vad-Reasoning-SFT-train.jsonl", sft_test="Vad-Reasoning-SFT-test.jsonl",
                       rl="Vad-Reasoning-RL.jsonl", caption="Toy-Caption.jsonl")
 
@@ -644,6 +644,12 @@ def _frames_range(frames) -> tuple[int, int]:
     return lo, hi
 
 
+def _check_column_tint(tint) -> int:
+    if isinstance(tint, bool) or int(tint) != tint or not 0 <= int(tint) <= 100:
+        raise vadr.InputError(f"column_tint must be an integer in [0, 100], got {tint!r}")
+    return int(tint)
+
+
 def _check_sprite_scale(sprite_scale: float) -> float:
     if not 0.5 <= sprite_scale <= 4:
         raise vadr.InputError(f"sprite_scale must be in [0.5, 4], got {sprite_scale}")
@@ -651,7 +657,8 @@ def _check_sprite_scale(sprite_scale: float) -> float:
 
 
 def render_toy_video(seed: int, category: str | None = None, size=(112, 112), frames=(48, 96),
-                     fps: float = 8.0, draw_event: bool = True, sprite_scale: float = 1.0):
+                     fps: float = 8.0, draw_event: bool = True, sprite_scale: float = 1.0,
+                     column_tint: int = 0):
     """Render one toy video without writing anything.
 
     seed: everything random (layout, colours, length, event window) comes from it.
@@ -659,9 +666,11 @@ def render_toy_video(seed: int, category: str | None = None, size=(112, 112), fr
     size: (H, W), even numbers (H.264 yuv420p). frames: length, an int or an inclusive (lo, hi)
     range drawn per video. draw_event=False renders the same video without the event's sprites
     (a counterfactual for tests and previews). sprite_scale: people, cars, bags and every event's
-    sprites drawn this many times larger (the layout of the street stays the same).
+    sprites drawn this many times larger (the layout of the street stays the same). column_tint:
+    add this much red at the left edge and blue at the right, linear in between, to every pixel
+    after the mirror (the same in every video: the fixed scenery that tells a column apart).
     -> frames uint8 (T, H, W, 3), meta dict(category, label, total_frames, fps, start, end, bbox,
-       background (H, W, 3) uint8, facts). start/end/bbox are None for normal videos.
+       background (H, W, 3) uint8, facts, mirrored). start/end/bbox are None for normal videos.
     """
     if category is not None and category not in _EVENT_PLANNERS:
         raise ValueError(f"toy category must be one of {TOY_CATEGORIES} or None, got {category!r}")
@@ -669,6 +678,7 @@ def render_toy_video(seed: int, category: str | None = None, size=(112, 112), fr
     if H % 2 or W % 2 or H < 48 or W < 48:
         raise ValueError(f"size must be even and at least 48 x 48 (H.264 yuv420p), got {size}")
     lo, hi = _frames_range(frames)
+    tint = _check_column_tint(column_tint)
     rng = np.random.default_rng(seed)
     T = int(rng.integers(lo, hi + 1))           # independent of the label
     sc = _plan_scene(rng, H, W, _check_sprite_scale(sprite_scale))
@@ -715,6 +725,10 @@ def render_toy_video(seed: int, category: str | None = None, size=(112, 112), fr
         out, bg = np.ascontiguousarray(out[:, :, ::-1]), np.ascontiguousarray(bg[:, ::-1])
         if box is not None:
             box = (W - box[2], box[1], W - box[0], box[3])
+    if tint:  # after the mirror, so the left edge is always the red one (docs/toy-world.md)
+        ramp = np.linspace(tint, -tint, W)[:, None] * np.array([1, 0, -1])   # (W, 3) red -> blue
+        out = np.clip(out + ramp.round().astype(np.int16), 0, 255).astype(np.uint8)   # (T, H, W, 3)
+        bg = np.clip(bg + ramp.round().astype(np.int16), 0, 255).astype(np.uint8)     # (H, W, 3)
     flip = -1 if mirror else 1
     facts = dict(sky=sc["sky"], walk=sc["walk"], strip=sc["strip"], n_buildings=sc["n_buildings"],
                  n_people=n_people, n_cars=len(cars), d_car=sc["d_car"] * flip)
@@ -726,7 +740,7 @@ def render_toy_video(seed: int, category: str | None = None, size=(112, 112), fr
         facts.update(ef, zone=event["zone"])
     meta = dict(category=category or "Normal", label="Abnormal" if category else "Normal", total_frames=T,
                 fps=float(fps), start=s, end=e, bbox=list(box) if box is not None else None,
-                background=bg, facts=facts)
+                background=bg, facts=facts, mirrored=mirror)
     if category is not None and box is None and draw_event:
         raise RuntimeError(f"toy video seed={seed} {category}: the event drew nothing (a bug)")
     return out, meta
@@ -1114,7 +1128,7 @@ def write_video(path: str, frames, fps: float = 8.0, crf: int = 18):
 def _toy_job(job: dict) -> dict:
     """Render, encode and describe one video (runs in a worker process)."""
     frames, meta = render_toy_video(job["seed"], job["category"], job["size"], job["frames"], job["fps"],
-                                    sprite_scale=job["sprite_scale"])
+                                    sprite_scale=job["sprite_scale"], column_tint=job["column_tint"])
     write_video(job["path"], frames, job["fps"])
     row = dict(source=TOY_SOURCE, video=job["name"])
     if job["split"] == "rl":  # weak labels only (App. B.1)
@@ -1133,7 +1147,7 @@ def _toy_job(job: dict) -> dict:
 
 def _toy_jobs(out_dir: str, seed: int, n_sft: int, n_test: int, n_rl: int, n_caption: int, size, frames,
               fps, sprite_scale: float = 1.0, categories=TOY_CATEGORIES,
-              text_variants: int = TEXT_VARIANTS) -> list:
+              text_variants: int = TEXT_VARIANTS, column_tint: int = 0) -> list:
     """The list of videos to make: per split about half abnormal, spread evenly over the
     categories, in a random order; neutral names from a random permutation of all videos."""
     rng = np.random.default_rng(seed)
@@ -1154,7 +1168,7 @@ def _toy_jobs(out_dir: str, seed: int, n_sft: int, n_test: int, n_rl: int, n_cap
         name = f"toy_{int(num):05d}"
         jobs.append(dict(split=split, category=cat, seed=int(vs), name=name, size=tuple(size),
                          frames=tuple(_frames_range(frames)), fps=fps, sprite_scale=float(sprite_scale),
-                         text_variants=int(text_variants), path=os.path.join(vdir, name + ".mp4")))
+                         text_variants=int(text_variants), column_tint=int(column_tint), path=os.path.join(vdir, name + ".mp4")))
     return jobs
 
 
@@ -1165,7 +1179,7 @@ def manifest_paths(out_dir: str) -> dict:
 def generate_toy_world(out_dir: str, seed: int = 0, n_sft: int = 240, n_test: int = 60, n_rl: int = 240,
                        n_caption: int = 2000, size=(112, 112), frames=(48, 96), fps: float = 8,
                        sprite_scale: float = 1.0, categories=TOY_CATEGORIES,
-                       text_variants: int = TEXT_VARIANTS,
+                       text_variants: int = TEXT_VARIANTS, column_tint: int = 0,
                        workers: int | None = None, quiet: bool = False) -> dict:
     """Write the toy world: out_dir/videos/toy_NNNNN.mp4, the three manifests in the
     Vad-Reasoning schema and Toy-Caption.jsonl (rows source, video, anomaly_type, path,
@@ -1177,7 +1191,7 @@ def generate_toy_world(out_dir: str, seed: int = 0, n_sft: int = 240, n_test: in
     # every parameter is checked here, before a worker starts (bad values: an InputError, no traceback)
     params = _world_params(dict(seed=seed, n_sft=n_sft, n_test=n_test, n_rl=n_rl, n_caption=n_caption, size=size,
                                 frames=frames, fps=fps, sprite_scale=sprite_scale, categories=categories,
-                                text_variants=text_variants))
+                                text_variants=text_variants, column_tint=column_tint))
     categories = tuple(params["categories"])
     out_dir = os.path.abspath(out_dir)
     os.makedirs(os.path.join(out_dir, "videos"), exist_ok=True)
@@ -1186,7 +1200,7 @@ def generate_toy_world(out_dir: str, seed: int = 0, n_sft: int = 240, n_test: in
         if os.path.exists(p):  # manifests last-written = complete; remove first so a crash leaves none
             os.remove(p)
     jobs = _toy_jobs(out_dir, seed, n_sft, n_test, n_rl, n_caption, size, frames, fps, sprite_scale, categories,
-                     text_variants)
+                     text_variants, column_tint)
     workers = workers or min(8, os.cpu_count() or 1)
     if workers > 1 and len(jobs) > 1:
         ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
@@ -1232,7 +1246,8 @@ def _world_params(a: dict) -> dict:
                 frames=list(_frames_range(a["frames"])), fps=float(a["fps"]),
                 sprite_scale=_check_sprite_scale(a["sprite_scale"]),
                 categories=list(_check_categories(a["categories"])),
-                text_variants=_check_text_variants(a["text_variants"]))
+                text_variants=_check_text_variants(a["text_variants"]),
+                column_tint=_check_column_tint(a.get("column_tint", 0)))
 
 
 def ensure_toy_world(out_dir: str, **kw) -> dict:
@@ -1278,7 +1293,8 @@ def _cmd_toy(a):
     generate_toy_world(a.out, seed=a.seed, n_sft=a.n_sft, n_test=a.n_test, n_rl=a.n_rl, n_caption=a.n_caption,
                        size=tuple(a.size),
                        frames=tuple(a.frames), fps=a.fps, sprite_scale=a.sprite_scale,
-                       categories=tuple(a.categories), text_variants=a.text_variants, workers=a.workers)
+                       categories=tuple(a.categories), text_variants=a.text_variants,
+                       column_tint=a.column_tint, workers=a.workers)
     for key, p in manifest_paths(a.out).items():
         rows = data.read_manifest(p, {"rl": "rl", "caption": "caption"}.get(key, "sft"))
         c = Counter(r["label"] for r in rows)
@@ -1295,7 +1311,8 @@ def _cmd_preview(a):
         print(f"{a.video}: {v['total_frames']} frames at {v['fps']:.2f} fps")
     else:
         frames, meta = render_toy_video(a.seed, a.category, tuple(a.size), tuple(a.frames), a.fps,
-                                        draw_event=not a.counterfactual, sprite_scale=a.sprite_scale)
+                                        draw_event=not a.counterfactual, sprite_scale=a.sprite_scale,
+                                        column_tint=a.column_tint)
         idx = vadr.sample_frame_indices(len(frames), a.num_frames)
         sheet = contact_sheet(frames, idx, meta["start"], meta["end"], meta["bbox"])
         think, answer = toy_texts(meta, np.random.default_rng([a.seed, 7]), a.text_variants)
@@ -1331,6 +1348,9 @@ def _world_parser() -> argparse.ArgumentParser:
                    help=f"options each P2C-CoT text slot (step sentences, answer layout, what/where/why/how) "
                         f"is drawn from, 1-{TEXT_VARIANTS} (1: the text follows from the rendered facts alone; "
                         f"docs/toy-world.md)")
+    t.add_argument("--column-tint", type=int, default=TOY_DEFAULTS["column_tint"],
+                   help="fixed scenery: add this much red at the left edge and blue at the right of every "
+                        "frame, 0-100, so that a patch's colour tells its column (0: off; docs/toy-world.md)")
     t.add_argument("--workers", type=int, default=None, help="processes (default: CPU count, at most 8)")
     return t
 
@@ -1347,6 +1367,8 @@ def _preview_parser() -> argparse.ArgumentParser:
     p.add_argument("--sprite-scale", type=float, default=TOY_DEFAULTS["sprite_scale"], help="sprite size factor")
     p.add_argument("--text-variants", type=int, default=TOY_DEFAULTS["text_variants"],
                    help=f"options per P2C-CoT text slot to draw from, 1-{TEXT_VARIANTS}")
+    p.add_argument("--column-tint", type=int, default=TOY_DEFAULTS["column_tint"],
+                   help="red at the left edge and blue at the right, 0-100 (the world flag)")
     p.add_argument("--num-frames", type=int, default=16, help="frames sampled into the sheet")
     p.add_argument("--counterfactual", action="store_true", help="render without the event's sprites")
     p.add_argument("--video", default=None, help="preview this video file instead of a toy render")

@@ -169,16 +169,17 @@ def write_boxes(args) -> int:
     """The `boxes` command: a manifest's pixel `bbox` fields (the toy world's) -> a box JSONL,
     normalised by each video's frame size."""
     rows = data.read_manifest(args.data, "sft", video_root=args.video_root, skip_bad=args.skip_bad)
-    n = 0
+    lines = []  # every video is read before anything is written: a bad one leaves no half file
+    for r in rows:
+        if r.get("bbox") and r["label"] == "Abnormal":
+            h, w = vadr.read_video(r["video_path"], 1)["frames"].shape[1:3]
+            box = parse_box(format_box(r["bbox"], w, h))
+            lines.append(json.dumps(dict(source=r["source"], video=r["video"], box=box)) + "\n")
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
-        for r in rows:
-            if r.get("bbox") and r["label"] == "Abnormal":
-                h, w = vadr.read_video(r["video_path"], 1)["frames"].shape[1:3]
-                box = parse_box(format_box(r["bbox"], w, h))
-                f.write(json.dumps(dict(source=r["source"], video=r["video"], box=box)) + "\n")
-                n += 1
-    print(f"{args.out}: {n} boxes")
-    return n
+        f.writelines(lines)
+    print(f"{args.out}: {len(lines)} boxes")
+    return len(lines)
 
 
 # ---- stage 2: box grounding, the SFT target with the box inside <where> --------------------------

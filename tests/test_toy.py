@@ -303,6 +303,29 @@ def test_world_knobs_categories_and_sprite_scale(tmp_path):
         toy.render_toy_video(7, "Fire", size=(112, 112), frames=32, sprite_scale=10)
 
 
+def test_column_tint_is_the_same_ramp_in_every_video_after_the_mirror():
+    """--column-tint A adds exactly round(A * (1 - 2x/(W-1))) red and takes as much blue at column x
+    of every frame, whichever way the video was mirrored; nothing else about the video changes."""
+    A, W = 40, 80
+    ramp = np.round(np.linspace(A, -A, W)).astype(int)                        # (W,) red - blue
+    mirrors = set()
+    for seed, cat in [(0, "Fire"), (1, None), (2, "Fire"), (3, None), (5, "Explosion")]:
+        f0, m0 = toy.render_toy_video(seed, cat, size=(64, W), frames=16)
+        f1, m1 = toy.render_toy_video(seed, cat, size=(64, W), frames=16, column_tint=A)
+        assert m1["bbox"] == m0["bbox"] and m1["facts"] == m0["facts"] and f1.shape == f0.shape
+        mirrors.add(m0["mirrored"])
+        want = np.clip(f0.astype(int) + ramp[:, None] * np.array([1, 0, -1]), 0, 255)  # (T, H, W, 3)
+        assert np.array_equal(f1, want.astype(np.uint8))
+        assert np.array_equal(m1["background"], np.clip(m0["background"].astype(int)
+                                                        + ramp[:, None] * np.array([1, 0, -1]), 0, 255))
+    assert mirrors == {True, False}  # mirrored and unmirrored videos were both checked
+    with pytest.raises(ValueError, match="column_tint"):
+        toy.render_toy_video(0, "Fire", size=(64, W), frames=16, column_tint=101)
+    with pytest.raises(ValueError, match="column_tint"):
+        toy.generate_toy_world("/nonexistent/never", column_tint=-1, n_sft=2, n_test=2, n_rl=2, n_caption=2,
+                                workers=1, quiet=True)
+
+
 def test_default_world_has_the_papers_proportions():
     """Sec. 3.2: 1,755 CoT-annotated SFT videos, 6,448 weakly labelled RL videos (3.67x). The default
     world keeps that ratio (90 : 330), so SFT leaves headroom and RL sees more videos, labels only."""

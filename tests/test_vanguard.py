@@ -146,7 +146,7 @@ def test_head_frame_metrics_equal_sklearn_and_count_missing():
 def test_eval_score_with_boxes_and_frame_scores(stage1, tmp_path, capsys):
     import json
     w = stage1["world"]
-    boxes = tmp_path / "boxes.jsonl"
+    boxes = tmp_path / "not" / "yet" / "boxes.jsonl"  # its folder is created
     vanguard.main(["boxes", "--data", w["sft_test"], "--video-root", w["videos"], "--out", str(boxes)])
     gt_boxes = vanguard.load_boxes(str(boxes))
     rows = data.read_manifest(w["sft_test"], "sft", video_root=w["videos"])
