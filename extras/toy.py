@@ -726,9 +726,9 @@ def render_toy_video(seed: int, category: str | None = None, size=(112, 112), fr
         if box is not None:
             box = (W - box[2], box[1], W - box[0], box[3])
     if tint:  # after the mirror, so the left edge is always the red one (docs/toy-world.md)
-        ramp = np.linspace(tint, -tint, W)[:, None] * np.array([1, 0, -1])   # (W, 3) red -> blue
-        out = np.clip(out + ramp.round().astype(np.int16), 0, 255).astype(np.uint8)   # (T, H, W, 3)
-        bg = np.clip(bg + ramp.round().astype(np.int16), 0, 255).astype(np.uint8)     # (H, W, 3)
+        ramp = (np.linspace(tint, -tint, W)[:, None] * np.array([1, 0, -1])).round().astype(np.int16)  # (W, 3)
+        out = np.clip(out + ramp, 0, 255).astype(np.uint8)   # (T, H, W, 3)
+        bg = np.clip(bg + ramp, 0, 255).astype(np.uint8)     # (H, W, 3)
     flip = -1 if mirror else 1
     facts = dict(sky=sc["sky"], walk=sc["walk"], strip=sc["strip"], n_buildings=sc["n_buildings"],
                  n_people=n_people, n_cars=len(cars), d_car=sc["d_car"] * flip)
@@ -1168,7 +1168,8 @@ def _toy_jobs(out_dir: str, seed: int, n_sft: int, n_test: int, n_rl: int, n_cap
         name = f"toy_{int(num):05d}"
         jobs.append(dict(split=split, category=cat, seed=int(vs), name=name, size=tuple(size),
                          frames=tuple(_frames_range(frames)), fps=fps, sprite_scale=float(sprite_scale),
-                         text_variants=int(text_variants), column_tint=int(column_tint), path=os.path.join(vdir, name + ".mp4")))
+                         text_variants=int(text_variants), column_tint=int(column_tint),
+                         path=os.path.join(vdir, name + ".mp4")))
     return jobs
 
 
@@ -1247,7 +1248,7 @@ def _world_params(a: dict) -> dict:
                 sprite_scale=_check_sprite_scale(a["sprite_scale"]),
                 categories=list(_check_categories(a["categories"])),
                 text_variants=_check_text_variants(a["text_variants"]),
-                column_tint=_check_column_tint(a.get("column_tint", 0)))
+                column_tint=_check_column_tint(a["column_tint"]))
 
 
 def ensure_toy_world(out_dir: str, **kw) -> dict:
