@@ -113,7 +113,9 @@ def test_fast_completion_logprobs_equal_plain_values_and_gradients(toy, temperat
     (lp_plain, g_plain), (lp_fast, g_fast) = out["grpo"], out["fastpath"]
     assert lp_fast.shape == comp.shape and lp_fast.dtype == torch.float32
     assert torch.allclose(lp_plain, lp_fast, atol=1e-5, rtol=0)
-    assert max((a - b).abs().max().item() for a, b in zip(g_plain, g_fast)) < 1e-5
+    # float32 rounding scales with each gradient's size (up to ~16 here): bound the error per tensor
+    # relative to its largest entry (seen: <= 2e-6), not absolutely (1e-5 failed on one machine)
+    assert max(((a - b).abs().max() / a.abs().max()).item() for a, b in zip(g_plain, g_fast)) < 1e-5
     assert max(a.abs().max().item() for a in g_fast) > 0
 
 
