@@ -13,7 +13,9 @@ Departures from the released data and the authors' scripts:
     not documented, so only start < end <= total_frames is required.
   * Toy rows may carry `bbox` (passed through); kind 'caption' reads the toy's Toy-Caption.jsonl.
   * Videos resolve against trailing parts of the authors' `path` under --video-root (s.6); two
-    different files matching one row is an error (ambiguous-video), not a silent pick.
+    different files matching one row is an error (ambiguous-video), not a silent pick. A `path`
+    that exists as written wins over the root (the root resolves the authors' machine's paths);
+    one file reached from rows of other ids and another anomaly_type is a conflicting-video.
   * The SFT labels mask the prompt (vadr.build_chat_inputs), unlike the authors' script (s.2).
 """
 from __future__ import annotations
@@ -36,26 +38,31 @@ SFT_INTERVAL_FIELDS = ("start", "end")
 RL_FIELDS = ("source", "video", "anomaly_type", "path", "data_type", "solution")
 CAPTION_FIELDS = ("source", "video", "path", "caption")   # toy stage 0 only (not a released file)
 _TEXT_FIELDS = {"sft": ("anomaly_type", "think", "answer"),
+                "gt": ("anomaly_type", "think", "answer"),
                 "rl": ("anomaly_type", "data_type", "solution"), "caption": ("caption",)}
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov")
 # Reasons a row can be rejected (the keys of the skip counts).
 REASONS = ("bad-json", "missing-field", "bad-value", "unknown-category", "bad-interval",
            "interval-out-of-range", "bad-format", "label-mismatch", "when-mismatch",
            "missing-video", "ambiguous-video", "unreadable-video", "frame-count-mismatch",
-           "row-too-long", "duplicate-video")
+           "row-too-long", "duplicate-video", "conflicting-video")
 # A bound on one line, so that a corrupt row never builds a million-token target: the released
 # rows are at most 3,336 characters (SFT-train line 415; RL: 312), ~20x less.
 MAX_ROW_CHARS = 65_536
+# A bound on total_frames: 10^7 frames is 92 hours at 30 fps, far beyond any released video, and
+# keeps a corrupt count (1e300) from sizing per-frame arrays (eval.py's frame metrics).
+MAX_TOTAL_FRAMES = 10_000_000
 
 
 class ManifestError(vadr.InputError):
     """Every problem of one manifest, one per line of the message: `file:line: reason: detail`.
-    `.problems` holds (line, reason, detail) tuples in file order."""
+    `.problems` holds (line, reason, detail) tuples in file order. One problem: that line alone."""
 
     def __init__(self, path: str, problems: list[tuple[int, str, str]]):
         self.path, self.problems = path, list(problems)
         head = f"{path}: {len(problems)} problem(s) in {len({p[0] for p in problems})} row(s):"
-        super().__init__("\n".join([head] + [f"{path}:{ln}: {r}: {d}" for ln, r, d in problems]))
+        lines = [f"{path}:{ln}: {r}: {d}" for ln, r, d in problems]
+        super().__init__("\n".join(lines if len(lines) == 1 else [head] + lines))
 
 
 def _as_written(path: str, manifest_dir: str) -> str:
@@ -70,7 +77,7 @@ def video_candidates(source: str, video: str, path: str, video_root: str | None,
         3. R/<trailing components of path>, longest first, ending with R/<basename>
         4. R/<source>/<basename of path>
         5. `path` as written (relative paths are taken relative to the manifest's folder)
-    Without a root only candidate 5. resolve_video says which one wins."""
+    Without a root only candidate 5. resolve_video says which one wins (5. when it exists)."""
     name = video if video.lower().endswith(VIDEO_EXTENSIONS) else video + ".mp4"
     parts = [c for c in path.replace("\\", "/").split("/") if c not in ("", ".", "..")]
     as_written = _as_written(path, manifest_dir)
@@ -87,13 +94,17 @@ def video_candidates(source: str, video: str, path: str, video_root: str | None,
 
 def resolve_video(source: str, video: str, path: str, video_root: str | None,
                   manifest_dir: str = ".") -> tuple[str | None, list[str], list[str]]:
-    """-> (the first existing candidate or None, every candidate tried, the existing candidates
-    under the root that are other files than the first: non-empty means the match is ambiguous;
-    `path` as written is a fallback, never a rival of a file under the root, e.g. a copy)."""
+    """-> (the row's video or None, every candidate tried, the existing candidates under the root
+    that are other files than the first: non-empty means the match is ambiguous). A `path` that
+    exists as written is the row's own file and wins outright: the root only resolves paths that
+    do not exist here (the authors' machine's), so a root holding another world's videos of the
+    same names is never read in its place."""
     cands = video_candidates(source, video, path, video_root, manifest_dir)
-    found = [c for c in cands if os.path.isfile(c)]
     written = _as_written(path, manifest_dir)
-    others = [c for c in found[1:] if c != written and not os.path.samefile(c, found[0])]
+    if written and os.path.isfile(written):
+        return written, cands, []
+    found = [c for c in cands if os.path.isfile(c)]
+    others = [c for c in found[1:] if not os.path.samefile(c, found[0])]
     return (found[0] if found else None), cands, others
 
 
@@ -133,7 +144,7 @@ def _check_row(obj, kind: str, bad) -> dict | None:
     go to bad(reason, detail), which returns None, so `return bad(...)` rejects the row."""
     if not isinstance(obj, dict):
         return bad("bad-json", f"a JSON object is expected, got {type(obj).__name__}")
-    fields = {"sft": SFT_FIELDS, "rl": RL_FIELDS, "caption": CAPTION_FIELDS}[kind]
+    fields = {"sft": SFT_FIELDS, "gt": SFT_FIELDS, "rl": RL_FIELDS, "caption": CAPTION_FIELDS}[kind]
     missing = [f for f in fields if f not in obj]
     if missing:
         return bad("missing-field", "missing " + ", ".join(repr(f) for f in missing))
@@ -157,7 +168,7 @@ def _check_row(obj, kind: str, bad) -> dict | None:
         atype = obj.get("anomaly_type")
         label = None if atype is None else "Normal" if atype == "Normal" else "Abnormal"
         return dict(row, caption=obj["caption"], anomaly_type=atype, label=label)
-    return _check_sft(obj, row, bad) if kind == "sft" else _check_rl(obj, row, bad)
+    return _check_rl(obj, row, bad) if kind == "rl" else _check_sft(obj, row, bad, kind == "sft")
 
 
 def _check_interval(obj: dict, row: dict, bad) -> dict | None:
@@ -180,11 +191,13 @@ def _check_interval(obj: dict, row: dict, bad) -> dict | None:
     return row
 
 
-def _check_sft(obj: dict, row: dict, bad) -> dict | None:
+def _check_sft(obj: dict, row: dict, bad, layout: bool = True) -> dict | None:
+    """An SFT row; layout=False (kind 'gt', scoring's ground truth) skips the checks of the
+    think/answer layout: a reference text is graded by the text metrics, never parsed."""
     total, atype = _as_int(obj["total_frames"]), obj["anomaly_type"]
-    if total is None or total <= 0:
-        return bad("bad-value",
-                   f"'total_frames' must be a positive integer, got {obj['total_frames']!r}")
+    if total is None or not 0 < total <= MAX_TOTAL_FRAMES:
+        return bad("bad-value", "'total_frames' must be a positive integer up to "
+                   f"{MAX_TOTAL_FRAMES:,} (MAX_TOTAL_FRAMES), got {obj['total_frames']!r:.60}")
     # normalize_category merges the 5 spelling variants (docs/paper-vs-authors.md s.1)
     normal = atype.strip().lower() == "normal"
     category = "Normal" if normal else vadr.normalize_category(atype)
@@ -196,6 +209,8 @@ def _check_sft(obj: dict, row: dict, bad) -> dict | None:
                answer=obj["answer"], when=None)
     if not normal and _check_interval(obj, row, bad) is None:
         return None
+    if not layout:
+        return row
     # SFT trains on think + "\n" + answer (docs/paper-vs-authors.md s.2): check that whole text.
     text, layout = row["think"] + "\n" + row["answer"], "normal" if normal else "abnormal"
     got = vadr.check_format(text)
@@ -260,10 +275,17 @@ def _find_video(row: dict, video_root, mdir: str, check: bool, probe: bool, bad)
     return found
 
 
-def _lines(path: str):
-    """(line number, text) per physical line of a manifest, decoded as UTF-8 (a byte-order mark
-    on line 1 is not data); text None for a line over MAX_ROW_CHARS, which is read in pieces of
-    4 * MAX_ROW_CHARS + 2 bytes (UTF-8 spends at most 4 on a character), never whole.
+def line_text(raw: bytes, lineno: int) -> str:
+    """One physical line of a JSONL file as text: UTF-8, and a byte-order mark on line 1 is not
+    data (Windows editors write one). The one decoding rule of every JSONL reader here (manifests,
+    ground truth, predictions); UnicodeDecodeError for bytes that are not UTF-8."""
+    return raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+
+
+def read_lines(path: str):
+    """(line number, text) per physical line of a manifest, decoded by line_text; text None for
+    a line over MAX_ROW_CHARS, which is read in pieces of 4 * MAX_ROW_CHARS + 2 bytes (UTF-8
+    spends at most 4 on a character), never whole.
     vadr.InputError for a file that cannot be read or a line that is not UTF-8 (not skipped)."""
     if not os.path.isfile(path):  # missing, a directory, a device (/dev/zero would never end)
         why = "is a directory" if os.path.isdir(path) else (
@@ -281,7 +303,7 @@ def _lines(path: str):
                     pass
                 raw = None
             try:
-                text = raw and raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+                text = raw and line_text(raw, lineno)
             except UnicodeDecodeError as e:
                 raise vadr.InputError(f"{path}:{lineno}: not UTF-8 text (byte {raw[e.start]:#04x} "
                                       f"at byte {e.start + 1} of the line); re-encode the manifest "
@@ -293,19 +315,21 @@ def check_manifest(path: str, kind: str = "sft", video_root: str | None = None,
                    check_videos: bool = True, probe_videos: bool = False):
     """Validate every row of a manifest in one pass. -> (rows, problems): the good rows
     (normalised dicts, see read_manifest) and [(line, reason, detail)] for every problem, in
-    file order. Never raises for a bad row (vadr.InputError: see _lines). Blank lines are
+    file order. Never raises for a bad row (vadr.InputError: see read_lines). Blank lines are
     skipped; line numbers are physical, 1-based. A second row for a (source, video) is a
-    duplicate-video."""
-    if kind not in ("sft", "rl", "caption"):
-        raise ValueError(f"kind must be 'sft', 'rl' or 'caption', got {kind!r}")
+    duplicate-video; one video file reached from rows of other ids with another anomaly_type
+    (label or category) is a conflicting-video. kind 'gt' (scoring's ground truth): SFT rows
+    without the think/answer layout checks (_check_sft)."""
+    if kind not in ("sft", "rl", "caption", "gt"):
+        raise ValueError(f"kind must be 'sft', 'rl', 'caption' or 'gt', got {kind!r}")
     mdir = os.path.dirname(os.path.abspath(path))
-    rows, problems, seen, lineno = [], [], {}, 0
+    rows, problems, seen, files, lineno = [], [], {}, {}, 0
 
     def bad(reason, detail):  # returns None, so `return bad(...)` rejects the row
         assert reason in REASONS, reason
         problems.append((lineno, reason, detail))
 
-    for lineno, text in _lines(path):
+    for lineno, text in read_lines(path):
         if text is not None and not text.strip():
             continue
         n_problems = len(problems)
@@ -324,9 +348,17 @@ def check_manifest(path: str, kind: str = "sft", video_root: str | None = None,
                       f"{seen[key]}; each video once per manifest (--skip-bad keeps the first)")
         if row is not None:
             row["video_path"] = _find_video(row, video_root, mdir, check_videos, probe_videos, bad)
+            other = files.get(os.path.realpath(row["video_path"] or "")) if check_videos else None
+            if other and other["anomaly_type"] != row["anomaly_type"]:
+                bad("conflicting-video", f"{row['video_path']} is also the video of {path}:"
+                    f"{other['line']} (source {other['source']!r} video {other['video']!r}, "
+                    f"{other['anomaly_type']}), here {row['anomaly_type']}; one file cannot be "
+                    "both: fix the row's path or --video-root")
         if len(problems) == n_problems:
             seen[key] = lineno
             rows.append(dict(row, line=lineno))
+            if check_videos and row["video_path"]:
+                files.setdefault(os.path.realpath(row["video_path"]), rows[-1])
     return rows, problems
 
 
@@ -343,7 +375,8 @@ def counts_text(counts: Counter) -> str:
 def read_manifest(path: str, kind: str = "sft", video_root: str | None = None,
                   skip_bad: bool = False, check_videos: bool = True,
                   probe_videos: bool = False) -> list[dict]:
-    """Read and validate a manifest (kind 'sft', 'rl', or 'caption': the toy's Toy-Caption.jsonl):
+    """Read and validate a manifest (kind 'sft', 'rl', 'caption': the toy's Toy-Caption.jsonl, or
+    'gt': an SFT-test file as eval.py's ground truth, its think/answer layout unchecked):
     one ManifestError listing every problem, or with skip_bad the bad rows dropped and counted
     on stderr. Rows: the schema fields, line, video_path, label ('Abnormal' / 'Normal'), bbox if
     present. SFT: anomaly_type one of the 37 categories or 'Normal'; abnormal rows add start/end

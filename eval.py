@@ -19,13 +19,16 @@ rouge-score and scikit-learn are test oracles only (tests/test_eval_metrics.py).
 Inference takes the authors' inference settings for every unset flag (16 frames, 28*28 ..
 128*28*28 pixels, 512 new tokens; docs/paper-vs-authors.md s.5) but decodes greedily, a departure
 from their temperature-0.1 sampling so that a table is reproducible; `--authors-inference` samples
-as they did and refuses any flag that contradicts their settings.
+as they did and refuses any flag that contradicts their settings. A rerun into an existing --out
+resumes it only if <out>.meta.json shows the same model, manifest and settings
+(extras/predictions.py).
 
 Predictions are matched to ground-truth rows by (source, video), else by a video id unique in the
 GT. A prediction for a video not in the GT is counted and listed, never a crash. A GT video
 without a usable prediction counts WRONG in every figure (no label, IoU 0, text scores 0; the
 authors skip it: detection_matched_only), and `--score` then exits 1 without writing --json unless
---allow-missing; repeated and malformed rows: extras/scoring.py. Metrics JSON (nested;
+--allow-missing; repeated and malformed rows: extras/scoring.py. The ground truth gets a training
+manifest's checks (data.py, kind 'gt'). Metrics JSON (nested;
 detection.f1 is json["detection"]["f1"], a figure over an empty set is null): detection,
 detection_matched_only, detection_abnormal_only, category, reasoning, reasoning_common, frame,
 format, counts, unmatched; every key, and where we knowingly depart from the authors'
@@ -39,6 +42,7 @@ import sys
 
 import numpy as np
 
+import data
 import vadr
 from extras import (badvideos, cli, fastpath, flagcheck, paper_tables, predictions, report,
                     scoring, textmetrics, toymodel, training, vane, vanguard)
@@ -210,37 +214,43 @@ def category_metrics(outputs: list[str], gt_rows: list[dict]) -> dict:
 
 # ---- 2. Frame level: ROC-AUC (Mann-Whitney) and best-threshold F1 --------------------------------
 
+def frames_inside(interval, total_frames: int) -> np.ndarray:
+    """Frames f (0-based) of a video whose position f / total_frames lies in [s, e] (bool mask):
+    the ONE rule by which both a predicted <when> and the GT interval (gt_interval's fractions,
+    rounded to 3 places like every <when>) become frames, so the GT's own text scores AUC 1."""
+    s, e = interval
+    pos = np.arange(int(total_frames)) / float(total_frames)
+    return (pos >= s) & (pos <= e)
+
+
 def frame_scores(output: str | None, total_frames: int) -> np.ndarray:
     """Per-frame anomaly score from a completion. OUR definition: docs/paper-vs-authors.md s.3
     says only that the authors' UCF-Crime AUC uses per-frame scores over all test frames
     concatenated, not how a completion becomes per-frame scores. Frame f (0-based) scores 1 if
-    the authors' label is Abnormal and a <when> (s, e) was parsed and s <= f / total_frames <= e;
+    the authors' label is Abnormal and a <when> (s, e) was parsed and f is frames_inside it;
     every other frame (Normal, no parseable <when>, a reversed interval) scores 0. Binary scores
     make the AUC (TPR + TNR) / 2."""
     scores = np.zeros(int(total_frames), dtype=np.float64)
     p = parse_completion(output)
     if authors_label(p.get("which")) == "Abnormal" and p.get("when") is not None:
-        s, e = p["when"]
-        pos = np.arange(int(total_frames)) / float(total_frames)
-        scores[(pos >= s) & (pos <= e)] = 1.0
+        scores[frames_inside(p["when"], total_frames)] = 1.0
     return scores
 
 
 def frame_labels(gt_row: dict) -> np.ndarray | None:
-    """Per-frame GT: 1 for frames start..end inclusive on abnormal rows, 0 elsewhere and on normal
-    rows. None if total_frames (or start/end of an abnormal row) is missing."""
+    """Per-frame GT: 1 for the frames_inside gt_interval on abnormal rows (start..end as the
+    rounded fractions every <when> holds), 0 elsewhere and on normal rows. None if total_frames
+    is missing or not in 1..data.MAX_TOTAL_FRAMES, or an abnormal row has no interval."""
     try:
         total = int(gt_row["total_frames"])
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, OverflowError):
         return None
-    lab = np.zeros(total, dtype=np.int64)
-    if gt_label(gt_row) == "Abnormal":
-        try:
-            s, e = int(gt_row["start"]), int(gt_row["end"])
-        except (KeyError, TypeError, ValueError):
-            return None
-        lab[max(s, 0):min(e, total - 1) + 1] = 1
-    return lab
+    if not 0 < total <= data.MAX_TOTAL_FRAMES:
+        return None
+    if gt_label(gt_row) == "Normal":
+        return np.zeros(total, dtype=np.int64)
+    g = gt_interval(gt_row)
+    return None if g is None else frames_inside(g, total).astype(np.int64)
 
 
 def frame_auc(labels, scores) -> float | None:
@@ -285,21 +295,27 @@ def best_f1(labels, scores) -> tuple[float | None, float | None]:
 
 def frame_metrics(outputs: list[str], gt_rows: list[dict]) -> dict:
     """Frame-level AUC and best F1 over all frames of all GT videos concatenated (a video
-    without a prediction, None, scores 0 on every frame)."""
-    labs, scs, nv = [], [], 0
+    without a prediction, None, scores 0 on every frame). The scores are binary, so four counts
+    of the concatenation give exactly what frame_auc and best_f1 would return on it, and memory
+    stays one video's frames (the test checks this against the concatenated arrays):
+      AUC = (TP / P + TN / N) / 2 ;  best F1 over t in {1, 0}: 2TP / (2TP + FP + FN) at t = 1
+      (if any frame scores 1), 2P / (2P + N) at t = 0 (if any scores 0); a tie keeps t = 1."""
+    n = n_pos = tp = fp = nv = 0
     for out, row in zip(outputs, gt_rows):
         lab = frame_labels(row)
         if lab is None or len(lab) == 0:
             continue
-        labs.append(lab)
-        scs.append(frame_scores(out, len(lab)))
-        nv += 1
-    if not labs:
+        y, s = lab.astype(bool), frame_scores(out, len(lab)) > 0
+        n, n_pos, nv = n + len(y), n_pos + int(y.sum()), nv + 1
+        tp, fp = tp + int((y & s).sum()), fp + int((~y & s).sum())
+    if not nv:
         return {"auc": None, "best_f1": None, "best_threshold": None, "n_frames": 0, "n_videos": 0}
-    y, s = np.concatenate(labs), np.concatenate(scs)
-    f1, t = best_f1(y, s)
-    return {"auc": frame_auc(y, s), "best_f1": f1, "best_threshold": t,
-            "n_frames": int(len(y)), "n_videos": nv}
+    n_neg = n - n_pos
+    auc = (tp / n_pos + (n_neg - fp) / n_neg) / 2 if n_pos and n_neg else None
+    cands = ([(2 * tp / (2 * tp + fp + n_pos - tp), 1.0)] if tp + fp else []) + \
+        ([(2 * n_pos / (2 * n_pos + n_neg), 0.0)] if tp + fp < n else [])
+    f1, t = max(cands, key=lambda c: c[0]) if n_pos else (None, None)
+    return {"auc": auc, "best_f1": f1, "best_threshold": t, "n_frames": n, "n_videos": nv}
 
 
 # ---- 3. Matching predictions to GT, and the whole score ------------------------------------------
@@ -474,26 +490,26 @@ def run_inference(args) -> int:
     """What `--model` does: a predictions JSONL for --data (scored at once with --json)."""
     import torch
     from tqdm import tqdm
-    import data as data_mod
-
     dist_info = vadr.setup_distributed(args.device)
     rank, world, device = dist_info["rank"], dist_info["world_size"], dist_info["device"]
-    rows = data_mod.read_manifest(args.data, "sft", video_root=args.video_root,
+    rows = data.read_manifest(args.data, "sft", video_root=args.video_root,
                                   skip_bad=args.skip_bad)
     if args.limit:
         rows = rows[:args.limit]
     part = args.out if world == 1 else f"{args.out}.rank{rank}"
     os.makedirs(os.path.dirname(os.path.abspath(part)), exist_ok=True)
+    # rows already in --out must be this model's with these settings (<out>.meta.json)
+    predictions.check_resume(args.out, predictions.run_meta(args), world)
     done = predictions.done_keys(part) | (predictions.done_keys(args.out) if world > 1 else set())
     mine = [r for r in vadr.shard_for_rank(rows, rank, world)
             if (str(r["source"]), str(r["video"])) not in done]
     model, tok = toymodel.load_model(args.model, device=device,
                                  dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
     model.eval()
-    ds = data_mod.SFTDataset(mine, prompt_variant=args.prompt_variant,
+    ds = data.SFTDataset(mine, prompt_variant=args.prompt_variant,
                              **training.video_args(args))
     # a video that fails to decode: an error naming it, or (--skip-bad) an "error" row for it
-    collate = badvideos.make_collate(data_mod.make_collate(tok, with_targets=False))
+    collate = badvideos.make_collate(data.make_collate(tok, with_targets=False))
     loader = torch.utils.data.DataLoader(badvideos.SkipBadVideos(ds, replace=False),
                                          batch_size=args.batch_size, collate_fn=collate,
                                          num_workers=args.num_workers if len(mine) else 0)
@@ -540,16 +556,13 @@ def run_scoring(pred_path: str, gt_path: str, json_path: str | None = None,
     --json is not written. keys: score only these (source, video) (inference's --limit).
     boxes / frame_scores: VANGUARD's box JSONL and a stage-1 head's per-frame scores
     (extras/vanguard.py) add metrics["box"] and metrics["frame_head"]."""
-    for p in (pred_path, gt_path):
-        if json_path and os.path.exists(json_path) and os.path.exists(p) \
-                and os.path.samefile(json_path, p):
-            raise vadr.InputError(f"--json {json_path} is the input file {p}; name another file")
+    scoring.check_output(json_path, "--json", {"--score": pred_path, "--gt": gt_path,
+                                               "--boxes": boxes, "--frame-scores": frame_scores})
     preds, pred_where = load_jsonl(pred_path, with_lines=True)
     errors = [p for p in preds if "error" in p]
-    gt_all, gt_where = load_jsonl(gt_path, with_lines=True)
-    gt = predictions.unique_gt(gt_path, gt_all, _key, skip_bad)
+    gt_all, gt_where = scoring.read_gt(gt_path, skip_bad)  # a training manifest's checks
     where = dict(zip(map(id, gt_all), gt_where))
-    gt = [g for g in gt if keys is None or _key(g) in keys]
+    gt = [g for g in gt_all if keys is None or _key(g) in keys]
     if not gt:
         raise vadr.InputError(f"{gt_path}: no ground-truth rows to score against")
     ok = [n for n, p in enumerate(preds) if "error" not in p]
@@ -561,6 +574,8 @@ def run_scoring(pred_path: str, gt_path: str, json_path: str | None = None,
         metrics["frame_head"] = vanguard.head_frame_metrics(load_jsonl(frame_scores), gt,
                                                             frame_labels, frame_auc, best_f1)
     print(format_report(metrics, name=name, with_paper=with_paper))
+    if note := predictions.written_by(pred_path):  # which model the row named `name` is
+        print(note)
     if errors:
         print(f"NOTE: {len(errors)} prediction row(s) carry an 'error' (the video did not decode;"
               f" scored as no prediction), e.g. {'/'.join(_key(errors[0]))}: {errors[0]['error']}")
@@ -576,21 +591,26 @@ def run_scoring(pred_path: str, gt_path: str, json_path: str | None = None,
             f"counted wrong above; --json not written. Complete the file, or pass "
             f"--allow-missing to accept a partial one")
     if json_path:
-        os.makedirs(os.path.dirname(os.path.abspath(json_path)), exist_ok=True)
-        with open(json_path + ".tmp", "w", encoding="utf-8") as f:
-            json.dump(metrics, f, indent=2)
-        os.replace(json_path + ".tmp", json_path)
+        _write_json(json_path, metrics)
     return metrics
+
+
+def _write_json(path: str, obj):
+    """--json, whole or not at all (a temporary file renamed into place)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(path + ".tmp", path)
 
 
 def run_mc_scoring(pred_path: str, gt_path: str | None = None, json_path: str | None = None,
                    with_paper: bool = False, name: str = "ours") -> dict:
     """What `--mc` does: multiple-choice accuracy (VANE-style JSONL, extras/vane.py)."""
+    scoring.check_output(json_path, "--json", {"--mc": pred_path, "--gt": gt_path})
     preds = load_jsonl(pred_path)
     res = vane.score_multiple_choice(preds, load_jsonl(gt_path) if gt_path else None)
     if json_path:
-        with open(json_path, "w", encoding="utf-8") as f:
-            json.dump({"multiple_choice": res}, f, indent=2)
+        _write_json(json_path, {"multiple_choice": res})
     print(vane.format_mc_table({name: res}, with_paper))
     return res
 
@@ -599,11 +619,19 @@ def run_report(run_dir: str, data_path: str | None, video_root: str | None,
                n_strips: int = 8) -> str:
     """`--report RUN_DIR` (the Makefile's last step): RUN_DIR/table.md, one row per stage in Table
     4's layout, a detection/format table, RL - SFT with bootstrap intervals, curves and strips."""
+    if not os.path.isdir(run_dir):
+        raise vadr.InputError(f"--report {run_dir}: "
+                              f"{'not a directory' if os.path.exists(run_dir) else 'not found'};"
+                              " pass the run directory holding eval_*.json")
+    table = os.path.join(run_dir, "table.md")
+    if os.path.isdir(table):
+        raise vadr.InputError(f"{table}: is a directory where --report writes its table; "
+                              "remove it")
     named = {}
     for key, label in report.REPORT_ROWS:
         p = os.path.join(run_dir, f"eval_{key}.json")
-        if os.path.isfile(p):
-            named[label] = json.load(open(p))
+        if os.path.exists(p):  # a directory or a corrupt file there: an error, not a missing row
+            named[label] = scoring.read_json(p, "a metrics JSON (eval.py --json)")
     lines = ["# Toy Vad-R1: what each stage adds (layout of the paper's Table 4)", "",
              format_table(named, layout="table4"), "",
              "Detection and format (authors' protocol):", "",
@@ -616,7 +644,7 @@ def run_report(run_dir: str, data_path: str | None, video_root: str | None,
     lines += report.compare_lines(run_dir, data_path, detection_metrics)  # RL - SFT, bootstrap
     lines += report.draw_run(run_dir, data_path, video_root, load_jsonl, n_strips)
     text = "\n".join(lines) + "\n"
-    with open(os.path.join(run_dir, "table.md"), "w") as f:
+    with open(table, "w") as f:
         f.write(text)
     return text
 

@@ -4,14 +4,18 @@ Not part of the method: what lets `python eval.py --model DIR --data test.jsonl 
 be killed and rerun (rows already in --out are skipped), and run under torchrun
 (`torchrun --nproc_per_node N eval.py --model ...`: each rank writes <out>.rank<r> for its
 strided shard and rank 0 merges them in manifest order at the end).
+A resume must be the same run: <out>.meta.json (a sidecar, so the JSONL keeps the authors' row
+layout) records which model and settings write <out> (run_meta), and check_resume refuses rows
+written by anything else, or rows without that record, before a row is added.
 Exercised by: pytest tests/test_eval_inference.py -q
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import sys
 
+import data
 import vadr
 
 
@@ -41,7 +45,7 @@ def check_predictions_file(path: str) -> list[dict]:
         if not raw.strip():
             continue
         try:
-            r = json.loads(raw.decode("utf-8"))
+            r = json.loads(data.line_text(raw, n))
             ok = isinstance(r, dict) and all(k in r for k in PREDICTION_KEYS)
         except (UnicodeDecodeError, json.JSONDecodeError):
             r, ok = None, False
@@ -68,7 +72,7 @@ def done_keys(path: str) -> set:
         head, _, tail = text.rpartition(b"\n")
         whole = head + b"\n" if head else b""
         try:  # a complete row whose newline was lost keeps it; a torn one goes
-            json.loads(tail.decode("utf-8"))
+            json.loads(data.line_text(tail, text.count(b"\n") + 1))
             whole += tail + b"\n"
         except (UnicodeDecodeError, json.JSONDecodeError):
             pass
@@ -98,26 +102,104 @@ def merge_rank_files(out: str, rows: list[dict], world: int, read_jsonl):
             os.remove(f"{out}.rank{r}")
 
 
-def unique_gt(path: str, rows: list[dict], key, skip_bad: bool) -> list[dict]:
-    """Ground-truth rows (eval.load_jsonl's, file order) with each key(row) = (source, video)
-    once: a repeat is a vadr.InputError naming both lines of `path`, or with skip_bad the later
-    row is dropped and counted on stderr (data.check_manifest's rule for training manifests)."""
-    with open(path, encoding="utf-8") as f:  # the physical line of each row (blank lines skipped)
-        lines = [n for n, text in enumerate(f, 1) if text.strip()]
-    first, keep, dropped = {}, [], []
-    for n, r in zip(lines, rows):
-        k = key(r)
-        if k not in first:
-            first[k] = n
-            keep.append(r)
-            continue
-        msg = (f"{path}:{n}: duplicate-video: source {k[0]!r} video {k[1]!r} is also at line "
-               f"{first[k]}")
-        if not skip_bad:
-            raise vadr.InputError(msg + " (the ground truth names each video once; --skip-bad "
-                                  "keeps the first)")
-        dropped.append(msg)
-    if dropped:
-        print(f"{path}: skipped {len(dropped)} duplicate GT row(s) (--skip-bad): {dropped[0]}",
-              file=sys.stderr)
-    return keep
+META_VERSION = 1
+# What defines a run's outputs besides the model and the data (eval.py's flags): a change to any of
+# these makes the rows already written another run's. --limit, --batch-size, --num-workers,
+# --device and --skip-bad may change on resume.
+META_SETTINGS = ("frames", "min_pixels", "max_pixels", "frame_rule", "grid_time", "prompt_variant",
+                 "max_new_tokens", "sample", "temperature", "top_p", "seed")
+
+
+def meta_path(out: str) -> str:
+    return out + ".meta.json"
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def model_identity(model: str) -> dict:
+    """'toy', or the checkpoint directory the loader reads (a run directory's `latest`) by its
+    real path and each file's size and modification time: another checkpoint, a later step or a
+    run retrained in the same folder all differ, without hashing gigabytes of weights."""
+    if model == "toy":
+        return {"name": "toy"}
+    ckpt = model
+    if not os.path.isfile(os.path.join(model, "config.json")):
+        ckpt = vadr.latest_checkpoint(model) or model
+    files = {n: [os.path.getsize(p), os.stat(p).st_mtime_ns] for n in sorted(os.listdir(ckpt))
+             if os.path.isfile(p := os.path.join(ckpt, n))}
+    return {"path": os.path.realpath(ckpt), "files": files}
+
+
+def run_meta(args) -> dict:
+    """The record of what writes --out: the model, the test manifest (real path and content
+    hash), --video-root and META_SETTINGS (eval.py's flags after resolve_inference_args)."""
+    return {"vadr_predictions": META_VERSION, "model": model_identity(args.model),
+            "data": {"path": os.path.realpath(args.data), "sha256": _sha256(args.data)},
+            "video_root": args.video_root and os.path.realpath(args.video_root),
+            "settings": {k: getattr(args, k) for k in META_SETTINGS}}
+
+
+def _first_difference(old, new, key: str = ""):
+    """(dotted key, old value, new value) of the first difference in new's key order (the
+    model's path before its files' times), or None."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for k in list(new) + [k for k in old if k not in new]:
+            d = _first_difference(old.get(k), new.get(k), f"{key}.{k}" if key else k)
+            if d:
+                return d
+        return None
+    return None if old == new else (key, old, new)
+
+
+def check_resume(out: str, meta: dict, world: int = 1) -> None:
+    """Before inference adds a row to --out (or its rank files): rows already there must carry
+    this run's record meta_path(out), else a vadr.InputError naming the file and what differs,
+    and nothing is changed. Then the record is written (atomically; every rank writes the same).
+    A record without rows beside it (a run stopped before its first batch) is replaced."""
+    mp = meta_path(out)
+    parts = [p for p in [out] + [f"{out}.rank{r}" for r in range(world)] if os.path.isfile(p)]
+    n_rows = sum(len(check_predictions_file(p)) for p in parts)
+    old = None
+    if os.path.lexists(mp):
+        try:
+            with open(mp, encoding="utf-8") as f:
+                old = json.load(f)
+            why = "not the record eval.py writes"
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            why = f"not readable ({type(e).__name__}: {e!s:.80})"
+        if not (isinstance(old, dict) and old.get("vadr_predictions") == META_VERSION):
+            raise vadr.InputError(f"{mp}: {why}, so {out} cannot be resumed; it was left "
+                                  f"untouched: delete {mp} or pass another --out")
+    if n_rows and old is None:
+        raise vadr.InputError(f"{out}: holds {n_rows} prediction rows but no {mp} saying which "
+                              "model and settings wrote them, so they cannot be resumed: delete "
+                              f"{out} or pass another --out")
+    diff = _first_difference(old, meta) if n_rows else None
+    if diff:
+        k, a, b = diff
+        raise vadr.InputError(f"{out}: its {n_rows} rows were written by another run ({k} was "
+                              f"{json.dumps(a)[:200]}, now {json.dumps(b)[:200]}); resuming would "
+                              f"mix two runs: delete {out} and {mp}, or pass another --out")
+    if old != meta:
+        tmp = f"{mp}.tmp{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(meta, f, indent=1)
+        os.replace(tmp, mp)
+
+
+def written_by(out: str) -> str | None:
+    """A line naming the model that wrote `out` (from its record), for --score's printout; None
+    without a readable record."""
+    try:
+        with open(meta_path(out), encoding="utf-8") as f:
+            rec = json.load(f)
+        model = rec["model"].get("path") or rec["model"]["name"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return f"NOTE: {out} was written by --model {model} ({meta_path(out)})"

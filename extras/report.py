@@ -200,14 +200,15 @@ def draw_run(run_dir: str, data_path: str | None, video_root: str | None, read_j
     strips of the latest stage's predictions (needs data_path). read_jsonl is eval.load_jsonl,
     passed in because extras never import the entry scripts. Returns the lines for table.md."""
     lines = []
+    # a file present but unreadable (a directory, corrupt JSON) is read_jsonl's error, not skipped
     rl_log = os.path.join(run_dir, "rl", "log.jsonl")
-    if os.path.isfile(rl_log):
+    if os.path.exists(rl_log):
         lines += rl_curves(run_dir, read_jsonl(rl_log))
     sft_log = os.path.join(run_dir, "sft", "log.jsonl")
-    if os.path.isfile(sft_log):
+    if os.path.exists(sft_log):
         sft_curves(run_dir, read_jsonl(sft_log))
     preds_path = next((os.path.join(run_dir, f"preds_{k}.jsonl") for k in ("rl", "sft", "base")
-                       if os.path.isfile(os.path.join(run_dir, f"preds_{k}.jsonl"))), None)
+                       if os.path.exists(os.path.join(run_dir, f"preds_{k}.jsonl"))), None)
     if preds_path and data_path:
         lines += write_strips(run_dir, preds_path, data_path, video_root, read_jsonl, n_strips)
     return lines
@@ -237,6 +238,9 @@ def ablation_report(abl_dir: str, read_jsonl, get_metric, fmt,
     Table 10's columns (paper_rows: the paper's 16-frame rows, appended), then each run's
     rewards over the first and last tenth of its steps, and its curves (<stem>/rl_curves.svg,
     written here). read_jsonl, get_metric, fmt: eval.py's, passed in (extras never import it)."""
+    if not os.path.isdir(abl_dir):
+        raise vadr.InputError(f"--ablation-report {abl_dir}: not a directory; pass the folder "
+                              "holding eval_<stem>.json")
     head = "| Strategy | " + " | ".join(h for h, _ in TABLE10_COLUMNS) + " |"
     lines = ["# Toy reward ablation (layout of the paper's Table 10)", "",
              "Each row trains RL from the same SFT model, seed and steps, with the reward switches "
@@ -246,14 +250,13 @@ def ablation_report(abl_dir: str, read_jsonl, get_metric, fmt,
               "|---|---|" + "---:|" * len(_REWARD_KEYS)]
     for stem, name, flags in ABLATION_ROWS:
         path = os.path.join(abl_dir, f"eval_{stem}.json")
-        if not os.path.isfile(path):
+        if not os.path.exists(path):
             continue
-        with open(path) as f:
-            m = json.load(f)
+        m = scoring.read_json(path, "a metrics JSON (eval.py --json)")
         lines.append(f"| {name} | " + " | ".join(fmt(get_metric(m, k)) for _, k in TABLE10_COLUMNS)
                      + " |")
         log = os.path.join(abl_dir, stem, "log.jsonl")
-        if os.path.isfile(log):
+        if os.path.exists(log):
             recs = read_jsonl(log)
             rl_curves(os.path.join(abl_dir, stem), recs)
             n = max(1, len(recs) // 10)
@@ -302,7 +305,7 @@ def compare_predictions(pred_a: str, pred_b: str, gt_path: str, detection_metric
                         n_boot: int = 10000, seed: int = 0) -> dict:
     """b - a in accuracy and mIoU over every GT video, each with its paired bootstrap interval.
     Rows are paired with the GT by extras/scoring.py's rule (unmatched GT videos count wrong)."""
-    gt, gw = scoring.read_jsonl(gt_path)
+    gt, gw = scoring.read_gt(gt_path)
     vals = []
     for path in (pred_a, pred_b):
         rows, where = scoring.read_jsonl(path)
@@ -321,7 +324,7 @@ def compare_lines(run_dir: str, data_path: str | None, detection_metrics,
     RUN_DIR/preds_<b>.jsonl against preds_<a>.jsonl (both needed, and the test manifest), also
     written to RUN_DIR/compare_<b>_vs_<a>.json."""
     pa, pb = (os.path.join(run_dir, f"preds_{s}.jsonl") for s in (a, b))
-    if not (data_path and os.path.isfile(pa) and os.path.isfile(pb)):
+    if not (data_path and os.path.exists(pa) and os.path.exists(pb)):
         return stage0_lines(run_dir)
     res = compare_predictions(pa, pb, data_path, detection_metrics)
     with open(os.path.join(run_dir, f"compare_{b}_vs_{a}.json"), "w") as f:
@@ -340,9 +343,12 @@ def stage0_lines(run_dir: str) -> list[str]:
     """table.md's line for RUN_DIR/caption_check.json (`python -m extras.toy caption-check`):
     how often the stage-0 captioner's caption opens with an event exactly when there is one."""
     p = os.path.join(run_dir, "caption_check.json")
-    if not os.path.isfile(p):
+    if not os.path.exists(p):
         return []
-    c = json.load(open(p))
+    c = scoring.read_json(p, "caption-check JSON (python -m extras.toy caption-check)")
+    if not all(isinstance(c.get(k), (int, float)) for k in ("accuracy", "n", "tpr", "tnr")):
+        raise vadr.InputError(f"{p}: lacks a number for accuracy, n, tpr or tnr; rerun "
+                              "`python -m extras.toy caption-check` or remove it")
     return ["", f"Stage 0 sees the event (its greedy caption opens with an event exactly when the "
                 f"video has one) in {c['accuracy']:.3f} of the {c['n']} test videos: events "
                 f"captioned {c['tpr']:.3f}, quiet videos captioned quiet {c['tnr']:.3f} (the first "

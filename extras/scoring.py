@@ -11,8 +11,12 @@ pair_rows. The rules:
     listed as "PATH:LINE: why", and its video stays missing (so it is counted wrong);
   * two prediction rows for one GT video: the same output -> counted once (n_duplicate_pred);
     different outputs -> InputError naming both lines (which one to score is not ours to guess);
-  * a GT row without a usable video/source, or two GT rows for one (source, video): InputError
-    naming the line(s).
+  * the ground truth (read_gt) gets a training manifest's checks (data.py, kind 'gt'): every
+    field, total_frames (positive, bounded), 0 <= start < end <= total_frames, each (source, video)
+    once; a bad row is data.ManifestError "PATH:LINE: reason: detail" (--skip-bad: dropped and
+    counted);
+  * a JSON file to read (--report's eval_*.json) that is missing, a directory or not JSON, and an
+    output (--json) that is a directory or one of the inputs: InputError naming it.
 Exercised by: pytest tests/test_bad_input_scoring.py -q
 """
 from __future__ import annotations
@@ -21,6 +25,7 @@ import json
 import os
 from collections import defaultdict
 
+import data
 import vadr
 from extras.textmetrics import MAX_SCORED_CHARS
 
@@ -35,7 +40,7 @@ def read_jsonl(path: str) -> tuple[list[dict], list[str]]:
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
             try:
-                line = raw.decode("utf-8")
+                line = data.line_text(raw, lineno)
             except UnicodeDecodeError as e:
                 raise vadr.InputError(f"{path}:{lineno}: not UTF-8 (byte {raw[e.start]:#04x} at "
                                       f"column {e.start + 1}); save the file as UTF-8") from None
@@ -52,6 +57,52 @@ def read_jsonl(path: str) -> tuple[list[dict], list[str]]:
             rows.append(obj)
             where.append(f"{path}:{lineno}")
     return rows, where
+
+
+def read_gt(path: str, skip_bad: bool = False) -> tuple[list[dict], list[str]]:
+    """(rows as written, "PATH:LINE" of each) of a ground-truth file that passes a manifest's
+    checks (data.read_manifest, kind 'gt', videos not looked for): a bad row is a
+    data.ManifestError naming PATH:LINE, or with skip_bad it is dropped and counted on stderr.
+    The rows stay as written (anomaly_type not normalised: category accuracy compares it)."""
+    good = {r["line"] for r in data.read_manifest(path, "gt", skip_bad=skip_bad,
+                                                  check_videos=False)}
+    rows, where = [], []
+    for lineno, text in data.read_lines(path):
+        if lineno in good:
+            rows.append(json.loads(text))
+            where.append(f"{path}:{lineno}")
+    return rows, where
+
+
+def read_json(path: str, what: str):
+    """A JSON object the scripts read back (a metrics JSON): a missing file, a directory, bytes
+    that are not UTF-8, text that is not JSON or not an object: one vadr.InputError naming it."""
+    if not os.path.isfile(path):
+        why = "is a directory" if os.path.isdir(path) else "does not exist"
+        raise vadr.InputError(f"{path}: {why}; expected {what}")
+    try:
+        with open(path, "rb") as f:
+            obj = json.loads(data.line_text(f.read(), 1))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        obj, why = None, f"{type(e).__name__}: {e!s:.80}"
+    else:
+        why = f"a JSON {type(obj).__name__}, not an object"
+    if not isinstance(obj, dict):
+        raise vadr.InputError(f"{path}: not readable as {what} ({why}); rewrite it or remove it")
+    return obj
+
+
+def check_output(path: str | None, flag: str, inputs: dict) -> None:
+    """An output file a script is about to write must not be a directory or one of its inputs
+    ({flag: path}), which it would replace: vadr.InputError naming both."""
+    if not path:
+        return
+    if os.path.isdir(path):
+        raise vadr.InputError(f"{flag} {path} is a directory; pass a file name")
+    for other, p in inputs.items():
+        if p and os.path.exists(p) and os.path.exists(path) and os.path.samefile(path, p):
+            raise vadr.InputError(f"{flag} {path} is also the input {other} {p}: it would be "
+                                  f"replaced; pass another {flag}")
 
 
 def key_problem(row: dict) -> str | None:

@@ -4,6 +4,7 @@ manifest line; --skip-bad skips and counts bad videos at decode time in train_sf
 second pass and eval.py; manifests are bounded per row, read as UTF-8 with file:line, and name each
 video once. Run: pytest tests/test_bad_input_data.py -q"""
 import json
+import os
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -280,10 +281,91 @@ def test_duplicate_videos_are_reported_with_both_lines(tiny_world, tmp_path, cap
     assert "skipped 2 bad row(s): duplicate-video=2" in capsys.readouterr().err
     # eval's ground truth: the same rule, with the same lines, never a crash
     preds = _write(tmp_path / "p.jsonl", [dict(source=r["source"], video=r["video"], output="") for r in rows])
-    with pytest.raises(vadr.InputError) as ei:
+    with pytest.raises(data.ManifestError) as ei:
         ev.main(["--score", preds, "--gt", path])
-    assert str(ei.value) == (f"{path}:4: duplicate-video: source {src!r} video {vid!r} is also at line 2 "
-                             "(the ground truth names each video once; --skip-bad keeps the first)")
+    assert str(ei.value) == "\n".join([f"{path}: 2 problem(s) in 2 row(s):"] +
+                                      [f"{path}:{ln}: {r}: {d}" for ln, r, d in problems])
     assert ev.main(["--score", preds, "--gt", path, "--skip-bad", "--json", str(tmp_path / "m.json")]) == 0
     assert json.load(open(tmp_path / "m.json"))["counts"]["n_gt"] == 4
-    assert f"{path}: skipped 2 duplicate GT row(s) (--skip-bad): {path}:4: duplicate-video" in capsys.readouterr().err
+    assert f"{path}: skipped 2 bad row(s): duplicate-video=2" in capsys.readouterr().err
+
+
+def test_one_video_file_under_two_ids_with_other_labels_is_refused(tiny_world, tmp_path):
+    rows = _rows(tiny_world["sft_test"])
+    ab = next(r for r in rows if r["anomaly_type"] != "Normal")
+    no = next(r for r in rows if r["anomaly_type"] == "Normal")
+    path = _write(tmp_path / "m.jsonl", [ab, dict(no, video="alias", path=ab["path"])])
+    with pytest.raises(data.ManifestError) as ei:
+        data.read_manifest(path, "sft")
+    assert str(ei.value) == (f"{path}:2: conflicting-video: {ab['path']} is also the video of {path}:1 (source "
+                             f"{ab['source']!r} video {ab['video']!r}, {ab['anomaly_type']}), here Normal; one file "
+                             "cannot be both: fix the row's path or --video-root")
+    # the same file under another id with the same label is no contradiction
+    path = _write(tmp_path / "m2.jsonl", [ab, dict(ab, video="alias")])
+    assert [r["video_path"] for r in data.read_manifest(path, "sft")] == [ab["path"]] * 2
+
+
+def test_a_rows_existing_path_wins_over_the_video_root(tiny_world, tmp_path):
+    rows = _rows(tiny_world["sft_test"])
+    r0, r1 = rows[0], rows[1]
+    root = tmp_path / "other_world"                # holds another file under r0's own name
+    (root / r0["source"]).mkdir(parents=True)
+    (root / r0["source"] / f"{r0['video']}.mp4").write_bytes(open(r1["path"], "rb").read())
+    path = _write(tmp_path / "m.jsonl", [r0, dict(r1, path="/gone/on/this/machine/x.mp4")])
+    got = data.read_manifest(path, "sft", video_root=str(root), skip_bad=True)
+    assert [r["video_path"] for r in got] == [r0["path"]]           # the row's own file, not the root's
+    # a path that does not exist here is what the root resolves (the authors' machine's paths)
+    moved = _write(tmp_path / "m3.jsonl", [dict(r0, path=f"/gone/{r0['source']}/{r0['video']}.mp4")])
+    assert data.read_manifest(moved, "sft", video_root=str(root))[0]["video_path"] == \
+        str(root / r0["source"] / f"{r0['video']}.mp4")
+
+
+def test_eval_resume_refuses_rows_of_another_model_or_settings(tiny_world, tiny_model, tmp_path, capsys):
+    model, tok = tiny_model
+    for name in ("sft", "rl"):
+        checkpoint.save_checkpoint(str(tmp_path), name, model, tok)
+    out, meta = tmp_path / "p.jsonl", tmp_path / "p.jsonl.meta.json"
+
+    def argv(model_dir, *extra):
+        return ["--model", str(tmp_path / model_dir), "--data", tiny_world["sft_test"], "--out", str(out),
+                "--frames", "4", "--max-new-tokens", "4", "--batch-size", "2", "--num-workers", "0",
+                "--device", "cpu", "--limit", "2", *extra]
+    assert ev.main(argv("sft")) == 0
+    before, rec = out.read_bytes(), json.load(open(meta))
+    real = os.path.realpath(tmp_path)
+    assert rec["model"]["path"] == f"{real}/sft" and rec["settings"]["max_new_tokens"] == 4
+    assert rec["data"]["path"] == os.path.realpath(tiny_world["sft_test"])
+    capsys.readouterr()
+    assert ev.main(["--score", str(out), "--gt", tiny_world["sft_test"], "--allow-missing"]) == 0
+    assert f"NOTE: {out} was written by --model {real}/sft ({meta})\n" in capsys.readouterr().out
+    tail = f"resuming would mix two runs: delete {out} and {meta}, or pass another --out"
+    for extra, what in [(("rl",), f'model.path was "{real}/sft", now "{real}/rl"'),
+                        (("sft", "--max-new-tokens", "6"), "settings.max_new_tokens was 4, now 6"),
+                        (("sft", "--sample"), "settings.sample was false, now true"),
+                        (("sft", "--frames", "8"), "settings.frames was 4, now 8"),
+                        (("sft", "--video-root", tiny_world["videos"]),
+                         f'video_root was null, now "{os.path.realpath(tiny_world["videos"])}"')]:
+        with pytest.raises(vadr.InputError) as ei:
+            ev.main(argv(*extra))
+        assert str(ei.value) == f"{out}: its 2 rows were written by another run ({what}); {tail}", extra
+    # a checkpoint rewritten in place (a retrained run) is another model too
+    os.utime(tmp_path / "sft" / "config.json", ns=(1, 1))
+    with pytest.raises(vadr.InputError, match=r"\(model\.files\.config\.json was \[\d+, \d+\], now \[\d+, 1\]\)"):
+        ev.main(argv("sft"))
+    # rows without the record cannot be vouched for; a record that is not ours is not replaced
+    meta.unlink()
+    with pytest.raises(vadr.InputError) as ei:
+        ev.main(argv("sft"))
+    assert str(ei.value) == (f"{out}: holds 2 prediction rows but no {meta} saying which model and settings "
+                             f"wrote them, so they cannot be resumed: delete {out} or pass another --out")
+    meta.write_text("my notes")
+    with pytest.raises(vadr.InputError) as ei:
+        ev.main(argv("sft"))
+    assert str(ei.value) == (f"{meta}: not readable (JSONDecodeError: Expecting value: line 1 column 1 (char 0)), "
+                             f"so {out} cannot be resumed; it was left untouched: delete {meta} or pass another --out")
+    assert out.read_bytes() == before and meta.read_text() == "my notes"
+    # a new --out beside an old record of ours (stopped before its first row): the record is replaced
+    meta.write_text(json.dumps(rec))
+    out.unlink()
+    assert ev.main(argv("rl", "--limit", "1")) == 0
+    assert json.load(open(meta))["model"]["path"] == f"{real}/rl" and len(_rows(out)) == 1

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 import eval as E
@@ -193,8 +194,9 @@ def test_ground_truth_problems_name_the_lines(tmp_path):
     with pytest.raises(vadr.InputError, match=r"^ground-truth row 1: ground-truth row: 'video'"):
         E.score_predictions([], [bad])
     _write(gp, [])
-    with pytest.raises(vadr.InputError, match=re.escape(f"{gp}: no ground-truth rows")):
+    with pytest.raises(vadr.InputError) as e:
         E.run_scoring(str(pp), str(gp))
+    assert str(e.value) == f"{gp}:0: bad-value: the manifest holds no rows"
 
 
 def test_unreadable_files_are_one_line_errors(tmp_path):
@@ -359,3 +361,178 @@ def test_weak_label_that_is_not_a_string_is_refused(solution):
 def test_weak_label_strings_still_forgiven():
     assert R.weak_label(" abnormal. ") == "Abnormal" and R.weak_label("<answer>Normal</answer>") == "Normal"
     assert R.accuracy_reward(ABN_OUT, "Abnormal") == 1.0 and R.accuracy_reward(ABN_OUT, "Normal") == 0.0
+
+
+# ---- outputs that are inputs or directories (--json) -------------------------------------------
+
+def test_mc_json_onto_its_input_is_refused_and_the_file_kept(tmp_path, capsys):
+    pp = tmp_path / "mc.jsonl"
+    _write(pp, [{"id": 1, "category": "c", "question": "q", "answer": "A", "output": "A"}])
+    before = pp.read_bytes()
+    assert _run_main(["--mc", str(pp), "--json", str(pp)]) == 1
+    assert capsys.readouterr().err == (f"error: --json {pp} is also the input --mc {pp}: it would be "
+                                       f"replaced; pass another --json\n")
+    assert pp.read_bytes() == before
+    assert _run_main(["--mc", str(pp), "--json", str(tmp_path)]) == 1
+    assert capsys.readouterr().err == f"error: --json {tmp_path} is a directory; pass a file name\n"
+    # --score names the same input the same way, and a directory as --json too
+    gp = tmp_path / "g.jsonl"
+    _write(gp, _gts())
+    assert _run_main(["--score", str(pp), "--gt", str(gp), "--json", str(gp)]) == 1
+    assert capsys.readouterr().err == (f"error: --json {gp} is also the input --gt {gp}: it would be "
+                                       f"replaced; pass another --json\n")
+    assert _run_main(["--score", str(pp), "--gt", str(gp), "--json", str(tmp_path)]) == 1
+    assert capsys.readouterr().err == f"error: --json {tmp_path} is a directory; pass a file name\n"
+
+
+# ---- the ground truth gets a training manifest's checks ----------------------------------------
+
+BAD_GT = [  # (change to GT row a, the manifest rule's message for line 1)
+    (dict(start=60, end=20), "bad-interval: start 60 >= end 20"),
+    (dict(start=20, end=160), "interval-out-of-range: [start, end] = [20, 160] is not inside "
+                              "[0, total_frames=100]"),
+    (dict(total_frames=1e300), "bad-value: 'total_frames' must be a positive integer up to 10,000,000 "
+                               "(MAX_TOTAL_FRAMES), got 1e+300"),
+    (dict(total_frames=float("inf")), "bad-value: 'total_frames' must be a positive integer up to "
+                                      "10,000,000 (MAX_TOTAL_FRAMES), got inf"),
+    (dict(total_frames=0), "bad-value: 'total_frames' must be a positive integer up to 10,000,000 "
+                           "(MAX_TOTAL_FRAMES), got 0"),
+    (dict(start=None), "bad-value: 'start'/'end' must be integer frame indices, got None, 60"),
+]
+
+
+@pytest.mark.parametrize("change,why", BAD_GT)
+def test_bad_ground_truth_rows_are_one_line_errors(tmp_path, capsys, change, why):
+    pp, gp, jp = tmp_path / "p.jsonl", tmp_path / "g.jsonl", tmp_path / "m.json"
+    _write(pp, [{"source": "UCF", "video": v, "output": ABN_OUT} for v in "abcd"])
+    _write(gp, [dict(_gts()[0], **change)] + _gts()[1:])     # json.dumps writes inf as Infinity
+    assert _run_main(["--score", str(pp), "--gt", str(gp), "--json", str(jp)]) == 1
+    assert capsys.readouterr().err == f"error: {gp}:1: {why}\n" and not jp.exists()
+    # --skip-bad drops the row and counts it, as for a training manifest
+    assert _run_main(["--score", str(pp), "--gt", str(gp), "--json", str(jp), "--skip-bad"]) in (0, None)
+    m = json.loads(jp.read_text())
+    assert m["counts"]["n_gt"] == 3 and m["counts"]["n_unknown_pred"] == 1
+    assert f"{gp}: skipped 1 bad row(s): {why.split(':')[0]}=1" in capsys.readouterr().err
+
+
+def test_huge_total_frames_through_the_api_takes_no_memory():
+    # score_predictions without the file checks: the frame figures leave the row out, no 10^300 array
+    row = dict(_gts()[1], total_frames=10 ** 300)
+    m = E.score_predictions([{"source": "UCF", "video": "b", "output": ABN_OUT}], [row])
+    assert m["frame"]["n_videos"] == 0 and E.frame_labels(dict(row, total_frames=float("inf"))) is None
+
+
+def _gt_text_row(video, total, start=None, end=None):
+    """A GT row whose answer holds the <when> the manifest rule demands: round(start / total, 3)."""
+    cat = "Fighting" if start is not None else "Normal"
+    when = f"<when>[{round(start / total, 3)}, {round(end / total, 3)}]</when>" if start is not None else ""
+    return dict(_gt(video, cat, start, end, total),
+                answer=f"<answer><which>{cat}</which><what>w</what>{when}</answer>")
+
+
+def test_ground_truth_text_as_predictions_scores_frame_auc_one():
+    # before one rule for both sides: start..end inclusive against the rounded <when> gave 0.926 on
+    # the tiny toy world (6/17 rounds up to 0.353, so frame 6 scored 0); 3001 and 12345 frames put
+    # several frames on one rounded fraction
+    gt = [_gt_text_row("a", 17, 6, 15), _gt_text_row("b", 23, 10, 19), _gt_text_row("c", 16, 8, 13),
+          _gt_text_row("d", 3001, 1000, 2001), _gt_text_row("e", 12345, 17, 12345), _gt_text_row("f", 40)]
+    preds = [{"source": "UCF", "video": g["video"], "output": g["think"] + "\n" + g["answer"]} for g in gt]
+    m = E.score_predictions(preds, gt)
+    assert (m["frame"]["auc"], m["frame"]["best_f1"], m["frame"]["best_threshold"]) == (1.0, 1.0, 1.0)
+    assert m["detection"]["miou"] == 1.0
+
+
+def test_frame_figures_from_counts_equal_the_concatenated_arrays():
+    rng = random.Random(3)
+    for trial in range(200):
+        gt, preds, labs, scs = [], [], [], []
+        for i in range(rng.randint(1, 4)):
+            total = rng.randint(1, 60)
+            s = rng.randint(0, total - 1)
+            g = _gt_text_row(f"v{i}", total, s, rng.randint(s + 1, total)) if rng.random() < 0.6 else \
+                _gt_text_row(f"v{i}", total)
+            a, b = sorted(round(rng.random(), 3) for _ in range(2))
+            out = rng.choice([None, "", f"<which>Fire</which><when>[{a}, {b}]</when>",
+                              f"<which>Normal</which><when>[{a}, {b}]</when>", f"<which>X</which><when>[{b}, {a}]</when>"])
+            gt.append(g)
+            preds.append(out)
+            labs.append(E.frame_labels(g))
+            scs.append(E.frame_scores(out, total))
+        y, s = np.concatenate(labs), np.concatenate(scs)
+        f = E.frame_metrics(preds, gt)
+        assert f["n_frames"] == len(y) and f["n_videos"] == len(gt)
+        auc = E.frame_auc(y, s)
+        assert (f["auc"] is None) == (auc is None) and (auc is None or abs(f["auc"] - auc) < 1e-12), trial
+        assert (f["best_f1"], f["best_threshold"]) == pytest.approx(E.best_f1(y, s)), trial
+
+
+# ---- one reader rule: a byte-order mark on line 1 --------------------------------------------------
+
+def test_byte_order_mark_is_read_alike_by_every_reader(tmp_path):
+    pp, gp = tmp_path / "p.jsonl", tmp_path / "g.jsonl"
+    _write(pp, [{"source": "UCF", "video": v, "output": ABN_OUT} for v in "abcd"])
+    _write(gp, _gts())
+    plain = E.run_scoring(str(pp), str(gp))
+    for p in (pp, gp):
+        p.write_bytes(b"\xef\xbb\xbf" + p.read_bytes())
+    assert E.run_scoring(str(pp), str(gp)) == plain
+    import data
+    assert len(data.read_manifest(str(gp), "gt", check_videos=False)) == 4
+    from extras import predictions
+    assert len(predictions.check_predictions_file(str(pp))) == 4
+    # resume keeps a whole first row with a mark and no newline (it is not a torn write)
+    one = tmp_path / "one.jsonl"
+    one.write_bytes(b"\xef\xbb\xbf" + json.dumps({"source": "UCF", "video": "a", "output": "x"}).encode())
+    assert predictions.done_keys(str(one)) == {("UCF", "a")}
+    assert one.read_bytes().endswith(b'"output": "x"}\n')
+
+
+# ---- --report and --ablation-report: corrupt JSON, directories where files belong ---------------
+
+def test_report_inputs_that_are_corrupt_or_directories_are_one_line_errors(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "eval_sft.json").write_text('{"detection": {"accuracy": 0.5}')          # cut short
+    assert _run_main(["--report", str(run)]) == 1
+    assert capsys.readouterr().err == (
+        f"error: {run / 'eval_sft.json'}: not readable as a metrics JSON (eval.py --json) (JSONDecodeError: "
+        f"Expecting ',' delimiter: line 1 column 32 (char 31)); rewrite it or remove it\n")
+    (run / "eval_sft.json").write_text("[1, 2]")
+    assert _run_main(["--report", str(run)]) == 1
+    assert "(a JSON list, not an object)" in capsys.readouterr().err
+    (run / "eval_sft.json").unlink()
+    (run / "eval_sft.json").mkdir()
+    assert _run_main(["--report", str(run)]) == 1
+    assert capsys.readouterr().err == (f"error: {run / 'eval_sft.json'}: is a directory; expected a metrics "
+                                       f"JSON (eval.py --json)\n")
+    (run / "eval_sft.json").rmdir()
+    (run / "table.md").mkdir()
+    assert _run_main(["--report", str(run)]) == 1
+    assert capsys.readouterr().err == (f"error: {run / 'table.md'}: is a directory where --report writes its "
+                                       f"table; remove it\n")
+    (run / "table.md").rmdir()
+    (run / "rl").mkdir()
+    (run / "rl" / "log.jsonl").mkdir()
+    assert _run_main(["--report", str(run)]) == 1
+    assert capsys.readouterr().err == (f"error: {run / 'rl' / 'log.jsonl'}: is a directory; expected a JSONL "
+                                       f"file (one JSON object per line)\n")
+    (run / "rl" / "log.jsonl").rmdir()
+    (run / "caption_check.json").write_text('{"accuracy": 0.5}')
+    assert _run_main(["--report", str(run)]) == 1
+    assert capsys.readouterr().err == (f"error: {run / 'caption_check.json'}: lacks a number for accuracy, n, "
+                                       f"tpr or tnr; rerun `python -m extras.toy caption-check` or remove it\n")
+    (run / "caption_check.json").unlink()
+    assert _run_main(["--report", str(run / "nope")]) == 1
+    assert capsys.readouterr().err == (f"error: --report {run / 'nope'}: not found; pass the run directory "
+                                       f"holding eval_*.json\n")
+    (run / "eval_sft.json").write_text(json.dumps({"detection": {"accuracy": 0.5}}))
+    assert _run_main(["--report", str(run / "eval_sft.json")]) == 1
+    assert "not a directory" in capsys.readouterr().err
+    assert _run_main(["--report", str(run)]) in (0, None)                 # the good file is read
+    assert "| +SFT | - | - | - | - | - | - | - | - | - |" in (run / "table.md").read_text()
+    (run / "eval_grpo.json").write_text("{")
+    assert _run_main(["--ablation-report", str(run)]) == 1
+    assert capsys.readouterr().err.startswith(f"error: {run / 'eval_grpo.json'}: not readable as a metrics JSON")
+    assert _run_main(["--ablation-report", str(run / "eval_sft.json")]) == 1
+    assert capsys.readouterr().err == (f"error: --ablation-report {run / 'eval_sft.json'}: not a directory; "
+                                       f"pass the folder holding eval_<stem>.json\n")

@@ -165,10 +165,11 @@ def test_path_resolution_order(tmp_path):
     os.remove(cands[1])
     os.link(cands[5], cands[1])  # the same file twice (a hard link) is not ambiguous
     assert data.resolve_video("SH", "a", orig, str(root)) == (cands[1], cands, [])
-    # `path` as written is a fallback, never a rival of a file under the root (a copied data set)
+    # `path` that exists as written is the row's own file: it wins, a file under the root is no rival
     copy = tmp_path / "elsewhere" / "a.mp4"
     _touch(str(copy), b"the original")
-    assert data.resolve_video("SH", "a", str(copy), str(root))[2] == []
+    assert data.resolve_video("SH", "a", str(copy), str(root)) == (str(copy), data.video_candidates(
+        "SH", "a", str(copy), str(root)), [])
     # without a root only the path as written; a relative path is relative to the manifest's folder
     assert data.video_candidates("UCF", "a", "sub/x.mp4", None, "/m") == ["/m/sub/x.mp4"]
     # a video name that already has an extension gets none added; a Windows path splits too
