@@ -499,13 +499,15 @@ def run_inference(args) -> int:
     part = args.out if world == 1 else f"{args.out}.rank{rank}"
     os.makedirs(os.path.dirname(os.path.abspath(part)), exist_ok=True)
     # rows already in --out must be this model's with these settings (<out>.meta.json)
-    predictions.check_resume(args.out, predictions.run_meta(args), world)
+    meta = predictions.run_meta(args)
+    predictions.check_resume(args.out, meta, world)
     done = predictions.done_keys(part) | (predictions.done_keys(args.out) if world > 1 else set())
     mine = [r for r in vadr.shard_for_rank(rows, rank, world)
             if (str(r["source"]), str(r["video"])) not in done]
     model, tok = toymodel.load_model(args.model, device=device,
                                  dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
     model.eval()
+    predictions.write_record(args.out, meta)
     ds = data.SFTDataset(mine, prompt_variant=args.prompt_variant,
                              **training.video_args(args))
     # a video that fails to decode: an error naming it, or (--skip-bad) an "error" row for it
@@ -597,10 +599,14 @@ def run_scoring(pred_path: str, gt_path: str, json_path: str | None = None,
 
 def _write_json(path: str, obj):
     """--json, whole or not at all (a temporary file renamed into place)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(path + ".tmp", path)
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path + ".tmp", "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2)
+        os.replace(path + ".tmp", path)
+    except OSError as e:  # a folder that is a file, no permission, a full disk
+        raise vadr.InputError(f"--json {path}: cannot write it ({e.strerror}); pass another "
+                              "--json") from None
 
 
 def run_mc_scoring(pred_path: str, gt_path: str | None = None, json_path: str | None = None,

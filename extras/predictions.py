@@ -131,8 +131,12 @@ def model_identity(model: str) -> dict:
     ckpt = model
     if not os.path.isfile(os.path.join(model, "config.json")):
         ckpt = vadr.latest_checkpoint(model) or model
-    files = {n: [os.path.getsize(p), os.stat(p).st_mtime_ns] for n in sorted(os.listdir(ckpt))
-             if os.path.isfile(p := os.path.join(ckpt, n))}
+    files = {}
+    if os.path.isdir(ckpt):  # else the loader's own error follows
+        for n in sorted(os.listdir(ckpt)):
+            if os.path.isfile(p := os.path.join(ckpt, n)):
+                st = os.stat(p)
+                files[n] = [st.st_size, st.st_mtime_ns]
     return {"path": os.path.realpath(ckpt), "files": files}
 
 
@@ -158,10 +162,10 @@ def _first_difference(old, new, key: str = ""):
 
 
 def check_resume(out: str, meta: dict, world: int = 1) -> None:
-    """Before inference adds a row to --out (or its rank files): rows already there must carry
+    """Before inference loads its model: rows already in --out (or its rank files) must carry
     this run's record meta_path(out), else a vadr.InputError naming the file and what differs,
-    and nothing is changed. Then the record is written (atomically; every rank writes the same).
-    A record without rows beside it (a run stopped before its first batch) is replaced."""
+    and nothing is changed. A record of ours without rows beside it may be replaced
+    (write_record, once the model has loaded); one that is not ours is refused."""
     mp = meta_path(out)
     parts = [p for p in [out] + [f"{out}.rank{r}" for r in range(world)] if os.path.isfile(p)]
     n_rows = sum(len(check_predictions_file(p)) for p in parts)
@@ -186,11 +190,15 @@ def check_resume(out: str, meta: dict, world: int = 1) -> None:
         raise vadr.InputError(f"{out}: its {n_rows} rows were written by another run ({k} was "
                               f"{json.dumps(a)[:200]}, now {json.dumps(b)[:200]}); resuming would "
                               f"mix two runs: delete {out} and {mp}, or pass another --out")
-    if old != meta:
-        tmp = f"{mp}.tmp{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(meta, f, indent=1)
-        os.replace(tmp, mp)
+
+
+def write_record(out: str, meta: dict) -> None:
+    """meta_path(out), after check_resume and before the first row (atomically: torchrun ranks
+    each write the same record)."""
+    tmp = f"{meta_path(out)}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(meta, f, indent=1)
+    os.replace(tmp, meta_path(out))
 
 
 def written_by(out: str) -> str | None:

@@ -369,3 +369,8 @@ def test_eval_resume_refuses_rows_of_another_model_or_settings(tiny_world, tiny_
     out.unlink()
     assert ev.main(argv("rl", "--limit", "1")) == 0
     assert json.load(open(meta))["model"]["path"] == f"{real}/rl" and len(_rows(out)) == 1
+    # a model that does not load leaves no record behind
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(vadr.InputError, match="is neither 'toy' nor a local checkpoint directory"):
+        ev.main(argv("empty") + ["--out", str(tmp_path / "q.jsonl")])
+    assert not os.path.exists(tmp_path / "q.jsonl.meta.json")

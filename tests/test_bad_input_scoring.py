@@ -383,6 +383,10 @@ def test_mc_json_onto_its_input_is_refused_and_the_file_kept(tmp_path, capsys):
                                        f"replaced; pass another --json\n")
     assert _run_main(["--score", str(pp), "--gt", str(gp), "--json", str(tmp_path)]) == 1
     assert capsys.readouterr().err == f"error: --json {tmp_path} is a directory; pass a file name\n"
+    # a folder that is a file: the metrics cannot be written, one line (after the printout)
+    assert _run_main(["--mc", str(pp), "--json", str(gp / "m.json")]) == 1
+    assert re.fullmatch(rf"error: --json {re.escape(str(gp / 'm.json'))}: cannot write it \([^)]+\); pass another "
+                        r"--json\n", capsys.readouterr().err)
 
 
 # ---- the ground truth gets a training manifest's checks ----------------------------------------
