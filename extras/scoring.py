@@ -30,12 +30,17 @@ import vadr
 from extras.textmetrics import MAX_SCORED_CHARS
 
 
+def _not_a_file(path: str) -> str:
+    return "is a directory" if os.path.isdir(path) else (
+        "is not a regular file" if os.path.exists(path) else "does not exist")
+
+
 def read_jsonl(path: str) -> tuple[list[dict], list[str]]:
     """(rows, "PATH:LINE" of each row) of a JSON Lines file, blank lines skipped; every problem is
     a one-line vadr.InputError naming the file (and line)."""
-    if not os.path.isfile(path):
-        what = "is a directory" if os.path.isdir(path) else "does not exist"
-        raise vadr.InputError(f"{path}: {what}; expected a JSONL file (one JSON object per line)")
+    if not os.path.isfile(path):  # a device (/dev/zero) would never end
+        raise vadr.InputError(f"{path}: {_not_a_file(path)}; expected a JSONL file (one JSON "
+                              "object per line)")
     rows, where = [], []
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
@@ -78,8 +83,7 @@ def read_json(path: str, what: str):
     """A JSON object the scripts read back (a metrics JSON): a missing file, a directory, bytes
     that are not UTF-8, text that is not JSON or not an object: one vadr.InputError naming it."""
     if not os.path.isfile(path):
-        why = "is a directory" if os.path.isdir(path) else "does not exist"
-        raise vadr.InputError(f"{path}: {why}; expected {what}")
+        raise vadr.InputError(f"{path}: {_not_a_file(path)}; expected {what}")
     try:
         with open(path, "rb") as f:
             obj = json.loads(data.line_text(f.read(), 1))
