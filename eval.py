@@ -490,10 +490,11 @@ def run_inference(args) -> int:
     """What `--model` does: a predictions JSONL for --data (scored at once with --json)."""
     import torch
     from tqdm import tqdm
+
     dist_info = vadr.setup_distributed(args.device)
     rank, world, device = dist_info["rank"], dist_info["world_size"], dist_info["device"]
     rows = data.read_manifest(args.data, "sft", video_root=args.video_root,
-                                  skip_bad=args.skip_bad)
+                              skip_bad=args.skip_bad)
     if args.limit:
         rows = rows[:args.limit]
     part = args.out if world == 1 else f"{args.out}.rank{rank}"
@@ -509,7 +510,7 @@ def run_inference(args) -> int:
     model.eval()
     predictions.write_record(args.out, meta)
     ds = data.SFTDataset(mine, prompt_variant=args.prompt_variant,
-                             **training.video_args(args))
+                         **training.video_args(args))
     # a video that fails to decode: an error naming it, or (--skip-bad) an "error" row for it
     collate = badvideos.make_collate(data.make_collate(tok, with_targets=False))
     loader = torch.utils.data.DataLoader(badvideos.SkipBadVideos(ds, replace=False),

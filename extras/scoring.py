@@ -4,8 +4,9 @@ Not part of the method: what lets `python eval.py --score preds.jsonl --gt test.
 file and line is wrong instead of a traceback or a silently wrong figure (docs/eval.md
 "Matching"). eval.load_jsonl reads with read_jsonl; eval.match_predictions pairs rows with
 pair_rows. The rules:
-  * a file that is missing, a directory, not UTF-8, or holds a line that is not a JSON object:
-    InputError "PATH:LINE: ..." (never half-scored);
+  * a file that is missing, not a regular file, not UTF-8, or holds a line that is not a JSON
+    object: InputError "PATH:LINE: ..." (never half-scored); a byte-order mark on line 1 is not
+    data (data.line_text, the rule of every reader);
   * a prediction row without a usable `video` (absent, null, not a string or an integer, empty),
     with a `source` that is not a string, or without a string `output`: MALFORMED, counted and
     listed as "PATH:LINE: why", and its video stays missing (so it is counted wrong);
@@ -14,7 +15,7 @@ pair_rows. The rules:
   * the ground truth (read_gt) gets a training manifest's checks (data.py, kind 'gt'): every
     field, total_frames (positive, bounded), 0 <= start < end <= total_frames, each (source, video)
     once; a bad row is data.ManifestError "PATH:LINE: reason: detail" (--skip-bad: dropped and
-    counted);
+    counted); pair_rows still refuses a GT without usable or unique ids passed in directly;
   * a JSON file to read (--report's eval_*.json) that is missing, a directory or not JSON, and an
     output (--json) that is a directory or one of the inputs: InputError naming it.
 Exercised by: pytest tests/test_bad_input_scoring.py -q

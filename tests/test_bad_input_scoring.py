@@ -204,6 +204,9 @@ def test_unreadable_files_are_one_line_errors(tmp_path):
         E.load_jsonl(str(tmp_path / "nope.jsonl"))
     with pytest.raises(vadr.InputError, match=re.escape(f"{tmp_path}: is a directory")):
         E.load_jsonl(str(tmp_path))
+    with pytest.raises(vadr.InputError) as e:                             # a device would never end
+        E.load_jsonl("/dev/zero")
+    assert str(e.value) == "/dev/zero: is not a regular file; expected a JSONL file (one JSON object per line)"
     p = tmp_path / "latin1.jsonl"
     p.write_bytes(b'{"video": "a", "output": "x"}\n{"video": "caf\xe9", "output": "x"}\n')
     with pytest.raises(vadr.InputError) as e:
