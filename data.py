@@ -49,8 +49,8 @@ REASONS = ("bad-json", "missing-field", "bad-value", "unknown-category", "bad-in
 # A bound on one line, so that a corrupt row never builds a million-token target: the released
 # rows are at most 3,336 characters (SFT-train line 415; RL: 312), ~20x less.
 MAX_ROW_CHARS = 65_536
-# A bound on total_frames: 10^7 frames is 92 hours at 30 fps, far beyond any released video, and
-# keeps a corrupt count (1e300) from sizing per-frame arrays (eval.py's frame metrics).
+# A bound on total_frames: 10^7 frames is 92 hours at 30 fps, 16x the longest released video
+# (628,020 frames, SFT-train), and keeps a corrupt count (1e300) from sizing per-frame arrays.
 MAX_TOTAL_FRAMES = 10_000_000
 
 
