@@ -46,6 +46,7 @@ import argparse
 import json
 import math
 import os
+import pickle
 import re
 
 import numpy as np
@@ -524,10 +525,22 @@ HEAD_FILES = ("head.pt", "head_config.json")  # what stage1 writes into its --ou
 
 
 def load_head(head_dir: str) -> tuple[torch.nn.Module, dict]:
-    with open(os.path.join(head_dir, "head_config.json")) as f:
-        cfg = json.load(f)
-    head = make_head(cfg["dim"], len(cfg["categories"]), cfg["hidden"])
-    head.load_state_dict(torch.load(os.path.join(head_dir, "head.pt"), weights_only=True))
+    """A stage1 --out directory -> (the head, its head_config.json); a missing, corrupt or foreign
+    file is one line naming it."""
+    what = "a stage-1 head's head_config.json (python -m extras.vanguard stage1 writes it)"
+    path = os.path.join(head_dir, "head_config.json")
+    cfg = scoring.read_json_object(path, what)
+    missing = [k for k in ("dim", "hidden", "categories", "frames", "min_pixels", "max_pixels") if k not in cfg]
+    if missing:
+        raise vadr.InputError(f"{path}: no {', '.join(missing)}; expected {what}")
+    weights = os.path.join(head_dir, "head.pt")
+    try:
+        head = make_head(cfg["dim"], len(cfg["categories"]), cfg["hidden"])
+        head.load_state_dict(torch.load(weights, weights_only=True))
+    except (OSError, RuntimeError, TypeError, ValueError, KeyError, EOFError, pickle.UnpicklingError) as e:
+        why = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise vadr.InputError(f"{weights}: not the weights of the head {path} describes ({why}); run "
+                              "python -m extras.vanguard stage1 again") from None
     return head.eval(), cfg
 
 
@@ -592,8 +605,7 @@ def vanguard_table(run_dir: str, gt_path: str) -> str:
         path = os.path.join(run_dir, f"eval_{stem}.json")
         if not os.path.isfile(path):
             continue
-        with open(path) as f:
-            m = json.load(f)
+        m = scoring.read_json_object(path, "eval.py's metrics JSON (--json)")
         preds = eval_mod.load_jsonl(os.path.join(run_dir, f"preds_{stem}.jsonl"))
         labels = [eval_mod.authors_label(vadr.parse_completion(r.get("output") or "")["which"])
                   for r in preds]

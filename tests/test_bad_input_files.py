@@ -381,6 +381,42 @@ class TestBoxFiles:
 
 # ================================================================ corrupt JSON, a folder for a file
 
+class TestVanguardJsonFiles:
+    """A stage-1 head's files and the table's eval_<stem>.json: missing, corrupt or foreign -> one line."""
+
+    def _scores(self, tiny_world, tmp_path, head):
+        with pytest.raises(vadr.InputError) as e:
+            vanguard.main(["scores", "--model", str(tmp_path), "--head", str(head), "--data", tiny_world["sft_test"],
+                           "--out", str(tmp_path / "s.jsonl")])
+        assert not (tmp_path / "s.jsonl").exists()
+        return str(e.value)
+
+    def test_head_files(self, tiny_world, tmp_path):
+        head = tmp_path / "head"
+        head.mkdir()
+        cfg, what = head / "head_config.json", ("a stage-1 head's head_config.json (python -m extras.vanguard stage1 "
+                                                "writes it)")
+        assert self._scores(tiny_world, tmp_path, head) == f"{cfg}: does not exist; expected {what}"
+        cfg.write_text('{"dim": 4')
+        assert self._scores(tiny_world, tmp_path, head) == (
+            f"{cfg}:1: malformed JSON (Expecting ',' delimiter, column 10); expected {what}")
+        cfg.write_text('{"dim": 4}')
+        assert self._scores(tiny_world, tmp_path, head) == (
+            f"{cfg}: no hidden, categories, frames, min_pixels, max_pixels; expected {what}")
+        cfg.write_text(json.dumps(dict(dim=4, hidden=3, categories=["Fire"], frames=4, min_pixels=1, max_pixels=9)))
+        (head / "head.pt").write_bytes(b"not torch")
+        msg = self._scores(tiny_world, tmp_path, head)
+        assert msg.startswith(f"{head / 'head.pt'}: not the weights of the head {cfg} describes (") and msg.endswith(
+            "); run python -m extras.vanguard stage1 again") and len(msg.splitlines()) == 1, msg
+
+    def test_table_reads_a_corrupt_eval_json_in_one_line(self, tiny_world, tmp_path):
+        (tmp_path / "eval_stage3.json").write_text("{")
+        with pytest.raises(vadr.InputError) as e:
+            vanguard.main(["table", "--data", tiny_world["sft_test"], "--out", str(tmp_path)])
+        assert str(e.value) == (f"{tmp_path / 'eval_stage3.json'}:1: malformed JSON (Expecting property name "
+                                "enclosed in double quotes, column 2); expected eval.py's metrics JSON (--json)")
+
+
 class TestRewardcheckFiles:
     """python -m extras.rewardcheck's run config and --json: one line each, before any model loads."""
 
