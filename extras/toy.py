@@ -1203,10 +1203,11 @@ def generate_toy_world(out_dir: str, seed: int = 0, n_sft: int = 240, n_test: in
     categories = tuple(params["categories"])
     out_dir = os.path.abspath(out_dir)
     _claim_out_dir(out_dir, overwrite)  # a folder of the user's is refused before anything is written
-    os.makedirs(os.path.join(out_dir, "videos"), exist_ok=True)
+    os.makedirs(out_dir, exist_ok=True)
     writing = os.path.join(out_dir, WRITING_MARK)  # claims the folder until the stamp is written
     with open(writing, "w") as f:
         json.dump(dict(params=params), f)
+    os.makedirs(os.path.join(out_dir, "videos"), exist_ok=True)
     paths = manifest_paths(out_dir)
     for p in list(paths.values()) + [os.path.join(out_dir, "toy_world.json")]:
         if os.path.exists(p):  # manifests last-written = complete; remove first so a crash leaves none
@@ -1290,10 +1291,9 @@ def _claim_out_dir(out_dir: str, overwrite: bool):
     if names and not ours and not overwrite:
         shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
         raise vadr.InputError(f"{out_dir} holds files that no toy world wrote ({shown}; no toy world's "
-                              "toy_world.json): "
-                              "pass a new or empty --out, or --overwrite to write the toy world among them "
-                              f"(it replaces only its own names: videos/toy_NNNNN.mp4, {', '.join(MANIFEST_NAMES.values())}, "
-                              "toy_world.json)")
+                              "toy_world.json): pass a new or empty --out, or write the toy world among them with "
+                              f"`python -m extras.toy --out {out_dir} --overwrite` (it replaces only its own names: "
+                              f"videos/toy_NNNNN.mp4, {', '.join(MANIFEST_NAMES.values())}, toy_world.json)")
     for name in list(MANIFEST_NAMES.values()) + ["toy_world.json", WRITING_MARK, "videos"]:
         path = os.path.join(out_dir, name)
         if os.path.lexists(path) and (name == "videos") != os.path.isdir(path):

@@ -59,8 +59,8 @@ class TestToyOutputFolder:
         before = _digest(d)
         _refused(toy.main, ["--out", str(d), *TINY],
                  f"{d} holds files that no toy world wrote (Vad-Reasoning-SFT-train.jsonl, notes.txt; no toy "
-                 f"world's toy_world.json): pass a new or empty --out, or --overwrite to write the toy world "
-                 f"among them (it replaces only its own names: {OWN})")
+                 f"world's toy_world.json): pass a new or empty --out, or write the toy world among them with "
+                 f"`python -m extras.toy --out {d} --overwrite` (it replaces only its own names: {OWN})")
         assert _digest(d) == before
 
     def test_overwrite_replaces_only_the_toy_worlds_names(self, tmp_path, capsys):
@@ -97,8 +97,8 @@ class TestToyOutputFolder:
         _refused(toy.main, ["--out", str(d), *TINY],
                  f"{d} holds files that no toy world wrote (Toy-Caption.jsonl, Vad-Reasoning-RL.jsonl, "
                  f"Vad-Reasoning-SFT-test.jsonl, Vad-Reasoning-SFT-train.jsonl, ...; no toy world's "
-                 f"toy_world.json): pass a new or empty --out, or --overwrite to write the toy world among them "
-                 f"(it replaces only its own names: {OWN})")
+                 f"toy_world.json): pass a new or empty --out, or write the toy world among them with "
+                 f"`python -m extras.toy --out {d} --overwrite` (it replaces only its own names: {OWN})")
         # ensure_toy_world (the scripts' default data) reads it as absent, not as a traceback
         with pytest.raises(vadr.InputError, match="holds files that no toy world wrote"):
             toy.ensure_toy_world(str(d), seed=0, n_sft=2, n_test=2, n_rl=2, n_caption=2, size=(48, 48),
