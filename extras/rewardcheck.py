@@ -131,6 +131,12 @@ def main(argv=None):
     if missing:
         raise vadr.InputError(f"rewardcheck: {cfg_path} lacks {', '.join(missing)}: not a whole RL run's "
                               "config (train_rl.py writes it)")
+    types = dict(seed=int, batch_size=int, total_steps=int, num_generations=int, max_new_tokens=int, frames=int,
+                 temperature=(int, float), top_p=(int, float), data=str, prompt_variant=str)
+    wrong = [k for k, t in types.items() if isinstance(cfg[k], bool) or not isinstance(cfg[k], t)]
+    if wrong:
+        raise vadr.InputError(f"rewardcheck: {cfg_path}: {', '.join(wrong)} of the wrong type (edited by hand?): "
+                              "not an RL run's config as train_rl.py writes it")
     if a.json:  # checked before any sampling, so a bad --json costs no minutes
         scoring.check_output_file("rewardcheck", "--json", a.json, {"--run's run_config.json": cfg_path,
                                                                      "the run's --data": cfg["data"]})

@@ -34,6 +34,7 @@ Departures from the released data (docs/toy-world.md has the details and the mea
 from __future__ import annotations
 
 import argparse
+import fractions
 import functools
 import json
 import math
@@ -1117,7 +1118,9 @@ def write_video(path: str, frames, fps: float = 8.0, crf: int = 18):
         raise ValueError(f"H.264 yuv420p needs even frame sides, got {H} x {W}")
     tmp = path + ".tmp.mp4"
     with av.open(tmp, "w") as container:
-        stream = container.add_stream("libx264", rate=int(fps) if float(fps).is_integer() else fps)
+        # PyAV takes a rational rate: 7.5 -> 15/2, 29.97 -> 2997/100
+        rate = int(fps) if float(fps).is_integer() else fractions.Fraction(fps).limit_denominator(1001)
+        stream = container.add_stream("libx264", rate=rate)
         stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
         # threads=1 and no-mbtree make the bytes repeatable; preset veryfast trades a little file
         # size for speed at the same quality (crf). The measurements: docs/toy-world.md "Videos".
@@ -1421,6 +1424,7 @@ def _cmd_preview(a):
         think, answer = toy_texts(meta, np.random.default_rng([a.seed, 7]), a.text_variants)
         print(f"{meta['category']}: T={meta['total_frames']} start={meta['start']} end={meta['end']} "
               f"bbox={meta['bbox']}\n{think}\n{answer}")
+    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     write_png(a.out, sheet)
     print(f"wrote {a.out}")
 

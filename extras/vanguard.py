@@ -554,6 +554,10 @@ def score_frames(args) -> list[dict]:
     rows = data.read_manifest(args.data, "sft", video_root=args.video_root, skip_bad=args.skip_bad)
     out = []
     for it in _features_of(model, rows, args):
+        if it["feat"].shape[-1] != cfg["dim"]:
+            raise vadr.InputError(f"--head {args.head} reads {cfg['dim']}-wide features, --model {args.model} "
+                                  f"gives {it['feat'].shape[-1]}: pass the backbone it was trained on "
+                                  f"({cfg.get('backbone')})")
         with torch.no_grad():
             p = torch.sigmoid(head(it["feat"])[:, 0]).numpy()                     # (t,)
         r = it["row"]
@@ -618,6 +622,24 @@ def vanguard_table(run_dir: str, gt_path: str) -> str:
     return text
 
 
+def _check_stage1_flags(args):
+    """stage1's numbers by the training scripts' rules (extras/flagcheck.RULES: --frames, --min-pixels,
+    --max-pixels, --epochs, --lr, --seed), NaN/inf anywhere, --batch-size and --hidden >= 1."""
+    from extras import flagcheck
+    prog = "python -m extras.vanguard stage1"
+    for dest, value in sorted(vars(args).items()):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise vadr.InputError(f"{prog}: --{dest.replace('_', '-')} {value}: must be a finite number")
+    for dest, ok, why in flagcheck.RULES:
+        value = getattr(args, dest, None)
+        if dest != "batch_size" and value is not None and not isinstance(value, bool) and not ok(value, args):
+            raise vadr.InputError(f"{prog}: --{dest.replace('_', '-')} {value}: {why.format(**vars(args))}")
+    for flag, value, what in (("--batch-size", args.batch_size, "slots per step"),
+                              ("--hidden", args.hidden, "the head's hidden width")):
+        if value < 1:
+            raise vadr.InputError(f"{prog}: {flag} {value}: {what}: at least 1")
+
+
 def _pop_flag(rest: list[str], flag: str, cmd: str) -> str | None:
     """Remove `flag VALUE` from rest and return VALUE (None when absent)."""
     if flag not in rest:
@@ -676,8 +698,7 @@ def main(argv=None):
     sub.choices["scores"].add_argument("--head", required=True, help="a stage1 --out directory")
     args = ap.parse_args(argv)
     if args.cmd == "stage1":
-        if min(args.frames, args.epochs, args.batch_size, args.hidden) < 1 or not args.lr > 0:
-            ap.error("--frames, --epochs, --batch-size, --hidden must be >= 1 and --lr > 0")
+        _check_stage1_flags(args)
         _check_output("stage1", args, is_dir=True)
         cfg = train_stage1(args)
         print(f"{args.out}: head on {cfg['n_slots']} slots ({cfg['positive_slots']} abnormal), "

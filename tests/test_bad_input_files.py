@@ -278,6 +278,20 @@ class TestToyFlags:
         _refused(toy.main, ["caption-check", "--model", str(tmp_path), "--data", str(tmp_path)],
                  f"caption-check: --data {tmp_path} is a folder; pass an SFT manifest (.jsonl)")
 
+    @pytest.mark.parametrize("fps", ["7.5", "1", "240"])
+    def test_valid_edges_are_not_refused(self, tmp_path, fps):
+        """A fractional or edge frame rate is written as such (PyAV takes a rational rate)."""
+        import decord
+        out = tmp_path / "w"
+        toy.main(["--out", str(out), *TINY, "--fps", fps])
+        video = data.read_manifest(str(out / "Vad-Reasoning-SFT-test.jsonl"), "sft")[0]["video_path"]
+        assert decord.VideoReader(video).get_avg_fps() == pytest.approx(float(fps))
+
+    def test_preview_writes_into_a_new_folder(self, tmp_path, capsys):
+        out = tmp_path / "new" / "sub" / "p.png"
+        toy.main(["preview", "--out", str(out), "--frames", "16", "--size", "48", "48"])
+        assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
     def test_cli_exit_code_and_one_line(self, tmp_path):
         out = tmp_path / "w"
         p = _cli(["-m", "extras.toy", "--out", str(out), "--fps", "0"])
@@ -381,6 +395,30 @@ class TestBoxFiles:
 
 # ================================================================ corrupt JSON, a folder for a file
 
+S1 = "python -m extras.vanguard stage1"
+
+
+class TestVanguardStage1Flags:
+    @pytest.mark.parametrize("flags,msg", [
+        (["--frames", "0"], f"{S1}: --frames 0: a video needs at least 1 frame (2 with --frame-rule authors, which "
+                            "takes an even number)"),
+        (["--lr", "inf"], f"{S1}: --lr inf: must be a finite number"),
+        (["--lr", "0"], f"{S1}: --lr 0.0: the learning rate must be > 0"),
+        (["--epochs", "0"], f"{S1}: --epochs 0: passes over the data: at least 1 (0 trains nothing and leaves no "
+                            "checkpoint)"),
+        (["--seed", "-1"], f"{S1}: --seed -1: seeds are in [0, 2**32) (the scripts derive per-step seeds from it)"),
+        (["--min-pixels", "0"], f"{S1}: --min-pixels 0: pixels per frame must be in [1, 12845056] (Qwen2.5-VL's "
+                                "16384 * 28 * 28)"),
+        (["--batch-size", "0"], f"{S1}: --batch-size 0: slots per step: at least 1"),
+        (["--hidden", "0"], f"{S1}: --hidden 0: the head's hidden width: at least 1"),
+    ])
+    def test_refused_before_loading(self, tiny_world, tmp_path, flags, msg):
+        out = tmp_path / "head"
+        _refused(vanguard.main, ["stage1", "--model", str(tmp_path / "none"), "--data", tiny_world["sft_train"],
+                                 "--out", str(out), *flags], msg)
+        assert not out.exists()
+
+
 class TestVanguardJsonFiles:
     """A stage-1 head's files and the table's eval_<stem>.json: missing, corrupt or foreign -> one line."""
 
@@ -450,6 +488,14 @@ class TestRewardcheckFiles:
         assert str(e.value) == (f"rewardcheck: {cfg} lacks seed, batch_size, total_steps, prompt_variant, "
                                 "max_new_tokens, temperature, top_p, frames, min_pixels, max_pixels, frame_rule, "
                                 "grid_time: not a whole RL run's config (train_rl.py writes it)")
+        full = dict(data="x.jsonl", seed=0, batch_size="4", total_steps=2, num_generations=2, length_ranges={},
+                    prompt_variant="fine", max_new_tokens=4, temperature=1.0, top_p=True, frames=4, min_pixels=1,
+                    max_pixels=9, frame_rule="paper", grid_time="real")
+        cfg.write_text(json.dumps(full))
+        with pytest.raises(vadr.InputError) as e:
+            go()
+        assert str(e.value) == (f"rewardcheck: {cfg}: batch_size, top_p of the wrong type (edited by hand?): not an "
+                                "RL run's config as train_rl.py writes it")
         cfg.unlink()
         cfg.mkdir()
         with pytest.raises(vadr.InputError) as e:
