@@ -155,7 +155,7 @@ def box_metrics(outputs: list, gt_rows: list[dict], boxes: dict) -> dict:
     no GT video at all are an InputError."""
     ious, no_box = [], 0
     for out, g in zip(outputs, gt_rows):
-        gt_box = boxes.get((str(g["source"]), str(g["video"])))
+        gt_box = boxes.get(scoring.key(g))
         if gt_box is None:  # the box file holds the abnormal videos that have a box
             continue
         pred = parse_box(vadr.parse_completion(out)["where"]) if out is not None else None
@@ -175,13 +175,22 @@ def head_frame_metrics(score_rows: list[dict], gt_rows: list[dict], frame_labels
     """Frame ROC-AUC and best F1 of a head's per-frame scores (`scores`' JSONL), the UCF-Crime
     convention: per-frame 0/1 truth, all frames of all GT videos concatenated; a GT video without
     scores gets 0 on every frame (counted in n_missing). eval.py's functions are passed in."""
-    by_key = {(str(r["source"]), str(r["video"])): r["frame_scores"] for r in score_rows}
+    by_key = {}
+    for r in score_rows:
+        why = scoring.key_problem(r) or (None if "frame_scores" in r else "no 'frame_scores'")
+        if why:
+            raise vadr.InputError(f"frame scores: a row with {why} (python -m extras.vanguard scores "
+                                  "writes {source, video, frame_scores})")
+        k = scoring.key(r)
+        if k in by_key and by_key[k] != r["frame_scores"]:
+            raise vadr.InputError(f"frame scores of {k[0]}/{k[1]}: two different rows; keep one")
+        by_key[k] = r["frame_scores"]
     ys, ss, missing = [], [], 0
     for g in gt_rows:
         y = frame_labels(g)
         if y is None:
             continue
-        s = by_key.get((str(g["source"]), str(g["video"])))
+        s = by_key.get(scoring.key(g))
         missing += s is None
         try:
             s = np.zeros(len(y)) if s is None else np.asarray(s, dtype=np.float64)

@@ -375,6 +375,31 @@ class TestBoxFiles:
         assert str(e.value) == (f"{p}: none of its 1 boxes is for a video of the ground truth; pass the box file "
                                 "made from the --gt manifest (python -m extras.vanguard boxes --data GT)")
 
+    def test_frame_scores_rows(self):
+        import eval as ev
+        gts = [dict(source="TOY", video="a", anomaly_type="Fire", start=2, end=5, total_frames=8)]
+        go = lambda rows: vanguard.head_frame_metrics(rows, gts, ev.frame_labels, ev.frame_auc, ev.best_f1)  # noqa
+        for rows, msg in (
+                ([dict(source="TOY", frame_scores=[0.1] * 8)],
+                 "frame scores: a row with 'video' must be a non-empty string, got None (python -m extras.vanguard "
+                 "scores writes {source, video, frame_scores})"),
+                ([dict(source="TOY", video="a")],
+                 "frame scores: a row with no 'frame_scores' (python -m extras.vanguard scores writes {source, "
+                 "video, frame_scores})"),
+                ([dict(source="TOY", video="a", frame_scores=[0.1] * 8), dict(source="TOY", video="a",
+                                                                             frame_scores=[0.2] * 8)],
+                 "frame scores of TOY/a: two different rows; keep one"),
+                ([dict(source="TOY", video="a", frame_scores=["x"] * 8)],
+                 "frame scores of TOY/a: expected a list of finite numbers (python -m extras.vanguard scores writes "
+                 "them)"),
+                ([dict(source="TOY", video="a", frame_scores=[float("nan")] * 8)],
+                 "frame scores of TOY/a: expected a list of finite numbers (python -m extras.vanguard scores writes "
+                 "them)")):
+            with pytest.raises(vadr.InputError) as e:
+                go(rows)
+            assert str(e.value) == msg
+        assert go([dict(source=" TOY ", video="a", frame_scores=[0.1] * 8)])["n_missing"] == 0  # keys as scoring's
+
     def test_a_bbox_outside_its_frame_and_a_manifest_without_bbox(self, tiny_world, tmp_path):
         rows = [json.loads(line) for line in open(tiny_world["sft_test"])]
         n = next(i for i, r in enumerate(rows) if "bbox" in r)
