@@ -1349,6 +1349,7 @@ MAX_SPLIT = 100_000        # videos per split
 MAX_SIDE = 1024            # pixels per frame side
 MAX_FRAMES = 2048          # frames per video
 MAX_VIDEO_BYTES = 2 ** 30  # one rendered video, (T, H, W, 3) uint8, in a worker's memory
+UNREADABLE_WIDTHS = (48, 72)  # decord.VideoReader returns 4 channels for these (any H; the copy fails)
 
 
 def _check_numbers(a, prog: str):
@@ -1370,6 +1371,9 @@ def _check_numbers(a, prog: str):
         H, W = a.size
         if H % 2 or W % 2 or not (48 <= H <= MAX_SIDE and 48 <= W <= MAX_SIDE):
             bad("--size", a.size, f"H W are even numbers of pixels from 48 to {MAX_SIDE} (H.264 yuv420p)")
+        if hasattr(a, "n_sft") and W in UNREADABLE_WIDTHS:  # a world's videos are read back by every script
+            bad("--size", a.size, f"decord 0.6 cannot read back frames {W} pixels wide (measured: of the even widths "
+                f"from 48 to {MAX_SIDE}, {' and '.join(map(str, UNREADABLE_WIDTHS))} fail); pass another W")
     if hasattr(a, "size") and getattr(a, "frames", None) is not None:  # a world's or a preview's lengths
         if len(a.frames) > 2:
             bad("--frames", a.frames, "one length, or LO HI for a random length per video")
@@ -1421,7 +1425,9 @@ def _cmd_preview(a):
                                         column_tint=a.column_tint)
         idx = vadr.sample_frame_indices(len(frames), a.num_frames)
         sheet = contact_sheet(frames, idx, meta["start"], meta["end"], meta["bbox"])
-        think, answer = toy_texts(meta, np.random.default_rng([a.seed, 7]), a.text_variants)
+        # a counterfactual draws no event, so there is no box for the texts to describe
+        think, answer = ("(counterfactual: the event is not drawn, no texts)", "") if meta["bbox"] is None \
+            and meta["category"] is not None else toy_texts(meta, np.random.default_rng([a.seed, 7]), a.text_variants)
         print(f"{meta['category']}: T={meta['total_frames']} start={meta['start']} end={meta['end']} "
               f"bbox={meta['bbox']}\n{think}\n{answer}")
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)

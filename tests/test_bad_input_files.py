@@ -19,7 +19,7 @@ from extras import badvideos, rewardcheck, scoring, toy, vanguard
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--n-sft", "2", "--n-test", "2", "--n-rl", "2", "--n-caption", "2", "--frames", "16", "--size", "48",
-        "48", "--workers", "1"]
+        "64", "--workers", "1"]
 OWN = ("videos/toy_NNNNN.mp4, Vad-Reasoning-SFT-train.jsonl, Vad-Reasoning-SFT-test.jsonl, "
        "Vad-Reasoning-RL.jsonl, Toy-Caption.jsonl, toy_world.json")
 
@@ -208,6 +208,8 @@ TOY_BAD = [
     (["--size", "-2", "64"], f"{W}: --size -2 64: {SIZE}"),
     (["--size", "64", "63"], f"{W}: --size 64 63: {SIZE}"),
     (["--size", "99998", "99998"], f"{W}: --size 99998 99998: {SIZE}"),
+    (["--size", "112", "72"], f"{W}: --size 112 72: decord 0.6 cannot read back frames 72 pixels wide (measured: of "
+                              "the even widths from 48 to 1024, 48 and 72 fail); pass another W"),
     (["--n-sft", "0"], f"{W}: --n-sft 0: {SPLIT}"),
     (["--n-test", "-4"], f"{W}: --n-test -4: {SPLIT}"),
     (["--n-rl", "1"], f"{W}: --n-rl 1: {SPLIT}"),
@@ -289,8 +291,23 @@ class TestToyFlags:
 
     def test_preview_writes_into_a_new_folder(self, tmp_path, capsys):
         out = tmp_path / "new" / "sub" / "p.png"
-        toy.main(["preview", "--out", str(out), "--frames", "16", "--size", "48", "48"])
+        toy.main(["preview", "--out", str(out), "--frames", "16", "--size", "48", "48"])  # not read back: 48 is fine
         assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        toy.main(["preview", "--out", str(out), "--frames", "16", "--category", "Fire", "--counterfactual"])
+        assert "(counterfactual: the event is not drawn, no texts)" in capsys.readouterr().out
+
+    def test_every_accepted_width_is_read_back_by_decord(self, tmp_path):
+        """The measurement behind UNREADABLE_WIDTHS, on the pinned decord: the refused widths fail, a
+        sample of the accepted ones read back (every even width to 1024 did when it was measured)."""
+        import numpy as np
+        for w in (50, 64, 70, 74, 112, 140, 1024) + toy.UNREADABLE_WIDTHS:
+            p = str(tmp_path / f"w{w}.mp4")
+            toy.write_video(p, np.zeros((2, 48, w, 3), np.uint8))
+            if w in toy.UNREADABLE_WIDTHS:
+                with pytest.raises(vadr.VideoError):
+                    vadr.read_video(p, 2)
+            else:
+                assert vadr.read_video(p, 2)["frames"].shape == (2, 48, w, 3)
 
     def test_cli_exit_code_and_one_line(self, tmp_path):
         out = tmp_path / "w"
