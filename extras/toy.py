@@ -1349,7 +1349,7 @@ MAX_SPLIT = 100_000        # videos per split
 MAX_SIDE = 1024            # pixels per frame side
 MAX_FRAMES = 2048          # frames per video
 MAX_VIDEO_BYTES = 2 ** 30  # one rendered video, (T, H, W, 3) uint8, in a worker's memory
-UNREADABLE_WIDTHS = (48, 72)  # decord.VideoReader returns 4 channels for these (any H; the copy fails)
+UNREADABLE_WIDTHS = (48, 72)  # decord.VideoReader gives 4 channels for these (every H 48-128 measured)
 
 
 def _check_numbers(a, prog: str):
