@@ -84,8 +84,8 @@ def check_output_file(prog: str, flag: str, path: str, inputs: dict):
         raise vadr.InputError(f"{prog}: {flag} {path} is a folder; pass a file name")
     for other, p in inputs.items():
         if p and os.path.exists(p) and os.path.exists(path) and os.path.samefile(p, path):
-            raise vadr.InputError(f"{prog}: {flag} {path} is also {other} {p}, which it would replace; "
-                                  f"pass another {flag}")
+            raise vadr.InputError(f"{prog}: {flag} {path} is also {other} {p}, which it would "
+                                  f"replace; pass another {flag}")
     flagcheck._check_writable(path, flag, prog, is_dir=False)
 
 

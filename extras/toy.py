@@ -1366,7 +1366,8 @@ def _check_numbers(a, prog: str):
     for dest in ("n_sft", "n_test", "n_rl", "n_caption"):
         v = getattr(a, dest, None)
         if v is not None and not 2 <= v <= MAX_SPLIT:
-            bad("--" + dest.replace("_", "-"), v, f"each split holds a normal and an abnormal video: 2 to {MAX_SPLIT}")
+            bad("--" + dest.replace("_", "-"), v,
+                f"each split holds a normal and an abnormal video: 2 to {MAX_SPLIT}")
     if getattr(a, "size", None) is not None:
         H, W = a.size
         if H % 2 or W % 2 or not (48 <= H <= MAX_SIDE and 48 <= W <= MAX_SIDE):
@@ -1381,8 +1382,9 @@ def _check_numbers(a, prog: str):
         if not 16 <= lo <= hi <= MAX_FRAMES:
             bad("--frames", a.frames, f"16 <= LO <= HI <= {MAX_FRAMES} (16 frames are sampled per video)")
         if hi * a.size[0] * a.size[1] * 3 > MAX_VIDEO_BYTES:
-            bad("--frames", a.frames, f"{hi} frames of {a.size[0]} x {a.size[1]} take "
-                f"{hi * a.size[0] * a.size[1] * 3 / 2 ** 30:.1f} GiB to render, more than 1 GiB: fewer or smaller frames")
+            gib = hi * a.size[0] * a.size[1] * 3 / 2 ** 30
+            bad("--frames", a.frames, f"{hi} frames of {a.size[0]} x {a.size[1]} take {gib:.1f} GiB to render, "
+                "more than 1 GiB: fewer or smaller frames")
     if getattr(a, "fps", None) is not None and not 1 <= a.fps <= 240:
         bad("--fps", a.fps, "frames per second in [1, 240]")
     if getattr(a, "workers", None) is not None and not 1 <= a.workers <= 64:

@@ -164,8 +164,8 @@ def box_metrics(outputs: list, gt_rows: list[dict], boxes: dict) -> dict:
     n = len(ious)
     if not n:  # a box file of another manifest (or an empty one): no figure, not a silent None
         raise vadr.InputError(f"{getattr(boxes, 'path', 'the box file')}: none of its {len(boxes)} "
-                              "boxes is for a video of the ground truth; pass the box file made from "
-                              "the --gt manifest (python -m extras.vanguard boxes --data GT)")
+                              "boxes is for a video of the ground truth; pass the box file made "
+                              "from the --gt manifest (python -m extras.vanguard boxes --data GT)")
     return {"miou": float(np.mean(ious)), "n": n, "n_no_box": no_box,
             "acc@0.5": float(np.mean([i >= 0.5 for i in ious]))}
 
@@ -179,8 +179,8 @@ def head_frame_metrics(score_rows: list[dict], gt_rows: list[dict], frame_labels
     for r in score_rows:
         why = scoring.key_problem(r) or (None if "frame_scores" in r else "no 'frame_scores'")
         if why:
-            raise vadr.InputError(f"frame scores: a row with {why} (python -m extras.vanguard scores "
-                                  "writes {source, video, frame_scores})")
+            raise vadr.InputError(f"frame scores: a row with {why} (python -m extras.vanguard "
+                                  "scores writes {source, video, frame_scores})")
         k = scoring.key(r)
         if k in by_key and by_key[k] != r["frame_scores"]:
             raise vadr.InputError(f"frame scores of {k[0]}/{k[1]}: two different rows; keep one")
@@ -254,8 +254,8 @@ def write_boxes(args) -> int:
                 h, w = vadr.read_video(r["video_path"], 1)["frames"].shape[1:3]
             box = parse_box(format_box(r["bbox"], w, h))
             if not valid_box(box):
-                raise vadr.InputError(f"{args.data}:{r['line']}: bbox {r['bbox']} is not inside the "
-                                      f"video's {w} x {h} frame with x1 < x2 and y1 < y2")
+                raise vadr.InputError(f"{args.data}:{r['line']}: bbox {r['bbox']} is not inside "
+                                      f"the video's {w} x {h} frame with x1 < x2 and y1 < y2")
             lines.append(json.dumps(dict(source=r["source"], video=r["video"], box=box)) + "\n")
     if not lines:
         raise vadr.InputError(f"{args.data}: no abnormal row carries a bbox (the toy world's SFT "
@@ -539,17 +539,19 @@ def load_head(head_dir: str) -> tuple[torch.nn.Module, dict]:
     what = "a stage-1 head's head_config.json (python -m extras.vanguard stage1 writes it)"
     path = os.path.join(head_dir, "head_config.json")
     cfg = scoring.read_json_object(path, what)
-    missing = [k for k in ("dim", "hidden", "categories", "frames", "min_pixels", "max_pixels") if k not in cfg]
+    missing = [k for k in ("dim", "hidden", "categories", "frames", "min_pixels", "max_pixels")
+               if k not in cfg]
     if missing:
         raise vadr.InputError(f"{path}: no {', '.join(missing)}; expected {what}")
     weights = os.path.join(head_dir, "head.pt")
     try:
         head = make_head(cfg["dim"], len(cfg["categories"]), cfg["hidden"])
         head.load_state_dict(torch.load(weights, weights_only=True))
-    except (OSError, RuntimeError, TypeError, ValueError, KeyError, EOFError, pickle.UnpicklingError) as e:
+    except (OSError, RuntimeError, TypeError, ValueError, KeyError, EOFError,
+            pickle.UnpicklingError) as e:
         why = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise vadr.InputError(f"{weights}: not the weights of the head {path} describes ({why}); run "
-                              "python -m extras.vanguard stage1 again") from None
+        raise vadr.InputError(f"{weights}: not the weights of the head {path} describes ({why}); "
+                              "run python -m extras.vanguard stage1 again") from None
     return head.eval(), cfg
 
 
@@ -564,9 +566,9 @@ def score_frames(args) -> list[dict]:
     out = []
     for it in _features_of(model, rows, args):
         if it["feat"].shape[-1] != cfg["dim"]:
-            raise vadr.InputError(f"--head {args.head} reads {cfg['dim']}-wide features, --model {args.model} "
-                                  f"gives {it['feat'].shape[-1]}: pass the backbone it was trained on "
-                                  f"({cfg.get('backbone')})")
+            raise vadr.InputError(f"--head {args.head} reads {cfg['dim']}-wide features, --model "
+                                  f"{args.model} gives {it['feat'].shape[-1]}: pass the backbone "
+                                  f"it was trained on ({cfg.get('backbone')})")
         with torch.no_grad():
             p = torch.sigmoid(head(it["feat"])[:, 0]).numpy()                     # (t,)
         r = it["row"]
@@ -632,17 +634,21 @@ def vanguard_table(run_dir: str, gt_path: str) -> str:
 
 
 def _check_stage1_flags(args):
-    """stage1's numbers by the training scripts' rules (extras/flagcheck.RULES: --frames, --min-pixels,
-    --max-pixels, --epochs, --lr, --seed), NaN/inf anywhere, --batch-size and --hidden >= 1."""
+    """stage1's numbers by the training scripts' rules (extras/flagcheck.RULES: --frames,
+    --min-pixels, --max-pixels, --epochs, --lr, --seed), NaN/inf anywhere, --batch-size and
+    --hidden >= 1."""
     from extras import flagcheck
     prog = "python -m extras.vanguard stage1"
     for dest, value in sorted(vars(args).items()):
         if isinstance(value, float) and not math.isfinite(value):
-            raise vadr.InputError(f"{prog}: --{dest.replace('_', '-')} {value}: must be a finite number")
+            raise vadr.InputError(f"{prog}: --{dest.replace('_', '-')} {value}: must be a finite "
+                                  "number")
     for dest, ok, why in flagcheck.RULES:
         value = getattr(args, dest, None)
-        if dest != "batch_size" and value is not None and not isinstance(value, bool) and not ok(value, args):
-            raise vadr.InputError(f"{prog}: --{dest.replace('_', '-')} {value}: {why.format(**vars(args))}")
+        if dest == "batch_size" or value is None or isinstance(value, bool) or ok(value, args):
+            continue  # stage1's batch is slots, not videos: below
+        raise vadr.InputError(f"{prog}: --{dest.replace('_', '-')} {value}: "
+                              f"{why.format(**vars(args))}")
     for flag, value, what in (("--batch-size", args.batch_size, "slots per step"),
                               ("--hidden", args.hidden, "the head's hidden width")):
         if value < 1:
@@ -719,8 +725,8 @@ def main(argv=None):
         if not os.path.isdir(args.out):
             raise vadr.InputError(f"table: {args.out} is not a directory (make toy-vanguard)")
         if os.path.realpath(os.path.join(args.out, "table.md")) == os.path.realpath(args.data):
-            raise vadr.InputError(f"table: --data {args.data} is {args.out}/table.md, which the table "
-                                  "would replace; pass the test manifest")
+            raise vadr.InputError(f"table: --data {args.data} is {args.out}/table.md, which the "
+                                  "table would replace; pass the test manifest")
         print(vanguard_table(args.out, args.data))
     else:
         _check_output("scores", args)

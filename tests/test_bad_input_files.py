@@ -253,7 +253,8 @@ class TestToyFlags:
         assert not out.exists()
 
     def test_preview_out_is_a_folder_or_the_video(self, tiny_world, tmp_path):
-        _refused(toy.main, ["preview", "--out", str(tmp_path)], f"{P}: --out {tmp_path} is a folder; pass a file name")
+        _refused(toy.main, ["preview", "--out", str(tmp_path)],
+                 f"{P}: --out {tmp_path} is a folder; pass a file name")
         video = tmp_path / "v.mp4"
         shutil.copy(data.read_manifest(tiny_world["sft_test"], "sft", video_root=tiny_world["videos"])[0]
                     ["video_path"], video)
@@ -388,7 +389,8 @@ class TestBoxFiles:
         assert not out.exists()
         # eval.py --score --boxes: no box figure computed from nothing
         with pytest.raises(vadr.InputError) as e:
-            vanguard.box_metrics([None] * len(rows), [dict(source=r["source"], video=r["video"]) for r in rows], boxes)
+            vanguard.box_metrics([None] * len(rows), [dict(source=r["source"], video=r["video"]) for r in rows],
+                                 boxes)
         assert str(e.value) == (f"{p}: none of its 1 boxes is for a video of the ground truth; pass the box file "
                                 "made from the --gt manifest (python -m extras.vanguard boxes --data GT)")
 
@@ -514,8 +516,8 @@ class TestRewardcheckFiles:
         what = "an RL run's run_config.json (train_rl.py writes it)"
         with pytest.raises(vadr.InputError) as e:
             go()
-        assert str(e.value) == f"{cfg}:1: malformed JSON (Expecting property name enclosed in double quotes, column " \
-                               f"23); expected {what}"
+        assert str(e.value) == (f"{cfg}:1: malformed JSON (Expecting property name enclosed in double quotes, "
+                                f"column 23); expected {what}")
         cfg.write_text("[1, 2]")
         with pytest.raises(vadr.InputError) as e:
             go()
@@ -595,7 +597,8 @@ class TestVideoErrorsNameTheManifestLine:
         m = tmp_path / "m.jsonl"
         m.write_text("".join(json.dumps(r) + "\n" for r in rows))
         with pytest.raises(vadr.InputError) as e:
-            vanguard.main(["boxes", "--data", str(m), "--video-root", str(tmp_path), "--out", str(tmp_path / "b.jsonl")])
+            vanguard.main(["boxes", "--data", str(m), "--video-root", str(tmp_path), "--out",
+                           str(tmp_path / "b.jsonl")])
         assert str(e.value).startswith(f"{m}:{n + 1}: cannot read video {bad}: "), str(e.value)
         assert len(str(e.value).splitlines()) == 1 and not (tmp_path / "b.jsonl").exists()
 
