@@ -17,6 +17,10 @@ EVAL_ARGS ?= --max-new-tokens 320
 CHECK_ARGS ?=
 WORLD_ARGS ?=
 test_set = --data $(1)/Vad-Reasoning-SFT-test.jsonl --video-root $(1)/videos  # a world's test split
+# make splits a path with a space into two words, so --overwrite could clear another run: refuse one
+# (the later defaults have none; a value given on the command line or in the environment is seen here).
+$(foreach v,DATA RUN VDATA VRUN SMOKE,$(if $(word 2,$($(v))),$(error $(v)="$($(v))" holds a space: make \
+  splits paths at spaces (and --overwrite could then delete another run); pass a path without one)))
 TEST := $(call test_set,$(DATA))
 
 ifdef REDO

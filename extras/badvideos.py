@@ -12,10 +12,14 @@ bad video: it hands on a marker, collate sets it aside, and the main process (Ta
     deterministic, so a resumed run replays the same batches (checkpoint.py's guarantee).
   * Eval (replace=False): the marker comes through as a failed row; eval.py writes a prediction
     row with an "error" field for it, scored as missing and counted, never silently dropped.
-Exercised by: pytest tests/test_bad_input_data.py -q
+Commands that decode outside a DataLoader and have no --skip-bad at decode time (extras.vanguard,
+extras.rewardcheck, extras.toy caption-check) decode `with at_line(manifest, row)`: a bad video is
+then one line naming the manifest's file:line as well as the video.
+Exercised by: pytest tests/test_bad_input_data.py tests/test_bad_input_files.py -q
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 
@@ -98,3 +102,12 @@ class Tally:
                   f"({uses} use(s), {what})" + (f"; manifest lines {lines}" if seen else ""),
                   file=sys.stderr)
         return len(seen)
+
+
+@contextlib.contextmanager
+def at_line(manifest: str, row: dict):
+    """A vadr.VideoError inside becomes an InputError "MANIFEST:LINE: <the video's error>"."""
+    try:
+        yield
+    except vadr.VideoError as e:
+        raise vadr.InputError(f"{manifest}:{row.get('line')}: {e}") from None

@@ -27,7 +27,7 @@ import data
 import grpo
 import rewards
 import vadr
-from extras import checkpoint, training
+from extras import checkpoint, scoring, training
 
 
 def tenth_rows(n_rows: int, seed: int, global_batch: int, total_steps: int) -> dict:
@@ -78,7 +78,7 @@ def sample_groups(model_dir: str, rows: list[dict], cfg: dict, seed: int, batch_
     """The run's G completions for each row, sampled as train_rl.py samples (its prompt, video
     flags and sampling settings), with a generator seeded by `seed`."""
     import torch
-    from extras import fastpath, toymodel
+    from extras import badvideos, fastpath, toymodel
 
     model, tok = toymodel.load_model(model_dir)
     model.eval()
@@ -86,7 +86,11 @@ def sample_groups(model_dir: str, rows: list[dict], cfg: dict, seed: int, batch_
     collate = data.make_collate(tok, with_targets=False)
     g, G, groups = torch.Generator().manual_seed(seed), cfg["num_generations"], []
     for b0 in range(0, len(rows), batch_size):
-        batch = collate([ds[i] for i in range(b0, min(b0 + batch_size, len(rows)))])
+        items = []
+        for i in range(b0, min(b0 + batch_size, len(rows))):
+            with badvideos.at_line(cfg["data"], rows[i]):  # a bad video: the manifest's file:line
+                items.append(ds[i])
+        batch = collate(items)
         out = fastpath.sample_group(model, {k: batch[k] for k in vadr.MODEL_INPUT_KEYS}, num_samples=G,
                                     max_new_tokens=cfg["max_new_tokens"], temperature=cfg["temperature"],
                                     top_p=cfg["top_p"], end_ids=vadr.end_token_ids(tok),
@@ -94,6 +98,11 @@ def sample_groups(model_dir: str, rows: list[dict], cfg: dict, seed: int, batch_
         texts = grpo.decode_completions(tok, out["completion_ids"], out["completion_mask"])  # (b*G,)
         groups += [texts[j * G:(j + 1) * G] for j in range(len(texts) // G)]
     return groups
+
+
+# What main and sample_groups read from run_config.json (besides length_ranges and the no_* switches).
+RUN_KEYS = ("data", "seed", "batch_size", "total_steps", "num_generations", "prompt_variant", "max_new_tokens",
+            "temperature", "top_p", "frames", "min_pixels", "max_pixels", "frame_rule", "grid_time")
 
 
 def main(argv=None):
@@ -104,14 +113,33 @@ def main(argv=None):
     ap.add_argument("--json", default=None, help="also write the result here")
     a = ap.parse_args(argv)
     cfg_path = os.path.join(a.run, "run_config.json")
-    if not os.path.isfile(cfg_path):
+    if not os.path.isdir(a.run):
+        what = "is a file" if os.path.exists(a.run) else "does not exist"
+        raise vadr.InputError(f"rewardcheck: --run {a.run} {what}; pass an RL run directory (with run_config.json)")
+    if not os.path.exists(cfg_path):
         raise vadr.InputError(f"rewardcheck: --run {a.run} has no run_config.json (an RL run directory)")
     for m in a.models:
-        if not os.path.exists(m):
-            raise vadr.InputError(f"rewardcheck: --models {m} does not exist")
-    cfg = json.load(open(cfg_path))
+        if not os.path.isdir(m):
+            what = "is a file" if os.path.exists(m) else "does not exist"
+            raise vadr.InputError(f"rewardcheck: --models {m} {what}; pass checkpoint or run directories")
+    if not 0 <= a.seed < 2 ** 32:
+        raise vadr.InputError(f"rewardcheck: --seed {a.seed}: seeds are in [0, 2**32)")
+    cfg = scoring.read_json_object(cfg_path, "an RL run's run_config.json (train_rl.py writes it)")
     if "num_generations" not in cfg or "length_ranges" not in cfg:
         raise vadr.InputError(f"rewardcheck: {cfg_path} is not an RL run's config (no num_generations)")
+    missing = [k for k in RUN_KEYS if k not in cfg]
+    if missing:
+        raise vadr.InputError(f"rewardcheck: {cfg_path} lacks {', '.join(missing)}: not a whole RL run's "
+                              "config (train_rl.py writes it)")
+    types = dict(seed=int, batch_size=int, total_steps=int, num_generations=int, max_new_tokens=int, frames=int,
+                 temperature=(int, float), top_p=(int, float), data=str, prompt_variant=str)
+    wrong = [k for k, t in types.items() if isinstance(cfg[k], bool) or not isinstance(cfg[k], t)]
+    if wrong:
+        raise vadr.InputError(f"rewardcheck: {cfg_path}: {', '.join(wrong)} of the wrong type (edited by hand?): "
+                              "not an RL run's config as train_rl.py writes it")
+    if a.json:  # checked before any sampling, so a bad --json costs no minutes
+        scoring.check_output_file("rewardcheck", "--json", a.json, {"--run's run_config.json": cfg_path,
+                                                                     "the run's --data": cfg["data"]})
     rows = data.read_manifest(cfg["data"], "rl", video_root=cfg.get("video_root"))
     sets = tenth_rows(len(rows), cfg["seed"], cfg["batch_size"] * cfg.get("world_size", 1), cfg["total_steps"])
     res = {}

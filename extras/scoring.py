@@ -18,7 +18,10 @@ pair_rows. The rules:
     counted); pair_rows still refuses a GT without usable or unique ids passed in directly;
   * a JSON file to read (--report's eval_*.json) that is missing, a directory or not JSON, and an
     output (--json) that is a directory or one of the inputs: InputError naming it.
-Exercised by: pytest tests/test_bad_input_scoring.py -q
+The same care for the extras' own JSON files: read_json_object (a config such as a run's
+run_config.json) and check_output_file (a JSON file a command writes must not be a folder or one
+of its inputs, and must be writable), both one-line InputErrors.
+Exercised by: pytest tests/test_bad_input_scoring.py tests/test_bad_input_files.py -q
 """
 from __future__ import annotations
 
@@ -108,6 +111,38 @@ def check_output(path: str | None, flag: str, inputs: dict) -> None:
         if p and os.path.exists(p) and os.path.exists(path) and os.path.samefile(path, p):
             raise vadr.InputError(f"{flag} {path} is also the input {other} {p}: it would be "
                                   f"replaced; pass another {flag}")
+
+
+def read_json_object(path: str, what: str) -> dict:
+    """The JSON object in `path` (what: what it should be, for the message). A missing file, a
+    folder, bytes that are not UTF-8, malformed JSON or another JSON value: one-line InputError."""
+    if not os.path.isfile(path):
+        why = "is a folder" if os.path.isdir(path) else "does not exist"
+        raise vadr.InputError(f"{path}: {why}; expected {what}")
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            obj = json.load(f)
+    except UnicodeDecodeError:
+        raise vadr.InputError(f"{path}: not UTF-8; expected {what}") from None
+    except json.JSONDecodeError as e:
+        raise vadr.InputError(f"{path}:{e.lineno}: malformed JSON ({e.msg}, column {e.colno}); "
+                              f"expected {what}") from None
+    if not isinstance(obj, dict):
+        raise vadr.InputError(f"{path}: expected {what} (a JSON object), got {type(obj).__name__}")
+    return obj
+
+
+def check_output_file(prog: str, flag: str, path: str, inputs: dict):
+    """Before any work: the file `path` that `flag` names will be written, so it must not be a
+    folder nor one of the command's inputs ({flag: path}), and its folder must take it."""
+    from extras import flagcheck
+    if os.path.isdir(path):
+        raise vadr.InputError(f"{prog}: {flag} {path} is a folder; pass a file name")
+    for other, p in inputs.items():
+        if p and os.path.exists(p) and os.path.exists(path) and os.path.samefile(p, path):
+            raise vadr.InputError(f"{prog}: {flag} {path} is also {other} {p}, which it would "
+                                  f"replace; pass another {flag}")
+    flagcheck._check_writable(path, flag, prog, is_dir=False)
 
 
 def key_problem(row: dict) -> str | None:

@@ -12,6 +12,7 @@ skip this file.
 
 Run it:
     python -m extras.toy --out data/toy            # the default world (TOY_DEFAULTS), ~2,540 videos
+    # --out: new, empty or a toy world's (toy_world.json); a folder of other files needs --overwrite
     python -m extras.toy --out /tmp/tiny --n-sft 14 --n-test 4 --n-rl 8 --n-caption 8 --frames 24 32
     python -m extras.toy --out /tmp/w7 --categories Fighting Falling Fire --sprite-scale 1 --text-variants 4
     python -m extras.toy preview --seed 3 --category Fire --out fire.png   # 16 sampled frames as a PNG
@@ -33,6 +34,7 @@ Departures from the released data (docs/toy-world.md has the details and the mea
 from __future__ import annotations
 
 import argparse
+import fractions
 import functools
 import json
 import math
@@ -1053,7 +1055,7 @@ def caption_check(model_dir: str, manifest: str, video_root: str | None = None, 
     model's detection is bounded by it (docs/experiments.md) -> score_captions's dict plus
     videos: each row's video, label and caption."""
     import grpo
-    from extras import fastpath, toymodel, training
+    from extras import badvideos, fastpath, toymodel, training
 
     rows = data.read_manifest(manifest, "sft", video_root=video_root)
     model, tok = toymodel.load_model(model_dir)
@@ -1070,7 +1072,11 @@ def caption_check(model_dir: str, manifest: str, video_root: str | None = None, 
     collate = data.make_collate(tok, with_targets=False)
     captions = []
     for b0 in range(0, len(rows), batch_size):
-        batch = collate([ds[i] for i in range(b0, min(b0 + batch_size, len(rows)))])
+        items = []
+        for i in range(b0, min(b0 + batch_size, len(rows))):
+            with badvideos.at_line(manifest, rows[i]):  # a bad video: manifest file:line
+                items.append(ds[i])
+        batch = collate(items)
         out = fastpath.sample_group(model, {k: batch[k] for k in vadr.MODEL_INPUT_KEYS},
                                     num_samples=1, max_new_tokens=max_new_tokens, greedy=True,
                                     end_ids=vadr.end_token_ids(tok), pad_id=vadr.pad_token_id(tok))
@@ -1112,7 +1118,9 @@ def write_video(path: str, frames, fps: float = 8.0, crf: int = 18):
         raise ValueError(f"H.264 yuv420p needs even frame sides, got {H} x {W}")
     tmp = path + ".tmp.mp4"
     with av.open(tmp, "w") as container:
-        stream = container.add_stream("libx264", rate=int(fps) if float(fps).is_integer() else fps)
+        # PyAV takes a rational rate: 7.5 -> 15/2, 29.97 -> 2997/100
+        rate = int(fps) if float(fps).is_integer() else fractions.Fraction(fps).limit_denominator(1001)
+        stream = container.add_stream("libx264", rate=rate)
         stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"
         # threads=1 and no-mbtree make the bytes repeatable; preset veryfast trades a little file
         # size for speed at the same quality (crf). The measurements: docs/toy-world.md "Videos".
@@ -1181,12 +1189,14 @@ def generate_toy_world(out_dir: str, seed: int = 0, n_sft: int = 240, n_test: in
                        n_caption: int = 2000, size=(112, 112), frames=(48, 96), fps: float = 8,
                        sprite_scale: float = 1.0, categories=TOY_CATEGORIES,
                        text_variants: int = TEXT_VARIANTS, column_tint: int = 0,
-                       workers: int | None = None, quiet: bool = False) -> dict:
+                       workers: int | None = None, quiet: bool = False, overwrite: bool = False) -> dict:
     """Write the toy world: out_dir/videos/toy_NNNNN.mp4, the three manifests in the
     Vad-Reasoning schema and Toy-Caption.jsonl (rows source, video, anomaly_type, path,
     total_frames, caption: the captioning stage 0 of the toy pipeline, see CAPTION_PROMPT).
     Deterministic by seed: same arguments and out_dir -> byte-identical manifests and identical
     decoded frames (only the absolute `path` field depends on out_dir).
+    out_dir must be new, empty or a toy world's (_claim_out_dir); overwrite: write among other files
+    (still only the toy world's own names are replaced).
     Returns manifest_paths(out_dir) plus 'videos'."""
     t0 = time.time()
     # every parameter is checked here, before a worker starts (bad values: an InputError, no traceback)
@@ -1195,6 +1205,11 @@ def generate_toy_world(out_dir: str, seed: int = 0, n_sft: int = 240, n_test: in
                                 text_variants=text_variants, column_tint=column_tint))
     categories = tuple(params["categories"])
     out_dir = os.path.abspath(out_dir)
+    _claim_out_dir(out_dir, overwrite)  # a folder of the user's is refused before anything is written
+    os.makedirs(out_dir, exist_ok=True)
+    writing = os.path.join(out_dir, WRITING_MARK)  # claims the folder until the stamp is written
+    with open(writing, "w") as f:
+        json.dump(dict(params=params), f)
     os.makedirs(os.path.join(out_dir, "videos"), exist_ok=True)
     paths = manifest_paths(out_dir)
     for p in list(paths.values()) + [os.path.join(out_dir, "toy_world.json")]:
@@ -1218,6 +1233,7 @@ def generate_toy_world(out_dir: str, seed: int = 0, n_sft: int = 240, n_test: in
         os.replace(tmp, paths[key])
     with open(os.path.join(out_dir, "toy_world.json"), "w") as f:
         json.dump(dict(params=params), f, indent=1)
+    os.remove(writing)
     if not quiet:
         print(f"toy world: {len(jobs)} videos ({n_sft} SFT-train, {n_test} SFT-test, {n_rl} RL, {n_caption} caption) "
               f"in {out_dir} "
@@ -1251,6 +1267,44 @@ def _world_params(a: dict) -> dict:
                 column_tint=_check_column_tint(a["column_tint"]))
 
 
+WRITING_MARK = "toy_world.writing"  # generate_toy_world's claim on its folder while it writes
+
+
+def _read_stamp(out_dir: str) -> dict | None:
+    """The params of out_dir/toy_world.json, or None where there is no toy world's stamp (missing,
+    unreadable, corrupt, or some other JSON)."""
+    try:
+        with open(os.path.join(out_dir, "toy_world.json"), encoding="utf-8") as f:
+            params = json.load(f)["params"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return params if isinstance(params, dict) else None
+
+
+def _claim_out_dir(out_dir: str, overwrite: bool):
+    """Refuse (vadr.InputError, one line) a folder the toy world may not write into: a file, an
+    unwritable path, or a folder that holds files no toy world wrote (no toy_world.json stamp, nor
+    the mark of a toy world being written), such as a user's released manifests, unless overwrite.
+    Even then only the toy world's own names are replaced, and none of them may be a folder (or
+    videos/ a file): those are never deleted."""
+    from extras import flagcheck
+    flagcheck._check_writable(out_dir, "--out", "python -m extras.toy", is_dir=True)
+    names = sorted(os.listdir(out_dir)) if os.path.isdir(out_dir) else []
+    ours = _read_stamp(out_dir) is not None or os.path.isfile(os.path.join(out_dir, WRITING_MARK))
+    if names and not ours and not overwrite:
+        shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+        raise vadr.InputError(f"{out_dir} holds files that no toy world wrote ({shown}; no toy world's "
+                              "toy_world.json): pass a new or empty --out, or write the toy world among them with "
+                              f"`python -m extras.toy --out {out_dir} --overwrite` (it replaces only its own names: "
+                              f"videos/toy_NNNNN.mp4, {', '.join(MANIFEST_NAMES.values())}, toy_world.json)")
+    for name in list(MANIFEST_NAMES.values()) + ["toy_world.json", WRITING_MARK, "videos"]:
+        path = os.path.join(out_dir, name)
+        if os.path.lexists(path) and (name == "videos") != os.path.isdir(path):
+            want = "a folder" if name == "videos" else "a file"
+            raise vadr.InputError(f"{path}: the toy world writes {want} of this name and deletes nothing else; "
+                                  "move it away or pass another --out")
+
+
 def ensure_toy_world(out_dir: str, **kw) -> dict:
     """Generate the toy world into out_dir unless it is already there with the same parameters
     (toy_world.json). kw: generate_toy_world's arguments. Under torchrun call it on rank 0 only,
@@ -1260,9 +1314,8 @@ def ensure_toy_world(out_dir: str, **kw) -> dict:
     stamp = os.path.join(out_dir, "toy_world.json")
     paths = manifest_paths(os.path.abspath(out_dir))
     if os.path.isfile(stamp) and all(os.path.isfile(p) for p in paths.values()):
-        with open(stamp) as f:
-            if json.load(f)["params"] == want:
-                return dict(paths, videos=os.path.join(os.path.abspath(out_dir), "videos"))
+        if _read_stamp(out_dir) == want:
+            return dict(paths, videos=os.path.join(os.path.abspath(out_dir), "videos"))
         print(f"{out_dir}: toy world parameters differ from the request; regenerating", file=sys.stderr)
     return generate_toy_world(out_dir, **dict(args, **{k: kw[k] for k in ("workers", "quiet") if k in kw}))
 
@@ -1290,12 +1343,67 @@ def row_texts(rows: list[dict]) -> list[str]:
 
 # ---- 6. The command line: generate a world, preview a video -------------------------------------
 
+# The command line's bounds on its numbers (the functions above take whatever size a test needs):
+# a mistyped value fails in one line before anything is written, not after filling memory or disk.
+MAX_SPLIT = 100_000        # videos per split
+MAX_SIDE = 1024            # pixels per frame side
+MAX_FRAMES = 2048          # frames per video
+MAX_VIDEO_BYTES = 2 ** 30  # one rendered video, (T, H, W, 3) uint8, in a worker's memory
+UNREADABLE_WIDTHS = (48, 72)  # decord.VideoReader gives 4 channels for these (every H 48-128 measured)
+
+
+def _check_numbers(a, prog: str):
+    """Every numeric flag of `python -m extras.toy` and `preview` (a: their argparse.Namespace),
+    before anything is rendered or written -> vadr.InputError naming the flag. sprite_scale and
+    column_tint are checked where they are used (_world_params, render_toy_video); caption-check's
+    --frames by _cmd_caption_check."""
+    def bad(flag, value, why):
+        value = " ".join(map(str, value)) if isinstance(value, (list, tuple)) else value
+        raise vadr.InputError(f"{prog}: {flag} {value}: {why}")
+
+    if getattr(a, "seed", None) is not None and a.seed < 0:
+        bad("--seed", a.seed, "seeds are >= 0")
+    for dest in ("n_sft", "n_test", "n_rl", "n_caption"):
+        v = getattr(a, dest, None)
+        if v is not None and not 2 <= v <= MAX_SPLIT:
+            bad("--" + dest.replace("_", "-"), v,
+                f"each split holds a normal and an abnormal video: 2 to {MAX_SPLIT}")
+    if getattr(a, "size", None) is not None:
+        H, W = a.size
+        if H % 2 or W % 2 or not (48 <= H <= MAX_SIDE and 48 <= W <= MAX_SIDE):
+            bad("--size", a.size, f"H W are even numbers of pixels from 48 to {MAX_SIDE} (H.264 yuv420p)")
+        if hasattr(a, "n_sft") and W in UNREADABLE_WIDTHS:  # a world's videos are read back by every script
+            bad("--size", a.size, f"decord 0.6 cannot read back frames {W} pixels wide (measured: of the even widths "
+                f"from 48 to {MAX_SIDE}, {' and '.join(map(str, UNREADABLE_WIDTHS))} fail); pass another W")
+    if hasattr(a, "size") and getattr(a, "frames", None) is not None:  # a world's or a preview's lengths
+        if len(a.frames) > 2:
+            bad("--frames", a.frames, "one length, or LO HI for a random length per video")
+        lo, hi = a.frames[0], a.frames[-1]
+        if not 16 <= lo <= hi <= MAX_FRAMES:
+            bad("--frames", a.frames, f"16 <= LO <= HI <= {MAX_FRAMES} (16 frames are sampled per video)")
+        if hi * a.size[0] * a.size[1] * 3 > MAX_VIDEO_BYTES:
+            gib = hi * a.size[0] * a.size[1] * 3 / 2 ** 30
+            bad("--frames", a.frames, f"{hi} frames of {a.size[0]} x {a.size[1]} take {gib:.1f} GiB to render, "
+                "more than 1 GiB: fewer or smaller frames")
+    if getattr(a, "fps", None) is not None and not 1 <= a.fps <= 240:
+        bad("--fps", a.fps, "frames per second in [1, 240]")
+    if getattr(a, "workers", None) is not None and not 1 <= a.workers <= 64:
+        bad("--workers", a.workers, "processes: 1 to 64 (leave it out for the CPU count, at most 8)")
+    if getattr(a, "num_frames", None) is not None and not 1 <= a.num_frames <= 64:
+        bad("--num-frames", a.num_frames, "frames in the sheet: 1 to 64")
+    if getattr(a, "text_variants", None) is not None:
+        _check_text_variants(a.text_variants)
+
+
 def _cmd_toy(a):
+    _check_numbers(a, "python -m extras.toy")
+    if not a.out.strip():
+        raise vadr.InputError(f"python -m extras.toy: --out {a.out!r}: pass a folder")
     generate_toy_world(a.out, seed=a.seed, n_sft=a.n_sft, n_test=a.n_test, n_rl=a.n_rl, n_caption=a.n_caption,
                        size=tuple(a.size),
                        frames=tuple(a.frames), fps=a.fps, sprite_scale=a.sprite_scale,
                        categories=tuple(a.categories), text_variants=a.text_variants,
-                       column_tint=a.column_tint, workers=a.workers)
+                       column_tint=a.column_tint, workers=a.workers, overwrite=a.overwrite)
     for key, p in manifest_paths(a.out).items():
         rows = data.read_manifest(p, {"rl": "rl", "caption": "caption"}.get(key, "sft"))
         c = Counter(r["label"] for r in rows)
@@ -1306,6 +1414,9 @@ def _cmd_toy(a):
 
 def _cmd_preview(a):
     from extras.report import contact_sheet, write_png  # PNG without an imaging library
+    _check_numbers(a, "python -m extras.toy preview")
+    from extras import scoring
+    scoring.check_output_file("python -m extras.toy preview", "--out", a.out, {"--video": a.video})
     if a.video:
         v = vadr.read_video(a.video, a.num_frames)
         sheet = contact_sheet(v["frames"], list(range(len(v["frames"]))))
@@ -1316,9 +1427,12 @@ def _cmd_preview(a):
                                         column_tint=a.column_tint)
         idx = vadr.sample_frame_indices(len(frames), a.num_frames)
         sheet = contact_sheet(frames, idx, meta["start"], meta["end"], meta["bbox"])
-        think, answer = toy_texts(meta, np.random.default_rng([a.seed, 7]), a.text_variants)
+        # a counterfactual draws no event, so there is no box for the texts to describe
+        think, answer = ("(counterfactual: the event is not drawn, no texts)", "") if meta["bbox"] is None \
+            and meta["category"] is not None else toy_texts(meta, np.random.default_rng([a.seed, 7]), a.text_variants)
         print(f"{meta['category']}: T={meta['total_frames']} start={meta['start']} end={meta['end']} "
               f"bbox={meta['bbox']}\n{think}\n{answer}")
+    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     write_png(a.out, sheet)
     print(f"wrote {a.out}")
 
@@ -1353,6 +1467,9 @@ def _world_parser() -> argparse.ArgumentParser:
                    help="fixed scenery: add this much red at the left edge and blue at the right of every "
                         "frame, 0-100, so that a patch's colour tells its column (0: off; docs/toy-world.md)")
     t.add_argument("--workers", type=int, default=None, help="processes (default: CPU count, at most 8)")
+    t.add_argument("--overwrite", action="store_true",
+                   help="write into an --out that holds files no toy world wrote (only the toy world's own "
+                        "names are replaced: videos/toy_NNNNN.mp4, the manifests, toy_world.json)")
     return t
 
 
@@ -1389,12 +1506,24 @@ def _caption_check_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_caption_check(a):
-    if a.frames < 2:  # every flag before the model loads
-        raise vadr.InputError(f"caption-check: --frames must be >= 2 (Qwen2.5-VL's temporal patch), got {a.frames}")
+    if not 2 <= a.frames <= MAX_FRAMES:  # every flag before the model loads
+        raise vadr.InputError(f"caption-check: --frames must be >= 2 (Qwen2.5-VL's temporal patch) and at most "
+                              f"{MAX_FRAMES} (the longest toy video), got {a.frames}")
     for flag, path in (("--model", a.model), ("--data", a.data)):
         if not os.path.exists(path):
             raise vadr.InputError(f"caption-check: {flag} {path} does not exist (a stage-0 run such as "
                                   f"runs/toy/base, and an SFT manifest with labels)")
+    if not os.path.isdir(a.model):
+        raise vadr.InputError(f"caption-check: --model {a.model} is a file; pass a stage-0 run or checkpoint "
+                              "folder such as runs/toy/base")
+    if os.path.isdir(a.data):
+        raise vadr.InputError(f"caption-check: --data {a.data} is a folder; pass an SFT manifest (.jsonl)")
+    if a.json:
+        if os.path.realpath(a.json).startswith(os.path.realpath(a.model) + os.sep):
+            raise vadr.InputError(f"caption-check: --json {a.json} is inside --model {a.model}; pass a file "
+                                  "outside the checkpoint")
+        from extras import scoring
+        scoring.check_output_file("caption-check", "--json", a.json, {"--data": a.data})
     res = caption_check(a.model, a.data, a.video_root, frames=a.frames)
     cats = ", ".join(f"{c} {v:.3f}" for c, v in res["per_category"].items())
     print(f"stage-0 caption check on {a.data} ({res['n']} videos): accuracy {res['accuracy']:.3f} "

@@ -46,6 +46,7 @@ import argparse
 import json
 import math
 import os
+import pickle
 import re
 
 import numpy as np
@@ -54,6 +55,7 @@ import torch.nn.functional as F
 
 import data
 import vadr
+from extras import scoring
 
 # ---- boxes: [x1, y1, x2, y2] normalised to 0-1, 3 decimals (the grounding stage's target) -------
 
@@ -97,45 +99,75 @@ def box_iou(pred, gt) -> float:
     return inter / (area(pred) + area(gt) - inter)
 
 
-def load_boxes(path: str) -> dict:
+class BoxFile(dict):
+    """load_boxes' {(source, video): box}, knowing its file (for the messages of check_boxes_cover
+    and box_metrics)."""
+    path = "the box file"
+
+
+def load_boxes(path: str) -> BoxFile:
     """A box JSONL (rows {source, video, box: [x1, y1, x2, y2] normalised}, as `boxes` writes it
-    or a box detector would offline) -> {(source, video): box}; a bad row is an InputError."""
+    or a box detector would offline) -> {(source, video): box}. Every problem is one line naming
+    the file (and line): missing, a folder, not UTF-8, a line that is not a JSON object
+    (extras/scoring.read_jsonl), a row without source/video/box, a box that is not valid_box, and
+    two different boxes for one video."""
     if not os.path.isfile(path):
-        raise vadr.InputError(f"{path}: no such box file (python -m extras.vanguard boxes "
-                              "writes one from a manifest's bbox fields)")
-    out = {}
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                r = json.loads(line)
-                key, box = (str(r["source"]), str(r["video"])), tuple(float(v) for v in r["box"])
-            except (ValueError, KeyError, TypeError):
-                raise vadr.InputError(f"{path}:{n}: expected {{source, video, box: [x1, y1, x2, "
-                                      "y2]}}") from None
-            if not valid_box(box):
-                raise vadr.InputError(f"{path}:{n}: box {list(box)} is not inside [0, 1] with "
-                                      "x1 < x2 and y1 < y2")
-            out[key] = box
+        what = "is a folder, not a box file" if os.path.isdir(path) else "no such box file"
+        raise vadr.InputError(f"{path}: {what} (python -m extras.vanguard boxes writes one from a "
+                              "manifest's bbox fields)")
+    rows, where = scoring.read_jsonl(path)
+    out, first = BoxFile(), {}
+    for r, at in zip(rows, where):
+        b = r.get("box")
+        if scoring.key_problem(r) or "source" not in r or not (
+                isinstance(b, list) and len(b) == 4
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in b)):
+            raise vadr.InputError(f"{at}: expected {{source, video, box: [x1, y1, x2, y2]}} with "
+                                  f"4 numbers in the box, got {json.dumps(r)[:120]}")
+        box, key = tuple(float(v) for v in b), scoring.key(r)
+        if not valid_box(box):
+            raise vadr.InputError(f"{at}: box {list(box)} is not inside [0, 1] with x1 < x2 and "
+                                  "y1 < y2")
+        if key in out and out[key] != box:
+            raise vadr.InputError(f"{at}: a second box for {key[0]}/{key[1]}, unlike the one at "
+                                  f"{first[key]}; keep one")
+        out[key] = box
+        first.setdefault(key, at)
+    out.path = path
     return out
+
+
+def check_boxes_cover(boxes: dict, rows: list[dict], manifest: str):
+    """A box file with no box for an abnormal row of the manifest (data.read_manifest's rows)
+    would train every target without its box: refuse it, naming both files."""
+    keys = {(str(r["source"]), str(r["video"])) for r in rows if r.get("label") == "Abnormal"}
+    if not any(k in keys for k in boxes):
+        what = f"none of its {len(boxes)} boxes is" if boxes else "it holds no box, none is"
+        raise vadr.InputError(f"{getattr(boxes, 'path', 'the box file')}: {what} for an abnormal "
+                              f"video of {manifest}; pass the box file made from it (python -m "
+                              f"extras.vanguard boxes --data {manifest})")
 
 
 def box_metrics(outputs: list, gt_rows: list[dict], boxes: dict) -> dict:
     """Grounding over the abnormal GT videos that have a box: the box written in the output's
     <where> (parse_box) against it; a missing output or box scores IoU 0. -> dict(miou,
-    acc@0.5 (share with IoU >= 0.5), n, n_no_box (outputs without a parseable box))."""
+    acc@0.5 (share with IoU >= 0.5), n, n_no_box (outputs without a parseable box)). Boxes for
+    no GT video at all are an InputError."""
     ious, no_box = [], 0
     for out, g in zip(outputs, gt_rows):
-        gt_box = boxes.get((str(g["source"]), str(g["video"])))
+        gt_box = boxes.get(scoring.key(g))
         if gt_box is None:  # the box file holds the abnormal videos that have a box
             continue
         pred = parse_box(vadr.parse_completion(out)["where"]) if out is not None else None
         no_box += pred is None
         ious.append(box_iou(pred, gt_box))
     n = len(ious)
-    return {"miou": float(np.mean(ious)) if n else None, "n": n, "n_no_box": no_box,
-            "acc@0.5": float(np.mean([i >= 0.5 for i in ious])) if n else None}
+    if not n:  # a box file of another manifest (or an empty one): no figure, not a silent None
+        raise vadr.InputError(f"{getattr(boxes, 'path', 'the box file')}: none of its {len(boxes)} "
+                              "boxes is for a video of the ground truth; pass the box file made "
+                              "from the --gt manifest (python -m extras.vanguard boxes --data GT)")
+    return {"miou": float(np.mean(ious)), "n": n, "n_no_box": no_box,
+            "acc@0.5": float(np.mean([i >= 0.5 for i in ious]))}
 
 
 def head_frame_metrics(score_rows: list[dict], gt_rows: list[dict], frame_labels, frame_auc,
@@ -143,15 +175,30 @@ def head_frame_metrics(score_rows: list[dict], gt_rows: list[dict], frame_labels
     """Frame ROC-AUC and best F1 of a head's per-frame scores (`scores`' JSONL), the UCF-Crime
     convention: per-frame 0/1 truth, all frames of all GT videos concatenated; a GT video without
     scores gets 0 on every frame (counted in n_missing). eval.py's functions are passed in."""
-    by_key = {(str(r["source"]), str(r["video"])): r["frame_scores"] for r in score_rows}
+    by_key = {}
+    for r in score_rows:
+        why = scoring.key_problem(r) or (None if "frame_scores" in r else "no 'frame_scores'")
+        if why:
+            raise vadr.InputError(f"frame scores: a row with {why} (python -m extras.vanguard "
+                                  "scores writes {source, video, frame_scores})")
+        k = scoring.key(r)
+        if k in by_key and by_key[k] != r["frame_scores"]:
+            raise vadr.InputError(f"frame scores of {k[0]}/{k[1]}: two different rows; keep one")
+        by_key[k] = r["frame_scores"]
     ys, ss, missing = [], [], 0
     for g in gt_rows:
         y = frame_labels(g)
         if y is None:
             continue
-        s = by_key.get((str(g["source"]), str(g["video"])))
+        s = by_key.get(scoring.key(g))
         missing += s is None
-        s = np.zeros(len(y)) if s is None else np.asarray(s, dtype=np.float64)
+        try:
+            s = np.zeros(len(y)) if s is None else np.asarray(s, dtype=np.float64)
+        except (TypeError, ValueError):
+            s = None
+        if s is None or s.ndim != 1 or not np.isfinite(s).all():
+            raise vadr.InputError(f"frame scores of {g['source']}/{g['video']}: expected a list of "
+                                  "finite numbers (python -m extras.vanguard scores writes them)")
         if len(s) != len(y):
             raise vadr.InputError(f"frame scores of {g['source']}/{g['video']}: {len(s)} values "
                                   f"for {len(y)} frames")
@@ -165,19 +212,56 @@ def head_frame_metrics(score_rows: list[dict], gt_rows: list[dict], frame_labels
             "n_missing": missing}
 
 
+def _check_output(cmd: str, args, is_dir: bool = False):
+    """--out is written: it must not be one of the command's inputs (--data, --model, --head,
+    --video-root; stage1's head files must not be one either), a file output must not be a folder,
+    it must be writable, and an existing file is replaced only when it is one this command writes
+    (rows with `box` / `frame_scores`)."""
+    from extras import flagcheck
+    out, prog = args.out, f"python -m extras.vanguard {cmd}"
+    if not is_dir and os.path.isdir(out):
+        raise vadr.InputError(f"{prog}: --out {out} is a folder; pass a file name")
+    real = os.path.realpath(out)
+    written = [os.path.join(real, n) for n in HEAD_FILES] if is_dir else [real]
+    for flag in ("--data", "--model", "--head", "--video-root"):
+        p = getattr(args, flag[2:].replace("-", "_"), None)
+        rp = os.path.realpath(p) if p else None
+        if rp and (rp in written or real == rp):
+            raise vadr.InputError(f"{prog}: --out {out} is also {flag} {p}, an input it would "
+                                  "overwrite; pass another --out")
+    flagcheck._check_writable(out, "--out", prog, is_dir=is_dir)
+    field = {"boxes": "box", "scores": "frame_scores"}.get(cmd)
+    if field and os.path.isfile(out) and os.path.getsize(out):
+        try:
+            ours = all(field in r for r in scoring.read_jsonl(out)[0])
+        except vadr.InputError:
+            ours = False
+        if not ours:
+            raise vadr.InputError(f"{prog}: --out {out} exists and is not a file of `{cmd}` (rows "
+                                  f"with '{field}'), so it is not replaced; pass another --out")
+
+
 def write_boxes(args) -> int:
     """The `boxes` command: a manifest's pixel `bbox` fields (the toy world's) -> a box JSONL,
-    normalised by each video's frame size."""
+    normalised by each video's frame size. A bbox outside its frame, or a manifest without one,
+    is an error naming the manifest (and line); nothing is written then."""
+    from extras import badvideos, checkpoint
     rows = data.read_manifest(args.data, "sft", video_root=args.video_root, skip_bad=args.skip_bad)
     lines = []  # every video is read before anything is written: a bad one leaves no half file
     for r in rows:
         if r.get("bbox") and r["label"] == "Abnormal":
-            h, w = vadr.read_video(r["video_path"], 1)["frames"].shape[1:3]
+            with badvideos.at_line(args.data, r):
+                h, w = vadr.read_video(r["video_path"], 1)["frames"].shape[1:3]
             box = parse_box(format_box(r["bbox"], w, h))
+            if not valid_box(box):
+                raise vadr.InputError(f"{args.data}:{r['line']}: bbox {r['bbox']} is not inside "
+                                      f"the video's {w} x {h} frame with x1 < x2 and y1 < y2")
             lines.append(json.dumps(dict(source=r["source"], video=r["video"], box=box)) + "\n")
+    if not lines:
+        raise vadr.InputError(f"{args.data}: no abnormal row carries a bbox (the toy world's SFT "
+                              "manifests do); no box file written")
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        f.writelines(lines)
+    checkpoint.atomic_write(args.out, "".join(lines))
     print(f"{args.out}: {len(lines)} boxes")
     return len(lines)
 
@@ -230,8 +314,15 @@ def train_stage(argv: list[str], boxes_path: str, target: str, stage: str):
     <out>/vanguard_config.json records the stage, its target and the box file."""
     import train_sft  # the entry script composes the run; this only swaps the dataset
     boxes = load_boxes(boxes_path)
-    make = lambda rows, video: BoxSFTDataset(rows, boxes, video.pop("prompt_variant"), target,
-                                             **video)
+    given = train_sft.parse_args(argv)
+    if given.data:  # the box file must be this manifest's, checked before the run directory is made
+        check_boxes_cover(boxes, data.read_manifest(given.data, "sft", check_videos=False,
+                                                    skip_bad=given.skip_bad), given.data)
+
+    def make(rows, video):
+        check_boxes_cover(boxes, rows, given.data or "the toy world's SFT-train manifest")
+        return BoxSFTDataset(rows, boxes, video.pop("prompt_variant"), target, **video)
+
     out = train_sft.main(argv, make_dataset=make)
     run_dir = train_sft.parse_args(argv).out
     if int(os.environ.get("RANK", "0")) == 0 and os.path.isdir(run_dir):  # the group is gone
@@ -384,8 +475,10 @@ def head_loss(head, feats: torch.Tensor, labels: torch.Tensor, cats: torch.Tenso
 def _features_of(model, rows: list[dict], args) -> list[dict]:
     """Each row's slot features, slot labels and sampled frame indices (one tower pass a video)."""
     items = []
+    from extras import badvideos
     for row in rows:
-        v = vadr.read_video(row["video_path"], args.frames)
+        with badvideos.at_line(args.data, row):
+            v = vadr.read_video(row["video_path"], args.frames)
         enc = vadr.encode_frames(v["frames"], v["sampled_fps"], args.min_pixels, args.max_pixels)
         (feat,) = slot_features(model, enc)
         items.append(dict(row=row, feat=feat, indices=v["indices"],
@@ -437,11 +530,28 @@ def train_stage1(args) -> dict:
     return cfg
 
 
+HEAD_FILES = ("head.pt", "head_config.json")  # what stage1 writes into its --out
+
+
 def load_head(head_dir: str) -> tuple[torch.nn.Module, dict]:
-    with open(os.path.join(head_dir, "head_config.json")) as f:
-        cfg = json.load(f)
-    head = make_head(cfg["dim"], len(cfg["categories"]), cfg["hidden"])
-    head.load_state_dict(torch.load(os.path.join(head_dir, "head.pt"), weights_only=True))
+    """A stage1 --out directory -> (the head, its head_config.json); a missing, corrupt or foreign
+    file is one line naming it."""
+    what = "a stage-1 head's head_config.json (python -m extras.vanguard stage1 writes it)"
+    path = os.path.join(head_dir, "head_config.json")
+    cfg = scoring.read_json_object(path, what)
+    missing = [k for k in ("dim", "hidden", "categories", "frames", "min_pixels", "max_pixels")
+               if k not in cfg]
+    if missing:
+        raise vadr.InputError(f"{path}: no {', '.join(missing)}; expected {what}")
+    weights = os.path.join(head_dir, "head.pt")
+    try:
+        head = make_head(cfg["dim"], len(cfg["categories"]), cfg["hidden"])
+        head.load_state_dict(torch.load(weights, weights_only=True))
+    except (OSError, RuntimeError, TypeError, ValueError, KeyError, EOFError,
+            pickle.UnpicklingError) as e:
+        why = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise vadr.InputError(f"{weights}: not the weights of the head {path} describes ({why}); "
+                              "run python -m extras.vanguard stage1 again") from None
     return head.eval(), cfg
 
 
@@ -455,16 +565,19 @@ def score_frames(args) -> list[dict]:
     rows = data.read_manifest(args.data, "sft", video_root=args.video_root, skip_bad=args.skip_bad)
     out = []
     for it in _features_of(model, rows, args):
+        if it["feat"].shape[-1] != cfg["dim"]:
+            raise vadr.InputError(f"--head {args.head} reads {cfg['dim']}-wide features, --model "
+                                  f"{args.model} gives {it['feat'].shape[-1]}: pass the backbone "
+                                  f"it was trained on ({cfg.get('backbone')})")
         with torch.no_grad():
             p = torch.sigmoid(head(it["feat"])[:, 0]).numpy()                     # (t,)
         r = it["row"]
         out.append(dict(source=r["source"], video=r["video"],
                         frame_scores=[round(float(s), 6) for s in
                                       frame_scores(p, it["indices"], r["total_frames"])]))
+    from extras import checkpoint
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        for o in out:
-            f.write(json.dumps(o) + "\n")
+    checkpoint.atomic_write(args.out, "".join(json.dumps(o) + "\n" for o in out))
     import eval as eval_mod  # the entry script's metrics (extras import it only from a command)
     labels = [eval_mod.frame_labels(r) for r in rows]
     y = np.concatenate([lab for lab in labels])
@@ -507,8 +620,7 @@ def vanguard_table(run_dir: str, gt_path: str) -> str:
         path = os.path.join(run_dir, f"eval_{stem}.json")
         if not os.path.isfile(path):
             continue
-        with open(path) as f:
-            m = json.load(f)
+        m = scoring.read_json_object(path, "eval.py's metrics JSON (--json)")
         preds = eval_mod.load_jsonl(os.path.join(run_dir, f"preds_{stem}.jsonl"))
         labels = [eval_mod.authors_label(vadr.parse_completion(r.get("output") or "")["which"])
                   for r in preds]
@@ -519,6 +631,28 @@ def vanguard_table(run_dir: str, gt_path: str) -> str:
     with open(os.path.join(run_dir, "table.md"), "w") as f:
         f.write(text)
     return text
+
+
+def _check_stage1_flags(args):
+    """stage1's numbers by the training scripts' rules (extras/flagcheck.RULES: --frames,
+    --min-pixels, --max-pixels, --epochs, --lr, --seed), NaN/inf anywhere, --batch-size and
+    --hidden >= 1."""
+    from extras import flagcheck
+    prog = "python -m extras.vanguard stage1"
+    for dest, value in sorted(vars(args).items()):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise vadr.InputError(f"{prog}: --{dest.replace('_', '-')} {value}: must be a finite "
+                                  "number")
+    for dest, ok, why in flagcheck.RULES:
+        value = getattr(args, dest, None)
+        if dest == "batch_size" or value is None or isinstance(value, bool) or ok(value, args):
+            continue  # stage1's batch is slots, not videos: below
+        raise vadr.InputError(f"{prog}: --{dest.replace('_', '-')} {value}: "
+                              f"{why.format(**vars(args))}")
+    for flag, value, what in (("--batch-size", args.batch_size, "slots per step"),
+                              ("--hidden", args.hidden, "the head's hidden width")):
+        if value < 1:
+            raise vadr.InputError(f"{prog}: {flag} {value}: {what}: at least 1")
 
 
 def _pop_flag(rest: list[str], flag: str, cmd: str) -> str | None:
@@ -579,18 +713,23 @@ def main(argv=None):
     sub.choices["scores"].add_argument("--head", required=True, help="a stage1 --out directory")
     args = ap.parse_args(argv)
     if args.cmd == "stage1":
-        if min(args.frames, args.epochs, args.batch_size, args.hidden) < 1 or not args.lr > 0:
-            ap.error("--frames, --epochs, --batch-size, --hidden must be >= 1 and --lr > 0")
+        _check_stage1_flags(args)
+        _check_output("stage1", args, is_dir=True)
         cfg = train_stage1(args)
         print(f"{args.out}: head on {cfg['n_slots']} slots ({cfg['positive_slots']} abnormal), "
               f"final loss {cfg['log'][-1]['loss']:.4f}")
     elif args.cmd == "boxes":
+        _check_output("boxes", args)
         write_boxes(args)
     elif args.cmd == "table":
         if not os.path.isdir(args.out):
             raise vadr.InputError(f"table: {args.out} is not a directory (make toy-vanguard)")
+        if os.path.realpath(os.path.join(args.out, "table.md")) == os.path.realpath(args.data):
+            raise vadr.InputError(f"table: --data {args.data} is {args.out}/table.md, which the "
+                                  "table would replace; pass the test manifest")
         print(vanguard_table(args.out, args.data))
     else:
+        _check_output("scores", args)
         score_frames(args)
 
 

@@ -341,7 +341,7 @@ def test_bad_world_flags_fail_before_rendering(tmp_path):
     import sys
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     for flags, msg in ((["--sprite-scale", "9"], "sprite_scale must be in [0.5, 4], got 9.0"),
-                       (["--frames", "8"], "frames must be 16 <= lo <= hi")):
+                       (["--frames", "8"], "python -m extras.toy: --frames 8: 16 <= LO <= HI <= 2048")):
         out = tmp_path / "w"
         p = subprocess.run([sys.executable, "-m", "extras.toy", "--out", str(out), *flags], cwd=root,
                            capture_output=True, text=True, timeout=120)

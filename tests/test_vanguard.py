@@ -108,6 +108,28 @@ def test_frame_auc_of_head_scores_equals_sklearn(stage1):
     assert eval_mod.frame_auc(y, s) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
 
 
+def test_scores_with_a_head_of_another_backbone_is_one_line(stage1, tmp_path, monkeypatch):
+    """A head trained on features of another width (another backbone): one line, no scores file."""
+    import json
+    import shutil
+    import vadr
+    head = tmp_path / "head"
+    shutil.copytree(stage1["out"], head)
+    cfg = json.load(open(head / "head_config.json"))
+    cfg["dim"] = 6
+    (head / "head_config.json").write_text(json.dumps(cfg))
+    torch.save(vanguard.make_head(6, len(cfg["categories"]), cfg["hidden"]).state_dict(), head / "head.pt")
+    monkeypatch.setattr(vanguard, "_load_backbone", lambda path: _frozen(stage1["model"]))
+    out = tmp_path / "s.jsonl"
+    with pytest.raises(vadr.InputError) as e:
+        vanguard.main(["scores", "--model", "other", "--video-root", stage1["world"]["videos"], "--data",
+                       stage1["world"]["sft_test"], "--head", str(head), "--out", str(out)])
+    width = 2 * stage1["model"].config.vision_config.out_hidden_size
+    assert str(e.value) == (f"--head {head} reads 6-wide features, --model other gives {width}: pass the backbone "
+                            f"it was trained on ({cfg['backbone']})")
+    assert not out.exists()
+
+
 # ---------------------------------------------------------------- eval.py's box and head-score metrics
 
 def _gt(video, label, start=None, end=None, total=10):
