@@ -559,8 +559,9 @@ def run_scoring(pred_path: str, gt_path: str, json_path: str | None = None,
     --json is not written. keys: score only these (source, video) (inference's --limit).
     boxes / frame_scores: VANGUARD's box JSONL and a stage-1 head's per-frame scores
     (extras/vanguard.py) add metrics["box"] and metrics["frame_head"]."""
-    scoring.check_output(json_path, "--json", {"--score": pred_path, "--gt": gt_path,
-                                               "--boxes": boxes, "--frame-scores": frame_scores})
+    scoring.check_output("eval.py", "--json", json_path, {"--score": pred_path, "--gt": gt_path,
+                                                          "--boxes": boxes,
+                                                          "--frame-scores": frame_scores})
     preds, pred_where = load_jsonl(pred_path, with_lines=True)
     errors = [p for p in preds if "error" in p]
     gt_all, gt_where = scoring.read_gt(gt_path, skip_bad)  # a training manifest's checks
@@ -574,8 +575,8 @@ def run_scoring(pred_path: str, gt_path: str, json_path: str | None = None,
                                 vanguard.load_boxes(boxes) if boxes else None)
     metrics["counts"]["n_video_error"] = len(errors)
     if frame_scores:
-        metrics["frame_head"] = vanguard.head_frame_metrics(load_jsonl(frame_scores), gt,
-                                                            frame_labels, frame_auc, best_f1)
+        metrics["frame_head"] = vanguard.head_frame_metrics(
+            *load_jsonl(frame_scores, with_lines=True), gt, frame_labels, frame_auc, best_f1)
     print(format_report(metrics, name=name, with_paper=with_paper))
     if note := predictions.written_by(pred_path):  # which model the row named `name` is
         print(note)
@@ -613,7 +614,7 @@ def _write_json(path: str, obj):
 def run_mc_scoring(pred_path: str, gt_path: str | None = None, json_path: str | None = None,
                    with_paper: bool = False, name: str = "ours") -> dict:
     """What `--mc` does: multiple-choice accuracy (VANE-style JSONL, extras/vane.py)."""
-    scoring.check_output(json_path, "--json", {"--mc": pred_path, "--gt": gt_path})
+    scoring.check_output("eval.py", "--json", json_path, {"--mc": pred_path, "--gt": gt_path})
     preds = load_jsonl(pred_path)
     res = vane.score_multiple_choice(preds, load_jsonl(gt_path) if gt_path else None)
     if json_path:
@@ -638,7 +639,7 @@ def run_report(run_dir: str, data_path: str | None, video_root: str | None,
     for key, label in report.REPORT_ROWS:
         p = os.path.join(run_dir, f"eval_{key}.json")
         if os.path.exists(p):  # a directory or a corrupt file there: an error, not a missing row
-            named[label] = scoring.read_json(p, "a metrics JSON (eval.py --json)")
+            named[label] = scoring.read_json_object(p, "a metrics JSON (eval.py --json)")
     lines = ["# Toy Vad-R1: what each stage adds (layout of the paper's Table 4)", "",
              format_table(named, layout="table4"), "",
              "Detection and format (authors' protocol):", "",

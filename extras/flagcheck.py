@@ -159,7 +159,7 @@ def _check_writable(path: str, flag: str, script: str, is_dir: bool):
 def _check_eval_paths(args, script: str):
     """Inference needs --data and --out; --out is a new file or a predictions file to resume
     (checked line by line, never modified here); --json is written, so it must not be an input."""
-    from extras import predictions
+    from extras import predictions, scoring
     if not (args.data and args.out):
         raise InputError(f"{script}: inference needs --model, --data and --out")
     _check_model(args, script, "eval")
@@ -169,15 +169,7 @@ def _check_eval_paths(args, script: str):
     _check_writable(args.out, "--out", script, is_dir=False)
     if os.path.isfile(args.out):
         predictions.check_predictions_file(args.out)
-    if args.json:
-        inputs = {os.path.realpath(p): f for f, p in (("--data", args.data), ("--out", args.out))}
-        same = inputs.get(os.path.realpath(args.json))
-        if same:
-            raise InputError(f"{script}: --json {args.json} is also {same}: the metrics would "
-                             "overwrite it; pass another --json")
-        if os.path.isdir(args.json):
-            raise InputError(f"{script}: --json {args.json} is a directory; pass a file name")
-        _check_writable(args.json, "--json", script, is_dir=False)
+    scoring.check_output(script, "--json", args.json, {"--data": args.data, "--out": args.out})
 
 
 # ---- the run directory ---------------------------------------------------------------------------

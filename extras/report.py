@@ -252,7 +252,7 @@ def ablation_report(abl_dir: str, read_jsonl, get_metric, fmt,
         path = os.path.join(abl_dir, f"eval_{stem}.json")
         if not os.path.exists(path):
             continue
-        m = scoring.read_json(path, "a metrics JSON (eval.py --json)")
+        m = scoring.read_json_object(path, "a metrics JSON (eval.py --json)")
         lines.append(f"| {name} | " + " | ".join(fmt(get_metric(m, k)) for _, k in TABLE10_COLUMNS)
                      + " |")
         log = os.path.join(abl_dir, stem, "log.jsonl")
@@ -345,7 +345,7 @@ def stage0_lines(run_dir: str) -> list[str]:
     p = os.path.join(run_dir, "caption_check.json")
     if not os.path.exists(p):
         return []
-    c = scoring.read_json(p, "caption-check JSON (python -m extras.toy caption-check)")
+    c = scoring.read_json_object(p, "caption-check JSON (python -m extras.toy caption-check)")
     if not all(isinstance(c.get(k), (int, float)) for k in ("accuracy", "n", "tpr", "tnr")):
         raise vadr.InputError(f"{p}: lacks a number for accuracy, n, tpr or tnr; rerun "
                               "`python -m extras.toy caption-check` or remove it")

@@ -138,8 +138,8 @@ def main(argv=None):
         raise vadr.InputError(f"rewardcheck: {cfg_path}: {', '.join(wrong)} of the wrong type (edited by hand?): "
                               "not an RL run's config as train_rl.py writes it")
     if a.json:  # checked before any sampling, so a bad --json costs no minutes
-        scoring.check_output_file("rewardcheck", "--json", a.json, {"--run's run_config.json": cfg_path,
-                                                                     "the run's --data": cfg["data"]})
+        scoring.check_output("rewardcheck", "--json", a.json, {"--run's run_config.json": cfg_path,
+                                                                "the run's --data": cfg["data"]})
     rows = data.read_manifest(cfg["data"], "rl", video_root=cfg.get("video_root"))
     sets = tenth_rows(len(rows), cfg["seed"], cfg["batch_size"] * cfg.get("world_size", 1), cfg["total_steps"])
     res = {}

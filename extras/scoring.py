@@ -16,11 +16,11 @@ pair_rows. The rules:
     field, total_frames (positive, bounded), 0 <= start < end <= total_frames, each (source, video)
     once; a bad row is data.ManifestError "PATH:LINE: reason: detail" (--skip-bad: dropped and
     counted); pair_rows still refuses a GT without usable or unique ids passed in directly;
-  * a JSON file to read (--report's eval_*.json) that is missing, a directory or not JSON, and an
-    output (--json) that is a directory or one of the inputs: InputError naming it.
-The same care for the extras' own JSON files: read_json_object (a config such as a run's
-run_config.json) and check_output_file (a JSON file a command writes must not be a folder or one
-of its inputs, and must be writable), both one-line InputErrors.
+  * a JSON file to read (--report's eval_*.json, a run's run_config.json): read_json_object, and
+    a file a command writes (--json, --out): check_output, before any work; a JSON file that is
+    missing, a directory, not UTF-8, malformed or not an object, and an output that is a
+    directory, one of the inputs or not writable: one-line InputError naming it. Every script and
+    extra reads and guards its JSON files with these two.
 Exercised by: pytest tests/test_bad_input_scoring.py tests/test_bad_input_files.py -q
 """
 from __future__ import annotations
@@ -31,6 +31,7 @@ from collections import defaultdict
 
 import data
 import vadr
+from extras import flagcheck
 from extras.textmetrics import MAX_SCORED_CHARS
 
 
@@ -83,66 +84,45 @@ def read_gt(path: str, skip_bad: bool = False) -> tuple[list[dict], list[str]]:
     return rows, where
 
 
-def read_json(path: str, what: str):
-    """A JSON object the scripts read back (a metrics JSON): a missing file, a directory, bytes
-    that are not UTF-8, text that is not JSON or not an object: one vadr.InputError naming it."""
-    if not os.path.isfile(path):
+def read_json_object(path: str, what: str) -> dict:
+    """The JSON object in `path` (what: what it should be, for the message), decoded by
+    data.line_text (UTF-8, a byte-order mark is not data). A missing file, a directory or device,
+    an unreadable file, bytes that are not UTF-8, malformed JSON (with its line and column), nesting
+    too deep, or another JSON value: one vadr.InputError naming it."""
+    if not os.path.isfile(path):  # a device (/dev/zero) would never end
         raise vadr.InputError(f"{path}: {_not_a_file(path)}; expected {what}")
     try:
         with open(path, "rb") as f:
             obj = json.loads(data.line_text(f.read(), 1))
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        obj, why = None, f"{type(e).__name__}: {e!s:.80}"
-    else:
-        why = f"a JSON {type(obj).__name__}, not an object"
-    if not isinstance(obj, dict):
-        raise vadr.InputError(f"{path}: not readable as {what} ({why}); rewrite it or remove it")
-    return obj
-
-
-def check_output(path: str | None, flag: str, inputs: dict) -> None:
-    """An output file a script is about to write must not be a directory or one of its inputs
-    ({flag: path}), which it would replace: vadr.InputError naming both."""
-    if not path:
-        return
-    if os.path.isdir(path):
-        raise vadr.InputError(f"{flag} {path} is a directory; pass a file name")
-    for other, p in inputs.items():
-        if p and os.path.exists(p) and os.path.exists(path) and os.path.samefile(path, p):
-            raise vadr.InputError(f"{flag} {path} is also the input {other} {p}: it would be "
-                                  f"replaced; pass another {flag}")
-
-
-def read_json_object(path: str, what: str) -> dict:
-    """The JSON object in `path` (what: what it should be, for the message). A missing file, a
-    folder, bytes that are not UTF-8, malformed JSON or another JSON value: one-line InputError."""
-    if not os.path.isfile(path):
-        why = "is a folder" if os.path.isdir(path) else "does not exist"
-        raise vadr.InputError(f"{path}: {why}; expected {what}")
-    try:
-        with open(path, encoding="utf-8-sig") as f:
-            obj = json.load(f)
+    except OSError as e:
+        raise vadr.InputError(f"{path}: cannot read it ({e.strerror}); expected {what}") from None
     except UnicodeDecodeError:
         raise vadr.InputError(f"{path}: not UTF-8; expected {what}") from None
     except json.JSONDecodeError as e:
         raise vadr.InputError(f"{path}:{e.lineno}: malformed JSON ({e.msg}, column {e.colno}); "
                               f"expected {what}") from None
+    except RecursionError:
+        raise vadr.InputError(f"{path}: JSON nested too deeply; expected {what}") from None
     if not isinstance(obj, dict):
         raise vadr.InputError(f"{path}: expected {what} (a JSON object), got {type(obj).__name__}")
     return obj
 
 
-def check_output_file(prog: str, flag: str, path: str, inputs: dict):
-    """Before any work: the file `path` that `flag` names will be written, so it must not be a
-    folder nor one of the command's inputs ({flag: path}), and its folder must take it."""
-    from extras import flagcheck
-    if os.path.isdir(path):
-        raise vadr.InputError(f"{prog}: {flag} {path} is a folder; pass a file name")
+def check_output(prog: str, flag: str, path: str | None, inputs: dict, is_dir: bool = False):
+    """Before any work: the file (or, is_dir, the folder) `path` that `flag` names will be
+    written, so a file must not be a directory, it must not be one of the command's inputs
+    ({flag: path}; the same name, even before it exists, or the same file by another name), and
+    it must be writable (flagcheck._check_writable). No path: nothing to check."""
+    if not path:
+        return
+    if not is_dir and os.path.isdir(path):
+        raise vadr.InputError(f"{prog}: {flag} {path} is a directory; pass a file name")
     for other, p in inputs.items():
-        if p and os.path.exists(p) and os.path.exists(path) and os.path.samefile(p, path):
+        if p and (os.path.realpath(p) == os.path.realpath(path) or (
+                os.path.exists(p) and os.path.exists(path) and os.path.samefile(p, path))):
             raise vadr.InputError(f"{prog}: {flag} {path} is also {other} {p}, which it would "
                                   f"replace; pass another {flag}")
-    flagcheck._check_writable(path, flag, prog, is_dir=False)
+    flagcheck._check_writable(path, flag, prog, is_dir=is_dir)
 
 
 def key_problem(row: dict) -> str | None:

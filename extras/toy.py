@@ -1416,7 +1416,7 @@ def _cmd_preview(a):
     from extras.report import contact_sheet, write_png  # PNG without an imaging library
     _check_numbers(a, "python -m extras.toy preview")
     from extras import scoring
-    scoring.check_output_file("python -m extras.toy preview", "--out", a.out, {"--video": a.video})
+    scoring.check_output("python -m extras.toy preview", "--out", a.out, {"--video": a.video})
     if a.video:
         v = vadr.read_video(a.video, a.num_frames)
         sheet = contact_sheet(v["frames"], list(range(len(v["frames"]))))
@@ -1523,7 +1523,7 @@ def _cmd_caption_check(a):
             raise vadr.InputError(f"caption-check: --json {a.json} is inside --model {a.model}; pass a file "
                                   "outside the checkpoint")
         from extras import scoring
-        scoring.check_output_file("caption-check", "--json", a.json, {"--data": a.data})
+        scoring.check_output("caption-check", "--json", a.json, {"--data": a.data})
     res = caption_check(a.model, a.data, a.video_root, frames=a.frames)
     cats = ", ".join(f"{c} {v:.3f}" for c, v in res["per_category"].items())
     print(f"stage-0 caption check on {a.data} ({res['n']} videos): accuracy {res['accuracy']:.3f} "

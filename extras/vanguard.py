@@ -14,9 +14,11 @@ what the decoder receives, and a slot lines up with two sampled frames, so slot 
 straight from the event interval and slot scores go straight back to frames. The features are
 computed once per video under torch.no_grad, so no gradient can reach the VLM (tested).
 
-Labels per slot: 1 when one of its sampled frames lies in the event's frames start..end
-(inclusive, as eval.frame_labels); per-frame scores: each frame of the video takes the score of
-the slot of its nearest sampled frame.
+Labels per slot (slot_labels): 1 when one of its sampled frames f has start <= f <= end, the
+manifest's own frame numbers; the frame AUC is judged against eval.frame_labels instead
+(eval.frames_inside on start/total and end/total rounded to 3 places, as every <when>), which can
+differ from start..end by up to total_frames / 2000 frames at each edge. Per-frame scores: each
+frame of the video takes the score of the slot of its nearest sampled frame.
 
 Run it:
     python -m extras.vanguard stage1 --model runs/toy/base \
@@ -170,38 +172,41 @@ def box_metrics(outputs: list, gt_rows: list[dict], boxes: dict) -> dict:
             "acc@0.5": float(np.mean([i >= 0.5 for i in ious]))}
 
 
-def head_frame_metrics(score_rows: list[dict], gt_rows: list[dict], frame_labels, frame_auc,
-                       best_f1) -> dict:
-    """Frame ROC-AUC and best F1 of a head's per-frame scores (`scores`' JSONL), the UCF-Crime
-    convention: per-frame 0/1 truth, all frames of all GT videos concatenated; a GT video without
-    scores gets 0 on every frame (counted in n_missing). eval.py's functions are passed in."""
-    by_key = {}
-    for r in score_rows:
+def head_frame_metrics(score_rows: list[dict], score_where: list[str], gt_rows: list[dict],
+                       frame_labels, frame_auc, best_f1) -> dict:
+    """Frame ROC-AUC and best F1 of a head's per-frame scores (`scores`' JSONL rows and the
+    "PATH:LINE" of each, which every error names), the UCF-Crime convention: per-frame 0/1 truth,
+    all frames of all GT videos concatenated; a GT video without scores gets 0 on every frame
+    (counted in n_missing). eval.py's functions are passed in."""
+    by_key = {}  # (source, video) -> (scores, "PATH:LINE")
+    for r, w in zip(score_rows, score_where):
         why = scoring.key_problem(r) or (None if "frame_scores" in r else "no 'frame_scores'")
         if why:
-            raise vadr.InputError(f"frame scores: a row with {why} (python -m extras.vanguard "
-                                  "scores writes {source, video, frame_scores})")
+            raise vadr.InputError(f"{w}: a row with {why} (python -m extras.vanguard scores "
+                                  "writes {source, video, frame_scores})")
         k = scoring.key(r)
-        if k in by_key and by_key[k] != r["frame_scores"]:
-            raise vadr.InputError(f"frame scores of {k[0]}/{k[1]}: two different rows; keep one")
-        by_key[k] = r["frame_scores"]
+        if k in by_key and by_key[k][0] != r["frame_scores"]:
+            raise vadr.InputError(f"{w}: frame scores of {k[0]}/{k[1]} differ from those at "
+                                  f"{by_key[k][1]}; keep one")
+        by_key.setdefault(k, (r["frame_scores"], w))
     ys, ss, missing = [], [], 0
     for g in gt_rows:
         y = frame_labels(g)
         if y is None:
             continue
-        s = by_key.get(scoring.key(g))
+        s, w = by_key.get(scoring.key(g), (None, None))
         missing += s is None
         try:
             s = np.zeros(len(y)) if s is None else np.asarray(s, dtype=np.float64)
         except (TypeError, ValueError):
             s = None
         if s is None or s.ndim != 1 or not np.isfinite(s).all():
-            raise vadr.InputError(f"frame scores of {g['source']}/{g['video']}: expected a list of "
-                                  "finite numbers (python -m extras.vanguard scores writes them)")
+            raise vadr.InputError(f"{w}: frame scores of {g['source']}/{g['video']}: expected a "
+                                  "list of finite numbers (python -m extras.vanguard scores "
+                                  "writes them)")
         if len(s) != len(y):
-            raise vadr.InputError(f"frame scores of {g['source']}/{g['video']}: {len(s)} values "
-                                  f"for {len(y)} frames")
+            raise vadr.InputError(f"{w}: frame scores of {g['source']}/{g['video']}: {len(s)} "
+                                  f"values for {len(y)} frames")
         ys.append(y), ss.append(s)
     if not ys:
         return {"auc": None, "best_f1": None, "best_threshold": None, "n_videos": 0,
@@ -213,23 +218,16 @@ def head_frame_metrics(score_rows: list[dict], gt_rows: list[dict], frame_labels
 
 
 def _check_output(cmd: str, args, is_dir: bool = False):
-    """--out is written: it must not be one of the command's inputs (--data, --model, --head,
-    --video-root; stage1's head files must not be one either), a file output must not be a folder,
-    it must be writable, and an existing file is replaced only when it is one this command writes
-    (rows with `box` / `frame_scores`)."""
-    from extras import flagcheck
+    """--out is written (scoring.check_output): it must not be one of the command's inputs
+    (--data, --model, --head, --video-root; stage1's head files must not be one either), a file
+    output must not be a directory, it must be writable, and an existing file is replaced only when
+    it is one this command writes (rows with `box` / `frame_scores`)."""
     out, prog = args.out, f"python -m extras.vanguard {cmd}"
-    if not is_dir and os.path.isdir(out):
-        raise vadr.InputError(f"{prog}: --out {out} is a folder; pass a file name")
-    real = os.path.realpath(out)
-    written = [os.path.join(real, n) for n in HEAD_FILES] if is_dir else [real]
-    for flag in ("--data", "--model", "--head", "--video-root"):
-        p = getattr(args, flag[2:].replace("-", "_"), None)
-        rp = os.path.realpath(p) if p else None
-        if rp and (rp in written or real == rp):
-            raise vadr.InputError(f"{prog}: --out {out} is also {flag} {p}, an input it would "
-                                  "overwrite; pass another --out")
-    flagcheck._check_writable(out, "--out", prog, is_dir=is_dir)
+    inputs = {f: getattr(args, f[2:].replace("-", "_"), None)
+              for f in ("--data", "--model", "--head", "--video-root")}
+    scoring.check_output(prog, "--out", out, inputs, is_dir=is_dir)
+    for name in HEAD_FILES if is_dir else ():  # stage1 writes these into the folder --out
+        scoring.check_output(prog, "--out", os.path.join(out, name), inputs)
     field = {"boxes": "box", "scores": "frame_scores"}.get(cmd)
     if field and os.path.isfile(out) and os.path.getsize(out):
         try:

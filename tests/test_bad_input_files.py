@@ -132,13 +132,13 @@ class TestVanguardOutputs:
         shutil.copy(tiny_world["sft_test"], m)
         before = m.read_bytes()
         _refused(vanguard.main, ["boxes", "--data", str(m), "--video-root", tiny_world["videos"], "--out", str(m)],
-                 f"python -m extras.vanguard boxes: --out {m} is also --data {m}, an input it would overwrite; "
+                 f"python -m extras.vanguard boxes: --out {m} is also --data {m}, which it would replace; "
                  "pass another --out")
         link = tmp_path / "link.jsonl"  # the same file by another name
         os.symlink(m, link)
         _refused(vanguard.main, ["boxes", "--data", str(m), "--out", str(link)],
-                 f"python -m extras.vanguard boxes: --out {link} is also --data {m}, an input it would "
-                 "overwrite; pass another --out")
+                 f"python -m extras.vanguard boxes: --out {link} is also --data {m}, which it would "
+                 "replace; pass another --out")
         assert m.read_bytes() == before
 
     def test_an_existing_file_of_another_kind_is_not_replaced(self, tiny_world, tmp_path):
@@ -154,7 +154,7 @@ class TestVanguardOutputs:
                  "with 'frame_scores'), so it is not replaced; pass another --out")
         assert other.read_bytes() == before
         _refused(vanguard.main, ["boxes", "--data", tiny_world["sft_test"], "--out", str(tmp_path)],
-                 f"python -m extras.vanguard boxes: --out {tmp_path} is a folder; pass a file name")
+                 f"python -m extras.vanguard boxes: --out {tmp_path} is a directory; pass a file name")
         # a box file of its own is rewritten
         out = tmp_path / "boxes.jsonl"
         for _ in range(2):
@@ -167,8 +167,8 @@ class TestVanguardOutputs:
         model.mkdir()
         _refused(vanguard.main, ["stage1", "--model", str(model), "--data", tiny_world["sft_train"], "--out",
                                  str(model)],
-                 f"python -m extras.vanguard stage1: --out {model} is also --model {model}, an input it would "
-                 "overwrite; pass another --out")
+                 f"python -m extras.vanguard stage1: --out {model} is also --model {model}, which it would "
+                 "replace; pass another --out")
         (tmp_path / "table.md").write_text("| a |\n")
         _refused(vanguard.main, ["table", "--data", str(tmp_path / "table.md"), "--out", str(tmp_path)],
                  f"table: --data {tmp_path / 'table.md'} is {tmp_path}/table.md, which the table would replace; "
@@ -254,7 +254,7 @@ class TestToyFlags:
 
     def test_preview_out_is_a_folder_or_the_video(self, tiny_world, tmp_path):
         _refused(toy.main, ["preview", "--out", str(tmp_path)],
-                 f"{P}: --out {tmp_path} is a folder; pass a file name")
+                 f"{P}: --out {tmp_path} is a directory; pass a file name")
         video = tmp_path / "v.mp4"
         shutil.copy(data.read_manifest(tiny_world["sft_test"], "sft", video_root=tiny_world["videos"])[0]
                     ["video_path"], video)
@@ -272,7 +272,7 @@ class TestToyFlags:
                  "the checkpoint")
         other = tmp_path.parent / (tmp_path.name + "-out")
         other.mkdir()
-        _refused(toy.main, cc("--json", str(other)), f"caption-check: --json {other} is a folder; pass a file name")
+        _refused(toy.main, cc("--json", str(other)), f"caption-check: --json {other} is a directory; pass a file name")
         _refused(toy.main, ["caption-check", "--model", str(tmp_path), "--data", m, "--json", m],
                  f"caption-check: --json {m} is also --data {m}, which it would replace; pass another --json")
         _refused(toy.main, ["caption-check", "--model", m, "--data", m],
@@ -397,27 +397,45 @@ class TestBoxFiles:
     def test_frame_scores_rows(self):
         import eval as ev
         gts = [dict(source="TOY", video="a", anomaly_type="Fire", start=2, end=5, total_frames=8)]
-        go = lambda rows: vanguard.head_frame_metrics(rows, gts, ev.frame_labels, ev.frame_auc, ev.best_f1)  # noqa
+        go = lambda rows: vanguard.head_frame_metrics(rows, [f"s.jsonl:{i + 2}" for i in range(len(rows))], gts,  # noqa
+                                                     ev.frame_labels, ev.frame_auc, ev.best_f1)
         for rows, msg in (
                 ([dict(source="TOY", frame_scores=[0.1] * 8)],
-                 "frame scores: a row with 'video' must be a non-empty string, got None (python -m extras.vanguard "
+                 "s.jsonl:2: a row with 'video' must be a non-empty string, got None (python -m extras.vanguard "
                  "scores writes {source, video, frame_scores})"),
                 ([dict(source="TOY", video="a")],
-                 "frame scores: a row with no 'frame_scores' (python -m extras.vanguard scores writes {source, "
+                 "s.jsonl:2: a row with no 'frame_scores' (python -m extras.vanguard scores writes {source, "
                  "video, frame_scores})"),
                 ([dict(source="TOY", video="a", frame_scores=[0.1] * 8), dict(source="TOY", video="a",
                                                                              frame_scores=[0.2] * 8)],
-                 "frame scores of TOY/a: two different rows; keep one"),
+                 "s.jsonl:3: frame scores of TOY/a differ from those at s.jsonl:2; keep one"),
                 ([dict(source="TOY", video="a", frame_scores=["x"] * 8)],
-                 "frame scores of TOY/a: expected a list of finite numbers (python -m extras.vanguard scores writes "
-                 "them)"),
+                 "s.jsonl:2: frame scores of TOY/a: expected a list of finite numbers (python -m extras.vanguard "
+                 "scores writes them)"),
                 ([dict(source="TOY", video="a", frame_scores=[float("nan")] * 8)],
-                 "frame scores of TOY/a: expected a list of finite numbers (python -m extras.vanguard scores writes "
-                 "them)")):
+                 "s.jsonl:2: frame scores of TOY/a: expected a list of finite numbers (python -m extras.vanguard "
+                 "scores writes them)"),
+                ([dict(source="TOY", video="a", frame_scores=[0.1] * 8), dict(source="TOY", video="a",
+                                                                             frame_scores=[0.1] * 3)],
+                 "s.jsonl:3: frame scores of TOY/a differ from those at s.jsonl:2; keep one"),
+                ([dict(source="TOY", video="b", frame_scores=[0.1] * 8), dict(source="TOY", video="a",
+                                                                             frame_scores=[0.1] * 3)],
+                 "s.jsonl:3: frame scores of TOY/a: 3 values for 8 frames")):
             with pytest.raises(vadr.InputError) as e:
                 go(rows)
             assert str(e.value) == msg
         assert go([dict(source=" TOY ", video="a", frame_scores=[0.1] * 8)])["n_missing"] == 0  # keys as scoring's
+
+    def test_eval_frame_scores_errors_name_the_file_and_line(self, tiny_world, tmp_path):
+        import eval as ev
+        g = json.loads(open(tiny_world["sft_test"]).readline())
+        fs, preds = tmp_path / "fs.jsonl", tmp_path / "p.jsonl"
+        fs.write_text("\n" + json.dumps(dict(source=g["source"], video=g["video"], frame_scores=[0.5])) + "\n")
+        preds.write_text("")
+        with pytest.raises(vadr.InputError) as e:
+            ev.run_scoring(str(preds), tiny_world["sft_test"], allow_missing=True, frame_scores=str(fs))
+        assert str(e.value) == (f"{fs}:2: frame scores of {g['source']}/{g['video']}: 1 values for "
+                                f"{g['total_frames']} frames")
 
     def test_a_bbox_outside_its_frame_and_a_manifest_without_bbox(self, tiny_world, tmp_path):
         rows = [json.loads(line) for line in open(tiny_world["sft_test"])]
@@ -544,7 +562,7 @@ class TestRewardcheckFiles:
         cfg.mkdir()
         with pytest.raises(vadr.InputError) as e:
             go()
-        assert str(e.value) == f"{cfg}: is a folder; expected {what}"
+        assert str(e.value) == f"{cfg}: is a directory; expected {what}"
 
     def test_run_models_json_and_seed(self, tiny_world, tmp_path):
         f = tmp_path / "file"
@@ -563,7 +581,7 @@ class TestRewardcheckFiles:
         _refused(rewardcheck.main, ["--run", str(run), "--models", str(tmp_path), "--seed", "-1"],
                  "rewardcheck: --seed -1: seeds are in [0, 2**32)")
         _refused(rewardcheck.main, ["--run", str(run), "--models", str(tmp_path), "--json", str(tmp_path)],
-                 f"rewardcheck: --json {tmp_path} is a folder; pass a file name")
+                 f"rewardcheck: --json {tmp_path} is a directory; pass a file name")
         cfg_path = run / "run_config.json"
         _refused(rewardcheck.main, ["--run", str(run), "--models", str(tmp_path), "--json", str(cfg_path)],
                  f"rewardcheck: --json {cfg_path} is also --run's run_config.json {cfg_path}, which it would "
@@ -603,11 +621,21 @@ class TestVideoErrorsNameTheManifestLine:
         assert len(str(e.value).splitlines()) == 1 and not (tmp_path / "b.jsonl").exists()
 
 
-def test_check_output_file_and_read_json_object_are_the_shared_rules(tmp_path):
-    """One copy of each rule (extras/scoring.py), used by toy, rewardcheck and vanguard."""
+def test_check_output_and_read_json_object_are_the_shared_rules(tmp_path):
+    """One copy of each rule (extras/scoring.py), used by eval.py, report, toy, rewardcheck and vanguard."""
     (tmp_path / "ok.json").write_text('\ufeff{"a": 1}')  # a byte-order mark is accepted, as manifests
     assert scoring.read_json_object(str(tmp_path / "ok.json"), "x") == {"a": 1}
     with pytest.raises(vadr.InputError) as e:
         scoring.read_json_object(str(tmp_path / "none.json"), "a config")
     assert str(e.value) == f"{tmp_path / 'none.json'}: does not exist; expected a config"
-    scoring.check_output_file("p", "--json", str(tmp_path / "new" / "x.json"), {"--data": None})  # creatable
+    scoring.check_output("p", "--json", str(tmp_path / "new" / "x.json"), {"--data": None})  # creatable
+    scoring.check_output("p", "--json", None, {"--data": None})                            # not asked for
+    (tmp_path / "deep.json").write_text("[" * 100000)
+    with pytest.raises(vadr.InputError) as e:
+        scoring.read_json_object(str(tmp_path / "deep.json"), "x")
+    assert str(e.value) == f"{tmp_path / 'deep.json'}: JSON nested too deeply; expected x"
+    # the same name is refused even before the input exists (inference writes --out later)
+    with pytest.raises(vadr.InputError) as e:
+        scoring.check_output("p", "--json", str(tmp_path / "p.jsonl"), {"--out": str(tmp_path / "." / "p.jsonl")})
+    assert str(e.value) == (f"p: --json {tmp_path / 'p.jsonl'} is also --out {tmp_path / '.' / 'p.jsonl'}, which it "
+                            "would replace; pass another --json")

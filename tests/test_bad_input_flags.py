@@ -214,7 +214,7 @@ def test_eval_needs_data_and_out_and_a_writable_out(tmp_path):
     gt = tmp_path / "test.jsonl"
     gt.write_text("{}\n")
     assert _refused(_eval(tmp_path, "--json", str(gt)), "eval") == (
-        f"eval.py: --json {gt} is also --data: the metrics would overwrite it; pass another --json")
+        f"eval.py: --json {gt} is also --data {gt}, which it would replace; pass another --json")
     assert gt.read_text() == "{}\n"
     assert _refused(_eval(tmp_path, "--json", str(tmp_path)), "eval") == (
         f"eval.py: --json {tmp_path} is a directory; pass a file name")

@@ -373,23 +373,23 @@ def test_mc_json_onto_its_input_is_refused_and_the_file_kept(tmp_path, capsys):
     _write(pp, [{"id": 1, "category": "c", "question": "q", "answer": "A", "output": "A"}])
     before = pp.read_bytes()
     assert _run_main(["--mc", str(pp), "--json", str(pp)]) == 1
-    assert capsys.readouterr().err == (f"error: --json {pp} is also the input --mc {pp}: it would be "
-                                       f"replaced; pass another --json\n")
+    assert capsys.readouterr().err == (f"error: eval.py: --json {pp} is also --mc {pp}, which it would "
+                                       f"replace; pass another --json\n")
     assert pp.read_bytes() == before
     assert _run_main(["--mc", str(pp), "--json", str(tmp_path)]) == 1
-    assert capsys.readouterr().err == f"error: --json {tmp_path} is a directory; pass a file name\n"
+    assert capsys.readouterr().err == f"error: eval.py: --json {tmp_path} is a directory; pass a file name\n"
     # --score names the same input the same way, and a directory as --json too
     gp = tmp_path / "g.jsonl"
     _write(gp, _gts())
     assert _run_main(["--score", str(pp), "--gt", str(gp), "--json", str(gp)]) == 1
-    assert capsys.readouterr().err == (f"error: --json {gp} is also the input --gt {gp}: it would be "
-                                       f"replaced; pass another --json\n")
+    assert capsys.readouterr().err == (f"error: eval.py: --json {gp} is also --gt {gp}, which it would "
+                                       f"replace; pass another --json\n")
     assert _run_main(["--score", str(pp), "--gt", str(gp), "--json", str(tmp_path)]) == 1
-    assert capsys.readouterr().err == f"error: --json {tmp_path} is a directory; pass a file name\n"
-    # a folder that is a file: the metrics cannot be written, one line (after the printout)
+    assert capsys.readouterr().err == f"error: eval.py: --json {tmp_path} is a directory; pass a file name\n"
+    # a folder that is a file: the metrics cannot be written, one line before any work
     assert _run_main(["--mc", str(pp), "--json", str(gp / "m.json")]) == 1
-    assert re.fullmatch(rf"error: --json {re.escape(str(gp / 'm.json'))}: cannot write it \([^)]+\); pass another "
-                        r"--json\n", capsys.readouterr().err)
+    assert capsys.readouterr() == ("", f"error: eval.py: --json {gp / 'm.json'}: {gp} is a file, not a directory; "
+                                       "pass another --json\n")
 
 
 # ---- the ground truth gets a training manifest's checks ----------------------------------------
@@ -502,11 +502,12 @@ def test_report_inputs_that_are_corrupt_or_directories_are_one_line_errors(tmp_p
     (run / "eval_sft.json").write_text('{"detection": {"accuracy": 0.5}')          # cut short
     assert _run_main(["--report", str(run)]) == 1
     assert capsys.readouterr().err == (
-        f"error: {run / 'eval_sft.json'}: not readable as a metrics JSON (eval.py --json) (JSONDecodeError: "
-        f"Expecting ',' delimiter: line 1 column 32 (char 31)); rewrite it or remove it\n")
+        f"error: {run / 'eval_sft.json'}:1: malformed JSON (Expecting ',' delimiter, column 32); expected a "
+        f"metrics JSON (eval.py --json)\n")
     (run / "eval_sft.json").write_text("[1, 2]")
     assert _run_main(["--report", str(run)]) == 1
-    assert "(a JSON list, not an object)" in capsys.readouterr().err
+    assert capsys.readouterr().err == (f"error: {run / 'eval_sft.json'}: expected a metrics JSON (eval.py --json) "
+                                       f"(a JSON object), got list\n")
     (run / "eval_sft.json").unlink()
     (run / "eval_sft.json").mkdir()
     assert _run_main(["--report", str(run)]) == 1
@@ -539,7 +540,9 @@ def test_report_inputs_that_are_corrupt_or_directories_are_one_line_errors(tmp_p
     assert "| +SFT | - | - | - | - | - | - | - | - | - |" in (run / "table.md").read_text()
     (run / "eval_grpo.json").write_text("{")
     assert _run_main(["--ablation-report", str(run)]) == 1
-    assert capsys.readouterr().err.startswith(f"error: {run / 'eval_grpo.json'}: not readable as a metrics JSON")
+    assert capsys.readouterr().err == (f"error: {run / 'eval_grpo.json'}:1: malformed JSON (Expecting property name "
+                                       "enclosed in double quotes, column 2); expected a metrics JSON "
+                                       "(eval.py --json)\n")
     assert _run_main(["--ablation-report", str(run / "eval_sft.json")]) == 1
     assert capsys.readouterr().err == (f"error: --ablation-report {run / 'eval_sft.json'}: not a directory; "
                                        f"pass the folder holding eval_<stem>.json\n")
