@@ -360,6 +360,35 @@ def read_manifest(path: str, kind: str = "sft", video_root: str | None = None,
     return rows
 
 
+def read_length_manifest(path: str, skip_bad: bool = False) -> list[dict]:
+    """--length-ranges-from: the SFT manifest whose reasoning lengths give the length reward's
+    ranges (App. C.2; rewards.length_ranges_from_manifest), read and checked as read_manifest
+    reads it (its videos need not be there). A file with no think text (the RL manifest) or
+    without rows of both classes is one InputError naming it: its ranges would be (0, 0) or
+    missing, and the length reward would never pay."""
+    what = ("pass the SFT manifest (Vad-Reasoning-SFT-train.jsonl), whose reasoning lengths give "
+            "the ranges")
+    if not os.path.isfile(path):
+        why = "is a directory" if os.path.isdir(path) else (
+            "is not a regular file" if os.path.exists(path) else "does not exist")
+        raise vadr.InputError(f"--length-ranges-from {path} {why}; {what}")
+    rows, problems = check_manifest(path, "sft", check_videos=False)
+    if not rows and problems and all(r == "missing-field" and "'think'" in d
+                                     for _, r, d in problems):
+        raise vadr.InputError(f"--length-ranges-from {path}: its rows have no think text (an RL "
+                              f"manifest?); {what}")
+    if problems and not skip_bad:
+        raise ManifestError(path, problems)
+    if problems:
+        print(f"{path}: skipped {len({p[0] for p in problems})} bad row(s): "
+              + counts_text(skipped_counts(problems)), file=sys.stderr)
+    missing = [c for c in ("Normal", "Abnormal") if not any(r["label"] == c for r in rows)]
+    if missing:
+        raise vadr.InputError(f"--length-ranges-from {path}: no {' and no '.join(missing)} row "
+                              f"(the length reward needs a range for each); {what}")
+    return rows
+
+
 def length_ranges(rows: list[dict]) -> dict:
     """{'Normal': (min, max), 'Abnormal': (min, max)}: words of think + answer without tags
     (vadr.count_words) in any SFT manifest, the statistic the paper's length-reward ranges

@@ -15,6 +15,20 @@ import grpo
 from extras import training
 
 
+# ---- both training scripts ----
+
+_UNSET = object()
+
+
+def flags_given(ap: argparse.ArgumentParser, argv, args) -> list[str]:
+    """The flags (dests) the command line sets, as against those left to their defaults or to a
+    preset: on --resume the others take the run's values (extras/checkpoint.continue_run). A
+    second parse into a namespace of sentinels, which argparse replaces only for flags given."""
+    ns = argparse.Namespace(**dict.fromkeys(vars(args), _UNSET))
+    ap.parse_args(argv, namespace=ns)
+    return sorted(k for k, v in vars(ns).items() if v is not _UNSET)
+
+
 # ---- train_sft.py ----
 
 def add_sft_data_args(ap: argparse.ArgumentParser):
@@ -107,9 +121,11 @@ def add_optim_args(ap: argparse.ArgumentParser, stage: str):
     return g
 
 
-def resolve_rl_args(ap, args, paper: dict, toy_preset: dict, toy_sft_dir: str, toy_data_dir: str):
-    """train_rl.py's flags after parsing: the preset (toy without --data), the toy's model and
+def resolve_rl_args(ap, args, paper: dict, toy_preset: dict, toy_sft_dir: str, toy_data_dir: str,
+                    argv=None):
+    """train_rl.py's flags after parsing (argv: what was parsed): which were given, the preset (toy without --data), the toy's model and
     length ranges, --no-verification-reward as both halves, and --dynamic-sampling's limits."""
+    args.flags_given = flags_given(ap, argv, args)
     toy = args.data is None
     preset = args.preset or ("toy" if toy else "paper")
     if args.model is None and not toy:
