@@ -4,7 +4,9 @@ value and what to pass, before anything is loaded (extras/flagcheck.py); a train
 holds a run needs --resume or --overwrite; an eval --out that is not a predictions file is left
 byte-identical. Most cases call the validator on the scripts' own parsed arguments (presets and
 eval.resolve_inference_args applied); a few subprocesses prove the wiring: exit code 1, one line
-on stderr, no traceback, nothing heavy loaded. Run: pytest tests/test_bad_input_flags.py"""
+on stderr, no traceback, nothing heavy loaded. Issue 36: --device (cpu, cuda, cuda:N, one rule for
+every script) and --length-ranges-from (read through the manifest checker; the RL manifest, a
+missing file or a directory is one line). Run: pytest tests/test_bad_input_flags.py"""
 import hashlib
 import json
 import os
@@ -476,3 +478,58 @@ def test_cuda_on_a_cpu_only_build_is_one_line_from_the_scripts(tmp_path):
               "--out", str(tmp_path / "r"), "--device", "gpu"])
     _one_line_error(p, f"train_rl.py: --device gpu: {NOT_A_DEVICE}")
     assert os.listdir(tmp_path) == []
+
+
+# ================================================================ --length-ranges-from (issue 36)
+
+LENGTH_WHAT = ("pass the SFT manifest (Vad-Reasoning-SFT-train.jsonl), whose reasoning lengths "
+               "give the ranges")
+
+
+def test_length_ranges_from_a_file_that_is_not_an_sft_manifest_is_one_line(tiny_world, tmp_path):
+    import data
+    for path, why in ((tmp_path / "none.jsonl", "does not exist"), (tmp_path, "is a directory")):
+        with pytest.raises(vadr.InputError) as e:
+            data.read_length_manifest(str(path))
+        assert str(e.value) == f"--length-ranges-from {path} {why}; {LENGTH_WHAT}"
+    with pytest.raises(vadr.InputError) as e:  # its ranges would be (0, 0): never paid
+        data.read_length_manifest(tiny_world["rl"])
+    assert str(e.value) == (f"--length-ranges-from {tiny_world['rl']}: its rows have no think "
+                            f"text (an RL manifest?); {LENGTH_WHAT}")
+    lines = open(tiny_world["sft_train"], encoding="utf-8").read().splitlines(keepends=True)
+    normal = tmp_path / "normal.jsonl"
+    normal.write_text("".join(x for x in lines if '"anomaly_type": "Normal"' in x))
+    with pytest.raises(vadr.InputError) as e:
+        data.read_length_manifest(str(normal))
+    assert str(e.value) == (f"--length-ranges-from {normal}: no Abnormal row (the length reward "
+                            f"needs a range for each); {LENGTH_WHAT}")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("".join(lines) + "{not json\n")
+    with pytest.raises(data.ManifestError) as e:
+        data.read_length_manifest(str(bad))
+    assert str(e.value).splitlines() == [
+        f"{bad}: 1 problem(s) in 1 row(s):",
+        f"{bad}:{len(lines) + 1}: bad-json: not valid JSON (Expecting property name enclosed in "
+        "double quotes, column 2)"]
+    assert len(data.read_length_manifest(str(bad), skip_bad=True)) == len(lines)
+
+
+def test_length_ranges_from_a_manifest_with_a_bom_are_its_ranges(tiny_world, tmp_path):
+    import data
+    import rewards
+    raw = [json.loads(x) for x in open(tiny_world["sft_train"], encoding="utf-8") if x.strip()]
+    want = rewards.length_ranges_from_manifest(raw)
+    assert min(lo for lo, _ in want.values()) > 0
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes(b"\xef\xbb\xbf" + open(tiny_world["sft_train"], "rb").read())
+    assert rewards.length_ranges_from_manifest(data.read_length_manifest(str(bom))) == want
+
+
+def test_train_rl_refuses_the_rl_manifest_as_length_ranges_before_loading(tiny_world, tmp_path):
+    (tmp_path / "m").mkdir()  # a --model directory that is never read
+    p = _run(["train_rl.py", "--model", str(tmp_path / "m"), "--data", tiny_world["rl"],
+              "--video-root", tiny_world["videos"], "--length-ranges-from", tiny_world["rl"],
+              "--out", str(tmp_path / "r"), "--device", "cpu"])
+    _one_line_error(p, f"--length-ranges-from {tiny_world['rl']}: its rows have no think text "
+                       f"(an RL manifest?); {LENGTH_WHAT}")
+    assert not (tmp_path / "r").exists()
