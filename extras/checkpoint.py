@@ -276,11 +276,14 @@ def resolve_checkpoint(path: str, flag: str = "--model") -> str:
     if is_checkpoint_dir(path):
         ours = any(os.path.lexists(os.path.join(path, f)) for f in (TRAINING_STATE, MANIFEST))
         bad = checkpoint_problem(path) if ours or flag == "--resume" else None
+        run_dir = os.path.dirname(os.path.abspath(path))
+        if bad and flag == "--resume":
+            raise InputError(f"{flag} {path}: {bad}; resume from another checkpoint (its run "
+                             f"directory {run_dir} falls back to the newest intact one), or "
+                             f"{again}")
         if bad:
-            other = "resume from" if flag == "--resume" else "pass"
-            raise InputError(f"{flag} {path}: {bad}; {other} another checkpoint (its run directory "
-                             f"{os.path.dirname(os.path.abspath(path))} falls back to the newest "
-                             f"intact one), or {again}")
+            raise InputError(f"{flag} {path}: {bad}; pass its run directory {run_dir} (which "
+                             "falls back to the newest intact checkpoint) or another checkpoint")
         return path
     latest = latest_checkpoint(path)
     if latest is None and os.path.lexists(os.path.join(path, "latest")):

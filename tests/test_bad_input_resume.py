@@ -431,9 +431,36 @@ def test_truncate_log_drops_a_cut_last_record_and_names_a_bad_line(tmp_path):
 
 
 def test_load_model_on_a_run_dir_without_a_checkpoint_is_one_error(tmp_path):
+    from extras import toymodel
     (tmp_path / "latest").write_text("step-9")  # names a checkpoint that is not there
+    with pytest.raises(vadr.InputError) as e:
+        toymodel.load_model(str(tmp_path))
+    assert str(e.value) == (f"--model {tmp_path}: no intact checkpoint there: {tmp_path}/latest "
+                            f"names {tmp_path}/step-9, but {tmp_path}/step-9 does not exist; pass "
+                            "another checkpoint or run directory (nothing is downloaded)")
     with pytest.raises(vadr.InputError, match="neither 'toy' nor a local checkpoint directory"):
-        vadr.load_model(str(tmp_path))
+        vadr.load_model(str(tmp_path))  # one Hugging Face directory: run directories are extras'
+
+
+def test_model_takes_a_run_directory_by_the_rule_resume_uses(pristine, run, capsys):
+    """--model RUN_DIR (every script, through toymodel.load_model) follows `latest` only to an
+    intact checkpoint, as --resume does: a damaged one is skipped with one warning."""
+    from extras import lora, toymodel
+    _truncate(os.path.join(run, "step-3", "model.safetensors"), 100)
+    model, _ = toymodel.load_model(run)
+    w, saved = model.state_dict(), pristine[1]["step-2"]["weights"]
+    assert all(torch.equal(w[k], saved[k]) for k in saved)
+    assert capsys.readouterr().err == (
+        f"warning: --model {run}: skipping a damaged checkpoint: {run}/latest names {run}/step-3, "
+        f"but {run}/step-3/model.safetensors has 100 bytes where "
+        f"{os.path.getsize(os.path.join(pristine[0], 'step-3', 'model.safetensors'))} were "
+        f"written (truncated?); taking {run}/step-2\n")
+    with pytest.raises(vadr.InputError) as e:  # a checkpoint named on purpose: no fallback
+        lora.load_merged(os.path.join(run, "step-3"))
+    assert str(e.value).startswith(f"--model {run}/step-3: {run}/step-3/model.safetensors has 100 "
+                                   "bytes where ")
+    assert str(e.value).endswith(f" (truncated?); pass its run directory {run} (which falls back "
+                                 "to the newest intact checkpoint) or another checkpoint")
 
 
 def test_resume_with_another_trainable_set_is_one_error(tiny_world, tmp_path):
