@@ -5,6 +5,7 @@ checks a whole file in one pass and raises ONE ManifestError listing every probl
 `file:line: reason: detail` (or, with skip_bad, drops and counts the bad rows). The Datasets
 decode videos in __getitem__ (so in DataLoader workers); make_collate builds the Qwen2.5-VL chat
 batch (vadr.build_chat_inputs, s.4). The toy world's manifests: extras/toy.py (docs/toy-world.md).
+read_length_manifest reads --length-ranges-from's SFT manifest through the same checks.
     python -m extras.validate --manifest Vad-Reasoning-SFT-train.jsonl --kind sft --video-root R
 
 Departures from the released data and the authors' scripts:

@@ -13,9 +13,12 @@ and AutoTokenizer load as they are, plus
 
 It is written into a temporary directory (.tmp-<name>-<pid>) and renamed into place, so a crash
 mid-save never leaves half a checkpoint; the run directory's `latest` file names the newest
-complete one. What a crash leaves instead (.tmp-* directories) goes at the next save. --resume
-skips a checkpoint damaged later (truncated, deleted files), with a warning, for the newest
-intact one (resolve_resume).
+complete one. What a crash leaves instead (.tmp-* directories) goes at the next save; a save
+that fails (a full disk) is one line, the previous checkpoint intact. --resume and --model skip a
+checkpoint damaged later (truncated, deleted files), with a warning, for the newest intact one
+(resolve_checkpoint: the one rule from a run directory to its checkpoint). A resumed run is the
+same run or a one-line refusal (continue_run, check_same_data): its stage, its flags (left out:
+the run's; RESUME_MAY_CHANGE lists those that may change), its rows and videos by content.
 A LoRA run writes its adapters instead of the full weights (extras/lora.py save_lora_checkpoint,
 through write_checkpoint below); the training scripts choose which writer they use.
 

@@ -11,6 +11,7 @@ A bad value is a vadr.InputError, printed by vadr.run_main as one line and exit 
 
     error: train_rl.py: --num-generations 1: GRPO needs at least 2 completions per video ...
 
+--device follows vadr.resolve_device (cpu, cuda, cuda:N; CUDA only where there is one).
 Existing data is never lost without being asked: a training --out that already holds a run
 (log.jsonl, run_config.json, latest, step-N, init, ...) needs --resume to continue it or
 --overwrite to delete it first (so two runs' checkpoints and logs never mix); an eval --out that

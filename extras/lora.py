@@ -6,7 +6,9 @@ language model's projections train, so the same two scripts fit one GPU. This fi
 
   * LoRALinear, apply_lora / lora_disabled / merge_lora: the adapters themselves;
   * adapter-only checkpoints (save_lora_checkpoint, through extras/checkpoint.py's writer) and
-    load_merged, which folds a chain of them (RL LoRA on SFT LoRA on a base) into plain weights;
+    load_merged, which loads any checkpoint as plain weights, folding a chain of adapters (RL
+    LoRA on SFT LoRA on a base) in: what every script's --model goes through
+    (toymodel.load_model), so a LoRA run is a --model like any checkpoint;
   * load_for_training: the training scripts' model loading, with or without adapters;
   * RL's reference model pi_ref (Alg. 2 lines 1-2): with LoRA it is the policy with its adapters
     switched off, so no second copy of the weights exists (make_reference_model,
@@ -253,8 +255,9 @@ def read_adapter_config(path: str) -> dict:
 
 def load_merged(path: str, dtype=None, device=None, corpus=None, seed: int = 0):
     """-> (plain Qwen2_5_VLForConditionalGeneration, tokenizer) from any checkpoint: 'toy', a
-    Hugging Face directory, or an adapter checkpoint, whose base (itself possibly an adapter
-    checkpoint) is loaded recursively and gets the adapters folded in."""
+    Hugging Face directory, a run directory (checkpoint.resolve_checkpoint), or an adapter
+    checkpoint, whose base (itself possibly an adapter checkpoint) is loaded recursively and gets
+    the adapters folded in (trainable in full, as any loaded model)."""
     from safetensors.torch import load_file
     from transformers import AutoTokenizer
 
