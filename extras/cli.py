@@ -167,7 +167,7 @@ def add_inference_args(ap: argparse.ArgumentParser):
     g.add_argument("--skip-bad", action="store_true",
                    help="skip (and count) bad manifest rows instead of failing")
     g.add_argument("--num-workers", type=int, default=1, help="DataLoader workers decoding videos")
-    g.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    g.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     g.add_argument("--seed", type=int, default=0, help="sampling seed (with --sample)")
     training.add_video_args(ap)  # unset flags take eval.AUTHORS_INFERENCE (resolve_inference_args)
 
