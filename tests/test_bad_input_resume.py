@@ -704,3 +704,30 @@ def test_an_sft_run_resumed_by_train_rl_and_back_is_one_line_and_untouched(sft_r
     assert [checkpoint.run_stage(c) for c in (dict(num_generations=4, task="p2c"),
                                               dict(task="caption"), dict(lr=1.0))] == \
         ["rl", "sft", None]
+
+
+def test_a_run_stopped_by_a_full_disk_resumes_to_the_uninterrupted_run(tiny_world, sft_run,
+                                                                        tmp_path, monkeypatch):
+    """train_sft.py whose step-2 save finds the disk full: one line, step-1 intact; freed and
+    resumed, step 2 is the uninterrupted run's."""
+    import train_sft
+    from conftest import saved_weights
+    real = checkpoint.write_manifest
+
+    def full_at_step_2(d):
+        if os.path.basename(d).startswith(".tmp-step-2-"):
+            _disk_full()
+        real(d)
+
+    monkeypatch.setattr(checkpoint, "write_manifest", full_at_step_2)
+    out = tmp_path / "run"
+    with pytest.raises(vadr.InputError) as e:
+        train_sft.main(_sft_argv(tiny_world, out))
+    assert str(e.value) == (f"{out}/step-2: could not be written (No space left on device); the "
+                            f"previous checkpoint {out}/step-1 is intact: free space in {out} "
+                            f"(--keep-last 1 keeps fewer) and --resume {out}")
+    monkeypatch.undo()
+    assert sorted(n for n in os.listdir(out) if n.startswith((".tmp", "step"))) == ["step-1"]
+    train_sft.main(_sft_argv(tiny_world, out, "--resume", str(out)))
+    a, b = saved_weights(sft_run / "step-2"), saved_weights(out / "step-2")
+    assert all(torch.equal(a[k], b[k]) for k in a)
