@@ -467,7 +467,8 @@ def _check_same_trainable(where: str, model, optimizer, saved: dict | None):
 RESUME_MAY_CHANGE = ("max_steps", "save_every", "keep_last", "num_workers", "cache_videos",
                      "grad_ckpt", "no_grad_ckpt", "no_rollout_gather", "device", "out")
 # The invocation itself and this machine's: never taken from the run.
-_THIS_COMMAND = ("resume", "overwrite", "out", "device", "merge", "dry_run", "dry_run_gpus")
+_THIS_COMMAND = ("resume", "overwrite", "out", "device", "merge", "dry_run", "dry_run_gpus",
+                 "dry_run_video_hw")
 # Compared by what they hold, not by their text (check_same_data): the rows, the videos, the
 # length ranges. A path to the same content elsewhere is the same run.
 _BY_CONTENT = ("data", "video_root", "length_ranges_from")

@@ -127,7 +127,7 @@ def resolve_rl_args(ap, args, paper: dict, toy_preset: dict, toy_sft_dir: str, t
     length ranges, --no-verification-reward as both halves, and --dynamic-sampling's limits."""
     args.flags_given = flags_given(ap, argv, args)
     toy = args.data is None
-    preset = args.preset or ("toy" if toy else "paper")
+    preset = args.preset = args.preset or ("toy" if toy else "paper")  # recorded in run_config
     if args.model is None and not toy:
         ap.error("--model is required with --data (an SFT checkpoint directory)")
     args.model = args.model or toy_sft_dir

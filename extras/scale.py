@@ -469,7 +469,7 @@ def dry_run_settings(args, config, paper_preset: dict | None = None) -> dict:
     --data, which a dry run lacks, so a real model gets the paper preset's values for the flags
     the toy preset filled; and gradient checkpointing as a training run would decide it."""
     settings = {}
-    if paper_preset and not is_toy_config(config) and getattr(args, "preset", None) is None:
+    if paper_preset and not is_toy_config(config) and "preset" not in args.flags_given:
         for item in getattr(args, "preset_filled", []):
             k = item.split("=", 1)[0]
             if k in paper_preset:

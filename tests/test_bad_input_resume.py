@@ -11,6 +11,7 @@ import errno
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -614,9 +615,12 @@ def test_flags_left_out_are_the_runs_and_those_that_may_change_do(killed, sft_ru
     cfg = checkpoint.saved_config(str(killed / "step-2"))
     assert (cfg["lr"], cfg["seed"], cfg["save_every"], cfg["keep_last"]) == (1e-3, 3, 7, 1)
     assert not (killed / "step-1").exists()  # --keep-last 1 took effect
-    assert set(checkpoint.RESUME_MAY_CHANGE) == {
-        "max_steps", "save_every", "keep_last", "num_workers", "cache_videos", "grad_ckpt",
-        "no_grad_ckpt", "no_rollout_gather", "device", "out"}  # as docs/engineering-notes.md lists
+    # the docs' table of flags that may change is the code's one list
+    notes = open(os.path.join(ROOT, "docs", "engineering-notes.md"), encoding="utf-8").read()
+    section = notes.split("## What `--resume` keeps and what it may change")[1].split("\n## ")[0]
+    table = [ln.split("|")[1] for ln in section.splitlines() if ln.strip().startswith("| `--")]
+    flags = {f.replace("-", "_") for row in table for f in re.findall(r"`--([a-z-]+)`", row)}
+    assert flags == set(checkpoint.RESUME_MAY_CHANGE)
 
 
 def test_the_same_rows_and_videos_elsewhere_resume_other_ones_do_not(tiny_world, killed,
@@ -731,3 +735,39 @@ def test_a_run_stopped_by_a_full_disk_resumes_to_the_uninterrupted_run(tiny_worl
     train_sft.main(_sft_argv(tiny_world, out, "--resume", str(out)))
     a, b = saved_weights(sft_run / "step-2"), saved_weights(out / "step-2")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+RL_CHANGED = [
+    (["--num-generations", "4"], "--num-generations 4 is not the run's --num-generations 3"),
+    (["--no-format-reward"], "--no-format-reward on is not the run's --no-format-reward off"),
+    (["--no-verification-reward"], "--no-verification-reward on is not the run's "
+                                   "--no-verification-reward off"),
+    (["--length-mode", "authors"], "--length-mode authors is not the run's --length-mode words"),
+    (["--beta", "0"], "--beta 0.0 is not the run's --beta 0.02"),
+    (["--loss-type", "token"], "--loss-type token is not the run's --loss-type sequence"),
+    (["--adv-std", "none"], "--adv-std none is not the run's --adv-std unbiased"),
+    (["--mu", "2"], "--mu 2 is not the run's --mu 1"),
+    (["--dynamic-sampling"], "--dynamic-sampling on is not the run's --dynamic-sampling off"),
+    (["--preset", "paper"], "--preset paper is not the run's --preset toy"),
+]
+
+
+@pytest.mark.parametrize("extra, msg", RL_CHANGED)
+def test_rl_reward_and_grpo_flags_define_the_run(tmp_path, extra, msg):
+    """train_rl.py's flags against an RL run's record: each changed one refused naming both
+    values; left out, the run's (here G = 3 and beta 0.02, not the preset's 4 and 0.04)."""
+    import train_rl
+    ckpt = tmp_path / "rl" / "step-1"
+    ckpt.mkdir(parents=True)
+    first = train_rl.parse_args(["--num-generations", "3", "--beta", "0.02", "--seed", "7"])
+    (ckpt / "run_config.json").write_text(json.dumps(dict(vars(first), stage="rl")))
+    resume = ["--resume", str(tmp_path / "rl")]
+    args = train_rl.parse_args(resume + ["--max-steps", "9"])
+    checkpoint.continue_run(args, str(ckpt), "rl")
+    assert (args.num_generations, args.beta, args.seed, args.max_steps) == (3, 0.02, 7, 9)
+    with pytest.raises(vadr.InputError) as e:
+        checkpoint.continue_run(train_rl.parse_args(resume + extra), str(ckpt), "rl")
+    flag = msg.split()[0]
+    assert str(e.value) == (f"train_rl.py: --resume {tmp_path / 'rl'}: {msg}: a resumed run keeps "
+                            f"the flags that define it; leave {flag} out, or start a new run "
+                            "(another --out)")
