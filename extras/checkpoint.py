@@ -30,6 +30,7 @@ Exercised by:
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -41,6 +42,7 @@ import zipfile
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 
 from vadr import (InputError, barrier, gather_objects, is_main, latest_checkpoint, unwrap,
                   world_size)
@@ -113,6 +115,9 @@ def write_checkpoint(out_dir: str, name: str, write_weights, model, tokenizer, o
             with open(os.path.join(tmp, "run_config.json"), "w") as f:
                 json.dump(config or {}, f, indent=1, default=str)
             write_manifest(tmp)
+            bad = checkpoint_problem(tmp)  # a writer that lost bytes without raising
+            if bad:
+                raise OSError(errno.EIO, f"read back: {bad}")
         except _WRITE_ERRORS as e:  # a full disk, a quota: nothing under the final name changes
             shutil.rmtree(tmp, ignore_errors=True)
             raise InputError(_unwritten(final, out_dir, e)) from None
@@ -131,13 +136,9 @@ def write_checkpoint(out_dir: str, name: str, write_weights, model, tokenizer, o
     return final if is_main() else None
 
 
-def _write_errors():
-    from safetensors import SafetensorError
-    # torch.save reports a failed write as a RuntimeError, safetensors as its own error
-    return (OSError, RuntimeError, SafetensorError)
-
-
-_WRITE_ERRORS = _write_errors()
+# what a failed write raises: OSError (ENOSPC, EDQUOT, ...); torch.save's zip writer reports one as
+# a RuntimeError, safetensors as its own error
+_WRITE_ERRORS = (OSError, RuntimeError, SafetensorError)
 
 
 def _unwritten(path: str, out_dir: str, e: Exception) -> str:

@@ -524,6 +524,30 @@ def test_a_save_on_a_full_disk_is_one_error_and_the_previous_checkpoint_stays(
     assert checkpoint.resolve_resume(run) == os.path.join(run, "step-3")
 
 
+def test_a_save_that_loses_bytes_without_an_error_is_caught_reading_it_back(tiny_model, run,
+                                                                            monkeypatch):
+    model, tok = tiny_model
+    real = checkpoint.write_manifest
+    cut = {}
+
+    def lose_bytes(d):  # a file system that dropped the end of a file and said nothing
+        w = os.path.join(d, "model.safetensors")
+        cut["n"] = os.path.getsize(w)
+        _truncate(w, cut["n"] - 10)
+        real(d)
+
+    monkeypatch.setattr(checkpoint, "write_manifest", lose_bytes)
+    with pytest.raises(vadr.InputError) as e:
+        checkpoint.save_checkpoint(run, "step-4", model, tok, config={})
+    assert str(e.value) == (
+        f"{run}/step-4: could not be written (read back: {run}/.tmp-step-4-{os.getpid()}/"
+        f"model.safetensors has {cut['n'] - 10} bytes where its header needs {cut['n']} "
+        f"(truncated?)); the previous checkpoint {run}/step-3 is intact: free space in {run} "
+        f"(--keep-last 1 keeps fewer) and --resume {run}")
+    assert sorted(n for n in os.listdir(run) if n.startswith((".tmp", "step"))) == [
+        "step-1", "step-2", "step-3"]
+
+
 def test_a_first_save_on_a_full_disk_and_a_log_that_cannot_be_written(tiny_model, tmp_path,
                                                                        monkeypatch):
     model, tok = tiny_model
