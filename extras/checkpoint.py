@@ -593,11 +593,17 @@ def start_log(out_dir: str, config: dict, resume_step: int | None) -> str:
     steps after the checkpoint; a fresh run starts a new log). Returns the log's path."""
     log_path = os.path.join(out_dir, "log.jsonl")
     if is_main():
-        save_run_config(out_dir, config)
-        if resume_step is not None:
-            truncate_jsonl(log_path, resume_step)
-        elif os.path.exists(log_path):
-            os.remove(log_path)
+        writing = os.path.join(out_dir, "run_config.json")
+        try:
+            save_run_config(out_dir, config)
+            writing = log_path
+            if resume_step is not None:
+                truncate_jsonl(log_path, resume_step)
+            elif os.path.exists(log_path):
+                os.remove(log_path)
+        except OSError as e:  # a full disk before the first step
+            raise InputError(f"{writing}: could not be written ({e.strerror}); free space in "
+                             f"{os.path.abspath(out_dir)} and run again") from None
     return log_path
 
 

@@ -563,6 +563,11 @@ def test_a_first_save_on_a_full_disk_and_a_log_that_cannot_be_written(tiny_model
         checkpoint.log_jsonl(str(tmp_path / "log.jsonl"), dict(step=1))
     assert str(e.value) == (f"{tmp_path}/log.jsonl: the log could not be written (Is a "
                             f"directory); free space there and --resume {tmp_path}")
+    monkeypatch.setattr(checkpoint.json, "dump", _disk_full)  # run_config.json, at the start
+    with pytest.raises(vadr.InputError) as e:
+        checkpoint.start_log(str(out), {}, None)
+    assert str(e.value) == (f"{out}/run_config.json: could not be written (No space left on "
+                            f"device); free space in {out} and run again")
 
 
 # ================================================================ class: a resume that is not the same run
