@@ -718,8 +718,8 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(prog="python -m extras.bench", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default=None,
-                    help="cpu, cuda or cuda:N (default: cuda if available). cpu runs the toy preset, cuda the "
-                         "random 7B-shaped model")
+                    help="cpu, cuda or cuda:N (default: cuda if available). cpu runs the toy "
+                         "preset, cuda the random 7B-shaped model")
     ap.add_argument("--model", default=None, choices=["toy", "qwen7b"],
                     help="toy preset (CPU default) or random Qwen2.5-VL-7B shape (CUDA default)")
     ap.add_argument("--sections", default=",".join(SECTIONS),

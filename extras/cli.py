@@ -123,8 +123,9 @@ def add_optim_args(ap: argparse.ArgumentParser, stage: str):
 
 def resolve_rl_args(ap, args, paper: dict, toy_preset: dict, toy_sft_dir: str, toy_data_dir: str,
                     argv=None):
-    """train_rl.py's flags after parsing (argv: what was parsed): which were given, the preset (toy without --data), the toy's model and
-    length ranges, --no-verification-reward as both halves, and --dynamic-sampling's limits."""
+    """train_rl.py's flags after parsing (argv: what was parsed): which were given, the preset
+    (toy without --data), the toy's model and length ranges, --no-verification-reward as both
+    halves, and --dynamic-sampling's limits."""
     args.flags_given = flags_given(ap, argv, args)
     toy = args.data is None
     preset = args.preset = args.preset or ("toy" if toy else "paper")  # recorded in run_config
@@ -167,7 +168,8 @@ def add_inference_args(ap: argparse.ArgumentParser):
     g.add_argument("--skip-bad", action="store_true",
                    help="skip (and count) bad manifest rows instead of failing")
     g.add_argument("--num-workers", type=int, default=1, help="DataLoader workers decoding videos")
-    g.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    g.add_argument("--device", default=None,
+                   help="cpu, cuda or cuda:N (default: cuda if available)")
     g.add_argument("--seed", type=int, default=0, help="sampling seed (with --sample)")
     training.add_video_args(ap)  # unset flags take eval.AUTHORS_INFERENCE (resolve_inference_args)
 

@@ -570,7 +570,7 @@ def test_a_first_save_on_a_full_disk_and_a_log_that_cannot_be_written(tiny_model
                             f"device); free space in {out} and run again")
 
 
-# ================================================================ class: a resume that is not the same run
+# ================================================================ class: not the same run
 
 def _sft_argv(w, out, *extra):
     return ["--data", w["sft_train"], "--video-root", w["videos"], "--frames", "4", "--batch-size",
@@ -664,7 +664,8 @@ def test_the_same_rows_and_videos_elsewhere_resume_other_ones_do_not(tiny_world,
     lines = open(tiny_world["sft_train"], encoding="utf-8").read().splitlines(keepends=True)
     manifest.write_text("\n" + "".join(lines))  # another path and layout, the same rows
     rows = data.read_manifest(str(manifest), "sft", video_root=str(videos))
-    checkpoint.check_same_data(argparse.Namespace(resume=str(killed)), saved, "sft", checkpoint.data_content(rows))
+    checkpoint.check_same_data(argparse.Namespace(resume=str(killed)), saved, "sft",
+                               checkpoint.data_content(rows))
     before = _tree(killed)
     manifest.write_text("".join(lines[:-1]))  # one row fewer
     with pytest.raises(vadr.InputError) as e:
