@@ -521,6 +521,8 @@ def continue_run(args, ckpt_dir: str, stage: str):
         if dest in _NOT_FLAGS or not hasattr(args, dest):
             continue
         new, old = getattr(args, dest), saved[dest]
+        if dest == "preset" and old is None:  # an RL record without it: it says nothing
+            continue
         if dest not in given:
             if dest not in _THIS_COMMAND:
                 setattr(args, dest, old)

@@ -797,6 +797,9 @@ def test_rl_reward_and_grpo_flags_define_the_run(tmp_path, extra, msg):
     assert (args.num_generations, args.beta, args.seed, args.max_steps) == (3, 0.02, 7, 9)
     with pytest.raises(vadr.InputError) as e:
         checkpoint.continue_run(train_rl.parse_args(resume + extra), str(ckpt), "rl")
+    # a record that does not say which preset the run had (older RL runs) refuses no --preset
+    (ckpt / "run_config.json").write_text(json.dumps(dict(vars(first), preset=None)))
+    checkpoint.continue_run(train_rl.parse_args(resume + ["--preset", "toy"]), str(ckpt), "rl")
     flag = msg.split()[0]
     assert str(e.value) == (f"train_rl.py: --resume {tmp_path / 'rl'}: {msg}: a resumed run keeps "
                             f"the flags that define it; leave {flag} out, or start a new run "
