@@ -31,6 +31,7 @@ Exercised by:
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import random
@@ -540,8 +541,6 @@ def data_content(rows: list[dict]) -> dict:
     """What a run reads, whatever the paths: the rows as validated (sha256; physical line numbers
     and resolved video paths left out) and their videos (each file's size, first and last 4 KiB,
     in row order). Kept in the run's config; check_same_data compares it on resume."""
-    import hashlib
-
     skip = ("line", "video_path")
     text = json.dumps([{k: v for k, v in r.items() if k not in skip} for r in rows],
                       sort_keys=True, default=str)
@@ -563,6 +562,7 @@ def check_same_data(args, saved: dict, stage: str, content: dict, length_ranges=
     difference is a one-line InputError naming the flag and both values. A checkpoint written
     before this record was kept is not checked."""
     script, was = SCRIPTS[stage], saved.get("data_content")
+    was = was if isinstance(was, dict) else None
     again = "pass the run's, or start a new run (another --out)"
     if was and was["rows"] != content["rows"]:
         raise InputError(f"{script}: --resume {args.resume}: --data {args.data} does not hold the "
@@ -572,7 +572,7 @@ def check_same_data(args, saved: dict, stage: str, content: dict, length_ranges=
                          f"{args.video_root} are not the run's (--video-root "
                          f"{saved.get('video_root')}: same rows, other files); {again}")
     old = saved.get("length_ranges")
-    if length_ranges is not None and old is not None:
+    if length_ranges is not None and isinstance(old, dict):
         as_lists = lambda r: {k: list(v) for k, v in r.items()}
         if as_lists(length_ranges) != as_lists(old):
             raise InputError(f"{script}: --resume {args.resume}: --length-ranges-from "
