@@ -34,7 +34,6 @@ Decisions and departures (paper vs the authors' scripts, docs/paper-vs-authors.m
 """
 from __future__ import annotations
 
-import json
 from typing import Iterable, Sequence
 
 import vadr
@@ -117,13 +116,11 @@ def length_rewards_group(completions: Sequence[str], solution: str,
             for c, a, n in zip(completions, acc, n_tokens)]
 
 
-def length_ranges_from_manifest(rows: Iterable[dict] | str) -> dict:
+def length_ranges_from_manifest(rows: Iterable[dict]) -> dict:
     """[min, max] words per class over SFT rows (App. C.2: the ranges come from the SFT data's
-    reasoning lengths). rows: dicts with think and answer, or a JSONL path. Text = think + "\n" +
-    answer, counted as a completion is; class = label of its <which> (else its anomaly_type)."""
-    if isinstance(rows, str):
-        with open(rows, encoding="utf-8") as f:
-            rows = [json.loads(line) for line in f if line.strip()]
+    reasoning lengths). rows: dicts with think and answer (a file: data.read_length_manifest).
+    Text = think + "\n" + answer, counted as a completion is; class = label of its <which> (else
+    its anomaly_type)."""
     lengths = {"Normal": [], "Abnormal": []}
     for row in rows:
         text = f"{row.get('think') or ''}\n{row.get('answer') or ''}"

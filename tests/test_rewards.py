@@ -159,7 +159,7 @@ def test_length_rewards_group_authors_needs_tokens():
         R.length_rewards_group([NOR, NOR], "Normal", mode="characters")
 
 
-def test_length_ranges_from_manifest(tmp_path):
+def test_length_ranges_from_manifest():
     def row(text, anomaly_type):
         i = text.index("<answer>")
         return dict(think=text[:i].strip(), answer=text[i:], anomaly_type=anomaly_type)
@@ -167,9 +167,6 @@ def test_length_ranges_from_manifest(tmp_path):
             row(abnormal_text(252), "Fighting"), row(abnormal_text(441), "Fire"),
             row(abnormal_text(300).replace("</step1>", "<step1>"), "Wrong-Way Driving")]  # bad format counts too
     assert R.length_ranges_from_manifest(rows) == {"Normal": (151, 252), "Abnormal": (252, 441)}
-    p = tmp_path / "sft.jsonl"
-    p.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    assert R.length_ranges_from_manifest(str(p)) == {"Normal": (151, 252), "Abnormal": (252, 441)}
     # a row without <which> falls back to its anomaly_type
     assert R.length_ranges_from_manifest(rows[:3] + [dict(think="a b c", answer="", anomaly_type="Fire")]) \
         == {"Normal": (151, 252), "Abnormal": (3, 3)}
