@@ -1,20 +1,21 @@
-# The main job on the embedded default (README "Quick start"): toy world -> stage 0 (captioning, the
-# toy stand-in for the VLM pretraining Qwen2.5-VL already has) -> SFT -> AVA-GRPO -> eval.
+# The main job on the embedded default (README "The main job"): the shipped toy base (toy-base/, the
+# stand-in for the pretrained Qwen2.5-VL) -> SFT -> AVA-GRPO -> eval, on the toy world.
 #   make toy            run every stage into runs/toy/ (a stage whose output exists is skipped)
 #   make toy REDO=1     redo every stage
-#   make toy-rl-only    also the "+AVA-GRPO alone" row (RL from the untrained model)
+#   make toy-rl-only    also the "+AVA-GRPO alone" row (RL from the base)
 #   make toy-smoke      a few steps per stage into runs/toy-smoke/ (what CI's pipeline test runs)
+#   make toy-base       rebuild toy-base/ from scratch: the toy pretraining (docs/toy-base.md)
+#   make toy-base-smoke the same for a few steps into runs/toy-smoke/ (CI)
 #   make toy-ablation   the reward ablation of the paper's Table 10 -> runs/toy/ablation/table10.md
 #   make toy-vanguard   VANGUARD's curriculum and its baselines -> runs/toy-vanguard/table.md
 #   make toy-vanguard-spatial  + AVA-GRPO from it without / with the spatial verification reward
 PY ?= python
 DATA ?= data/toy
 RUN ?= runs/toy
-BASE_ARGS ?=
+BASE ?= toy-base
 SFT_ARGS ?=
 RL_ARGS ?=
 EVAL_ARGS ?= --max-new-tokens 320
-CHECK_ARGS ?=
 WORLD_ARGS ?=
 test_set = --data $(1)/Vad-Reasoning-SFT-test.jsonl --video-root $(1)/videos  # a world's test split
 # make splits a path with a space into two words, so --overwrite could clear another run: refuse one
@@ -27,7 +28,7 @@ ifdef REDO
 FORCE := force
 endif
 
-.PHONY: toy toy-rl-only toy-ablation toy-ablation-smoke toy-smoke toy-vanguard toy-vanguard-smoke \
+.PHONY: toy toy-base toy-base-smoke toy-rl-only toy-ablation toy-ablation-smoke toy-smoke toy-vanguard toy-vanguard-smoke \
 	toy-vanguard-spatial \
 	force clean-toy
 # A stage is finished when its `done` stamp exists (touched after the script exits 0), not when its
@@ -39,22 +40,30 @@ RESUME = $(if $(REDO),--overwrite,$(if $(wildcard $(1)/done),--overwrite,$(if $(
 
 toy: $(RUN)/table.md
 
-# stage 0's own detection (extras/toy.py caption-check): of the test videos, how many does the
-# captioner caption with an event exactly when there is one? SFT's detection rarely exceeds it.
-$(RUN)/caption_check.json: $(RUN)/base/done
-	$(PY) -m extras.toy caption-check --model $(RUN)/base $(TEST) --json $@ $(CHECK_ARGS)
-
 $(DATA)/toy_world.json: $(FORCE)
 	$(PY) -m extras.toy --out $(DATA) $(WORLD_ARGS)
 
-# stage 0: the toy base model (random init -> captioner); its tokenizer is trained on all the toy text
-$(RUN)/base/done: $(DATA)/toy_world.json
-	$(PY) train_sft.py --task caption --data $(DATA)/Toy-Caption.jsonl --video-root $(DATA)/videos \
-		--tokenizer-corpus $(DATA)/Vad-Reasoning-SFT-train.jsonl $(DATA)/Toy-Caption.jsonl --out $(RUN)/base $(call RESUME,$(RUN)/base) $(BASE_ARGS)
-	touch $@
+# The toy pretraining (extras/toybase.py, docs/toy-base.md): a world of its own (never the SFT, RL
+# or test videos), stage A (the vision tower, dense token labels), stage B (grounded captions with
+# the tower frozen), the perception check on the toy test split, then the shipped directory.
+PDATA ?= data/toy-pretrain
+BRUN ?= runs/toy-base
+PRE_ARGS ?=
+TOWER_ARGS ?=
+CAPTION_ARGS ?= --epochs 8 --lr 1e-3 --batch-size 16 --num-workers 1
+BCHECK_ARGS ?=
+toy-base: $(DATA)/toy_world.json
+	@mkdir -p $(BRUN) && date +%s > $(BRUN)/start  # the recipe's wall clock, for the model card
+	$(PY) -m extras.toybase world --out $(PDATA) $(PRE_ARGS)
+	$(PY) -m extras.toybase tower --data $(PDATA) --out $(BRUN)/tower $(TOWER_ARGS)
+	$(PY) train_sft.py --task caption --preset toy --model $(BRUN)/tower --data $(PDATA)/Toy-Pretrain.jsonl \
+		--video-root $(PDATA)/videos --out $(BRUN)/caption --overwrite --freeze-vision $(CAPTION_ARGS)
+	$(PY) -m extras.toybase check --model $(BRUN)/caption $(TEST) --json $(BRUN)/check.json $(BCHECK_ARGS)
+	$(PY) -m extras.toybase ship --caption-run $(BRUN)/caption --tower $(BRUN)/tower --world $(PDATA) \
+		--check $(BRUN)/check.json --seconds $$(( $$(date +%s) - $$(cat $(BRUN)/start) )) --out $(BASE)
 
-$(RUN)/sft/done: $(RUN)/base/done
-	$(PY) train_sft.py --model $(RUN)/base --preset toy --data $(DATA)/Vad-Reasoning-SFT-train.jsonl \
+$(RUN)/sft/done: $(BASE)/model.safetensors $(DATA)/toy_world.json
+	$(PY) train_sft.py --model $(BASE) --preset toy --data $(DATA)/Vad-Reasoning-SFT-train.jsonl \
 		--video-root $(DATA)/videos --out $(RUN)/sft $(call RESUME,$(RUN)/sft) $(SFT_ARGS)
 	touch $@
 
@@ -63,17 +72,22 @@ $(RUN)/rl/done: $(RUN)/sft/done
 		--length-ranges-from $(DATA)/Vad-Reasoning-SFT-train.jsonl --preset toy --out $(RUN)/rl $(call RESUME,$(RUN)/rl) $(RL_ARGS)
 	touch $@
 
-$(RUN)/rl_only/done: $(RUN)/base/done
-	$(PY) train_rl.py --model $(RUN)/base --data $(DATA)/Vad-Reasoning-RL.jsonl --video-root $(DATA)/videos \
+$(RUN)/rl_only/done: $(BASE)/model.safetensors $(DATA)/toy_world.json
+	$(PY) train_rl.py --model $(BASE) --data $(DATA)/Vad-Reasoning-RL.jsonl --video-root $(DATA)/videos \
 		--length-ranges-from $(DATA)/Vad-Reasoning-SFT-train.jsonl --preset toy --out $(RUN)/rl_only $(call RESUME,$(RUN)/rl_only) $(RL_ARGS)
 	touch $@
+
+# the base itself (Table 4's first row): the shipped directory
+$(RUN)/eval_base.json: $(BASE)/model.safetensors $(DATA)/toy_world.json
+	mkdir -p $(RUN) && ([ $(RUN)/preds_base.jsonl -nt $< ] || rm -f $(RUN)/preds_base.jsonl)
+	$(PY) eval.py --model $(BASE) $(TEST) --out $(RUN)/preds_base.jsonl --json $@ --name base $(EVAL_ARGS)
 
 # eval of one stage's model (stem: base, sft, rl, rl_only) into preds_<stem>.jsonl and eval_<stem>.json
 $(RUN)/eval_%.json: $(RUN)/%/done
 	[ $(RUN)/preds_$*.jsonl -nt $< ] || rm -f $(RUN)/preds_$*.jsonl  # resume unless stale
 	$(PY) eval.py --model $(RUN)/$* $(TEST) --out $(RUN)/preds_$*.jsonl --json $@ --name $* $(EVAL_ARGS)
 
-$(RUN)/table.md: $(RUN)/caption_check.json $(RUN)/eval_base.json $(RUN)/eval_sft.json $(RUN)/eval_rl.json
+$(RUN)/table.md: $(RUN)/eval_base.json $(RUN)/eval_sft.json $(RUN)/eval_rl.json
 	$(PY) eval.py --report $(RUN) $(TEST)
 
 toy-rl-only: $(RUN)/eval_rl_only.json
@@ -104,19 +118,18 @@ toy-ablation: $(ABL)/eval_grpo.json $(ABL)/eval_grpo_len.json $(ABL)/eval_grpo_a
 
 toy-ablation-smoke:
 	$(MAKE) toy toy-ablation DATA=$(SMOKE)/data RUN=$(SMOKE) \
-		WORLD_ARGS="--n-sft 8 --n-test 4 --n-rl 8 --n-caption 8 --frames 16 24" \
-		BASE_ARGS="--max-steps 2 --frames 4 --num-workers 0" CHECK_ARGS="--frames 4" \
+		WORLD_ARGS="$(SMOKE_WORLD)" \
 		SFT_ARGS="--max-steps 2 --frames 4 --num-workers 0" \
 		RL_ARGS="--max-steps 2 --frames 4 --max-new-tokens 16 --num-workers 0" \
 		EVAL_ARGS="--max-new-tokens 16 --frames 4 --num-workers 0"
 
-# VANGUARD (docs/vanguard.md), on make toy's stage-0 model: stage 1 (a head on its frozen
+# VANGUARD (docs/vanguard.md), on the shipped toy base: stage 1 (a head on its frozen
 # features), stage 2 (LoRA, answer + box), stage 3 (LoRA on top, P2C-CoT + box); the baselines
-# train one LoRA run from the stage-0 model for stage 2 + stage 3's steps: monolithic (CoT + box
+# train one LoRA run from the base for stage 2 + stage 3's steps: monolithic (CoT + box
 # from the start) and classification-only (the category alone). Every run uses the same seed.
 # VANGUARD's slot labels and boxes come from SFT-train's rows, of which the paper-shaped default
 # world has few (90), so it trains on a world of its own with 240 (its rows carry bbox), whose
-# test split is as large as make toy's. Stage 0 is make toy's captioner: the two worlds draw from
+# test split is as large as make toy's. The base is make toy's: the two worlds draw from
 # one renderer and one set of texts, and share no video. (Seed 0 with 240 / 60 / 240 / 2,000 draws
 # the very videos the default world had before it took the paper's proportions.)
 VRUN ?= runs/toy-vanguard
@@ -130,10 +143,10 @@ V_HEAD_ARGS ?=
 V_TOTAL = $(shell expr $(V_STEPS2) + $(V_STEPS3))
 V_TRAIN = --data $(VDATA)/Vad-Reasoning-SFT-train.jsonl --video-root $(VDATA)/videos --preset toy $(V_ARGS)
 V_BOXES := $(VRUN)/boxes_train.jsonl
-V_MODEL_stage2 = $(RUN)/base
+V_MODEL_stage2 = $(BASE)
 V_MODEL_stage3 = $(VRUN)/stage2
-V_MODEL_mono = $(RUN)/base
-V_MODEL_cls = $(RUN)/base
+V_MODEL_mono = $(BASE)
+V_MODEL_cls = $(BASE)
 V_FLAGS_stage2 = stage2 --max-steps $(V_STEPS2)
 V_FLAGS_stage3 = stage3 --max-steps $(V_STEPS3)
 V_FLAGS_mono = stage3 --max-steps $(V_TOTAL)
@@ -147,16 +160,16 @@ $(VRUN)/boxes_%.jsonl: $(VDATA)/toy_world.json  # the GT boxes of SFT-train / SF
 	mkdir -p $(VRUN) && $(PY) -m extras.vanguard boxes --data $(VDATA)/Vad-Reasoning-SFT-$*.jsonl \
 		--video-root $(VDATA)/videos --out $@
 
-$(VRUN)/stage1/done: $(RUN)/base/done $(VDATA)/toy_world.json
-	$(PY) -m extras.vanguard stage1 --model $(RUN)/base --data $(VDATA)/Vad-Reasoning-SFT-train.jsonl \
+$(VRUN)/stage1/done: $(BASE)/model.safetensors $(VDATA)/toy_world.json
+	$(PY) -m extras.vanguard stage1 --model $(BASE) --data $(VDATA)/Vad-Reasoning-SFT-train.jsonl \
 		--video-root $(VDATA)/videos --out $(VRUN)/stage1 $(V_HEAD_ARGS)
 	touch $@
 
 $(VRUN)/frame_scores.jsonl: $(VRUN)/stage1/done
-	$(PY) -m extras.vanguard scores --model $(RUN)/base --head $(VRUN)/stage1 $(VTEST) --out $@
+	$(PY) -m extras.vanguard scores --model $(BASE) --head $(VRUN)/stage1 $(VTEST) --out $@
 
 $(VRUN)/stage3/done: $(VRUN)/stage2/done
-$(VRUN)/%/done: $(RUN)/base/done $(V_BOXES) $(VDATA)/toy_world.json
+$(VRUN)/%/done: $(BASE)/model.safetensors $(V_BOXES) $(VDATA)/toy_world.json
 	$(PY) -m extras.vanguard $(V_FLAGS_$*) --boxes $(V_BOXES) --model $(V_MODEL_$*) $(V_TRAIN) \
 		--out $(VRUN)/$* $(call RESUME,$(VRUN)/$*)
 	rm -rf $(VRUN)/merged_$*  # a redone or resumed run is merged again (--merge never overwrites)
@@ -188,20 +201,23 @@ toy-vanguard-spatial: toy-vanguard $(VRUN)/eval_rl.json $(VRUN)/eval_rl_spatial.
 toy-vanguard-smoke:
 	$(MAKE) toy-vanguard-spatial DATA=$(SMOKE)/data RUN=$(SMOKE) VRUN=$(SMOKE)/vanguard \
 		VDATA=$(SMOKE)/vdata V_WORLD_ARGS="--seed 1" \
-		WORLD_ARGS="--n-sft 8 --n-test 4 --n-rl 8 --n-caption 8 --frames 16 24" \
-		BASE_ARGS="--max-steps 2 --frames 4 --num-workers 0" V_STEPS2=2 V_STEPS3=2 \
+		WORLD_ARGS="$(SMOKE_WORLD)" V_STEPS2=2 V_STEPS3=2 \
 		V_ARGS="--lora-rank 4 --lora-train-embeddings --frames 4 --num-workers 0" V_HEAD_ARGS="--frames 4 --epochs 2" \
 		RL_ARGS="--max-steps 2 --frames 4 --max-new-tokens 16 --num-workers 0" \
 		EVAL_ARGS="--max-new-tokens 16 --frames 4 --num-workers 0"
 
 SMOKE ?= runs/toy-smoke
-toy-smoke:
-	$(MAKE) toy DATA=$(SMOKE)/data RUN=$(SMOKE) \
-		WORLD_ARGS="--n-sft 8 --n-test 4 --n-rl 8 --n-caption 8 --frames 16 24" \
-		BASE_ARGS="--max-steps 2 --frames 4 --num-workers 0" CHECK_ARGS="--frames 4" \
+SMOKE_WORLD := --n-sft 8 --n-test 4 --n-rl 8 --frames 16 24
+toy-smoke:  # make toy from the shipped base, a few steps per stage
+	$(MAKE) toy DATA=$(SMOKE)/data RUN=$(SMOKE) WORLD_ARGS="$(SMOKE_WORLD)" \
 		SFT_ARGS="--max-steps 2 --frames 4 --num-workers 0" \
 		RL_ARGS="--max-steps 2 --frames 4 --max-new-tokens 16 --num-workers 0" \
 		EVAL_ARGS="--max-new-tokens 16 --frames 4 --num-workers 0"
+
+toy-base-smoke:  # make toy-base, a few steps per stage, into $(SMOKE)/toy-base (the shipped one untouched)
+	$(MAKE) toy-base DATA=$(SMOKE)/data PDATA=$(SMOKE)/pretrain BRUN=$(SMOKE)/toy-base-run BASE=$(SMOKE)/toy-base \
+		WORLD_ARGS="$(SMOKE_WORLD)" PRE_ARGS="--n 12 --frames 16 24" TOWER_ARGS="--steps 2 --batch-size 2" \
+		CAPTION_ARGS="--max-steps 2 --frames 4 --num-workers 0" BCHECK_ARGS="--max-new-tokens 12"
 
 clean-toy:
 	rm -rf $(RUN)

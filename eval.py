@@ -674,6 +674,20 @@ def main(argv=None) -> int:
     if args.report:
         print(run_report(args.report, args.data, args.video_root))
         return 0
+    if args.pooled:
+        if not args.data:
+            raise vadr.InputError("--pooled needs --data, the test manifest the runs were scored on")
+        res = report.pooled_compare(args.pooled, args.data, detection_metrics, *args.pooled_stages)
+        a, b = args.pooled_stages
+        print(f"{b} minus {a}, pooled over {len(args.pooled)} runs x {res['n_videos']} test videos "
+              f"(95% paired bootstrap over videos, {res['n_boot']:,} draws):")
+        print(f"| | {a} | {b} | difference [95% interval] |\n|---|---:|---:|---:|")
+        for k in ("accuracy", "precision", "miou"):
+            r = res[k]
+            print(f"| {k} | {r[a]:.3f} | {r[b]:.3f} | {r['diff']:+.3f} [{r['lo']:+.3f}, {r['hi']:+.3f}] |")
+        if args.json:
+            _write_json(args.json, res)
+        return 0
     if args.ablation_report:
         print(report.ablation_report(args.ablation_report, load_jsonl, get_metric, _fmt,
                                      paper_tables.TABLE10 if args.with_paper else None))

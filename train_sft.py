@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 import time
 
@@ -138,9 +139,9 @@ def main(argv=None, make_dataset=None):
     # ---- data (no --data: the toy world; its SFT and caption text train the shared toy tokenizer)
     if args.data is None:
         toy.use_toy_world(args, "caption" if args.task == "caption" else "sft_train", TOY_DATA_DIR)
-        if args.model == "toy" and args.tokenizer_corpus is None:
+        if args.model == "toy" and args.tokenizer_corpus is None:  # a random model: a tokenizer on the world's text
             paths = toy.manifest_paths(TOY_DATA_DIR)
-            args.tokenizer_corpus = [paths["sft_train"], paths["caption"]]
+            args.tokenizer_corpus = [p for p in (paths["sft_train"], paths["caption"]) if os.path.getsize(p)]
     kind = "caption" if args.task == "caption" else "sft"
     rows = data.read_manifest(args.data, kind, video_root=args.video_root, skip_bad=args.skip_bad)
     content = checkpoint.data_content(rows)

@@ -30,10 +30,14 @@ def flags_given(ap: argparse.ArgumentParser, argv, args) -> list[str]:
 
 
 # ---- train_sft.py ----
+# The shipped toy base (extras/toybase.py): what SFT starts from on the toy, as the paper's SFT starts
+# from the downloaded Qwen2.5-VL.
+TOY_BASE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "toy-base")
 
 def add_sft_data_args(ap: argparse.ArgumentParser):
     g = ap.add_argument_group("model")
-    g.add_argument("--model", default="toy", help="'toy' or a local Qwen2.5-VL checkpoint dir")
+    g.add_argument("--model", default=TOY_BASE, help="a local Qwen2.5-VL checkpoint dir (default: the shipped toy "
+                   "base, toy-base/), or 'toy': a random toy model")
     g = ap.add_argument_group("data")
     g.add_argument("--task", default="p2c", choices=["p2c", "caption"],
                    help="p2c: Vad-R1 SFT (the paper). caption: toy stage 0 on Toy-Caption.jsonl "
@@ -203,6 +207,12 @@ def eval_parser() -> argparse.ArgumentParser:
     s.add_argument("--report", metavar="RUN_DIR",
                    help="write RUN_DIR/table.md, curves and frame strips "
                    "from eval_*.json and the logs (with --data/--video-root for the strips)")
+    s.add_argument("--pooled", nargs="+", metavar="RUN_DIR",
+                   help="RL minus SFT pooled over several make-toy runs (seeds) of one world, with a "
+                        "paired bootstrap over the test videos (needs --data, the test manifest; "
+                        "--pooled-stages picks the two stems)")
+    s.add_argument("--pooled-stages", nargs=2, default=["sft", "rl"], metavar=("A", "B"),
+                   help="--pooled compares preds_B.jsonl with preds_A.jsonl in each run")
     s.add_argument("--ablation-report", metavar="ABL_DIR",
                    help="write ABL_DIR/table10.md from eval_<stem>.json and <stem>/log.jsonl "
                         "(make toy-ablation; with --with-paper the paper's 16-frame rows)")

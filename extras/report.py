@@ -318,6 +318,49 @@ def compare_predictions(pred_a: str, pred_b: str, gt_path: str, detection_metric
                                      n_boot, seed)}
 
 
+def pooled_compare(run_dirs: list[str], gt_path: str, detection_metrics, a: str = "sft", b: str = "rl",
+                   n_boot: int = 10000, seed: int = 0, level: float = 0.95) -> dict:
+    """b - a pooled over several runs of one world (seeds: RUN/preds_<a>.jsonl, RUN/preds_<b>.jsonl),
+    with a paired bootstrap over the test videos: each draw takes N videos with replacement and
+    every run's two predictions of each (the seeds stay paired with their video). Figures: accuracy,
+    precision (Abnormal positive: TP / predicted Abnormal, over all runs) and mIoU (videos with an
+    interval), each with b's and a's pooled value, the difference and its interval."""
+    gt, gw = scoring.read_gt(gt_path)
+    gold = np.array([str(r.get("anomaly_type", "")).strip().lower() != "normal" for r in gt])  # (N,) data.py's rule
+    acc, iou, has = {a: [], b: []}, {a: [], b: []}, {a: [], b: []}
+    for run in run_dirs:
+        for stage in (a, b):
+            rows, where = scoring.read_jsonl(os.path.join(run, f"preds_{stage}.jsonl"))
+            got = dict(scoring.pair_rows(rows, gt, where, gw)["matched"])
+            pv = per_video([got.get(i) for i in range(len(gt))], gt, detection_metrics)
+            acc[stage].append(pv["accuracy"])
+            iou[stage].append([np.nan if v is None else v for v in pv["iou"]])
+            has[stage].append([i in got for i in range(len(gt))])  # no prediction: no label (eval's rule)
+    A = {k: np.array(v, dtype=float) for k, v in acc.items()}                        # (R, N) 0/1
+    I = {k: np.array(v, dtype=float) for k, v in iou.items()}                        # (R, N), nan: no interval
+    pred = {k: np.where(A[k] == 1, gold[None], ~gold[None] & np.array(has[k])) for k in A}  # (R, N) predicted Abnormal
+
+    def figures(idx):  # idx (M,) video indices -> {stage: (accuracy, precision, miou)}
+        out = {}
+        for k in (a, b):
+            p, g = pred[k][:, idx], np.broadcast_to(gold[idx][None], pred[k][:, idx].shape)
+            tp, pp = (p & g).sum(), p.sum()
+            out[k] = (A[k][:, idx].mean(), tp / pp if pp else np.nan, np.nanmean(I[k][:, idx]))
+        return out
+
+    N = len(gt)
+    full = figures(np.arange(N))
+    rng = np.random.default_rng(seed)
+    draws = np.array([[fb - fa for fa, fb in zip(f[a], f[b])]
+                      for f in (figures(rng.integers(0, N, N)) for _ in range(n_boot))])  # (n_boot, 3)
+    res = {}
+    for j, name in enumerate(("accuracy", "precision", "miou")):
+        lo, hi = np.nanquantile(draws[:, j], [(1 - level) / 2, (1 + level) / 2])
+        res[name] = {a: float(full[a][j]), b: float(full[b][j]), "diff": float(full[b][j] - full[a][j]),
+                     "lo": float(lo), "hi": float(hi)}
+    return dict(res, runs=list(run_dirs), n_videos=N, n_boot=n_boot, a=a, b=b)
+
+
 def compare_lines(run_dir: str, data_path: str | None, detection_metrics,
                   a: str = "sft", b: str = "rl") -> list[str]:
     """table.md's lines below the stage tables: stage 0's caption check (stage0_lines), then

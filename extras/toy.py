@@ -11,7 +11,7 @@ AVA-GRPO -> evaluation) runs on a laptop CPU. Not part of the paper: a reader of
 skip this file.
 
 Run it:
-    python -m extras.toy --out data/toy            # the default world (TOY_DEFAULTS), ~2,540 videos
+    python -m extras.toy --out data/toy            # the default world (TOY_DEFAULTS), 480 videos
     # --out: new, empty or a toy world's (toy_world.json); a folder of other files needs --overwrite
     python -m extras.toy --out /tmp/tiny --n-sft 14 --n-test 4 --n-rl 8 --n-caption 8 --frames 24 32
     python -m extras.toy --out /tmp/w7 --categories Fighting Falling Fire --sprite-scale 1 --text-variants 4
@@ -70,15 +70,16 @@ TOY_CATEGORIES = ("Fighting", "Falling", "Fire", "Wrong-Way Driving", "Falling O
 assert all(c in vadr.CATEGORIES for c in TOY_CATEGORIES)
 _OFFSET_RANGE = 7  # the category rotation's draw (_toy_jobs): fixed, so old worlds keep their files
 TOY_SOURCE = "TOY"
-TOY_VERSION = 5  # bump when rendering or text changes, so ensure_toy_world regenerates
-# The world `python -m extras.toy`, `make toy` and the scripts' no-argument runs make: Fire only,
-# sprites 2.5x larger, one template per text slot, the one setting the toy model learns within the
-# CPU budget (docs/toy-world.md "Why the default world is Fire"), split in the paper's proportions:
-# RL 3.7x the SFT-train videos, with weak labels only (Sec. 3.2: 1,755 CoT-annotated, 6,448 weakly
-# labelled). generate_toy_world's own keyword defaults draw all nine categories at scale 1 from
-# every template (the tests' tiny worlds).
-TOY_DEFAULTS = dict(seed=0, n_sft=90, n_test=60, n_rl=330, n_caption=2000, size=(112, 112), frames=(48, 96), fps=8,
-                    sprite_scale=2.5, categories=("Fire",), text_variants=1, column_tint=0)
+TOY_VERSION = 6  # bump when rendering or text changes, so ensure_toy_world regenerates
+# The world `python -m extras.toy`, `make toy` and the scripts' no-argument runs make: the four
+# categories the shipped toy base names from the pixels (docs/toy-base.md: the small-sprite ones it
+# does not), sprites 2.5x larger, one template per text slot, split in the paper's proportions: RL
+# 3.7x the SFT-train videos, with weak labels only (Sec. 3.2: 1,755 CoT-annotated, 6,448 weakly
+# labelled). No caption split: the base is shipped (toy-base/). generate_toy_world's own keyword
+# defaults draw all nine categories at scale 1 from every template (the tests' tiny worlds).
+TOY_DEFAULTS = dict(seed=0, n_sft=90, n_test=60, n_rl=330, n_caption=0, size=(112, 112), frames=(48, 96), fps=8,
+                    sprite_scale=2.5, categories=("Fire", "Explosion", "Flooding or Tsunami", "Falling Objects"),
+                    text_variants=1, column_tint=0, frame_boxes=False)
 MANIFEST_NAMES = dict(sft_train="Vad-Reasoning-SFT-train.jsonl", sft_test="Vad-Reasoning-SFT-test.jsonl",
                       rl="Vad-Reasoning-RL.jsonl", caption="Toy-Caption.jsonl")
 
@@ -474,7 +475,7 @@ def _plan_falling_objects(rng, sc, T, s, e):
     # visible against everything it falls past: sky, buildings, walkway
     name = _pick_name(rng, BOX, avoid=[sc["walk_rgb"], sc["sky_rgb"], *sc["building_rgbs"]], min_dist=90)
     rgb = _jitter(rng, BOX[name], 8)
-    size = int(round(rng.uniform(7, 10) * u))
+    size = int(round(rng.uniform(11, 15) * u))  # a crate about one vision token wide at sprite scale 2.5
     xo = rng.uniform(0.15, 0.85) * W
     y_land = int(rng.integers(sc["hz"] + int(0.3 * (sc["rt"] - sc["hz"])), sc["rt"]))
     fall = max(2, min(e - s - 2, int(round(0.35 * (e - s)))))   # frames in the air, >= 2 on the ground
@@ -700,6 +701,7 @@ def render_toy_video(seed: int, category: str | None = None, size=(112, 112), fr
 
     out = np.empty((T, H, W, 3), np.uint8)  # (T, H, W, 3)
     box = None  # union of the event's drawn boxes over [s, e)
+    fboxes = {}  # t -> the event's drawn box on frame t (the toy base's dense labels, extras/toybase.py)
     for t in range(T):
         img = sc["bg"].copy()  # (H, W, 3) uint8
         items = [(b["y"], False, functools.partial(_rect, x=b["x"] - S["bag_w"] // 2, y=b["y"] - S["bag_h"],
@@ -721,12 +723,15 @@ def render_toy_video(seed: int, category: str | None = None, size=(112, 112), fr
                 for b in drawn:
                     box = b if box is None else (min(box[0], b[0]), min(box[1], b[1]),
                                                  max(box[2], b[2]), max(box[3], b[3]))
+                    f = fboxes.get(t)
+                    fboxes[t] = b if f is None else (min(f[0], b[0]), min(f[1], b[1]), max(f[2], b[2]), max(f[3], b[3]))
         out[t] = img
     bg = sc["bg"]
     if mirror:  # left/right randomised for every video; facts below use the final coordinates
         out, bg = np.ascontiguousarray(out[:, :, ::-1]), np.ascontiguousarray(bg[:, ::-1])
         if box is not None:
             box = (W - box[2], box[1], W - box[0], box[3])
+        fboxes = {t: (W - b[2], b[1], W - b[0], b[3]) for t, b in fboxes.items()}
     if tint:  # after the mirror, so the left edge is always the red one (docs/toy-world.md)
         ramp = (np.linspace(tint, -tint, W)[:, None] * np.array([1, 0, -1])).round().astype(np.int16)  # (W, 3)
         out = np.clip(out + ramp, 0, 255).astype(np.uint8)   # (T, H, W, 3)
@@ -742,6 +747,7 @@ def render_toy_video(seed: int, category: str | None = None, size=(112, 112), fr
         facts.update(ef, zone=event["zone"])
     meta = dict(category=category or "Normal", label="Abnormal" if category else "Normal", total_frames=T,
                 fps=float(fps), start=s, end=e, bbox=list(box) if box is not None else None,
+                frame_boxes={int(t): [int(v) for v in b] for t, b in sorted(fboxes.items())},
                 background=bg, facts=facts, mirrored=mirror)
     if category is not None and box is None and draw_event:
         raise RuntimeError(f"toy video seed={seed} {category}: the event drew nothing (a bug)")
@@ -1150,12 +1156,14 @@ def _toy_job(job: dict) -> dict:
     row.update(think=think, answer=answer)
     if meta["label"] == "Abnormal":
         row["bbox"] = meta["bbox"]
+        if job["frame_boxes"]:  # the toy pretraining's dense labels (extras/toybase.py), off in the released schema
+            row["frame_boxes"] = meta["frame_boxes"]
     return row
 
 
 def _toy_jobs(out_dir: str, seed: int, n_sft: int, n_test: int, n_rl: int, n_caption: int, size, frames,
               fps, sprite_scale: float = 1.0, categories=TOY_CATEGORIES,
-              text_variants: int = TEXT_VARIANTS, column_tint: int = 0) -> list:
+              text_variants: int = TEXT_VARIANTS, column_tint: int = 0, frame_boxes: bool = False) -> list:
     """The list of videos to make: per split about half abnormal, spread evenly over the
     categories, in a random order; neutral names from a random permutation of all videos."""
     rng = np.random.default_rng(seed)
@@ -1177,7 +1185,7 @@ def _toy_jobs(out_dir: str, seed: int, n_sft: int, n_test: int, n_rl: int, n_cap
         jobs.append(dict(split=split, category=cat, seed=int(vs), name=name, size=tuple(size),
                          frames=tuple(_frames_range(frames)), fps=fps, sprite_scale=float(sprite_scale),
                          text_variants=int(text_variants), column_tint=int(column_tint),
-                         path=os.path.join(vdir, name + ".mp4")))
+                         frame_boxes=bool(frame_boxes), path=os.path.join(vdir, name + ".mp4")))
     return jobs
 
 
@@ -1188,7 +1196,7 @@ def manifest_paths(out_dir: str) -> dict:
 def generate_toy_world(out_dir: str, seed: int = 0, n_sft: int = 240, n_test: int = 60, n_rl: int = 240,
                        n_caption: int = 2000, size=(112, 112), frames=(48, 96), fps: float = 8,
                        sprite_scale: float = 1.0, categories=TOY_CATEGORIES,
-                       text_variants: int = TEXT_VARIANTS, column_tint: int = 0,
+                       text_variants: int = TEXT_VARIANTS, column_tint: int = 0, frame_boxes: bool = False,
                        workers: int | None = None, quiet: bool = False, overwrite: bool = False) -> dict:
     """Write the toy world: out_dir/videos/toy_NNNNN.mp4, the three manifests in the
     Vad-Reasoning schema and Toy-Caption.jsonl (rows source, video, anomaly_type, path,
@@ -1202,7 +1210,7 @@ def generate_toy_world(out_dir: str, seed: int = 0, n_sft: int = 240, n_test: in
     # every parameter is checked here, before a worker starts (bad values: an InputError, no traceback)
     params = _world_params(dict(seed=seed, n_sft=n_sft, n_test=n_test, n_rl=n_rl, n_caption=n_caption, size=size,
                                 frames=frames, fps=fps, sprite_scale=sprite_scale, categories=categories,
-                                text_variants=text_variants, column_tint=column_tint))
+                                text_variants=text_variants, column_tint=column_tint, frame_boxes=frame_boxes))
     categories = tuple(params["categories"])
     out_dir = os.path.abspath(out_dir)
     _claim_out_dir(out_dir, overwrite)  # a folder of the user's is refused before anything is written
@@ -1216,7 +1224,7 @@ def generate_toy_world(out_dir: str, seed: int = 0, n_sft: int = 240, n_test: in
         if os.path.exists(p):  # manifests last-written = complete; remove first so a crash leaves none
             os.remove(p)
     jobs = _toy_jobs(out_dir, seed, n_sft, n_test, n_rl, n_caption, size, frames, fps, sprite_scale, categories,
-                     text_variants, column_tint)
+                     text_variants, column_tint, frame_boxes)
     workers = workers or min(8, os.cpu_count() or 1)
     if workers > 1 and len(jobs) > 1:
         ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
@@ -1264,7 +1272,7 @@ def _world_params(a: dict) -> dict:
                 sprite_scale=_check_sprite_scale(a["sprite_scale"]),
                 categories=list(_check_categories(a["categories"])),
                 text_variants=_check_text_variants(a["text_variants"]),
-                column_tint=_check_column_tint(a["column_tint"]))
+                column_tint=_check_column_tint(a["column_tint"]), frame_boxes=bool(a["frame_boxes"]))
 
 
 WRITING_MARK = "toy_world.writing"  # generate_toy_world's claim on its folder while it writes
@@ -1365,9 +1373,12 @@ def _check_numbers(a, prog: str):
         bad("--seed", a.seed, "seeds are >= 0")
     for dest in ("n_sft", "n_test", "n_rl", "n_caption"):
         v = getattr(a, dest, None)
+        if dest == "n_caption" and v == 0:  # no caption split: the default (the base is shipped)
+            continue
         if v is not None and not 2 <= v <= MAX_SPLIT:
             bad("--" + dest.replace("_", "-"), v,
-                f"each split holds a normal and an abnormal video: 2 to {MAX_SPLIT}")
+                f"each split holds a normal and an abnormal video: 2 to {MAX_SPLIT}"
+                + (" (or 0 for none)" if dest == "n_caption" else ""))
     if getattr(a, "size", None) is not None:
         H, W = a.size
         if H % 2 or W % 2 or not (48 <= H <= MAX_SIDE and 48 <= W <= MAX_SIDE):
@@ -1404,7 +1415,10 @@ def _cmd_toy(a):
                        frames=tuple(a.frames), fps=a.fps, sprite_scale=a.sprite_scale,
                        categories=tuple(a.categories), text_variants=a.text_variants,
                        column_tint=a.column_tint, workers=a.workers, overwrite=a.overwrite)
+    counts = dict(sft_train=a.n_sft, sft_test=a.n_test, rl=a.n_rl, caption=a.n_caption)
     for key, p in manifest_paths(a.out).items():
+        if not counts[key]:  # an empty split (--n-caption 0, the default): its manifest is empty
+            continue
         rows = data.read_manifest(p, {"rl": "rl", "caption": "caption"}.get(key, "sft"))
         c = Counter(r["label"] for r in rows)
         print(f"{p}: {len(rows)} rows ({c['Abnormal']} abnormal, {c['Normal']} normal)")

@@ -371,6 +371,6 @@ def test_eval_resume_refuses_rows_of_another_model_or_settings(tiny_world, tiny_
     assert json.load(open(meta))["model"]["path"] == f"{real}/rl" and len(_rows(out)) == 1
     # a model that does not load leaves no record behind
     (tmp_path / "empty").mkdir()
-    with pytest.raises(vadr.InputError, match="is neither 'toy' nor a local checkpoint directory"):
+    with pytest.raises(vadr.InputError, match=r"no checkpoint there \(no `latest` file, no step-N directory\)"):
         ev.main(argv("empty") + ["--out", str(tmp_path / "q.jsonl")])
     assert not os.path.exists(tmp_path / "q.jsonl.meta.json")

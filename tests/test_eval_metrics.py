@@ -642,3 +642,36 @@ def test_compare_predictions_hand(tmp_path):
     assert "| accuracy | +0.250 [" in "\n".join(lines)
     assert json.load(open(run / "compare_rl_vs_sft.json"))["accuracy"]["diff"] == pytest.approx(0.25)
     assert report.compare_lines(str(tmp_path), str(tmp_path / "gt.jsonl"), E.detection_metrics) == []
+
+
+def test_pooled_compare_hand(tmp_path):
+    """Two runs (seeds) holding the hand case of test_compare_predictions_hand: the pooled figures
+    are each run's (precision: SFT predicts Abnormal on v1 only -> 1/1; RL on v1, v2, v3 -> 2/3; the
+    missing v4 predicts nothing), and the bootstrap over videos keeps both runs of a video together."""
+    from extras import report
+    gts = [_gt("v1", "Fighting", 20, 60), _gt("v2", "Drown", 10, 50), _gt("v3", "Normal"), _gt("v4", "Normal")]
+    sft = [{"source": "UCF", "video": "v1", "output": _out("Fighting", "[0.4, 0.8]")},
+           {"source": "UCF", "video": "v2", "output": _out("Normal")},
+           {"source": "UCF", "video": "v3", "output": _out("Normal")}]
+    rl = [{"source": "UCF", "video": "v1", "output": _out("Fighting", "[0.2, 0.6]")},
+          {"source": "UCF", "video": "v2", "output": _out("Drown", "[0.1, 0.3]")},
+          {"source": "UCF", "video": "v3", "output": _out("Fire", "[0.0, 1.0]")},
+          {"source": "UCF", "video": "v4", "output": _out("Normal")}]
+    _write_jsonl(tmp_path / "gt.jsonl", gts)
+    runs = []
+    for k in range(2):
+        run = tmp_path / f"run{k}"
+        run.mkdir()
+        _write_jsonl(run / "preds_sft.jsonl", sft)
+        _write_jsonl(run / "preds_rl.jsonl", rl)
+        runs.append(str(run))
+    res = report.pooled_compare(runs, str(tmp_path / "gt.jsonl"), E.detection_metrics, n_boot=3000)
+    assert (res["accuracy"]["sft"], res["accuracy"]["rl"]) == (0.5, 0.75)
+    assert (res["precision"]["sft"], res["precision"]["rl"]) == (1.0, pytest.approx(2 / 3))
+    assert res["miou"]["sft"] == pytest.approx(1 / 3) and res["miou"]["rl"] == pytest.approx(2.5 / 4)
+    assert res["miou"]["diff"] == pytest.approx(2.5 / 4 - 1 / 3) and res["n_videos"] == 4
+    for k in ("accuracy", "precision", "miou"):
+        assert -1 <= res[k]["lo"] <= res[k]["diff"] <= res[k]["hi"] <= 1
+    # the same as one run's figures: pooling identical seeds changes no point estimate
+    one = report.pooled_compare(runs[:1], str(tmp_path / "gt.jsonl"), E.detection_metrics, n_boot=3000)
+    assert all(one[k]["diff"] == pytest.approx(res[k]["diff"]) for k in ("accuracy", "precision", "miou"))
