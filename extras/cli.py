@@ -30,14 +30,11 @@ def flags_given(ap: argparse.ArgumentParser, argv, args) -> list[str]:
 
 
 # ---- train_sft.py ----
-# The shipped toy base (extras/toybase.py): what SFT starts from on the toy, as the paper's SFT starts
-# from the downloaded Qwen2.5-VL.
-TOY_BASE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "toy-base")
 
 def add_sft_data_args(ap: argparse.ArgumentParser):
     g = ap.add_argument_group("model")
-    g.add_argument("--model", default=TOY_BASE, help="a local Qwen2.5-VL checkpoint dir (default: the shipped toy "
-                   "base, toy-base/), or 'toy': a random toy model")
+    g.add_argument("--model", default="toy", help="'toy' (a random toy model) or a local Qwen2.5-VL checkpoint "
+                   "dir, such as the shipped toy base toy-base/ (what make toy's SFT starts from)")
     g = ap.add_argument_group("data")
     g.add_argument("--task", default="p2c", choices=["p2c", "caption"],
                    help="p2c: Vad-R1 SFT (the paper). caption: toy stage 0 on Toy-Caption.jsonl "

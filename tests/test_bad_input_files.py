@@ -191,7 +191,7 @@ class TestMakefilePaths:
     def test_paths_without_spaces_still_plan(self):
         p = subprocess.run(["make", "-n", "toy", "RUN=runs/x", "DATA=data/x"], cwd=ROOT, capture_output=True,
                            text=True, timeout=60)
-        assert p.returncode == 0 and "--out runs/x/base" in p.stdout, p.stderr
+        assert p.returncode == 0 and "--model toy-base" in p.stdout and "--out runs/x/sft" in p.stdout, p.stderr
 
 
 # ================================================================ toy-world flags out of range
@@ -213,7 +213,7 @@ TOY_BAD = [
     (["--n-sft", "0"], f"{W}: --n-sft 0: {SPLIT}"),
     (["--n-test", "-4"], f"{W}: --n-test -4: {SPLIT}"),
     (["--n-rl", "1"], f"{W}: --n-rl 1: {SPLIT}"),
-    (["--n-caption", "1000000000"], f"{W}: --n-caption 1000000000: {SPLIT}"),
+    (["--n-caption", "1000000000"], f"{W}: --n-caption 1000000000: {SPLIT} (or 0 for none)"),
     (["--frames", "30", "20"], f"{W}: --frames 30 20: {FRAMES}"),
     (["--frames", "8"], f"{W}: --frames 8: {FRAMES}"),
     (["--frames", "16", "100000"], f"{W}: --frames 16 100000: {FRAMES}"),

@@ -48,7 +48,7 @@ def test_make_toy_smoke_runs_every_stage(tmp_path):
     cmp = json.load(open(tmp_path / "compare_rl_vs_sft.json"))
     assert cmp["accuracy"]["n"] == 4 and "rl minus sft over the 4 test videos" in table
     # SFT started from the shipped base, with its tokenizer
-    assert json.load(open(tmp_path / "sft" / "run_config.json"))["model"] == os.path.join(ROOT, "toy-base")
+    assert json.load(open(tmp_path / "sft" / "run_config.json"))["model"] == "toy-base"
     # extras/rewardcheck.py: SFT and RL sampled on the RL run's first / last tenth (1 step of 2 videos each)
     pr = subprocess.run([sys.executable, "-m", "extras.rewardcheck", "--run", str(tmp_path / "rl"), "--models",
                          str(tmp_path / "sft"), str(tmp_path / "rl"), "--json", str(tmp_path / "rc.json")],
