@@ -7,7 +7,8 @@ Vad-Reasoning-RL (weak labels only: Abnormal / Normal):
   Alg. 2 l. 6-10   accuracy, format, verification, length, their sum R   rewards.group_rewards
   Alg. 2 line 11   A = (R - mean(R)) / std(R) within the group (Eq. 1)   grpo.group_advantages
   Alg. 2 line 12   update with Eq. 3 (clipped surrogate - beta * KL_k3)  grpo.grpo_loss
-Lines 5-10 (the rollout) are extras/rollout.py, which `python -m extras.inspect` also runs.
+Lines 5-10 (the rollout) are extras/rollout.py, which `python -m extras.inspect` also runs. The
+log (OUT/log.jsonl, keys: docs/log-keys.md) is drawn into OUT/curves.svg at the end of a run.
 Sampling and scoring: extras/fastpath.py (tested equal to grpo's). pi_ref: a frozen copy, or the
 policy with its LoRA adapters off (extras/lora.py). Beyond the paper: docs/paper-vs-authors.md s.7.
 
