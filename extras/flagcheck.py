@@ -26,10 +26,11 @@ import re
 import shutil
 import tempfile
 
-from extras import checkpoint
+from extras import checkpoint, cli
 from vadr import InputError, resolve_device
 
-SCRIPTS = {"sft": "train_sft.py", "rl": "train_rl.py", "eval": "eval.py"}
+SCRIPTS = {"sft": "train_sft.py", "rl": "train_rl.py", "eval": "eval.py",
+           "inspect": "python -m extras.inspect"}
 # Qwen2.5-VL's processor caps a frame at 16384 patches of 28x28 (max_pixels 12845056); more is
 # no setting of the model's, and a frame that large exhausts memory while decoding.
 QWEN_MAX_PIXELS = 16384 * 28 * 28
@@ -93,6 +94,9 @@ RULES = [
     ("lora_alpha", lambda v, a: v > 0, "the LoRA scale alpha / R needs alpha > 0"),
     ("lora_dropout", lambda v, a: 0 <= v < 1, "a dropout probability in [0, 1)"),
     ("dry_run_gpus", _ge(1), "the dry run plans for at least 1 GPU"),
+    ("videos", _ge(1), "the first N videos of the manifest: N >= 1"),
+    ("chars", _ge(20), "characters shown of a completion: at least 20 (a longer one shows its "
+                       "start and its end)"),
 ]
 
 
@@ -122,6 +126,9 @@ def check_flags(args, stage: str):
     if stage == "eval":
         _check_eval_paths(args, script)
         return
+    if stage == "inspect":  # samples from --model, writes no run
+        _check_model(args, script, "rl")
+        return
     if getattr(args, "lora_train_embeddings", False) and not (args.lora_rank or args.resume):
         raise InputError(f"{script}: --lora-train-embeddings trains beside LoRA adapters: add "
                          "--lora-rank R")
@@ -136,9 +143,15 @@ def _check_model(args, script: str, stage: str):
     if (args.model == "toy" and stage != "rl") or os.path.isdir(args.model):
         return
     what = "is not a directory" if os.path.exists(args.model) else "does not exist"
-    if stage == "rl":
+    if getattr(args, "dry_run", False):
+        raise InputError(f"{script}: --model {args.model} {what}: --dry-run reads its "
+                         "config.json; pass a local checkpoint directory (nothing is downloaded)")
+    if stage == "rl" and os.path.normpath(args.model) == os.path.normpath(cli.TOY_SFT_DIR):
         raise InputError(f"{script}: --model {args.model} {what}. Make the toy SFT model first "
                          "with `python train_sft.py` (or `make toy`), or pass --model SFT_DIR")
+    if stage == "rl":
+        raise InputError(f"{script}: --model {args.model} {what}: pass an SFT checkpoint or run "
+                         "directory (nothing is downloaded)")
     raise InputError(f"{script}: --model {args.model} {what}: pass 'toy' or a local checkpoint "
                      "or run directory (nothing is downloaded)")
 
