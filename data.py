@@ -402,6 +402,18 @@ def length_ranges(rows: list[dict]) -> dict:
     return {label: (min(v), max(v)) for label, v in n.items() if v}
 
 
+def read_length_ranges(path: str, skip_bad: bool = False) -> dict:
+    """length_ranges of an SFT manifest read with read_manifest's checks (videos not looked for;
+    skip_bad drops and counts bad rows): train_rl.py --length-ranges-from. A class without a row
+    is an InputError naming the file."""
+    ranges = length_ranges(read_manifest(path, "sft", check_videos=False, skip_bad=skip_bad))
+    missing = [label for label in ("Normal", "Abnormal") if label not in ranges]
+    if missing:
+        raise vadr.InputError(f"{path}: no {missing[0]} SFT row, so no length range for it; "
+                              "--length-ranges-from needs an SFT manifest with both classes")
+    return ranges
+
+
 # ---- 2. torch Datasets and collate (decoding in __getitem__, so DataLoader workers decode) ------
 
 class SFTDataset(torch.utils.data.Dataset):

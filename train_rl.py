@@ -259,7 +259,7 @@ def main(argv=None):
         toy.use_toy_world(args, "rl", TOY_DATA_DIR)
     start_dir = checkpoint.resolve_resume(args.resume) if args.resume else None
     rows = data.read_manifest(args.data, "rl", video_root=args.video_root, skip_bad=args.skip_bad)
-    length_ranges = (rewards.length_ranges_from_manifest(args.length_ranges_from)
+    length_ranges = (data.read_length_ranges(args.length_ranges_from, args.skip_bad)
                      if args.length_ranges_from else dict(rewards.DEFAULT_LENGTH_RANGES))
     global_batch, steps_per_epoch, total_steps = training.plan_steps(args, len(rows), world)
 
