@@ -145,7 +145,7 @@ def main(argv=None, make_dataset=None):
     resume_dir = checkpoint.resolve_resume(args.resume) if args.resume else None
     model, tok, lora_settings = lora.load_for_training(
         resume_dir or args.model, args, resume=resume_dir is not None,
-        corpus=training.toy_tokenizer_corpus(args, rows), seed=args.seed)
+        corpus=toy.toy_tokenizer_corpus(args, rows), seed=args.seed)
     # a resumed LoRA run keeps its checkpoint's adapter flags; a real model checkpoints gradients
     vars(args).update(lora_settings, grad_ckpt=scale.grad_ckpt_default(args, model.config))
     scale.install_vision_guard(model)  # every forward must run the vision tower (FSDP collectives)

@@ -56,8 +56,9 @@ import torch
 import torch.nn.functional as F
 
 import data
+import grpo
 import vadr
-from extras import scoring
+from extras import badvideos, checkpoint, fastpath, flagcheck, scoring, toymodel
 
 # ---- boxes: [x1, y1, x2, y2] normalised to 0-1, 3 decimals (the grounding stage's target) -------
 
@@ -243,7 +244,6 @@ def write_boxes(args) -> int:
     """The `boxes` command: a manifest's pixel `bbox` fields (the toy world's) -> a box JSONL,
     normalised by each video's frame size. A bbox outside its frame, or a manifest without one,
     is an error naming the manifest (and line); nothing is written then."""
-    from extras import badvideos, checkpoint
     rows = data.read_manifest(args.data, "sft", video_root=args.video_root, skip_bad=args.skip_bad)
     lines = []  # every video is read before anything is written: a bad one leaves no half file
     for r in rows:
@@ -380,8 +380,6 @@ def add_spatial_rewards(parts: list[dict], model, tok, rows: list[dict], texts: 
     """train_rl.py --spatial-verification: for each of the B*G completions with a spatial_trim,
     the video re-read, the box blanked over the interval, one new completion sampled (one batch);
     parts[i]["spatial"] = spatial_reward(...) is added to parts[i]["total"]."""
-    from extras import fastpath
-    import grpo
     G, vids, which, decoded = args.num_generations, [], [], {}
     for i, c in enumerate(texts):
         trim = spatial_trim(c)
@@ -473,7 +471,6 @@ def head_loss(head, feats: torch.Tensor, labels: torch.Tensor, cats: torch.Tenso
 def _features_of(model, rows: list[dict], args) -> list[dict]:
     """Each row's slot features, slot labels and sampled frame indices (one tower pass a video)."""
     items = []
-    from extras import badvideos
     for row in rows:
         with badvideos.at_line(args.data, row):
             v = vadr.read_video(row["video_path"], args.frames)
@@ -485,7 +482,6 @@ def _features_of(model, rows: list[dict], args) -> list[dict]:
 
 
 def _load_backbone(path: str):
-    from extras import toymodel
     model, _ = toymodel.load_model(path)
     model.eval()
     for p in model.parameters():
@@ -573,7 +569,6 @@ def score_frames(args) -> list[dict]:
         out.append(dict(source=r["source"], video=r["video"],
                         frame_scores=[round(float(s), 6) for s in
                                       frame_scores(p, it["indices"], r["total_frames"])]))
-    from extras import checkpoint
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     checkpoint.atomic_write(args.out, "".join(json.dumps(o) + "\n" for o in out))
     import eval as eval_mod  # the entry script's metrics (extras import it only from a command)
@@ -635,7 +630,6 @@ def _check_stage1_flags(args):
     """stage1's numbers by the training scripts' rules (extras/flagcheck.RULES: --frames,
     --min-pixels, --max-pixels, --epochs, --lr, --seed), NaN/inf anywhere, --batch-size and
     --hidden >= 1."""
-    from extras import flagcheck
     prog = "python -m extras.vanguard stage1"
     for dest, value in sorted(vars(args).items()):
         if isinstance(value, float) and not math.isfinite(value):
