@@ -44,7 +44,7 @@ from tqdm import tqdm
 
 import data
 import vadr
-from extras import badvideos, checkpoint, cli, flagcheck, lora, scale, toy, training
+from extras import badvideos, checkpoint, cli, flagcheck, lora, scale, toy, training, vanguard
 
 TOY_DATA_DIR = "data/toy"  # the default data: the toy world, made on first use
 # Paper defaults for a real model (docs/paper-vs-authors.md s.2): fill the flags left at None.
@@ -69,6 +69,7 @@ def parse_args(argv=None):
     cli.add_optim_args(ap, "sft")  # --epochs, --lr, --schedule, ..., --preset (extras/cli.py)
     training.add_run_args(ap, default_out="runs/toy/sft")
     scale.add_scale_args(ap, stage="sft")  # --lora-*, --merge, --dry-run (extras/scale.py)
+    vanguard.add_box_args(ap)  # --boxes, --target: VANGUARD's stages 2-3 (extras/vanguard.py)
     args = ap.parse_args(argv)
     args.preset = args.preset or ("toy" if args.model == "toy" or args.data is None else "paper")
     preset = {"paper": PAPER, "toy": TOY_CAPTION if args.task == "caption" else TOY}[args.preset]
@@ -114,8 +115,7 @@ def backward_global_batch(model, micro: list[dict], world: int, mode: str, devic
     return dict(loss=loss, target_tokens=n_tok)
 
 
-def main(argv=None, make_dataset=None):
-    """make_dataset(rows, video_kwargs): another dataset of SFT items (extras/vanguard.py)."""
+def main(argv=None):
     args = parse_args(argv)
     flagcheck.check_flags(args, "sft")  # every flag, and --out, before anything is loaded
     if args.merge:  # fold a LoRA run's adapters into a full Hugging Face directory, and exit
@@ -138,6 +138,7 @@ def main(argv=None, make_dataset=None):
             args.tokenizer_corpus = [paths["sft_train"], paths["caption"]]
     kind = "caption" if args.task == "caption" else "sft"
     rows = data.read_manifest(args.data, kind, video_root=args.video_root, skip_bad=args.skip_bad)
+    boxes = vanguard.sft_boxes(args, rows)  # --boxes: checked before the run directory is made
     global_batch, steps_per_epoch, total_steps = training.plan_steps(args, len(rows), world,
                                                                      args.grad_accum)
 
@@ -166,7 +167,7 @@ def main(argv=None, make_dataset=None):
     log_path = checkpoint.start_log(args.out, config, start["step"] if resume_dir else None)
 
     video = dict(training.video_args(args), cache_videos=args.cache_videos)
-    ds = make_dataset(rows, dict(video, prompt_variant=args.prompt_variant)) if make_dataset \
+    ds = vanguard.BoxSFTDataset(rows, boxes, args.prompt_variant, args.target, **video) if boxes \
         else toy.CaptionDataset(rows, **video) if args.task == "caption" \
         else data.SFTDataset(rows, prompt_variant=args.prompt_variant, **video)
     ds = badvideos.SkipBadVideos(ds, replace=args.skip_bad)  # --skip-bad at decode time too

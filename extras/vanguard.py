@@ -34,6 +34,7 @@ Run it:
         --model runs/toy/base --data data/toy/Vad-Reasoning-SFT-train.jsonl --video-root \
         data/toy/videos --preset toy --lora-rank 16 --lora-train-embeddings \
         --out runs/toy-vanguard/stage2                 # any train_sft.py flags after --boxes
+    # = python train_sft.py --boxes B --target grounding ... (--out required), which stage2 runs
     python -m extras.vanguard stage3 --boxes runs/toy-vanguard/boxes_train.jsonl \
         --model runs/toy-vanguard/stage2 ... --out runs/toy-vanguard/stage3   # [--target label]
     python -m extras.vanguard table --data data/toy/Vad-Reasoning-SFT-test.jsonl \
@@ -50,6 +51,8 @@ import math
 import os
 import pickle
 import re
+import subprocess
+import sys
 
 import numpy as np
 import torch
@@ -307,26 +310,48 @@ class BoxSFTDataset(data.SFTDataset):
         return answer if self.kind == "grounding" else row["think"] + "\n" + answer
 
 
+def add_box_args(ap):
+    """train_sft.py's flags for stages 2-3: --boxes picks BoxSFTDataset, --target its target."""
+    g = ap.add_argument_group("VANGUARD stages 2-3 (extras/vanguard.py)")
+    g.add_argument("--boxes", default=None, help="box JSONL (python -m extras.vanguard boxes): "
+                   "the targets write each abnormal video's box inside <where>")
+    g.add_argument("--target", default=None, choices=TARGETS,
+                   help="with --boxes: cot (the default), grounding or label")
+
+
+def sft_boxes(args, rows: list[dict]) -> dict | None:
+    """train_sft.py --boxes: the box file (load_boxes), refused unless it holds a box for an
+    abnormal row of the manifest; args.target defaults to cot. None without --boxes."""
+    if args.boxes is None:
+        if args.target is not None:
+            raise vadr.InputError(f"train_sft.py: --target {args.target} needs --boxes "
+                                  "BOXES.jsonl (python -m extras.vanguard boxes writes one)")
+        return None
+    boxes = load_boxes(args.boxes)
+    check_boxes_cover(boxes, rows, args.data)
+    args.target = args.target or "cot"
+    return boxes
+
+
+TRAIN_SFT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                         "train_sft.py")
+
+
 def train_stage(argv: list[str], boxes_path: str, target: str, stage: str):
-    """train_sft.py with BoxSFTDataset (its flags: --model, --data, --lora-rank, --out, ...);
-    <out>/vanguard_config.json records the stage, its target and the box file."""
-    import train_sft  # the entry script composes the run; this only swaps the dataset
-    boxes = load_boxes(boxes_path)
-    given = train_sft.parse_args(argv)
-    if given.data:  # the box file must be this manifest's, checked before the run directory is made
-        check_boxes_cover(boxes, data.read_manifest(given.data, "sft", check_videos=False,
-                                                    skip_bad=given.skip_bad), given.data)
-
-    def make(rows, video):
-        check_boxes_cover(boxes, rows, given.data or "the toy world's SFT-train manifest")
-        return BoxSFTDataset(rows, boxes, video.pop("prompt_variant"), target, **video)
-
-    out = train_sft.main(argv, make_dataset=make)
-    run_dir = train_sft.parse_args(argv).out
-    if int(os.environ.get("RANK", "0")) == 0 and os.path.isdir(run_dir):  # the group is gone
-        with open(os.path.join(run_dir, "vanguard_config.json"), "w") as f:
+    """train_sft.py --boxes BOXES --target TARGET with the other flags (--model, --data,
+    --lora-rank, --out, ...), run as its own process (extras never import an entry script);
+    then <out>/vanguard_config.json records the stage, its target and the box file."""
+    outs = [a.partition("=")[2] for a in argv if a.startswith("--out=")] + \
+        [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--out"]
+    if not outs:
+        raise vadr.InputError(f"{stage} needs --out RUN_DIR (the stage's run directory)")
+    rc = subprocess.call([sys.executable, TRAIN_SFT, *argv, "--boxes", boxes_path,
+                          "--target", target])
+    if rc:
+        raise SystemExit(rc)  # train_sft.py printed why
+    if int(os.environ.get("RANK", "0")) == 0 and os.path.isdir(outs[-1]):  # the group is gone
+        with open(os.path.join(outs[-1], "vanguard_config.json"), "w") as f:
             json.dump(dict(stage=stage, target=target, boxes=boxes_path), f, indent=1)
-    return out
 
 
 # ---- beyond both papers: spatial verification (Algorithm 1 for *where*) ---------------------

@@ -22,12 +22,11 @@ CORE = {"vadr", "data", "rewards", "grpo"}
 # pulls in a heavy optional dependency (say why). None today.
 DEFERRED: dict[tuple[str, str], str] = {}
 
-# Still to be moved (issue 35 item 3): vanguard's stage2/stage3 run train_sft.main with another
-# dataset, and its `scores`/`table` commands use eval.py's frame and label metrics; bench times
-# train_rl.rl_step and train_sft.sft_loss_sum.
+# Still to be moved (issue 35 item 3): vanguard's `scores` and `table` commands use eval.py's
+# frame and label metrics; bench times train_rl.rl_step and train_sft.sft_loss_sum.
 KNOWN_UPWARD = {("extras.bench", "train_rl"), ("extras.bench", "train_sft"),
-                ("extras.vanguard", "eval"), ("extras.vanguard", "train_sft")}
-KNOWN_IN_FUNCTION = {("extras.vanguard", "eval"), ("extras.vanguard", "train_sft")}
+                ("extras.vanguard", "eval")}
+KNOWN_IN_FUNCTION = {("extras.vanguard", "eval")}
 KNOWN_CYCLES = [{"eval", "extras.vanguard"}]
 
 
