@@ -5,6 +5,7 @@ checks a whole file in one pass and raises ONE ManifestError listing every probl
 `file:line: reason: detail` (or, with skip_bad, drops and counts the bad rows). The Datasets
 decode videos in __getitem__ (so in DataLoader workers); make_collate builds the Qwen2.5-VL chat
 batch (vadr.build_chat_inputs, s.4). The toy world's manifests: extras/toy.py (docs/toy-world.md).
+read_length_manifest reads --length-ranges-from's SFT manifest through the same checks.
     python -m extras.validate --manifest Vad-Reasoning-SFT-train.jsonl --kind sft --video-root R
 
 Departures from the released data and the authors' scripts:
@@ -393,6 +394,35 @@ def read_manifest(path: str, kind: str = "sft", video_root: str | None = None,
     return rows
 
 
+def read_length_manifest(path: str, skip_bad: bool = False) -> list[dict]:
+    """--length-ranges-from: the SFT manifest whose reasoning lengths give the length reward's
+    ranges (App. C.2; length_ranges), read and checked as read_manifest
+    reads it (its videos need not be there). A file with no think text (the RL manifest) or
+    without rows of both classes is one InputError naming it: its ranges would be (0, 0) or
+    missing, and the length reward would never pay."""
+    what = ("pass the SFT manifest (Vad-Reasoning-SFT-train.jsonl), whose reasoning lengths give "
+            "the ranges")
+    if not os.path.isfile(path):
+        why = "is a directory" if os.path.isdir(path) else (
+            "is not a regular file" if os.path.exists(path) else "does not exist")
+        raise vadr.InputError(f"--length-ranges-from {path} {why}; {what}")
+    rows, problems = check_manifest(path, "sft", check_videos=False)
+    if not rows and problems and all(r == "missing-field" and "'think'" in d
+                                     for _, r, d in problems):
+        raise vadr.InputError(f"--length-ranges-from {path}: its rows have no think text (an RL "
+                              f"manifest?); {what}")
+    if problems and not skip_bad:
+        raise ManifestError(path, problems)
+    if problems:
+        print(f"{path}: skipped {len({p[0] for p in problems})} bad row(s): "
+              + counts_text(skipped_counts(problems)), file=sys.stderr)
+    missing = [c for c in ("Normal", "Abnormal") if not any(r["label"] == c for r in rows)]
+    if missing:
+        raise vadr.InputError(f"--length-ranges-from {path}: no {' and no '.join(missing)} row "
+                              f"(the length reward needs a range for each); {what}")
+    return rows
+
+
 def length_ranges(rows: list[dict]) -> dict:
     """{'Normal': (min, max), 'Abnormal': (min, max)}: words of think + answer without tags
     (vadr.count_words) in any SFT manifest, the statistic the paper's length-reward ranges
@@ -400,18 +430,6 @@ def length_ranges(rows: list[dict]) -> dict:
     n = {label: [vadr.count_words(r["think"] + " " + r["answer"]) for r in rows
                  if r["label"] == label] for label in ("Normal", "Abnormal")}
     return {label: (min(v), max(v)) for label, v in n.items() if v}
-
-
-def read_length_ranges(path: str, skip_bad: bool = False) -> dict:
-    """length_ranges of an SFT manifest read with read_manifest's checks (videos not looked for;
-    skip_bad drops and counts bad rows): train_rl.py --length-ranges-from. A class without a row
-    is an InputError naming the file."""
-    ranges = length_ranges(read_manifest(path, "sft", check_videos=False, skip_bad=skip_bad))
-    missing = [label for label in ("Normal", "Abnormal") if label not in ranges]
-    if missing:
-        raise vadr.InputError(f"{path}: no {missing[0]} SFT row, so no length range for it; "
-                              "--length-ranges-from needs an SFT manifest with both classes")
-    return ranges
 
 
 # ---- 2. torch Datasets and collate (decoding in __getitem__, so DataLoader workers decode) ------

@@ -90,7 +90,8 @@ def parse_args(argv=None):
     training.add_run_args(ap, default_out="runs/toy/rl")
     scale.add_scale_args(ap, stage="rl")  # --lora-*, --merge, --dry-run, --no-rollout-gather
     # presets, the toy's defaults, the flags that imply others (extras/cli.py)
-    return cli.resolve_rl_args(ap, ap.parse_args(argv), PAPER, TOY, TOY_SFT_DIR, TOY_DATA_DIR)
+    return cli.resolve_rl_args(ap, ap.parse_args(argv), PAPER, TOY, TOY_SFT_DIR, TOY_DATA_DIR,
+                               argv)
 
 
 def verification_inputs(tok, rows: list[dict], completions: list[str], G: int, rng, args,
@@ -265,19 +266,25 @@ def main(argv=None):
         return scale.dry_run(args, "rl", paper_preset=PAPER)
     dist_info = vadr.setup_distributed(args.device)
     rank, world, device = dist_info["rank"], dist_info["world_size"], dist_info["device"]
+    # a resumed run: an RL run's checkpoint, continued with its own flags (model, data, ...)
+    start_dir = checkpoint.resolve_resume(args.resume) if args.resume else None
+    if start_dir:
+        checkpoint.continue_run(args, start_dir, "rl")
     if vadr.is_main() and args.preset_filled:
         print("[preset] " + " ".join(args.preset_filled))
     if args.data is None:
         toy.use_toy_world(args, "rl", TOY_DATA_DIR)
-    start_dir = checkpoint.resolve_resume(args.resume) if args.resume else None
     rows = data.read_manifest(args.data, "rl", video_root=args.video_root, skip_bad=args.skip_bad)
-    length_ranges = (data.read_length_ranges(args.length_ranges_from, args.skip_bad)
+    length_ranges = (data.length_ranges(data.read_length_manifest(args.length_ranges_from,
+                                                                  args.skip_bad))
                      if args.length_ranges_from else dict(rewards.DEFAULT_LENGTH_RANGES))
+    content = checkpoint.data_content(rows)
+    if start_dir:
+        checkpoint.check_same_data(args, checkpoint.saved_config(start_dir), "rl", content,
+                                   length_ranges)
     global_batch, steps_per_epoch, total_steps = training.plan_steps(args, len(rows), world)
 
     # ---- policy and reference (Alg. 2 lines 1-2: pi_ref <- pi_theta; on resume still the start)
-    if start_dir:
-        args.model = checkpoint.saved_config(start_dir)["model"]
     # the weights (+ LoRA adapters with --lora-rank), the flags they decide, the checkpoint writer
     model, tok, settings, save = scale.load_policy(start_dir or args.model, args,
                                                   resume=start_dir is not None, seed=args.seed)
@@ -289,8 +296,9 @@ def main(argv=None):
     n_updates = total_steps * args.mu
     sched = training.cosine_schedule(opt, n_updates, int(args.warmup_ratio * n_updates))
     start = training.start_state(start_dir, model, opt, sched, rank, seed=None)  # own generators
-    config = dict(vars(args), world_size=world, parallel=mode, total_steps=total_steps,
-                  steps_per_epoch=steps_per_epoch, length_ranges=length_ranges, n_rows=len(rows))
+    config = dict(vars(args), stage="rl", world_size=world, parallel=mode, total_steps=total_steps,
+                  steps_per_epoch=steps_per_epoch, length_ranges=length_ranges, n_rows=len(rows),
+                  data_content=content)
     log_path = checkpoint.start_log(args.out, config, start["step"] if start_dir else None)
 
     prompt = vadr.build_prompt(args.prompt_variant)  # binary: Abnormal / Normal in <which>

@@ -71,6 +71,7 @@ def parse_args(argv=None):
     scale.add_scale_args(ap, stage="sft")  # --lora-*, --merge, --dry-run (extras/scale.py)
     vanguard.add_box_args(ap)  # --boxes, --target: VANGUARD's stages 2-3 (extras/vanguard.py)
     args = ap.parse_args(argv)
+    args.flags_given = cli.flags_given(ap, argv, args)  # on --resume the rest are the run's
     args.preset = args.preset or ("toy" if args.model == "toy" or args.data is None else "paper")
     preset = {"paper": PAPER, "toy": TOY_CAPTION if args.task == "caption" else TOY}[args.preset]
     if args.model == "toy":  # a randomly initialised encoder has nothing learned to keep frozen
@@ -124,6 +125,10 @@ def main(argv=None):
         return scale.dry_run(args, "sft")
     dist_info = vadr.setup_distributed(args.device)
     rank, world, device = dist_info["rank"], dist_info["world_size"], dist_info["device"]
+    # a resumed run: an SFT run's checkpoint, continued with its own flags (model, data, ...)
+    resume_dir = checkpoint.resolve_resume(args.resume) if args.resume else None
+    if resume_dir:
+        checkpoint.continue_run(args, resume_dir, "sft")
     if vadr.is_main() and args.preset_filled:
         print(f"[{args.preset} preset] " + " ".join(args.preset_filled))
     if vadr.is_main() and args.cache_videos and args.num_workers > 0:
@@ -139,11 +144,13 @@ def main(argv=None):
     kind = "caption" if args.task == "caption" else "sft"
     rows = data.read_manifest(args.data, kind, video_root=args.video_root, skip_bad=args.skip_bad)
     boxes = vanguard.sft_boxes(args, rows)  # --boxes: checked before the run directory is made
+    content = checkpoint.data_content(rows)
+    if resume_dir:
+        checkpoint.check_same_data(args, checkpoint.saved_config(resume_dir), "sft", content)
     global_batch, steps_per_epoch, total_steps = training.plan_steps(args, len(rows), world,
                                                                      args.grad_accum)
 
     # ---- model: the weights (+ LoRA adapters with --lora-rank); a resumed run reloads its own
-    resume_dir = checkpoint.resolve_resume(args.resume) if args.resume else None
     model, tok, lora_settings = lora.load_for_training(
         resume_dir or args.model, args, resume=resume_dir is not None,
         corpus=toy.toy_tokenizer_corpus(args, rows), seed=args.seed)
@@ -158,11 +165,12 @@ def main(argv=None):
     sched = training.SCHEDULES[args.schedule](opt, total_steps, warmup)  # --schedule
     start = training.start_state(resume_dir, model, opt, sched, rank, args.seed)
 
+    config = dict(vars(args), stage="sft", world_size=world, parallel=mode,
+                  total_steps=total_steps, steps_per_epoch=steps_per_epoch,
+                  global_batch=global_batch, n_rows=len(rows), data_content=content)
     if args.model == "toy" and not resume_dir:
         # <out>/init: the untrained toy model, with the tokenizer all stages share (RL without SFT)
-        save(args.out, "init", model, tok, config=dict(vars(args), note="untrained toy preset"))
-    config = dict(vars(args), world_size=world, parallel=mode, total_steps=total_steps,
-                  steps_per_epoch=steps_per_epoch, global_batch=global_batch, n_rows=len(rows))
+        save(args.out, "init", model, tok, config=dict(config, note="untrained toy preset"))
     # run_config.json; on resume the log lines after the checkpoint are dropped (they are redone)
     log_path = checkpoint.start_log(args.out, config, start["step"] if resume_dir else None)
 

@@ -539,12 +539,11 @@ def latest_checkpoint(run_dir: str) -> str | None:
 
 
 def load_model(name_or_dir: str, dtype=None, device=None):
-    """-> (Qwen2_5_VLForConditionalGeneration, tokenizer) from a local Hugging Face directory or a
-    run directory (its `latest`); nothing is ever downloaded (`--model toy`: extras/toymodel.py)."""
+    """-> (Qwen2_5_VLForConditionalGeneration, tokenizer) from one local Hugging Face directory;
+    nothing is ever downloaded. A run directory, a LoRA run and `--model toy` are resolved to
+    this by extras/toymodel.load_model (the rule: extras/checkpoint.resolve_checkpoint)."""
     from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 
-    if not os.path.isfile(os.path.join(name_or_dir, "config.json")):
-        name_or_dir = latest_checkpoint(name_or_dir) or name_or_dir  # a run directory
     if not os.path.isfile(os.path.join(name_or_dir, "config.json")):
         raise InputError(
             f"--model {name_or_dir!r} is neither 'toy' nor a local checkpoint directory "
@@ -564,19 +563,46 @@ def load_model(name_or_dir: str, dtype=None, device=None):
 _STARTED_PROCESS_GROUP = False  # set by setup_distributed, read by run_main
 
 
+def resolve_device(name: str | None, local_rank: int = 0) -> torch.device:
+    """--device, the one rule of every script: None (cuda if available, else cpu), 'cpu', 'cuda'
+    (this process's GPU: cuda:LOCAL_RANK) or 'cuda:N'. Anything else, or CUDA where there is
+    none, is an InputError (never a silent fall back to the CPU)."""
+    if name is None:
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise InputError(f"--device {name}: not a device this project runs on; pass cpu, cuda or "
+                         "cuda:N")
+    if dev.type == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        why = (f"torch {torch.__version__} is a CPU-only build" if torch.version.cuda is None
+               else "no GPU is visible")
+        raise InputError(f"--device {name}: no CUDA device is available ({why}); pass --device cpu")
+    index, n = local_rank if dev.index is None else dev.index, torch.cuda.device_count()
+    if index >= n:
+        raise InputError(f"--device {name}: this machine has {n} CUDA device(s), cuda:0 .. "
+                         f"cuda:{n - 1}; pass one of them")
+    return torch.device("cuda", index)
+
+
 def setup_distributed(device: str | None = None) -> dict:
-    """Start torch.distributed under torchrun (nccl on CUDA, gloo on CPU; device None = cuda if
-    available) -> dict(rank, world_size, local_rank, device, distributed)."""
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    """Start torch.distributed under torchrun (nccl on CUDA, gloo on CPU; device: resolve_device)
+    -> dict(rank, world_size, local_rank, device, distributed)."""
     rank, world, local = (int(os.environ.get(k, d)) for k, d in
                           (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)))
     distributed = "RANK" in os.environ and world > 1
-    if device == "cuda":
-        torch.cuda.set_device(local)
-    dev = torch.device("cuda", local) if device == "cuda" else torch.device("cpu")
+    dev = resolve_device(device, local)
+    if distributed and dev.type == "cuda" and device and ":" in device:
+        raise InputError(f"--device {device} under torchrun: every rank would use that one GPU; "
+                         "pass --device cuda (rank r takes cuda:LOCAL_RANK)")
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
     if distributed and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device == "cuda" else "gloo",
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo",
                                 timeout=datetime.timedelta(minutes=30))
         global _STARTED_PROCESS_GROUP
         _STARTED_PROCESS_GROUP = True  # run_main ends this process with os._exit (see there)

@@ -717,8 +717,9 @@ def report(res: dict) -> str:
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(prog="python -m extras.bench", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                    help="auto = cuda if available. cpu runs the toy preset, cuda the random 7B-shaped model")
+    ap.add_argument("--device", default=None,
+                    help="cpu, cuda or cuda:N (default: cuda if available). cpu runs the toy "
+                         "preset, cuda the random 7B-shaped model")
     ap.add_argument("--model", default=None, choices=["toy", "qwen7b"],
                     help="toy preset (CPU default) or random Qwen2.5-VL-7B shape (CUDA default)")
     ap.add_argument("--sections", default=",".join(SECTIONS),
@@ -753,7 +754,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     a = parse_args(argv)
-    dev = torch.device("cuda" if a.device == "cuda" or (a.device == "auto" and torch.cuda.is_available()) else "cpu")
+    dev = vadr.resolve_device(a.device)  # the scripts' one --device rule
     cuda = dev.type == "cuda"
     a.model = a.model or ("qwen7b" if cuda else "toy")
     a.new_tokens = a.new_tokens or (768 if cuda else 128)
@@ -845,4 +846,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    vadr.run_main(main)

@@ -13,9 +13,12 @@ and AutoTokenizer load as they are, plus
 
 It is written into a temporary directory (.tmp-<name>-<pid>) and renamed into place, so a crash
 mid-save never leaves half a checkpoint; the run directory's `latest` file names the newest
-complete one. What a crash leaves instead (.tmp-* directories) goes at the next save. --resume
-skips a checkpoint damaged later (truncated, deleted files), with a warning, for the newest
-intact one (resolve_resume).
+complete one. What a crash leaves instead (.tmp-* directories) goes at the next save; a save
+that fails (a full disk) is one line, the previous checkpoint intact. --resume and --model skip a
+checkpoint damaged later (truncated, deleted files), with a warning, for the newest intact one
+(resolve_checkpoint: the one rule from a run directory to its checkpoint). A resumed run is the
+same run or a one-line refusal (continue_run, check_same_data): its stage, its flags (left out:
+the run's; RESUME_MAY_CHANGE lists those that may change), its rows and videos by content.
 A LoRA run writes its adapters instead of the full weights (extras/lora.py save_lora_checkpoint,
 through write_checkpoint below); the training scripts choose which writer they use.
 
@@ -27,6 +30,8 @@ Exercised by:
 """
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
 import random
@@ -38,6 +43,7 @@ import zipfile
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 
 from vadr import (InputError, barrier, gather_objects, is_main, latest_checkpoint, unwrap,
                   world_size)
@@ -100,25 +106,51 @@ def write_checkpoint(out_dir: str, name: str, write_weights, model, tokenizer, o
         os.makedirs(out_dir, exist_ok=True)
         remove_stale_temporaries(out_dir)
         tmp = os.path.join(out_dir, f".tmp-{name}-{os.getpid()}")
-        os.makedirs(tmp)
-        write_weights(tmp)
-        tokenizer.save_pretrained(tmp)
         state = dict(train_state or {}, rng=rngs, config=config or {}, optimizer=opt_sd,
                      scheduler=scheduler.state_dict() if scheduler else None)
-        torch.save(state, os.path.join(tmp, "training_state.pt"))
-        with open(os.path.join(tmp, "run_config.json"), "w") as f:
-            json.dump(config or {}, f, indent=1, default=str)
-        write_manifest(tmp)
+        try:
+            os.makedirs(tmp)
+            write_weights(tmp)
+            tokenizer.save_pretrained(tmp)
+            torch.save(state, os.path.join(tmp, "training_state.pt"))
+            with open(os.path.join(tmp, "run_config.json"), "w") as f:
+                json.dump(config or {}, f, indent=1, default=str)
+            write_manifest(tmp)
+            bad = checkpoint_problem(tmp)  # a writer that lost bytes without raising
+            if bad:
+                raise OSError(errno.EIO, f"read back: {bad}")
+        except _WRITE_ERRORS as e:  # a full disk, a quota: nothing under the final name changes
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise InputError(_unwritten(final, out_dir, e)) from None
         old = os.path.join(out_dir, f".tmp-{name}-old-{os.getpid()}")
         if os.path.exists(final):  # a resumed run redoing a step: move the old one aside in one
             os.replace(final, old)  # step, so a kill never leaves half of it under its name
         os.replace(tmp, final)  # atomic on one file system
-        atomic_write(os.path.join(out_dir, "latest"), name)
+        try:
+            atomic_write(os.path.join(out_dir, "latest"), name)
+        except OSError as e:  # `latest` still names the previous checkpoint, which is intact
+            raise InputError(_unwritten(os.path.join(out_dir, "latest"), out_dir, e)) from None
         shutil.rmtree(old, ignore_errors=True)
         if keep_last:
             _prune_checkpoints(out_dir, keep_last, protect=name)
     barrier()
     return final if is_main() else None
+
+
+# what a failed write raises: OSError (ENOSPC, EDQUOT, ...); torch.save's zip writer reports one as
+# a RuntimeError, safetensors as its own error
+_WRITE_ERRORS = (OSError, RuntimeError, SafetensorError)
+
+
+def _unwritten(path: str, out_dir: str, e: Exception) -> str:
+    """The one line for a checkpoint (or its `latest` pointer) that could not be written."""
+    why = e.strerror if isinstance(e, OSError) and e.strerror else \
+        (str(e).splitlines() or [type(e).__name__])[0][:200]
+    prev = latest_checkpoint(out_dir)
+    then = f"the previous checkpoint {prev} is intact: free space in {os.path.abspath(out_dir)} " \
+        f"(--keep-last 1 keeps fewer) and --resume {out_dir}" if prev else \
+        f"no checkpoint was written before: free space in {os.path.abspath(out_dir)} and run again"
+    return f"{path}: could not be written ({why}); {then}"
 
 
 def atomic_write(path: str, text: str):
@@ -221,33 +253,53 @@ def save_run_config(out_dir: str, config: dict):
 # ---- resuming ------------------------------------------------------------------------------------
 
 def resolve_resume(path: str) -> str:
-    """--resume PATH -> the checkpoint to continue from. PATH is a checkpoint directory (taken
-    only if intact) or a run directory: the checkpoint its `latest` names, else the newest
-    intact step-N, else its `init` (the toy's untrained model: the run starts at step 0). Each
-    damaged checkpoint skipped costs a one-line warning naming it; none intact is an InputError
-    naming the bad file and what to do."""
-    again = "start the run afresh without --resume (with --overwrite, to reuse the directory)"
+    """--resume PATH -> the checkpoint to continue from (resolve_checkpoint's rule). A run
+    directory whose only intact checkpoint is its `init` (the toy's untrained model) starts at
+    step 0."""
+    return resolve_checkpoint(path, "--resume")
+
+
+def resolve_checkpoint(path: str, flag: str = "--model") -> str:
+    """The one rule from a path to the checkpoint it means, for --resume, --model (every script
+    and extras/toymodel.load_model), --merge. PATH is 'toy' (--model), a checkpoint directory
+    (taken only if intact: no fallback for one named on purpose; a Hugging Face directory that
+    this project did not write, without training_state.pt, is taken as it is, except by
+    --resume), or a run directory: the checkpoint its `latest` names, else the newest intact
+    step-N, else its `init`. Each damaged checkpoint skipped costs a one-line warning naming it;
+    none intact is an InputError naming the bad file and what to do."""
+    if flag == "--resume":
+        again = "start the run afresh without --resume (with --overwrite, to reuse the directory)"
+    else:
+        again = "pass another checkpoint or run directory (nothing is downloaded)"
+    if path == "toy" and flag == "--model":
+        return path
     if not os.path.isdir(path):
         what = "is not a directory" if os.path.exists(path) else "no such directory"
-        raise InputError(f"--resume {path}: {what}; pass a run directory (or one of its step-N "
-                         f"checkpoints), or {again}")
+        toy = " or toy" if flag == "--model" else ""
+        raise InputError(f"{flag} {path}: {what}; pass a run directory (or one of its step-N "
+                         f"checkpoints){toy}, or {again}")
     if is_checkpoint_dir(path):
-        bad = checkpoint_problem(path)  # a checkpoint directory, named on purpose: no fallback
+        ours = any(os.path.lexists(os.path.join(path, f)) for f in (TRAINING_STATE, MANIFEST))
+        bad = checkpoint_problem(path) if ours or flag == "--resume" else None
+        run_dir = os.path.dirname(os.path.abspath(path))
+        if bad and flag == "--resume":
+            raise InputError(f"{flag} {path}: {bad}; resume from another checkpoint (its run "
+                             f"directory {run_dir} falls back to the newest intact one), or "
+                             f"{again}")
         if bad:
-            raise InputError(f"--resume {path}: {bad}; resume from another checkpoint (its run "
-                             f"directory {os.path.dirname(os.path.abspath(path))} falls back "
-                             f"to the newest intact one), or {again}")
+            raise InputError(f"{flag} {path}: {bad}; pass its run directory {run_dir} (which "
+                             "falls back to the newest intact checkpoint) or another checkpoint")
         return path
     latest = latest_checkpoint(path)
     if latest is None and os.path.lexists(os.path.join(path, "latest")):
-        _warn(f"--resume {path}: {os.path.join(path, 'latest')} names no checkpoint directory; "
+        _warn(f"{flag} {path}: {os.path.join(path, 'latest')} names no checkpoint directory; "
               "ignored")
     named = [latest] if latest else []
     steps = [os.path.join(path, d) for d in reversed(_step_dirs(path))]
     init = [os.path.join(path, "init")] if os.path.isdir(os.path.join(path, "init")) else []
     candidates = list(dict.fromkeys(named + steps + init))  # no checkpoint checked twice
     if not candidates:
-        raise InputError(f"--resume {path}: no checkpoint there (no `latest` file, no step-N "
+        raise InputError(f"{flag} {path}: no checkpoint there (no `latest` file, no step-N "
                          f"directory); {again}")
     bad = []
     for c in candidates:
@@ -255,13 +307,13 @@ def resolve_resume(path: str) -> str:
         if problem is None:
             start = " (the untrained model: step 0)" if c in init else ""
             for b in bad:
-                _warn(f"--resume {path}: skipping a damaged checkpoint: {b}; resuming from {c}"
-                      + start)
+                _warn(f"{flag} {path}: skipping a damaged checkpoint: {b}; "
+                      f"{'resuming from' if flag == '--resume' else 'taking'} {c}" + start)
             return c
         named_by = f"{os.path.join(path, 'latest')} names {c}, but " if c == latest else ""
         bad.append(named_by + problem)
     more = f"; {len(bad) - 1} older ones are damaged too" if len(bad) > 1 else ""
-    raise InputError(f"--resume {path}: no intact checkpoint there: {bad[0]}{more}; {again}")
+    raise InputError(f"{flag} {path}: no intact checkpoint there: {bad[0]}{more}; {again}")
 
 
 def _warn(msg: str):
@@ -408,12 +460,137 @@ def _check_same_trainable(where: str, model, optimizer, saved: dict | None):
                          "resume with the run's own flags (--freeze-vision, --lora-*)")
 
 
+# ---- resuming the same run: its stage, flags and data ------------------------------------------
+
+# The flags a resumed run may change (docs/engineering-notes.md): how far it runs (--max-steps:
+# the end moves, and the cosine schedule's end with it), how often it saves, how it reads videos,
+# memory settings, where it runs. None changes what a step computes from the one before. Every
+# other flag defines the run: left out on resume it takes the run's value, given it must equal it.
+RESUME_MAY_CHANGE = ("max_steps", "save_every", "keep_last", "num_workers", "cache_videos",
+                     "grad_ckpt", "no_grad_ckpt", "no_rollout_gather", "device", "out")
+# The invocation itself and this machine's: never taken from the run.
+_THIS_COMMAND = ("resume", "overwrite", "out", "device", "merge", "dry_run", "dry_run_gpus",
+                 "dry_run_video_hw")
+# Compared by what they hold, not by their text (check_same_data): the rows, the videos, the
+# length ranges. A path to the same content elsewhere is the same run.
+_BY_CONTENT = ("data", "video_root", "length_ranges_from")
+_PATHS = ("model", "tokenizer_corpus")  # compared as real paths
+_NOT_FLAGS = ("preset_filled", "flags_given")
+SCRIPTS = {"sft": "train_sft.py", "rl": "train_rl.py"}
+
+
+def run_stage(config: dict) -> str | None:
+    """'sft' or 'rl': the script whose run a saved config is (None: not known)."""
+    if config.get("stage") in SCRIPTS:
+        return config["stage"]
+    return "rl" if "num_generations" in config else "sft" if "task" in config else None
+
+
+def _shown(v) -> str:
+    if isinstance(v, bool):
+        return "on" if v else "off"
+    if isinstance(v, (list, tuple)):
+        return " ".join(map(str, v))
+    return "(unset)" if v is None else str(v)
+
+
+def _same(dest: str, new, old) -> bool:
+    if dest in _PATHS:
+        real = lambda v: v if v in (None, "toy") else os.path.realpath(str(v))
+        if isinstance(new, (list, tuple)) and isinstance(old, (list, tuple)):
+            return [real(x) for x in new] == [real(x) for x in old]
+        return real(new) == real(old)
+    return new == old
+
+
+def continue_run(args, ckpt_dir: str, stage: str):
+    """--resume, before anything is loaded or written: the checkpoint must be this script's
+    stage's (an RL run resumed by train_sft.py would get SFT steps appended and its
+    run_config.json replaced), and the run keeps its flags: a flag left out takes the run's
+    value; a run-defining flag given must equal it (one-line InputError naming the flag and both
+    values). args.flags_given: the flags the command line set (extras/cli.flags_given)."""
+    script, saved = SCRIPTS[stage], saved_config(ckpt_dir)
+    was = run_stage(saved)
+    if was is not None and was != stage:
+        raise InputError(
+            f"{script}: --resume {args.resume}: {ckpt_dir} is an {was.upper()} run's checkpoint; "
+            f"{script} must not append {stage.upper()} steps to it nor overwrite its "
+            f"run_config.json: continue it with {SCRIPTS[was]} --resume {args.resume}, or start "
+            f"{stage.upper()} from it with --model {args.resume} and a new --out")
+    given = set(getattr(args, "flags_given", ()))
+    for dest in sorted(saved):
+        if dest in _NOT_FLAGS or not hasattr(args, dest):
+            continue
+        new, old = getattr(args, dest), saved[dest]
+        if dest == "preset" and old is None:  # an RL record without it: it says nothing
+            continue
+        if dest not in given:
+            if dest not in _THIS_COMMAND:
+                setattr(args, dest, old)
+        elif dest not in RESUME_MAY_CHANGE + _THIS_COMMAND + _BY_CONTENT \
+                and not _same(dest, new, old):
+            flag = "--" + dest.replace("_", "-")
+            raise InputError(
+                f"{script}: --resume {args.resume}: {flag} {_shown(new)} is not the run's "
+                f"{flag} {_shown(old)}: a resumed run keeps the flags that define it; leave "
+                f"{flag} out, or start a new run (another --out)")
+    args.preset_filled = saved.get("preset_filled") or []
+
+
+def data_content(rows: list[dict]) -> dict:
+    """What a run reads, whatever the paths: the rows as validated (sha256; physical line numbers
+    and resolved video paths left out) and their videos (each file's size, first and last 4 KiB,
+    in row order). Kept in the run's config; check_same_data compares it on resume."""
+    skip = ("line", "video_path")
+    text = json.dumps([{k: v for k, v in r.items() if k not in skip} for r in rows],
+                      sort_keys=True, default=str)
+    videos = hashlib.sha256()
+    for r in rows:  # 8 KiB a video: cheap for the 6,448 RL videos, even on a network file system
+        try:
+            with open(r["video_path"], "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                head = f.read(4096)
+                f.seek(max(0, size - 4096))
+                videos.update(f"{size}:".encode() + head + f.read(4096))
+        except (OSError, TypeError):
+            videos.update(b"unreadable")
+    return dict(rows=hashlib.sha256(text.encode()).hexdigest(), videos=videos.hexdigest())
+
+
+def check_same_data(args, saved: dict, stage: str, content: dict, length_ranges=None):
+    """--resume: the run's rows, videos (and RL length ranges) must be what it read before; a
+    difference is a one-line InputError naming the flag and both values. A checkpoint written
+    before this record was kept is not checked."""
+    script, was = SCRIPTS[stage], saved.get("data_content")
+    was = was if isinstance(was, dict) else None
+    again = "pass the run's, or start a new run (another --out)"
+    if was and was["rows"] != content["rows"]:
+        raise InputError(f"{script}: --resume {args.resume}: --data {args.data} does not hold the "
+                         f"rows of the run's --data {saved.get('data')}; {again}")
+    if was and was["videos"] != content["videos"]:
+        raise InputError(f"{script}: --resume {args.resume}: the videos under --video-root "
+                         f"{args.video_root} are not the run's (--video-root "
+                         f"{saved.get('video_root')}: same rows, other files); {again}")
+    old = saved.get("length_ranges")
+    if length_ranges is not None and isinstance(old, dict):
+        as_lists = lambda r: {k: list(v) for k, v in r.items()}
+        if as_lists(length_ranges) != as_lists(old):
+            raise InputError(f"{script}: --resume {args.resume}: --length-ranges-from "
+                             f"{args.length_ranges_from} gives the length ranges "
+                             f"{as_lists(length_ranges)}, the run's --length-ranges-from "
+                             f"{saved.get('length_ranges_from')} gave {as_lists(old)}; {again}")
+
+
 # ---- the JSONL log -------------------------------------------------------------------------------
 
 def log_jsonl(path: str, record: dict):
     """Append one record (one line) and flush, so a killed run keeps every finished step."""
-    with open(path, "a") as f:
-        f.write(json.dumps(record, default=float) + "\n")
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(record, default=float) + "\n")
+    except OSError as e:  # a full disk: the checkpoints so far are intact
+        raise InputError(f"{path}: the log could not be written ({e.strerror}); free space there "
+                         f"and --resume {os.path.dirname(path)}") from None
 
 
 def start_log(out_dir: str, config: dict, resume_step: int | None) -> str:
@@ -421,11 +598,17 @@ def start_log(out_dir: str, config: dict, resume_step: int | None) -> str:
     steps after the checkpoint; a fresh run starts a new log). Returns the log's path."""
     log_path = os.path.join(out_dir, "log.jsonl")
     if is_main():
-        save_run_config(out_dir, config)
-        if resume_step is not None:
-            truncate_jsonl(log_path, resume_step)
-        elif os.path.exists(log_path):
-            os.remove(log_path)
+        writing = os.path.join(out_dir, "run_config.json")
+        try:
+            save_run_config(out_dir, config)
+            writing = log_path
+            if resume_step is not None:
+                truncate_jsonl(log_path, resume_step)
+            elif os.path.exists(log_path):
+                os.remove(log_path)
+        except OSError as e:  # a full disk before the first step
+            raise InputError(f"{writing}: could not be written ({e.strerror}); free space in "
+                             f"{os.path.abspath(out_dir)} and run again") from None
     return log_path
 
 
@@ -463,7 +646,15 @@ def full_state_dict(model) -> dict:
 
 
 def saved_config(ckpt_dir: str) -> dict:
-    """The resolved config a checkpoint was saved with (training_state.pt)."""
+    """The resolved config a checkpoint was saved with: its run_config.json (training_state.pt
+    holds the same beside the optimizer state, which for a 7B is gigabytes to unpickle)."""
+    try:
+        with open(os.path.join(ckpt_dir, "run_config.json"), encoding="utf-8") as f:
+            config = json.load(f)
+        if isinstance(config, dict):
+            return config
+    except (OSError, ValueError):
+        pass
     return _read_state(ckpt_dir).get("config") or {}
 
 

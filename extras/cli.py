@@ -15,6 +15,20 @@ import grpo
 from extras import training
 
 
+# ---- both training scripts ----
+
+_UNSET = object()
+
+
+def flags_given(ap: argparse.ArgumentParser, argv, args) -> list[str]:
+    """The flags (dests) the command line sets, as against those left to their defaults or to a
+    preset: on --resume the others take the run's values (extras/checkpoint.continue_run). A
+    second parse into a namespace of sentinels, which argparse replaces only for flags given."""
+    ns = argparse.Namespace(**dict.fromkeys(vars(args), _UNSET))
+    ap.parse_args(argv, namespace=ns)
+    return sorted(k for k, v in vars(ns).items() if v is not _UNSET)
+
+
 # ---- train_sft.py ----
 
 def add_sft_data_args(ap: argparse.ArgumentParser):
@@ -107,11 +121,14 @@ def add_optim_args(ap: argparse.ArgumentParser, stage: str):
     return g
 
 
-def resolve_rl_args(ap, args, paper: dict, toy_preset: dict, toy_sft_dir: str, toy_data_dir: str):
-    """train_rl.py's flags after parsing: the preset (toy without --data), the toy's model and
-    length ranges, --no-verification-reward as both halves, and --dynamic-sampling's limits."""
+def resolve_rl_args(ap, args, paper: dict, toy_preset: dict, toy_sft_dir: str, toy_data_dir: str,
+                    argv=None):
+    """train_rl.py's flags after parsing (argv: what was parsed): which were given, the preset
+    (toy without --data), the toy's model and length ranges, --no-verification-reward as both
+    halves, and --dynamic-sampling's limits."""
+    args.flags_given = flags_given(ap, argv, args)
     toy = args.data is None
-    preset = args.preset or ("toy" if toy else "paper")
+    preset = args.preset = args.preset or ("toy" if toy else "paper")  # recorded in run_config
     if args.model is None and not toy:
         ap.error("--model is required with --data (an SFT checkpoint directory)")
     args.model = args.model or toy_sft_dir
@@ -151,7 +168,8 @@ def add_inference_args(ap: argparse.ArgumentParser):
     g.add_argument("--skip-bad", action="store_true",
                    help="skip (and count) bad manifest rows instead of failing")
     g.add_argument("--num-workers", type=int, default=1, help="DataLoader workers decoding videos")
-    g.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    g.add_argument("--device", default=None,
+                   help="cpu, cuda or cuda:N (default: cuda if available)")
     g.add_argument("--seed", type=int, default=0, help="sampling seed (with --sample)")
     training.add_video_args(ap)  # unset flags take eval.AUTHORS_INFERENCE (resolve_inference_args)
 

@@ -11,6 +11,7 @@ A bad value is a vadr.InputError, printed by vadr.run_main as one line and exit 
 
     error: train_rl.py: --num-generations 1: GRPO needs at least 2 completions per video ...
 
+--device follows vadr.resolve_device (cpu, cuda, cuda:N; CUDA only where there is one).
 Existing data is never lost without being asked: a training --out that already holds a run
 (log.jsonl, run_config.json, latest, step-N, init, ...) needs --resume to continue it or
 --overwrite to delete it first (so two runs' checkpoints and logs never mix); an eval --out that
@@ -25,7 +26,7 @@ import re
 import shutil
 
 from extras import checkpoint, predictions, scoring
-from vadr import InputError
+from vadr import InputError, resolve_device
 
 SCRIPTS = {"sft": "train_sft.py", "rl": "train_rl.py", "eval": "eval.py"}
 # Qwen2.5-VL's processor caps a frame at 16384 patches of 28x28 (max_pixels 12845056); more is
@@ -113,6 +114,10 @@ def check_flags(args, stage: str):
         value = getattr(args, dest, None)
         if value is not None and not isinstance(value, bool) and not ok(value, args):
             raise InputError(f"{script}: {_flag(dest)} {value}: {why.format(**vars(args))}")
+    try:  # the rule setup_distributed applies: cpu, cuda, cuda:N, and CUDA only where there is one
+        resolve_device(args.device)
+    except InputError as e:
+        raise InputError(f"{script}: {e}") from None
     if stage == "eval":
         _check_eval_paths(args, script)
         return

@@ -6,7 +6,9 @@ language model's projections train, so the same two scripts fit one GPU. This fi
 
   * LoRALinear, apply_lora / lora_disabled / merge_lora: the adapters themselves;
   * adapter-only checkpoints (save_lora_checkpoint, through extras/checkpoint.py's writer) and
-    load_merged, which folds a chain of them (RL LoRA on SFT LoRA on a base) into plain weights;
+    load_merged, which loads any checkpoint as plain weights, folding a chain of adapters (RL
+    LoRA on SFT LoRA on a base) in: what every script's --model goes through
+    (toymodel.load_model), so a LoRA run is a --model like any checkpoint;
   * load_for_training: the training scripts' model loading, with or without adapters;
   * RL's reference model pi_ref (Alg. 2 lines 1-2): with LoRA it is the policy with its adapters
     switched off, so no second copy of the weights exists (make_reference_model,
@@ -36,7 +38,7 @@ import torch.nn.functional as F
 
 from extras import checkpoint, toymodel
 from extras.training import wrap_model
-from vadr import barrier, is_main, latest_checkpoint, unwrap
+from vadr import InputError, barrier, is_main, load_model, resolve_device, unwrap
 
 # ---- the adapters --------------------------------------------------------------------------------
 #
@@ -206,7 +208,9 @@ def load_lora_state_dict(model, sd: dict):
 
 def merge_lora(model):
     """Fold every adapter into its base weight (W <- W + scale * B A, computed in fp32) and put the
-    plain nn.Linear back, so that save_pretrained writes an ordinary Hugging Face checkpoint."""
+    plain nn.Linear back, so that save_pretrained writes an ordinary Hugging Face checkpoint.
+    Every parameter is trainable again, as from_pretrained leaves a model (apply_lora froze
+    them): a merged LoRA run trains in full like any checkpoint."""
     inner = unwrap(model)
     for name, m in lora_modules(inner):
         parent = inner.get_submodule(name.rsplit(".", 1)[0]) if "." in name else inner
@@ -215,6 +219,7 @@ def merge_lora(model):
         setattr(parent, name.rsplit(".", 1)[-1], m.base)
     if hasattr(inner, "vadr_lora"):
         del inner.vadr_lora
+    inner.requires_grad_(True)
     return model
 
 
@@ -228,36 +233,39 @@ def is_adapter_checkpoint(path: str) -> bool:
     return os.path.isfile(os.path.join(path, ADAPTER_CONFIG))
 
 
-def resolve_checkpoint(path: str) -> str:
-    """'toy', a checkpoint directory, or a run directory resolved through its `latest` file."""
-    if path == "toy":
-        return path
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"{path!r} is neither 'toy' nor a directory "
-                                "(nothing is downloaded)")
-    if not os.path.isfile(os.path.join(path, "config.json")) and not is_adapter_checkpoint(path):
-        path = latest_checkpoint(path) or path  # a run directory
-    return path
-
-
 def read_adapter_config(path: str) -> dict:
-    cfg = json.load(open(os.path.join(path, ADAPTER_CONFIG)))
-    if cfg.get("format") != LORA_FORMAT:
-        raise ValueError(f"{path}/{ADAPTER_CONFIG}: format {cfg.get('format')!r}, "
-                         f"expected {LORA_FORMAT!r}")
+    """adapter_config.json of an adapter checkpoint; its base must still be where it was."""
+    where = os.path.join(path, ADAPTER_CONFIG)
+    try:
+        with open(where, encoding="utf-8") as f:
+            cfg = json.load(f)
+    except (OSError, ValueError) as e:
+        raise InputError(f"{where}: not readable JSON ({type(e).__name__}); pass an intact "
+                         "checkpoint") from None
+    fmt = cfg.get("format") if isinstance(cfg, dict) else None
+    if fmt != LORA_FORMAT:
+        raise InputError(f"{where}: format {fmt!r}, expected {LORA_FORMAT!r}: not written by "
+                         "this project")
+    base = cfg.get("base_model")
+    if base != "toy" and not os.path.isdir(str(base)):
+        raise InputError(f"{where}: its base checkpoint {base} is gone (moved or deleted?); an "
+                         "adapter checkpoint needs its base where it was: put it back there")
     return cfg
 
 
 def load_merged(path: str, dtype=None, device=None, corpus=None, seed: int = 0):
     """-> (plain Qwen2_5_VLForConditionalGeneration, tokenizer) from any checkpoint: 'toy', a
-    Hugging Face directory, or an adapter checkpoint, whose base (itself possibly an adapter
-    checkpoint) is loaded recursively and gets the adapters folded in."""
+    Hugging Face directory, a run directory (checkpoint.resolve_checkpoint), or an adapter
+    checkpoint, whose base (itself possibly an adapter checkpoint) is loaded recursively and gets
+    the adapters folded in (trainable in full, as any loaded model)."""
     from safetensors.torch import load_file
     from transformers import AutoTokenizer
 
-    path = resolve_checkpoint(path)
-    if path == "toy" or not is_adapter_checkpoint(path):
+    path = checkpoint.resolve_checkpoint(path)  # a run directory: its newest intact checkpoint
+    if path == "toy":
         return toymodel.load_model(path, dtype=dtype, device=device, corpus=corpus, seed=seed)
+    if not is_adapter_checkpoint(path):
+        return load_model(path, dtype=dtype, device=device)
     cfg = read_adapter_config(path)
     model, _ = load_merged(cfg["base_model"], dtype=dtype)
     apply_lora(model, cfg["rank"], cfg["alpha"], 0.0, cfg["targets"],
@@ -316,7 +324,7 @@ def merge_checkpoint(src: str, out: str) -> str:
     into their base, written as a full Hugging Face directory that from_pretrained loads and
     eval.py scores. The merged weights keep the dtype of the root base checkpoint (bf16 for
     Qwen2.5-VL-7B)."""
-    src = resolve_checkpoint(src)
+    src = checkpoint.resolve_checkpoint(src, "--merge")
     if not is_adapter_checkpoint(src):
         raise SystemExit(f"--merge {src}: no {ADAPTER_CONFIG} there; only LoRA checkpoints need "
                          "merging (a full checkpoint already is a Hugging Face directory)")
@@ -325,7 +333,7 @@ def merge_checkpoint(src: str, out: str) -> str:
                          "pass a new --out")
     root = src
     while is_adapter_checkpoint(root):
-        root = resolve_checkpoint(read_adapter_config(root)["base_model"])
+        root = checkpoint.resolve_checkpoint(read_adapter_config(root)["base_model"])
     dtype = None
     if root != "toy":
         root_cfg = json.load(open(os.path.join(root, "config.json")))
@@ -362,9 +370,8 @@ def load_for_training(path: str, args, resume: bool, corpus=None, seed: int = 0)
     from safetensors.torch import load_file
     from transformers import AutoTokenizer
 
-    device = getattr(args, "device", None) or ("cuda" if torch.cuda.is_available() else "cpu")
-    device_type = torch.device(device).type
-    path = resolve_checkpoint(path)
+    device_type = resolve_device(getattr(args, "device", None)).type
+    path = checkpoint.resolve_checkpoint(path, "--resume" if resume else "--model")
     settings = {}
     if resume and path != "toy" and is_adapter_checkpoint(path):
         cfg = read_adapter_config(path)

@@ -186,7 +186,7 @@ def load_config(name_or_dir: str):
                                 video_token_id=ids["<|video_pad|>"],
                                 vision_start_token_id=ids["<|vision_start|>"],
                                 vision_end_token_id=ids["<|vision_end|>"])
-    path = lora.resolve_checkpoint(name_or_dir)
+    path = checkpoint.resolve_checkpoint(name_or_dir)
     if lora.is_adapter_checkpoint(path):
         return load_config(lora.read_adapter_config(path)["base_model"])
     if not os.path.isfile(os.path.join(path, "config.json")):
@@ -483,7 +483,7 @@ def dry_run_settings(args, config, paper_preset: dict | None = None) -> dict:
     --data, which a dry run lacks, so a real model gets the paper preset's values for the flags
     the toy preset filled; and gradient checkpointing as a training run would decide it."""
     settings = {}
-    if paper_preset and not is_toy_config(config) and getattr(args, "preset", None) is None:
+    if paper_preset and not is_toy_config(config) and "preset" not in args.flags_given:
         for item in getattr(args, "preset_filled", []):
             k = item.split("=", 1)[0]
             if k in paper_preset:

@@ -68,10 +68,12 @@ def toy_config(tokenizer):
 
 def load_model(name_or_dir: str = "toy", dtype=None, device=None, corpus: list[str] | None = None,
                seed: int = 0):
-    """vadr.load_model, plus 'toy': a tiny random model (seeded, without disturbing the global
-    RNG) and a BPE tokenizer trained on `corpus` (the toy world's text) plus the prompts."""
+    """Every script's --model: 'toy', a tiny random model (seeded, without disturbing the global
+    RNG) and a BPE tokenizer trained on `corpus` (the toy world's text) plus the prompts; else
+    any checkpoint, run directory or LoRA run, as plain weights (extras/lora.load_merged)."""
     if name_or_dir != "toy":
-        return vadr.load_model(name_or_dir, dtype=dtype, device=device)
+        from extras import lora  # lora builds on this module: imported at call time
+        return lora.load_merged(name_or_dir, dtype=dtype, device=device)
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     tokenizer = train_toy_tokenizer(corpus or [])

@@ -63,7 +63,8 @@ def add_run_args(ap: argparse.ArgumentParser, default_out: str):
                    help="--out holds an earlier run: delete its checkpoints and log and start "
                         "afresh (without it, or --resume, such an --out is refused)")
     g.add_argument("--fsdp", action="store_true", help="shard with FSDP2 fully_shard (under torchrun); default DDP")
-    g.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    g.add_argument("--device", default=None,
+                   help="cpu, cuda or cuda:N (default: cuda if available)")
     g.add_argument("--seed", type=int, default=0, help="seed for init, data order, sampling")
     g.add_argument("--grad-ckpt", action="store_true", help="gradient checkpointing (saves activation memory)")
     g.add_argument("--freeze-vision", action=argparse.BooleanOptionalAction, default=None,

@@ -4,7 +4,9 @@ value and what to pass, before anything is loaded (extras/flagcheck.py); a train
 holds a run needs --resume or --overwrite; an eval --out that is not a predictions file is left
 byte-identical. Most cases call the validator on the scripts' own parsed arguments (presets and
 eval.resolve_inference_args applied); a few subprocesses prove the wiring: exit code 1, one line
-on stderr, no traceback, nothing heavy loaded. Run: pytest tests/test_bad_input_flags.py"""
+on stderr, no traceback, nothing heavy loaded. Issue 36: --device (cpu, cuda, cuda:N, one rule for
+every script) and --length-ranges-from (read through the manifest checker; the RL manifest, a
+missing file or a directory is one line). Run: pytest tests/test_bad_input_flags.py"""
 import hashlib
 import json
 import os
@@ -13,6 +15,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import eval as ev
 import train_rl
@@ -113,6 +116,18 @@ EVAL_BAD = [
     (["--model", "/nonexistent/m"], "--model /nonexistent/m does not exist: pass 'toy' or a local "
                                     "checkpoint or run directory (nothing is downloaded)"),
 ]
+
+# --device (issue 36): what torch takes for cpu and cuda, else one line; CUDA where there is none
+NOT_A_DEVICE = "not a device this project runs on; pass cpu, cuda or cuda:N"
+DEVICE_BAD = [(["--device", d], f"--device {d}: {NOT_A_DEVICE}")
+              for d in ("gpu", "mps", "cuda:x", "cuda:-1", "CPU", "")]
+if torch.version.cuda is None:  # the CPU-only build the tests run on
+    DEVICE_BAD += [(["--device", d], f"--device {d}: no CUDA device is available (torch "
+                    f"{torch.__version__} is a CPU-only build); pass --device cpu")
+                   for d in ("cuda", "cuda:0")]
+SFT_BAD += DEVICE_BAD
+RL_BAD += DEVICE_BAD
+EVAL_BAD += DEVICE_BAD
 
 
 def _sft(tmp_path, *extra):
@@ -423,3 +438,96 @@ def test_makefile_resumes_a_killed_stage_and_overwrites_otherwise(tiny_world, tm
     assert got["base"][0] == got["rl"][0] == "--overwrite"  # base: stamp stale under -B; rl: new
     assert got["sft"] == ["--resume", f"{run}/sft"]
     assert {st: v[0] for st, v in outs("REDO=1").items()} == dict.fromkeys(got, "--overwrite")
+
+
+def test_device_rule_takes_the_gpu_named_and_one_per_rank(monkeypatch):
+    """The one --device rule, on a machine made to look like it has 2 GPUs: cuda:N is that GPU
+    (set as the current device, never the CPU), cuda is LOCAL_RANK's, a missing index is one
+    line, and under torchrun one GPU for every rank is refused."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    current = []
+    monkeypatch.setattr(torch.cuda, "set_device", current.append)
+    for name, local, want in (("cuda:1", 0, "cuda:1"), ("cuda", 1, "cuda:1"), ("cuda", 0, "cuda:0"),
+                              (None, 0, "cuda:0"), ("cpu", 1, "cpu"), ("cpu:0", 0, "cpu")):
+        assert vadr.resolve_device(name, local) == torch.device(want)
+    with pytest.raises(vadr.InputError) as e:
+        vadr.resolve_device("cuda:2")
+    assert str(e.value) == ("--device cuda:2: this machine has 2 CUDA device(s), cuda:0 .. "
+                            "cuda:1; pass one of them")
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(k, raising=False)
+    info = vadr.setup_distributed("cuda:1")
+    assert info["device"] == torch.device("cuda", 1) and current == [torch.device("cuda", 1)]
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(vadr.InputError) as e:
+        vadr.setup_distributed("cuda:0")
+    assert str(e.value) == ("--device cuda:0 under torchrun: every rank would use that one GPU; "
+                            "pass --device cuda (rank r takes cuda:LOCAL_RANK)")
+
+
+@pytest.mark.skipif(torch.version.cuda is not None, reason="the CPU-only build's message")
+def test_cuda_on_a_cpu_only_build_is_one_line_from_the_scripts(tmp_path):
+    p = _run(["eval.py", "--model", "toy", "--data", str(tmp_path / "t.jsonl"), "--out",
+              str(tmp_path / "p.jsonl"), "--device", "cuda"])
+    _one_line_error(p, f"eval.py: --device cuda: no CUDA device is available (torch "
+                       f"{torch.__version__} is a CPU-only build); pass --device cpu")
+    p = _run(["train_rl.py", "--model", str(tmp_path), "--data", str(tmp_path / "t.jsonl"),
+              "--out", str(tmp_path / "r"), "--device", "gpu"])
+    _one_line_error(p, f"train_rl.py: --device gpu: {NOT_A_DEVICE}")
+    assert os.listdir(tmp_path) == []
+
+
+# ================================================================ --length-ranges-from (issue 36)
+
+LENGTH_WHAT = ("pass the SFT manifest (Vad-Reasoning-SFT-train.jsonl), whose reasoning lengths "
+               "give the ranges")
+
+
+def test_length_ranges_from_a_file_that_is_not_an_sft_manifest_is_one_line(tiny_world, tmp_path):
+    import data
+    for path, why in ((tmp_path / "none.jsonl", "does not exist"), (tmp_path, "is a directory")):
+        with pytest.raises(vadr.InputError) as e:
+            data.read_length_manifest(str(path))
+        assert str(e.value) == f"--length-ranges-from {path} {why}; {LENGTH_WHAT}"
+    with pytest.raises(vadr.InputError) as e:  # its ranges would be (0, 0): never paid
+        data.read_length_manifest(tiny_world["rl"])
+    assert str(e.value) == (f"--length-ranges-from {tiny_world['rl']}: its rows have no think "
+                            f"text (an RL manifest?); {LENGTH_WHAT}")
+    lines = open(tiny_world["sft_train"], encoding="utf-8").read().splitlines(keepends=True)
+    normal = tmp_path / "normal.jsonl"
+    normal.write_text("".join(x for x in lines if '"anomaly_type": "Normal"' in x))
+    with pytest.raises(vadr.InputError) as e:
+        data.read_length_manifest(str(normal))
+    assert str(e.value) == (f"--length-ranges-from {normal}: no Abnormal row (the length reward "
+                            f"needs a range for each); {LENGTH_WHAT}")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("".join(lines) + "{not json\n")
+    with pytest.raises(data.ManifestError) as e:
+        data.read_length_manifest(str(bad))
+    assert str(e.value).splitlines() == [
+        f"{bad}: 1 problem(s) in 1 row(s):",
+        f"{bad}:{len(lines) + 1}: bad-json: not valid JSON (Expecting property name enclosed in "
+        "double quotes, column 2)"]
+    assert len(data.read_length_manifest(str(bad), skip_bad=True)) == len(lines)
+
+
+def test_length_ranges_from_a_manifest_with_a_bom_are_its_ranges(tiny_world, tmp_path):
+    import data
+    want = data.length_ranges(data.read_manifest(tiny_world["sft_train"], "sft", check_videos=False))
+    assert min(lo for lo, _ in want.values()) > 0 and set(want) == {"Normal", "Abnormal"}
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes(b"\xef\xbb\xbf" + open(tiny_world["sft_train"], "rb").read())
+    assert data.length_ranges(data.read_length_manifest(str(bom))) == want
+
+
+def test_train_rl_refuses_the_rl_manifest_as_length_ranges_before_loading(tiny_world, tmp_path):
+    (tmp_path / "m").mkdir()  # a --model directory that is never read
+    p = _run(["train_rl.py", "--model", str(tmp_path / "m"), "--data", tiny_world["rl"],
+              "--video-root", tiny_world["videos"], "--length-ranges-from", tiny_world["rl"],
+              "--out", str(tmp_path / "r"), "--device", "cpu"])
+    _one_line_error(p, f"--length-ranges-from {tiny_world['rl']}: its rows have no think text "
+                       f"(an RL manifest?); {LENGTH_WHAT}")
+    assert not (tmp_path / "r").exists()

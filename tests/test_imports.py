@@ -26,8 +26,10 @@ DEFERRED: dict[tuple[str, str], str] = {}
 # frame and label metrics; bench times train_rl.rl_step and train_sft.sft_loss_sum.
 KNOWN_UPWARD = {("extras.bench", "train_rl"), ("extras.bench", "train_sft"),
                 ("extras.vanguard", "eval")}
-KNOWN_IN_FUNCTION = {("extras.vanguard", "eval")}
-KNOWN_CYCLES = [{"eval", "extras.vanguard"}]
+# toymodel.load_model hands any non-toy --model to lora.load_merged, which loads 'toy' with
+# toymodel.load_model: one of the two should own "any checkpoint".
+KNOWN_IN_FUNCTION = {("extras.vanguard", "eval"), ("extras.toymodel", "extras.lora")}
+KNOWN_CYCLES = [{"eval", "extras.vanguard"}, {"extras.lora", "extras.toymodel"}]
 
 
 def project_modules() -> dict[str, str]:

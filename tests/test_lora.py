@@ -2,7 +2,9 @@
 parameters receive gradients; merged weights give the logits of base + adapters; adapters switched
 off give exactly the base (RL's reference, no copy); adapter-only checkpoints resume exactly, merge
 into a Hugging Face directory that from_pretrained loads and eval.py scores, and chain (RL LoRA on
-top of SFT LoRA). Run: pytest tests/test_lora.py"""
+top of SFT LoRA). The one-GPU route end to end (issue 36): a LoRA run is a --model like any
+checkpoint, for RL (adapters of its own, or merged on load into full weights) and for eval.py,
+which loads it merged. Run: pytest tests/test_lora.py"""
 import copy
 import json
 import os
@@ -218,3 +220,47 @@ def test_lora_train_embeddings_saves_them_resumes_and_merges(tiny_world, tmp_pat
     torch.testing.assert_close(_logits(m, b), _logits(adapted.eval(), b), atol=2e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="--lora-train-embeddings trains beside LoRA adapters"):
         train_sft.main(["--data", tiny_world["sft_train"], "--lora-train-embeddings", "--out", str(tmp_path / "x")])
+
+
+def test_the_one_gpu_lora_route_sft_rl_eval_end_to_end(tiny_world, lora_sft_run, tmp_path,
+                                                       monkeypatch):
+    """SFT with adapters (lora_sft_run) -> RL from that run directory, with adapters of its own
+    or merged on load and trained in full -> eval.py --model on each run directory: the same
+    predictions as eval.py on its --merge'd directory."""
+    import itertools
+    import eval as eval_mod
+    import rewards
+    import train_rl
+    from conftest import saved_weights
+    flips = itertools.cycle([1.0, 0.0])  # reward variance: the first step has a gradient
+    monkeypatch.setattr(rewards, "accuracy_reward", lambda c, s: next(flips))
+    w = tiny_world
+    rl = ["--model", str(lora_sft_run), "--data", w["rl"], "--video-root", w["videos"], "--frames",
+          "4", "--max-new-tokens", "8", "--num-generations", "2", "--batch-size", "1",
+          "--max-steps", "1", "--lr", "1e-2", "--length-ranges-from", w["sft_train"], "--device",
+          "cpu", "--num-workers", "0"]
+    full, adapters = tmp_path / "rl_full", tmp_path / "rl_lora"
+    train_rl.main(rl + ["--out", str(full)])  # merged on load: every weight trains
+    ckpt = full / "step-1"
+    assert (ckpt / "model.safetensors").is_file() and not (ckpt / lora.ADAPTER_CONFIG).exists()
+    assert json.loads(open(full / "log.jsonl").readline())["grad_norm"] > 0
+    start = lora.load_merged(str(lora_sft_run))[0].state_dict()
+    after = saved_weights(ckpt)
+    moved = {k for k in start if not torch.equal(start[k], after[k])}
+    assert any(".layers." in k and "proj" in k for k in moved)  # the merged projections trained
+    train_rl.main(rl + ["--lora-rank", "2", "--out", str(adapters)])  # adapters on the adapters
+    assert (adapters / "step-1" / lora.ADAPTER_CONFIG).is_file()
+
+    def predictions(model, name):
+        out = tmp_path / f"{name}.jsonl"
+        eval_mod.main(["--model", str(model), "--data", w["sft_test"], "--video-root",
+                       w["videos"], "--out", str(out), "--limit", "2", "--frames", "4",
+                       "--max-new-tokens", "8", "--device", "cpu", "--num-workers", "0"])
+        return [json.loads(x)["output"] for x in open(out)]
+
+    for run in (lora_sft_run, adapters):
+        merged = tmp_path / f"merged_{run.name}"
+        train_rl.main(["--merge", str(run), "--out", str(merged)])
+        got = predictions(run, f"run_{run.name}")
+        assert len(got) == 2 and got == predictions(merged, f"merged_{run.name}")
+    assert len(predictions(full, "full")) == 2

@@ -160,9 +160,10 @@ def test_length_rewards_group_authors_needs_tokens():
         R.length_rewards_group([NOR, NOR], "Normal", mode="characters")
 
 
-def test_length_ranges(tiny_world, tmp_path):
-    """App. C.2's ranges: one statistic (data.length_ranges), read from a manifest through
-    read_manifest's checks (data.read_length_ranges, train_rl.py --length-ranges-from)."""
+def test_length_ranges(tiny_world):
+    """App. C.2's ranges: one statistic (data.length_ranges), over rows read through
+    read_manifest's checks (data.read_length_manifest, train_rl.py --length-ranges-from; its bad
+    files: tests/test_bad_input_flags.py)."""
     def row(text, label):
         i = text.index("<answer>")
         return dict(think=text[:i].strip(), answer=text[i:], label=label)
@@ -173,13 +174,7 @@ def test_length_ranges(tiny_world, tmp_path):
     assert data.length_ranges(rows[:3]) == {"Normal": (151, 252)}
     m = tiny_world["sft_train"]
     want = data.length_ranges(data.read_manifest(m, "sft", check_videos=False))
-    assert data.read_length_ranges(m) == want and set(want) == {"Normal", "Abnormal"}
-    normal_only = tmp_path / "normal.jsonl"
-    normal_only.write_text("".join(ln for ln in open(m) if '"Normal"' in ln))
-    with pytest.raises(vadr.InputError) as e:
-        data.read_length_ranges(str(normal_only))
-    assert str(e.value) == (f"{normal_only}: no Abnormal SFT row, so no length range for it; "
-                            "--length-ranges-from needs an SFT manifest with both classes")
+    assert data.length_ranges(data.read_length_manifest(m)) == want and set(want) == {"Normal", "Abnormal"}
 
 
 # ---------------------------------------------------------------- verification trim (Algorithm 1 lines 3-9)
