@@ -87,13 +87,24 @@ def parse_args(argv=None):
                                argv)
 
 
+# Each random stream of a step is seeded from (seed, step, rank) alone, so --resume redraws it
+# exactly: stream -> (seed multiplier, step multiplier).
+SEED_STREAMS = {"sample": (1_000_003, 1009), "trim": (7_919, 101), "refill": (1, 7)}
+
+
+def step_seed(seed: int, step: int, rank: int, stream: str) -> int:
+    """The seed of one random stream (SEED_STREAMS) of this step on this rank."""
+    a, b = SEED_STREAMS[stream]
+    return seed * a + step * b + rank
+
+
 def rl_step(model, ref_model, tok, opt, sched, batch: dict, args, step: int, rank: int, mode: str,
             length_ranges: dict, prompt: str, ignore_eos: bool = False, draw=None) -> dict:
     """Algorithm 2 lines 5-12 on this rank's videos -> log fields (ignore_eos: extras/bench.py;
     draw(n, rng): n random videos for --dynamic-sampling, extras/dynamic.py)."""
     device, G = batch["input_ids"].device, args.num_generations
-    gen = torch.Generator(device=device).manual_seed(args.seed * 1_000_003 + step * 1009 + rank)
-    trim_rng = random.Random(args.seed * 7_919 + step * 101 + rank)
+    gen = torch.Generator(device=device).manual_seed(step_seed(args.seed, step, rank, "sample"))
+    trim_rng = random.Random(step_seed(args.seed, step, rank, "trim"))
     sample_kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                      top_p=args.top_p, end_ids=vadr.end_token_ids(tok),
                      pad_id=vadr.pad_token_id(tok), generator=gen, sync_ranks=(mode == "fsdp"),
@@ -104,7 +115,8 @@ def rl_step(model, ref_model, tok, opt, sched, batch: dict, args, step: int, ran
     roll = roll_of(batch)                                                  # Alg. 2 lines 5-10
     if args.dynamic_sampling:  # DAPO: refill groups whose rewards are all equal
         batch, roll, dyn = dynamic.refill(batch, roll, G, roll_of, draw, args.dynamic_max_rounds,
-                                          vadr.pad_token_id(tok), seed=args.seed + step * 7 + rank)
+                                          vadr.pad_token_id(tok),
+                                          seed=step_seed(args.seed, step, rank, "refill"))
         t.update(dyn)
     inputs = {k: batch[k] for k in vadr.MODEL_INPUT_KEYS}
     ids, mask, texts, parts, R = (roll[k] for k in ("ids", "mask", "texts", "parts", "R"))
@@ -177,9 +189,9 @@ def main(argv=None):
     if args.data is None:
         toy.use_toy_world(args, "rl", TOY_DATA_DIR)
     rows = data.read_manifest(args.data, "rl", video_root=args.video_root, skip_bad=args.skip_bad)
-    length_ranges = (rewards.length_ranges_from_manifest(
-        data.read_length_manifest(args.length_ranges_from, args.skip_bad))
-        if args.length_ranges_from else dict(rewards.DEFAULT_LENGTH_RANGES))
+    length_ranges = (data.length_ranges(data.read_length_manifest(args.length_ranges_from,
+                                                                  args.skip_bad))
+                     if args.length_ranges_from else dict(rewards.DEFAULT_LENGTH_RANGES))
     content = checkpoint.data_content(rows)
     if start_dir:
         checkpoint.check_same_data(args, checkpoint.saved_config(start_dir), "rl", content,
@@ -188,7 +200,7 @@ def main(argv=None):
 
     # ---- policy and reference (Alg. 2 lines 1-2: pi_ref <- pi_theta; on resume still the start)
     # the weights (+ LoRA adapters with --lora-rank), the flags they decide, the checkpoint writer
-    model, tok, settings, save = lora.load_policy(start_dir or args.model, args,
+    model, tok, settings, save = scale.load_policy(start_dir or args.model, args,
                                                   resume=start_dir is not None, seed=args.seed)
     vars(args).update(settings)
     ref_model = lora.make_reference_model(model, args, resume=start_dir is not None,

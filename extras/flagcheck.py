@@ -24,9 +24,8 @@ import math
 import os
 import re
 import shutil
-import tempfile
 
-from extras import checkpoint, cli
+from extras import checkpoint, cli, predictions, scoring
 from vadr import InputError, resolve_device
 
 SCRIPTS = {"sft": "train_sft.py", "rl": "train_rl.py", "eval": "eval.py",
@@ -156,35 +155,16 @@ def _check_model(args, script: str, stage: str):
                      "or run directory (nothing is downloaded)")
 
 
-def _check_writable(path: str, flag: str, script: str, is_dir: bool):
-    """The directory `path` (is_dir), or the file `path`'s folder, exists and takes a new entry,
-    or can be created. Tried for real (a probe directory made and removed at once) where access()
-    would not say: a root user on a read-only mount, /proc, a folder that is a file."""
-    folder = path if is_dir else os.path.dirname(os.path.abspath(path))
-    probe = os.path.abspath(folder)
-    while not os.path.exists(probe):  # the nearest existing ancestor receives the new folders
-        probe = os.path.dirname(probe)
-    if not os.path.isdir(probe):
-        raise InputError(f"{script}: {flag} {path}: {probe} is a file, not a directory; pass "
-                         f"another {flag}")
-    try:
-        os.rmdir(tempfile.mkdtemp(prefix=".vadr-write-probe-", dir=probe))
-    except OSError as e:
-        raise InputError(f"{script}: {flag} {path}: cannot write in {probe} ({e.strerror}); "
-                         f"pass a writable {flag}") from None
-
-
 def _check_eval_paths(args, script: str):
     """Inference needs --data and --out; --out is a new file or a predictions file to resume
     (checked line by line, never modified here); --json is written, so it must not be an input."""
-    from extras import predictions, scoring
     if not (args.data and args.out):
         raise InputError(f"{script}: inference needs --model, --data and --out")
     _check_model(args, script, "eval")
     if os.path.isdir(args.out):
         raise InputError(f"{script}: --out {args.out} is a directory; pass the predictions "
                          f"JSONL file to write (e.g. {os.path.join(args.out, 'preds.jsonl')})")
-    _check_writable(args.out, "--out", script, is_dir=False)
+    scoring.check_writable(args.out, "--out", script, is_dir=False)
     if os.path.isfile(args.out):
         predictions.check_predictions_file(args.out)
     scoring.check_output(script, "--json", args.json, {"--data": args.data, "--out": args.out})
@@ -227,7 +207,7 @@ def check_run_dir(args, script: str):
     if os.path.exists(out) and not os.path.isdir(out):
         raise InputError(f"{script}: --out {out} is a file, not a run directory; pass another "
                          "--out")
-    _check_writable(out, "--out", script, is_dir=True)
+    scoring.check_writable(out, "--out", script, is_dir=True)
     found = run_contents(out)
     if args.resume:
         if args.overwrite:

@@ -24,6 +24,7 @@ import zlib
 
 import numpy as np
 
+import data
 import vadr
 from extras import scoring
 
@@ -249,10 +250,8 @@ def write_strips(run_dir: str, preds_path: str, data_path: str, video_root: str 
                  read_jsonl, n_strips: int = 8) -> list[str]:
     """RUN_DIR/strips/<video>.png for the first n_strips/2 abnormal and then normal test videos
     that have a prediction; returns the report's line naming the folder."""
-    import data as data_mod  # not at the top: `python -m extras.toy preview` imports this file
-
     os.makedirs(os.path.join(run_dir, "strips"), exist_ok=True)
-    gt = data_mod.read_manifest(data_path, "sft", video_root=video_root)
+    gt = data.read_manifest(data_path, "sft", video_root=video_root)
     preds = {(str(r.get("source")), str(r.get("video"))): r["output"]  # error rows: no strip
              for r in read_jsonl(preds_path)
              if isinstance(r.get("output"), str) and not r.get("error")}

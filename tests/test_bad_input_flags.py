@@ -531,13 +531,11 @@ def test_length_ranges_from_a_file_that_is_not_an_sft_manifest_is_one_line(tiny_
 
 def test_length_ranges_from_a_manifest_with_a_bom_are_its_ranges(tiny_world, tmp_path):
     import data
-    import rewards
-    raw = [json.loads(x) for x in open(tiny_world["sft_train"], encoding="utf-8") if x.strip()]
-    want = rewards.length_ranges_from_manifest(raw)
-    assert min(lo for lo, _ in want.values()) > 0
+    want = data.length_ranges(data.read_manifest(tiny_world["sft_train"], "sft", check_videos=False))
+    assert min(lo for lo, _ in want.values()) > 0 and set(want) == {"Normal", "Abnormal"}
     bom = tmp_path / "bom.jsonl"
     bom.write_bytes(b"\xef\xbb\xbf" + open(tiny_world["sft_train"], "rb").read())
-    assert rewards.length_ranges_from_manifest(data.read_length_manifest(str(bom))) == want
+    assert data.length_ranges(data.read_length_manifest(str(bom))) == want
 
 
 def test_train_rl_refuses_the_rl_manifest_as_length_ranges_before_loading(tiny_world, tmp_path):
