@@ -396,7 +396,7 @@ def read_manifest(path: str, kind: str = "sft", video_root: str | None = None,
 
 def read_length_manifest(path: str, skip_bad: bool = False) -> list[dict]:
     """--length-ranges-from: the SFT manifest whose reasoning lengths give the length reward's
-    ranges (App. C.2; rewards.length_ranges_from_manifest), read and checked as read_manifest
+    ranges (App. C.2; length_ranges), read and checked as read_manifest
     reads it (its videos need not be there). A file with no think text (the RL manifest) or
     without rows of both classes is one InputError naming it: its ranges would be (0, 0) or
     missing, and the length reward would never pay."""

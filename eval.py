@@ -630,7 +630,8 @@ def run_report(run_dir: str, data_path: str | None, video_root: str | None,
     if not os.path.isdir(run_dir):
         raise vadr.InputError(f"--report {run_dir}: "
                               f"{'not a directory' if os.path.exists(run_dir) else 'not found'};"
-                              " pass the run directory holding eval_*.json")
+                              f" pass the run directory holding eval_*.json (`make toy RUN="
+                              f"{run_dir}` makes one)")
     table = os.path.join(run_dir, "table.md")
     if os.path.isdir(table):
         raise vadr.InputError(f"{table}: is a directory where --report writes its table; "
@@ -640,6 +641,11 @@ def run_report(run_dir: str, data_path: str | None, video_root: str | None,
         p = os.path.join(run_dir, f"eval_{key}.json")
         if os.path.exists(p):  # a directory or a corrupt file there: an error, not a missing row
             named[label] = scoring.read_json_object(p, "a metrics JSON (eval.py --json)")
+    if not named:  # empty tables that exit 0 would look like a report
+        raise vadr.InputError(f"--report {run_dir}: nothing to report (no eval_<stage>.json for a "
+                              f"stage of {', '.join(k for k, _ in report.REPORT_ROWS)}); `make toy "
+                              f"RUN={run_dir}` writes them, or eval.py --model M ... --json "
+                              f"{os.path.join(run_dir, 'eval_sft.json')}")
     lines = ["# Toy Vad-R1: what each stage adds (layout of the paper's Table 4)", "",
              format_table(named, layout="table4"), "",
              "Detection and format (authors' protocol):", "",

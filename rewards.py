@@ -34,7 +34,7 @@ Decisions and departures (paper vs the authors' scripts, docs/paper-vs-authors.m
 """
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import vadr
 
@@ -116,24 +116,6 @@ def length_rewards_group(completions: Sequence[str], solution: str,
             for c, a, n in zip(completions, acc, n_tokens)]
 
 
-def length_ranges_from_manifest(rows: Iterable[dict]) -> dict:
-    """[min, max] words per class over SFT rows (App. C.2: the ranges come from the SFT data's
-    reasoning lengths). rows: dicts with think and answer (a file: data.read_length_manifest).
-    Text = think + "\n" + answer, counted as a completion is; class = label of its <which> (else
-    its anomaly_type)."""
-    lengths = {"Normal": [], "Abnormal": []}
-    for row in rows:
-        text = f"{row.get('think') or ''}\n{row.get('answer') or ''}"
-        label = vadr.parse_completion(text)["label"] or vadr.label_from_which(
-            row.get("anomaly_type"))
-        if label is not None:
-            lengths[label].append(count_words(text))
-    missing = [k for k, v in lengths.items() if not v]
-    if missing:
-        raise ValueError(f"no SFT row of class {missing}: cannot compute its length range")
-    return {k: (min(v), max(v)) for k, v in lengths.items()}
-
-
 # ---- Anomaly verification (Algorithm 1) --------------------------------------------------------
 
 def is_valid_when(when) -> bool:
@@ -187,18 +169,21 @@ def verification_reward_from_text(first_completion: str, second_completion: str 
 def total_reward(completion: str, solution: str, second_completion: str | None = None,
                  ranges: dict = DEFAULT_LENGTH_RANGES, use_accuracy: bool = True,
                  use_format: bool = True, use_verification: bool = True, use_length: bool = True,
-                 verify_abnormal: bool = True, verify_normal: bool = True) -> dict:
+                 verify_abnormal: bool = True, verify_normal: bool = True,
+                 length: float | None = None) -> dict:
     """All rewards of one completion and their sum (Alg. 2 line 10: R = R_acc+R_f+R_ano+R_len).
 
     second_completion: the completion on the trimmed video (None: no second pass, R_ano = 0).
     The use_* switches give Table 10's rows (GRPO = accuracy + format, + length, + verification,
-    AVA-GRPO = all four); a switched-off reward counts 0.0. -> dict(accuracy, format,
+    AVA-GRPO = all four); a switched-off reward counts 0.0. length: the length reward when it is
+    computed group-wise (group_rewards), else length_reward's. -> dict(accuracy, format,
     verification, length, total)."""
     v = verification_reward_from_text(completion, second_completion, verify_abnormal,
                                       verify_normal) if use_verification else 0.0
     r = dict(accuracy=accuracy_reward(completion, solution) if use_accuracy else 0.0,
              format=format_reward(completion) if use_format else 0.0, verification=v,
-             length=length_reward(completion, ranges) if use_length else 0.0)
+             length=length if length is not None else
+             length_reward(completion, ranges) if use_length else 0.0)
     r["total"] = r["accuracy"] + r["format"] + r["verification"] + r["length"]  # Alg. 2 line 10
     return r
 
@@ -218,10 +203,5 @@ def group_rewards(completions: Sequence[str], solution: str,
     use_length = switches.pop("use_length", True)
     lengths = (length_rewards_group(completions, solution, ranges, length_mode, n_tokens)
                if use_length else [0.0] * G)
-    out = []
-    for c, c2, r_len in zip(completions, seconds, lengths):
-        r = total_reward(c, solution, c2, ranges, use_length=False, **switches)
-        r["length"] = r_len
-        r["total"] = r["accuracy"] + r["format"] + r["verification"] + r["length"]  # Alg. 2 line 10
-        out.append(r)
-    return out
+    return [total_reward(c, solution, c2, ranges, length=r_len, **switches)
+            for c, c2, r_len in zip(completions, seconds, lengths)]

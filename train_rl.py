@@ -7,6 +7,8 @@ Vad-Reasoning-RL (weak labels only: Abnormal / Normal):
   Alg. 2 l. 6-10   accuracy, format, verification, length, their sum R   rewards.group_rewards
   Alg. 2 line 11   A = (R - mean(R)) / std(R) within the group (Eq. 1)   grpo.group_advantages
   Alg. 2 line 12   update with Eq. 3 (clipped surrogate - beta * KL_k3)  grpo.grpo_loss
+Lines 5-10 (the rollout) are extras/rollout.py, which `python -m extras.inspect` also runs. The
+log (OUT/log.jsonl, keys: docs/log-keys.md) is drawn into OUT/curves.svg at the end of a run.
 Sampling and scoring: extras/fastpath.py (tested equal to grpo's). pi_ref: a frozen copy, or the
 policy with its LoRA adapters off (extras/lora.py). Beyond the paper: docs/paper-vs-authors.md s.7.
 
@@ -30,7 +32,6 @@ Departures from the paper / the authors' scripts (docs/paper-vs-authors.md s.2):
 from __future__ import annotations
 
 import argparse
-import contextlib
 import random
 import time
 
@@ -41,21 +42,13 @@ import data
 import grpo
 import rewards
 import vadr
-from extras import (badvideos, checkpoint, cli, dynamic, fastpath, flagcheck, lora, scale, toy,
-                    training, vanguard)
+from extras import (badvideos, checkpoint, cli, dynamic, fastpath, flagcheck, lora, report, scale,
+                    toy, training)
+from extras.rollout import rollout  # Alg. 2 lines 5-10, shared with extras/inspect.py
 
-TOY_DATA_DIR, TOY_SFT_DIR = "data/toy", "runs/toy/sft"
-
-# The paper's defaults (App. C.3), the authors' where it is silent (docs/paper-vs-authors.md s.2)
-PAPER = dict(epochs=1, lr=1e-6, batch_size=1, num_generations=4, beta=0.04, temperature=1.0,
-             top_p=0.95, max_new_tokens=768, weight_decay=0.01, max_grad_norm=5.0, warmup_ratio=0.0,
-             save_every=100, num_workers=2, prompt_variant="binary", freeze_vision=False,
-             **dict(training.VIDEO_PAPER, grid_time="one"))  # the authors' RL trainer: 1.0 (s.5)
-# Toy: short completions, larger lr, the SFT prompt (binary: no format passed), 1 epoch as the paper
-TOY = dict(epochs=1, lr=5e-5, batch_size=2, num_generations=4, beta=0.04,
-           temperature=1.0, top_p=0.95, max_new_tokens=320, weight_decay=0.0, max_grad_norm=1.0,
-           warmup_ratio=0.0, save_every=20, num_workers=1, prompt_variant="fine",
-           freeze_vision=False, **training.VIDEO_TOY)
+# The presets (the paper's defaults, the toy's) live in extras/cli.py: extras/inspect.py samples
+# with the same values
+PAPER, TOY, TOY_DATA_DIR, TOY_SFT_DIR = cli.RL_PAPER, cli.RL_TOY, cli.TOY_DATA_DIR, cli.TOY_SFT_DIR
 
 
 def add_reward_args(ap):
@@ -94,83 +87,15 @@ def parse_args(argv=None):
                                argv)
 
 
-def verification_inputs(tok, rows: list[dict], completions: list[str], G: int, rng, args,
-                        prompt: str, device) -> tuple[dict | None, list[int]]:
-    """Algorithm 1 lines 3-9 for all B*G completions: each its own trim, re-sampled to N frames, all
-    in one batch -> (batch or None, indices of its completions). An empty trim gets no second
-    pass (its reward stays 0, Alg. 1 line 1)."""
-    videos, which, n_frames = [], [], {}
-    for i, c in enumerate(completions):
-        path = rows[i // G]["video_path"]
-        try:
-            if path not in n_frames:
-                n_frames[path] = vadr.count_frames(path)
-            keep = rewards.verification_trim(c, rng, total_frames=n_frames[path])  # kept windows
-            if keep:
-                videos.append(vadr.encode_video(path, keep=keep, **training.video_args(args)))
-                which.append(i)
-        except vadr.VideoError as e:  # frames the first pass did not read: --skip-bad, no 2nd pass
-            badvideos.Tally(args.data, args.skip_bad).skip(rows[i // G], f"{e} (trimmed)")
-    if not videos:
-        return None, []
-    vids = vadr.collate_videos(videos)
-    chat = vadr.build_chat_inputs(tok, [prompt] * len(videos), vids["video_grid_thw"])
-    return vadr.to_device({**chat, **vids}, device), which
+# Each random stream of a step is seeded from (seed, step, rank) alone, so --resume redraws it
+# exactly: stream -> (seed multiplier, step multiplier).
+SEED_STREAMS = {"sample": (1_000_003, 1009), "trim": (7_919, 101), "refill": (1, 7)}
 
 
-def rollout(model, tok, batch: dict, args, mode: str, length_ranges: dict, prompt: str,
-            sample_kw: dict, trim_rng, t: dict) -> dict:
-    """Algorithm 2 lines 5-10 on a batch of B videos -> dict(ids, mask (B*G, T), texts, seconds
-    (the completion on each trimmed video, or None), parts (reward parts), R (B*G,)). Timings
-    are added into t."""
-    device, G = batch["input_ids"].device, args.num_generations
-    inputs = {k: batch[k] for k in vadr.MODEL_INPUT_KEYS}
-    add = lambda k, t0: t.__setitem__(k, t.get(k, 0.0) + time.time() - t0)
-
-    # ---- Alg.2 line 5: a group of G completions per video (vision + prefill once per video)
-    t0 = time.time()
-    model.eval()
-    # under FSDP the full weights are gathered ONCE for both sampling passes (extras/scale.py)
-    gather = contextlib.ExitStack()
-    gathered = gather.enter_context(scale.rollout_weights(model, not args.no_rollout_gather))
-    roll = fastpath.sample_group(model, inputs, num_samples=G, **sample_kw)  # = grpo.sample_group
-    ids, mask = roll["completion_ids"], roll["completion_mask"]                      # (B*G, T)
-    texts = grpo.decode_completions(tok, ids, mask)
-    add("time_generation", t0)
-
-    # ---- Alg.2 line 8 = Algorithm 1: trim, one new completion per original
-    t0 = time.time()
-    seconds = [None] * len(texts)  # the completion on each trimmed video (None: no second pass)
-    if not (args.no_verification_abnormal and args.no_verification_normal):
-        v_inputs, which = verification_inputs(tok, batch["rows"], texts, G, trim_rng, args,
-                                              prompt, device)
-        if v_inputs is None and mode == "fsdp":  # every trim empty: still join the collectives
-            scale.sample_idle(model, tok, batch["rows"][0], prompt, args, device, sample_kw)
-        if v_inputs is not None:  # only the label is read: a row stops once it is settled
-            v_roll = fastpath.sample_group(model, v_inputs, 1, stop=fastpath.label_stop(tok),
-                                           **sample_kw)
-            v_texts = grpo.decode_completions(tok, v_roll["completion_ids"], v_roll["completion_mask"])
-            for i, v in zip(which, v_texts):
-                seconds[i] = v                                                     # Alg. 1 line 11
-    add("time_verification", t0)
-    gather.close()  # reshard: the reference pass and the update run sharded
-    t["rollout_copy_gb"] = gathered["bytes"] / scale.GiB  # the gathered copy (0 without FSDP)
-
-    # ---- Alg.2 lines 6-10: the rewards (verification: Alg. 1 lines 12-16) and R, group by group
-    parts = []
-    for b, row in enumerate(batch["rows"]):
-        grp = slice(b * G, (b + 1) * G)
-        parts += rewards.group_rewards(
-            texts[grp], row["solution"], seconds[grp], length_ranges, args.length_mode,
-            n_tokens=mask[grp].sum(1).tolist(), use_accuracy=not args.no_accuracy_reward,
-            use_format=not args.no_format_reward, use_length=not args.no_length_reward,
-            verify_abnormal=not args.no_verification_abnormal,
-            verify_normal=not args.no_verification_normal)
-    if args.spatial_verification:  # beyond both papers: Alg. 1 for *where* (extras/vanguard.py)
-        vanguard.add_spatial_rewards(parts, model, tok, batch["rows"], texts, args, prompt, device,
-                                     sample_kw)
-    R = torch.tensor([p["total"] for p in parts], dtype=torch.float32)               # (B*G,)
-    return dict(ids=ids, mask=mask, texts=texts, seconds=seconds, parts=parts, R=R)
+def step_seed(seed: int, step: int, rank: int, stream: str) -> int:
+    """The seed of one random stream (SEED_STREAMS) of this step on this rank."""
+    a, b = SEED_STREAMS[stream]
+    return seed * a + step * b + rank
 
 
 def rl_step(model, ref_model, tok, opt, sched, batch: dict, args, step: int, rank: int, mode: str,
@@ -178,8 +103,8 @@ def rl_step(model, ref_model, tok, opt, sched, batch: dict, args, step: int, ran
     """Algorithm 2 lines 5-12 on this rank's videos -> log fields (ignore_eos: extras/bench.py;
     draw(n, rng): n random videos for --dynamic-sampling, extras/dynamic.py)."""
     device, G = batch["input_ids"].device, args.num_generations
-    gen = torch.Generator(device=device).manual_seed(args.seed * 1_000_003 + step * 1009 + rank)
-    trim_rng = random.Random(args.seed * 7_919 + step * 101 + rank)
+    gen = torch.Generator(device=device).manual_seed(step_seed(args.seed, step, rank, "sample"))
+    trim_rng = random.Random(step_seed(args.seed, step, rank, "trim"))
     sample_kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                      top_p=args.top_p, end_ids=vadr.end_token_ids(tok),
                      pad_id=vadr.pad_token_id(tok), generator=gen, sync_ranks=(mode == "fsdp"),
@@ -190,7 +115,8 @@ def rl_step(model, ref_model, tok, opt, sched, batch: dict, args, step: int, ran
     roll = roll_of(batch)                                                  # Alg. 2 lines 5-10
     if args.dynamic_sampling:  # DAPO: refill groups whose rewards are all equal
         batch, roll, dyn = dynamic.refill(batch, roll, G, roll_of, draw, args.dynamic_max_rounds,
-                                          vadr.pad_token_id(tok), seed=args.seed + step * 7 + rank)
+                                          vadr.pad_token_id(tok),
+                                          seed=step_seed(args.seed, step, rank, "refill"))
         t.update(dyn)
     inputs = {k: batch[k] for k in vadr.MODEL_INPUT_KEYS}
     ids, mask, texts, parts, R = (roll[k] for k in ("ids", "mask", "texts", "parts", "R"))
@@ -263,9 +189,9 @@ def main(argv=None):
     if args.data is None:
         toy.use_toy_world(args, "rl", TOY_DATA_DIR)
     rows = data.read_manifest(args.data, "rl", video_root=args.video_root, skip_bad=args.skip_bad)
-    length_ranges = (rewards.length_ranges_from_manifest(
-        data.read_length_manifest(args.length_ranges_from, args.skip_bad))
-        if args.length_ranges_from else dict(rewards.DEFAULT_LENGTH_RANGES))
+    length_ranges = (data.length_ranges(data.read_length_manifest(args.length_ranges_from,
+                                                                  args.skip_bad))
+                     if args.length_ranges_from else dict(rewards.DEFAULT_LENGTH_RANGES))
     content = checkpoint.data_content(rows)
     if start_dir:
         checkpoint.check_same_data(args, checkpoint.saved_config(start_dir), "rl", content,
@@ -274,7 +200,7 @@ def main(argv=None):
 
     # ---- policy and reference (Alg. 2 lines 1-2: pi_ref <- pi_theta; on resume still the start)
     # the weights (+ LoRA adapters with --lora-rank), the flags they decide, the checkpoint writer
-    model, tok, settings, save = lora.load_policy(start_dir or args.model, args,
+    model, tok, settings, save = scale.load_policy(start_dir or args.model, args,
                                                   resume=start_dir is not None, seed=args.seed)
     vars(args).update(settings)
     ref_model = lora.make_reference_model(model, args, resume=start_dir is not None,
@@ -320,8 +246,13 @@ def main(argv=None):
             if vadr.is_main():
                 rec["sample"] = texts[0][:400]
                 checkpoint.log_jsonl(log_path, rec)
+                # every reward term (Table 7), the groups without signal (A = 0) and KL
                 pbar.set_postfix(R=f"{rec['reward']:.3f}", acc=f"{rec['reward_accuracy']:.2f}",
-                                 fmt=f"{rec['reward_format']:.2f}", kl=f"{rec.get('kl', 0):.4f}")
+                                 fmt=f"{rec['reward_format']:.2f}",
+                                 ver=f"{rec['reward_verification']:+.2f}",
+                                 len=f"{rec['reward_length']:.2f}",
+                                 zero_var=f"{rec['zero_std_fraction']:.2f}",
+                                 kl=f"{rec.get('kl', 0):.4f}")
                 pbar.update(1)
             done = checkpoint.save_if_due(
                 args, save=save, step=step, total_steps=total_steps, epoch=epoch, step_in_epoch=s,
@@ -331,6 +262,8 @@ def main(argv=None):
                 break
     pbar.close()
     bad_videos.report()
+    if vadr.is_main() and (svg := report.draw_rl_log(args.out)):  # every log key: docs/log-keys.md
+        print(f"curves: {svg}")
     training.finish_run(args, model, dist_info, step)
 
 

@@ -45,7 +45,7 @@ from tqdm import tqdm
 
 import data
 import vadr
-from extras import badvideos, checkpoint, cli, flagcheck, lora, scale, toy, training
+from extras import badvideos, checkpoint, cli, flagcheck, lora, scale, toy, training, vanguard
 
 TOY_DATA_DIR = "data/toy"  # the default data: the toy world, made on first use
 # Paper defaults for a real model (docs/paper-vs-authors.md s.2): fill the flags left at None.
@@ -70,6 +70,7 @@ def parse_args(argv=None):
     cli.add_optim_args(ap, "sft")  # --epochs, --lr, --schedule, ..., --preset (extras/cli.py)
     training.add_run_args(ap, default_out="runs/toy/sft")
     scale.add_scale_args(ap, stage="sft")  # --lora-*, --merge, --dry-run (extras/scale.py)
+    vanguard.add_box_args(ap)  # --boxes, --target: VANGUARD's stages 2-3 (extras/vanguard.py)
     args = ap.parse_args(argv)
     args.flags_given = cli.flags_given(ap, argv, args)  # on --resume the rest are the run's
     args.preset = args.preset or ("toy" if args.model == "toy" or args.data is None else "paper")
@@ -116,8 +117,7 @@ def backward_global_batch(model, micro: list[dict], world: int, mode: str, devic
     return dict(loss=loss, target_tokens=n_tok)
 
 
-def main(argv=None, make_dataset=None):
-    """make_dataset(rows, video_kwargs): another dataset of SFT items (extras/vanguard.py)."""
+def main(argv=None):
     args = parse_args(argv)
     flagcheck.check_flags(args, "sft")  # every flag, and --out, before anything is loaded
     if args.merge:  # fold a LoRA run's adapters into a full Hugging Face directory, and exit
@@ -144,6 +144,7 @@ def main(argv=None, make_dataset=None):
             args.tokenizer_corpus = [p for p in (paths["sft_train"], paths["caption"]) if os.path.getsize(p)]
     kind = "caption" if args.task == "caption" else "sft"
     rows = data.read_manifest(args.data, kind, video_root=args.video_root, skip_bad=args.skip_bad)
+    boxes = vanguard.sft_boxes(args, rows)  # --boxes: checked before the run directory is made
     content = checkpoint.data_content(rows)
     if resume_dir:
         checkpoint.check_same_data(args, checkpoint.saved_config(resume_dir), "sft", content)
@@ -153,7 +154,7 @@ def main(argv=None, make_dataset=None):
     # ---- model: the weights (+ LoRA adapters with --lora-rank); a resumed run reloads its own
     model, tok, lora_settings = lora.load_for_training(
         resume_dir or args.model, args, resume=resume_dir is not None,
-        corpus=training.toy_tokenizer_corpus(args, rows), seed=args.seed)
+        corpus=toy.toy_tokenizer_corpus(args, rows), seed=args.seed)
     # a resumed LoRA run keeps its checkpoint's adapter flags; a real model checkpoints gradients
     vars(args).update(lora_settings, grad_ckpt=scale.grad_ckpt_default(args, model.config))
     scale.install_vision_guard(model)  # every forward must run the vision tower (FSDP collectives)
@@ -175,7 +176,7 @@ def main(argv=None, make_dataset=None):
     log_path = checkpoint.start_log(args.out, config, start["step"] if resume_dir else None)
 
     video = dict(training.video_args(args), cache_videos=args.cache_videos)
-    ds = make_dataset(rows, dict(video, prompt_variant=args.prompt_variant)) if make_dataset \
+    ds = vanguard.BoxSFTDataset(rows, boxes, args.prompt_variant, args.target, **video) if boxes \
         else toy.CaptionDataset(rows, **video) if args.task == "caption" \
         else data.SFTDataset(rows, prompt_variant=args.prompt_variant, **video)
     ds = badvideos.SkipBadVideos(ds, replace=args.skip_bad)  # --skip-bad at decode time too

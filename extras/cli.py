@@ -1,6 +1,7 @@
 """extras/cli.py -- the entry scripts' flags that are not the method: train_sft.py's model and
 data groups, train_rl.py's model/data and optimisation groups and its preset resolution, and
-eval.py's whole command line (the inference defaults stay in eval.AUTHORS_INFERENCE).
+eval.py's whole command line (the inference defaults stay in eval.AUTHORS_INFERENCE); also
+train_rl.py's presets (RL_PAPER, RL_TOY), so that extras/inspect.py samples with the same values.
 
 The paper's own switches (AVA-GRPO, the Table 7 rewards, SFT's optimisation) stay in the scripts.
 Flags left at None are filled by a preset (extras/training.apply_preset) and checked by
@@ -56,6 +57,22 @@ def add_sft_data_args(ap: argparse.ArgumentParser):
 
 
 # ---- train_rl.py ----
+
+# train_rl.py's presets, for unset flags (also extras/inspect.py's)
+TOY_DATA_DIR, TOY_SFT_DIR = "data/toy", "runs/toy/sft"
+
+# The paper's defaults (App. C.3), the authors' where it is silent (docs/paper-vs-authors.md s.2)
+RL_PAPER = dict(epochs=1, lr=1e-6, batch_size=1, num_generations=4, beta=0.04, temperature=1.0,
+                top_p=0.95, max_new_tokens=768, weight_decay=0.01, max_grad_norm=5.0,
+                warmup_ratio=0.0, save_every=100, num_workers=2, prompt_variant="binary",
+                freeze_vision=False,
+                **dict(training.VIDEO_PAPER, grid_time="one"))  # the authors' RL trainer: 1.0 (s.5)
+# Toy: short completions, larger lr, the SFT prompt (binary: no format passed), 1 epoch as the paper
+RL_TOY = dict(epochs=1, lr=5e-5, batch_size=2, num_generations=4, beta=0.04,
+              temperature=1.0, top_p=0.95, max_new_tokens=320, weight_decay=0.0, max_grad_norm=1.0,
+              warmup_ratio=0.0, save_every=20, num_workers=1, prompt_variant="fine",
+              freeze_vision=False, **training.VIDEO_TOY)
+
 
 def add_rl_data_args(ap: argparse.ArgumentParser):
     g = ap.add_argument_group("model and data")

@@ -24,12 +24,12 @@ import math
 import os
 import re
 import shutil
-import tempfile
 
-from extras import checkpoint
+from extras import checkpoint, cli, predictions, scoring
 from vadr import InputError, resolve_device
 
-SCRIPTS = {"sft": "train_sft.py", "rl": "train_rl.py", "eval": "eval.py"}
+SCRIPTS = {"sft": "train_sft.py", "rl": "train_rl.py", "eval": "eval.py",
+           "inspect": "python -m extras.inspect"}
 # Qwen2.5-VL's processor caps a frame at 16384 patches of 28x28 (max_pixels 12845056); more is
 # no setting of the model's, and a frame that large exhausts memory while decoding.
 QWEN_MAX_PIXELS = 16384 * 28 * 28
@@ -93,6 +93,9 @@ RULES = [
     ("lora_alpha", lambda v, a: v > 0, "the LoRA scale alpha / R needs alpha > 0"),
     ("lora_dropout", lambda v, a: 0 <= v < 1, "a dropout probability in [0, 1)"),
     ("dry_run_gpus", _ge(1), "the dry run plans for at least 1 GPU"),
+    ("videos", _ge(1), "the first N videos of the manifest: N >= 1"),
+    ("chars", _ge(20), "characters shown of a completion: at least 20 (a longer one shows its "
+                       "start and its end)"),
 ]
 
 
@@ -122,6 +125,9 @@ def check_flags(args, stage: str):
     if stage == "eval":
         _check_eval_paths(args, script)
         return
+    if stage == "inspect":  # samples from --model, writes no run
+        _check_model(args, script, "rl")
+        return
     if getattr(args, "lora_train_embeddings", False) and not (args.lora_rank or args.resume):
         raise InputError(f"{script}: --lora-train-embeddings trains beside LoRA adapters: add "
                          "--lora-rank R")
@@ -136,42 +142,29 @@ def _check_model(args, script: str, stage: str):
     if (args.model == "toy" and stage != "rl") or os.path.isdir(args.model):
         return
     what = "is not a directory" if os.path.exists(args.model) else "does not exist"
-    if stage == "rl":
+    if getattr(args, "dry_run", False):
+        raise InputError(f"{script}: --model {args.model} {what}: --dry-run reads its "
+                         "config.json; pass a local checkpoint directory (nothing is downloaded)")
+    if stage == "rl" and os.path.normpath(args.model) == os.path.normpath(cli.TOY_SFT_DIR):
         raise InputError(f"{script}: --model {args.model} {what}. Make the toy SFT model first "
                          "with `python train_sft.py` (or `make toy`), or pass --model SFT_DIR")
+    if stage == "rl":
+        raise InputError(f"{script}: --model {args.model} {what}: pass an SFT checkpoint or run "
+                         "directory (nothing is downloaded)")
     raise InputError(f"{script}: --model {args.model} {what}: pass 'toy' or a local checkpoint "
                      "or run directory (nothing is downloaded)")
-
-
-def _check_writable(path: str, flag: str, script: str, is_dir: bool):
-    """The directory `path` (is_dir), or the file `path`'s folder, exists and takes a new entry,
-    or can be created. Tried for real (a probe directory made and removed at once) where access()
-    would not say: a root user on a read-only mount, /proc, a folder that is a file."""
-    folder = path if is_dir else os.path.dirname(os.path.abspath(path))
-    probe = os.path.abspath(folder)
-    while not os.path.exists(probe):  # the nearest existing ancestor receives the new folders
-        probe = os.path.dirname(probe)
-    if not os.path.isdir(probe):
-        raise InputError(f"{script}: {flag} {path}: {probe} is a file, not a directory; pass "
-                         f"another {flag}")
-    try:
-        os.rmdir(tempfile.mkdtemp(prefix=".vadr-write-probe-", dir=probe))
-    except OSError as e:
-        raise InputError(f"{script}: {flag} {path}: cannot write in {probe} ({e.strerror}); "
-                         f"pass a writable {flag}") from None
 
 
 def _check_eval_paths(args, script: str):
     """Inference needs --data and --out; --out is a new file or a predictions file to resume
     (checked line by line, never modified here); --json is written, so it must not be an input."""
-    from extras import predictions, scoring
     if not (args.data and args.out):
         raise InputError(f"{script}: inference needs --model, --data and --out")
     _check_model(args, script, "eval")
     if os.path.isdir(args.out):
         raise InputError(f"{script}: --out {args.out} is a directory; pass the predictions "
                          f"JSONL file to write (e.g. {os.path.join(args.out, 'preds.jsonl')})")
-    _check_writable(args.out, "--out", script, is_dir=False)
+    scoring.check_writable(args.out, "--out", script, is_dir=False)
     if os.path.isfile(args.out):
         predictions.check_predictions_file(args.out)
     scoring.check_output(script, "--json", args.json, {"--data": args.data, "--out": args.out})
@@ -214,7 +207,7 @@ def check_run_dir(args, script: str):
     if os.path.exists(out) and not os.path.isdir(out):
         raise InputError(f"{script}: --out {out} is a file, not a run directory; pass another "
                          "--out")
-    _check_writable(out, "--out", script, is_dir=True)
+    scoring.check_writable(out, "--out", script, is_dir=True)
     found = run_contents(out)
     if args.resume:
         if args.overwrite:

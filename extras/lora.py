@@ -448,17 +448,3 @@ def reference_policy(model, ref_model):
     else:
         raise RuntimeError("no reference model: beta > 0 needs a frozen copy or LoRA adapters "
                            "to switch off")
-
-
-def load_policy(path: str, args, resume: bool, corpus=None, seed: int = 0):
-    """load_for_training, then what both training scripts do with it -> (model, tokenizer,
-    settings, save). settings: the flags the caller applies to args (a resumed LoRA run's adapter
-    flags; gradient checkpointing on for a real model). The vision-tower guard is installed (every
-    forward runs the vision tower: FSDP collectives). save: the checkpoint writer of this run, its
-    adapters alone with LoRA, else the full weights."""
-    from extras import scale  # scale imports lora: import at call time
-    model, tok, settings = load_for_training(path, args, resume=resume, corpus=corpus, seed=seed)
-    settings = dict(settings, grad_ckpt=scale.grad_ckpt_default(args, model.config))
-    scale.install_vision_guard(model)
-    save = save_lora_checkpoint if lora_config(model) else checkpoint.save_checkpoint
-    return model, tok, settings, save

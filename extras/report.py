@@ -9,9 +9,10 @@ PNG is written with zlib.
 
 reads runs/toy/eval_{base,sft,rl,rl_only}.json (eval.py turns them into table.md),
 sft/log.jsonl and rl/log.jsonl, and writes sft_curves.svg, rl_curves.svg (the paper's Figure 10:
-total reward, its std, completion length, plus each reward's mean) and strips/<video>.png (the
-16 sampled frames with the ground-truth interval in green and the predicted one in red under
-them).
+total reward, its std, completion length, plus each reward's mean, KL and the zero-variance
+groups) and strips/<video>.png (the 16 sampled frames with the ground-truth interval in green and
+the predicted one in red under them). train_rl.py draws the same RL curves into OUT/curves.svg at
+the end of its run (draw_rl_log). Every log key: docs/log-keys.md.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import zlib
 
 import numpy as np
 
+import data
 import vadr
 from extras import scoring
 
@@ -74,52 +76,91 @@ def contact_sheet(frames, indices, start=None, end=None, bbox=None, cols: int = 
 # 2. Training curves (SVG small multiples)
 # ================================================================================================
 
-def svg_curves(path: str, panels: list[tuple[str, list, list]], cols: int = 3, w: int = 300,
-               h: int = 200):
-    """Small multiples: one line chart per (title, xs, ys) panel, with min/max labels."""
+def svg_curves(path: str, panels: list[tuple], cols: int = 3, w: int = 320, h: int = 220,
+               title: str | None = None, note: str | None = None, xlabel: str = "step"):
+    """Small multiples: one line chart per (title, xs, ys, y-axis title) panel (a 3-tuple: no
+    y-axis title), with the x-axis title `xlabel`, the lowest and highest value on the y axis, and
+    the figure's `title` and `note` above the panels. A flat curve says its value ("constant 0")
+    rather than spanning an invented range."""
     rows = max(1, math.ceil(len(panels) / cols))
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{cols * w}" height="{rows * h}" '
+    top = (22 if title else 0) + (18 if note else 0)
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{cols * w}" height="{top + rows * h}" '
            f'font-family="sans-serif" font-size="11">',
            '<rect width="100%" height="100%" fill="white"/>']
-    for k, (title, xs, ys) in enumerate(panels):
-        ox, oy = (k % cols) * w, (k // cols) * h
-        L, R, T, B = ox + 45, ox + w - 10, oy + 22, oy + h - 25   # plot box
+    if title:
+        out.append(f'<text x="8" y="16" font-size="14" font-weight="bold">{_esc(title)}</text>')
+    if note:
+        out.append(f'<text x="8" y="{top - 5}" fill="#b03000">{_esc(note)}</text>')
+    for k, panel in enumerate(panels):
+        name, xs, ys = panel[:3]
+        ylabel = panel[3] if len(panel) > 3 else None
+        ox, oy = (k % cols) * w, top + (k // cols) * h
+        L, R, T, B = ox + 62, ox + w - 12, oy + 22, oy + h - 34   # plot box
         out.append(f'<text x="{ox + w / 2}" y="{oy + 14}" text-anchor="middle" '
-                   f'font-weight="bold">{title}</text>')
+                   f'font-weight="bold">{_esc(name)}</text>')
         out.append(f'<rect x="{L}" y="{T}" width="{R - L}" height="{B - T}" fill="none" '
                    f'stroke="#999"/>')
+        out.append(f'<text x="{(L + R) / 2}" y="{B + 28}" text-anchor="middle">{_esc(xlabel)}'
+                   '</text>')
+        if ylabel:
+            out.append(f'<text transform="translate({ox + 12},{(T + B) / 2}) rotate(-90)" '
+                       f'text-anchor="middle">{_esc(ylabel)}</text>')
         pts = [(x, y) for x, y in zip(xs, ys) if y is not None and math.isfinite(y)]
         if not pts:
+            out.append(f'<text x="{(L + R) / 2}" y="{(T + B) / 2}" text-anchor="middle" '
+                       'fill="#888">not logged</text>')
             continue
         x0, x1 = min(p[0] for p in pts), max(p[0] for p in pts)
         y0, y1 = min(p[1] for p in pts), max(p[1] for p in pts)
-        x1, y1 = (x1 if x1 > x0 else x0 + 1), (y1 if y1 > y0 else y0 + 1e-9)
-        poly = " ".join(f"{L + (x - x0) / (x1 - x0) * (R - L):.1f},"
-                        f"{B - (y - y0) / (y1 - y0) * (B - T):.1f}" for x, y in pts)
+        flat = y1 == y0
+        x1 = x1 if x1 > x0 else x0 + 1
+        ypix = (lambda y: (T + B) / 2) if flat else (lambda y: B - (y - y0) / (y1 - y0) * (B - T))
+        poly = " ".join(f"{L + (x - x0) / (x1 - x0) * (R - L):.1f},{ypix(y):.1f}" for x, y in pts)
         out.append(f'<polyline points="{poly}" fill="none" stroke="#1f77b4" stroke-width="1.5"/>')
-        out.append(f'<text x="{L - 3}" y="{T + 8}" text-anchor="end">{y1:.3g}</text>')
-        out.append(f'<text x="{L - 3}" y="{B}" text-anchor="end">{y0:.3g}</text>')
+        if flat:
+            out.append(f'<text x="{L - 3}" y="{(T + B) / 2 + 4}" text-anchor="end">{y0:.4g}</text>')
+            out.append(f'<text x="{(L + R) / 2}" y="{(T + B) / 2 - 6}" text-anchor="middle" '
+                       f'fill="#555">constant {y0:.4g}</text>')
+        else:
+            out.append(f'<text x="{L - 3}" y="{T + 8}" text-anchor="end">{y1:.4g}</text>')
+            out.append(f'<text x="{L - 3}" y="{B}" text-anchor="end">{y0:.4g}</text>')
         out.append(f'<text x="{L}" y="{B + 14}">{x0:g}</text><text x="{R}" y="{B + 14}" '
-                   f'text-anchor="end">{x1:g} steps</text>')
+                   f'text-anchor="end">{x1:g}</text>')
     out.append("</svg>")
     with open(path, "w") as f:
         f.write("\n".join(out))
 
 
+def _esc(text: str) -> str:
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def _smooth(ys: list, k: int) -> list:
-    """Trailing moving average over k steps (RL rewards are noisy at 2 videos per step)."""
-    return [float(np.mean(ys[max(0, i - k + 1):i + 1])) for i in range(len(ys))]
+    """Trailing moving average over k steps (RL rewards are noisy at 2 videos per step); a step
+    without the value (None) stays None."""
+    return [None if ys[i] is None else
+            float(np.mean([y for y in ys[max(0, i - k + 1):i + 1] if y is not None]))
+            for i in range(len(ys))]
 
 
-# The RL panels (title, log key): the paper's Figure 10 curves, then each reward of Table 7.
-_RL_PANELS = [("total reward", "reward"), ("reward std", "reward_std"),
-              ("completion length", "completion_length"), ("accuracy", "reward_accuracy"),
-              ("format", "reward_format"), ("verification", "reward_verification"),
-              ("length", "reward_length"), ("KL", "kl"), ("zero-std groups", "zero_std_fraction")]
+# The RL panels (title, log key, y-axis title): the paper's Figure 10 curves, then each reward of
+# Table 7 (its values in the title), KL and the groups without signal (docs/log-keys.md).
+_RL_PANELS = [("total reward R", "reward", "reward (sum of the four)"),
+              ("reward std within a group", "reward_std", "reward"),
+              ("completion length", "completion_length", "tokens"),
+              ("accuracy reward (0 / 1)", "reward_accuracy", "mean reward"),
+              ("format reward (0 / 1)", "reward_format", "mean reward"),
+              ("verification reward (+0.5 / -0.2)", "reward_verification", "mean reward"),
+              ("length reward (0 / 0.2)", "reward_length", "mean reward"),
+              ("KL to the reference (k3)", "kl", "nats per token"),
+              ("zero-variance groups", "zero_std_fraction", "fraction of groups")]
+
+# Fewer logged steps than this: the figure says it is a smoke run (its curves show no learning).
+SMOKE_STEPS = 20
 
 
-def rl_curves(run_dir: str, recs: list[dict]) -> list[str]:
-    """RUN_DIR/rl_curves.svg from the RL log records; returns the report's line on the reward."""
+def rl_curves(run_dir: str, recs: list[dict], name: str = "rl_curves.svg") -> list[str]:
+    """RUN_DIR/<name> from the RL log records; returns the report's line on the reward."""
     n = max(1, len(recs) // 10)
     first = np.mean([r["reward"] for r in recs[:n]])
     last = np.mean([r["reward"] for r in recs[-n:]])
@@ -127,19 +168,56 @@ def rl_curves(run_dir: str, recs: list[dict]) -> list[str]:
              f"tenth {last:.3f} ({len(recs)} steps)."]
     xs = [r["step"] for r in recs]
     k = max(1, len(recs) // 20)
-    panels = [(f"{t} (avg {k})", xs, _smooth([r.get(key) for r in recs], k))
-              for t, key in _RL_PANELS]
-    svg_curves(os.path.join(run_dir, "rl_curves.svg"), panels)
+    avg = f", averaged over {k} steps" if k > 1 else ""
+    panels = [(t, xs, _smooth([r.get(key) for r in recs], k), unit) for t, key, unit in _RL_PANELS]
+    note = (f"A smoke run ({len(recs)} steps) checks the plumbing, not learning: flat curves are "
+            "expected." if len(recs) < SMOKE_STEPS else None)
+    svg_curves(os.path.join(run_dir, name), panels,
+               title=f"AVA-GRPO training, {len(recs)} steps (a point: the step's mean over its "
+                     f"completions{avg})", note=note, xlabel="optimizer step")
     return lines
+
+
+def read_log(path: str) -> list[dict]:
+    """A training run's log.jsonl -> its records; a line that is not a JSON object is one error
+    naming the file and line (the record a killed run was writing, its last line, is dropped)."""
+    with open(path, encoding="utf-8") as f:
+        lines = f.readlines()
+    recs = []
+    for i, ln in enumerate(lines, 1):
+        try:
+            rec = json.loads(ln) if ln.strip() else None
+        except ValueError:
+            rec = "bad"
+        if rec is None:
+            continue
+        if not isinstance(rec, dict):
+            if i == len(lines) and not ln.endswith("\n"):
+                break
+            raise vadr.InputError(f"{path}:{i}: not a log record (a JSON object); fix or delete "
+                                  "the line")
+        recs.append(rec)
+    return recs
+
+
+def draw_rl_log(out_dir: str) -> str | None:
+    """train_rl.py's last act (rank 0): OUT/curves.svg from OUT/log.jsonl (the whole run, resumed
+    parts included). Returns its path, or None when the log has no step."""
+    recs = [r for r in read_log(os.path.join(out_dir, "log.jsonl")) if "reward" in r]
+    if not recs:
+        return None
+    rl_curves(out_dir, recs, name="curves.svg")
+    return os.path.join(out_dir, "curves.svg")
 
 
 def sft_curves(run_dir: str, recs: list[dict]):
     """RUN_DIR/sft_curves.svg: loss, learning rate and gradient norm per step."""
     xs = [r["step"] for r in recs]
     svg_curves(os.path.join(run_dir, "sft_curves.svg"),
-               [("SFT loss (nats / target token)", xs, [r["loss"] for r in recs]),
-                ("learning rate", xs, [r["lr"] for r in recs]),
-                ("grad norm", xs, [r["grad_norm"] for r in recs])])
+               [("SFT loss", xs, [r["loss"] for r in recs], "nats per target token"),
+                ("learning rate", xs, [r["lr"] for r in recs], "learning rate"),
+                ("gradient norm (before clipping)", xs, [r["grad_norm"] for r in recs], "L2 norm")],
+               title=f"SFT training, {len(recs)} steps", xlabel="optimizer step")
 
 
 # ================================================================================================
@@ -172,10 +250,8 @@ def write_strips(run_dir: str, preds_path: str, data_path: str, video_root: str 
                  read_jsonl, n_strips: int = 8) -> list[str]:
     """RUN_DIR/strips/<video>.png for the first n_strips/2 abnormal and then normal test videos
     that have a prediction; returns the report's line naming the folder."""
-    import data as data_mod  # not at the top: `python -m extras.toy preview` imports this file
-
     os.makedirs(os.path.join(run_dir, "strips"), exist_ok=True)
-    gt = data_mod.read_manifest(data_path, "sft", video_root=video_root)
+    gt = data.read_manifest(data_path, "sft", video_root=video_root)
     preds = {(str(r.get("source")), str(r.get("video"))): r["output"]  # error rows: no strip
              for r in read_jsonl(preds_path)
              if isinstance(r.get("output"), str) and not r.get("error")}

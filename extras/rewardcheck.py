@@ -27,7 +27,7 @@ import data
 import grpo
 import rewards
 import vadr
-from extras import checkpoint, scoring, training
+from extras import badvideos, checkpoint, fastpath, scoring, toymodel, training
 
 
 def tenth_rows(n_rows: int, seed: int, global_batch: int, total_steps: int) -> dict:
@@ -78,7 +78,6 @@ def sample_groups(model_dir: str, rows: list[dict], cfg: dict, seed: int, batch_
     """The run's G completions for each row, sampled as train_rl.py samples (its prompt, video
     flags and sampling settings), with a generator seeded by `seed`."""
     import torch
-    from extras import badvideos, fastpath, toymodel
 
     model, tok = toymodel.load_model(model_dir)
     model.eval()

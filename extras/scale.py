@@ -11,8 +11,8 @@ one GPU (the 7B with LoRA, extras/lora.py) and 4+ GPUs (full fine-tuning with FS
     of once per decode step;
   * the memory model behind --dry-run (count_parameters, activation_memory, sequence_shapes,
     estimate_memory, dry_run) and measure_cpu_memory, which tests/test_scale.py checks it with;
-  * grad_ckpt_default (gradient checkpointing on for a real model) and add_scale_args, the flags
-    of the LoRA and scale-out tiers.
+  * grad_ckpt_default (gradient checkpointing on for a real model), load_policy (the weights
+    with both, for train_rl.py) and add_scale_args, the flags of the LoRA and scale-out tiers.
 
 Exercised by:
     python train_sft.py --dry-run --model tests/fixtures/qwen2.5-vl-7b --lora-rank 64
@@ -32,7 +32,7 @@ import os
 import torch
 
 import vadr
-from extras import checkpoint, lora
+from extras import checkpoint, fastpath, lora, training
 from vadr import (DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, DEFAULT_SYSTEM_PROMPT, IMAGE_FACTOR,
                   SPECIAL_TOKENS, TEMPORAL_PATCH_SIZE, build_prompt, is_main, smart_resize,
                   unwrap)
@@ -152,6 +152,20 @@ def grad_ckpt_default(args, config) -> bool:
     if is_main():
         print("[memory] gradient checkpointing on (real model; --no-grad-ckpt turns it off)")
     return True
+
+
+def load_policy(path: str, args, resume: bool, corpus=None, seed: int = 0):
+    """lora.load_for_training, then what both training scripts do with it -> (model, tokenizer,
+    settings, save). settings: the flags the caller applies to args (a resumed LoRA run's adapter
+    flags; gradient checkpointing on for a real model). The vision-tower guard is installed (every
+    forward runs the vision tower: FSDP collectives). save: the checkpoint writer of this run, its
+    adapters alone with LoRA, else the full weights."""
+    model, tok, settings = lora.load_for_training(path, args, resume=resume, corpus=corpus,
+                                                  seed=seed)
+    settings = dict(settings, grad_ckpt=grad_ckpt_default(args, model.config))
+    install_vision_guard(model)
+    save = lora.save_lora_checkpoint if lora.lora_config(model) else checkpoint.save_checkpoint
+    return model, tok, settings, save
 
 
 def load_config(name_or_dir: str):
@@ -585,7 +599,6 @@ def sample_idle(model, tok, row: dict, prompt: str, args, device, sample_kw: dic
     """Under FSDP every forward is a collective: a rank whose verification trims were all empty
     still runs the sampling loop, on its untrimmed first video, and throws the result away (its
     rewards stay 0), so that the other ranks' second pass does not hang."""
-    from extras import fastpath, training
     vid = vadr.encode_video(row["video_path"], **training.video_args(args))
     dummy = {**vadr.build_chat_inputs(tok, [prompt], vid["video_grid_thw"]), **vid}
     fastpath.sample_group(model, vadr.to_device(dummy, device), num_samples=1, **sample_kw)

@@ -27,11 +27,11 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections import defaultdict
 
 import data
 import vadr
-from extras import flagcheck
 from extras.textmetrics import MAX_SCORED_CHARS
 
 
@@ -108,11 +108,29 @@ def read_json_object(path: str, what: str) -> dict:
     return obj
 
 
+def check_writable(path: str, flag: str, script: str, is_dir: bool):
+    """The directory `path` (is_dir), or the file `path`'s folder, exists and takes a new entry,
+    or can be created. Tried for real (a probe directory made and removed at once) where access()
+    would not say: a root user on a read-only mount, /proc, a folder that is a file."""
+    folder = path if is_dir else os.path.dirname(os.path.abspath(path))
+    probe = os.path.abspath(folder)
+    while not os.path.exists(probe):  # the nearest existing ancestor receives the new folders
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise vadr.InputError(f"{script}: {flag} {path}: {probe} is a file, not a directory; "
+                              f"pass another {flag}")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".vadr-write-probe-", dir=probe))
+    except OSError as e:
+        raise vadr.InputError(f"{script}: {flag} {path}: cannot write in {probe} "
+                              f"({e.strerror}); pass a writable {flag}") from None
+
+
 def check_output(prog: str, flag: str, path: str | None, inputs: dict, is_dir: bool = False):
     """Before any work: the file (or, is_dir, the folder) `path` that `flag` names will be
     written, so a file must not be a directory, it must not be one of the command's inputs
     ({flag: path}; the same name, even before it exists, or the same file by another name), and
-    it must be writable (flagcheck._check_writable). No path: nothing to check."""
+    it must be writable (check_writable). No path: nothing to check."""
     if not path:
         return
     if not is_dir and os.path.isdir(path):
@@ -122,7 +140,7 @@ def check_output(prog: str, flag: str, path: str | None, inputs: dict, is_dir: b
                 os.path.exists(p) and os.path.exists(path) and os.path.samefile(p, path))):
             raise vadr.InputError(f"{prog}: {flag} {path} is also {other} {p}, which it would "
                                   f"replace; pass another {flag}")
-    flagcheck._check_writable(path, flag, prog, is_dir=is_dir)
+    check_writable(path, flag, prog, is_dir=is_dir)
 
 
 def key_problem(row: dict) -> str | None:

@@ -47,7 +47,9 @@ from collections import Counter
 import numpy as np
 
 import data
+import grpo
 import vadr
+from extras import badvideos, checkpoint, fastpath, report, scoring, toymodel, training
 
 # ---- 1. The world: categories, defaults, palettes -----------------------------------------------
 # A street seen from the side (top to bottom): sky with buildings, a walkway where people walk,
@@ -1060,9 +1062,6 @@ def caption_check(model_dir: str, manifest: str, video_root: str | None = None, 
     (greedy, CAPTION_PROMPT) and score caption_says_event against the row's label. The SFT
     model's detection is bounded by it (docs/experiments.md) -> score_captions's dict plus
     videos: each row's video, label and caption."""
-    import grpo
-    from extras import badvideos, fastpath, toymodel, training
-
     rows = data.read_manifest(manifest, "sft", video_root=video_root)
     model, tok = toymodel.load_model(model_dir)
     model.eval()
@@ -1295,8 +1294,7 @@ def _claim_out_dir(out_dir: str, overwrite: bool):
     the mark of a toy world being written), such as a user's released manifests, unless overwrite.
     Even then only the toy world's own names are replaced, and none of them may be a folder (or
     videos/ a file): those are never deleted."""
-    from extras import flagcheck
-    flagcheck._check_writable(out_dir, "--out", "python -m extras.toy", is_dir=True)
+    scoring.check_writable(out_dir, "--out", "python -m extras.toy", is_dir=True)
     names = sorted(os.listdir(out_dir)) if os.path.isdir(out_dir) else []
     ours = _read_stamp(out_dir) is not None or os.path.isfile(os.path.join(out_dir, WRITING_MARK))
     if names and not ours and not overwrite:
@@ -1347,6 +1345,16 @@ def manifest_texts(paths: list[str]) -> list[str]:
 def row_texts(rows: list[dict]) -> list[str]:
     """The text fields (think, answer, caption) of manifest rows, in order."""
     return [r[k] for r in rows for k in ("think", "answer", "caption") if k in r]
+
+
+def toy_tokenizer_corpus(args, rows):
+    """The texts the toy tokenizer is trained on (--tokenizer-corpus's manifests, else the rows'
+    own); None for a real model, whose tokenizer is its own."""
+    if args.model != "toy":
+        return None
+    if args.tokenizer_corpus:
+        return manifest_texts(args.tokenizer_corpus)
+    return row_texts(rows)
 
 
 # ---- 6. The command line: generate a world, preview a video -------------------------------------
@@ -1427,27 +1435,25 @@ def _cmd_toy(a):
 
 
 def _cmd_preview(a):
-    from extras.report import contact_sheet, write_png  # PNG without an imaging library
     _check_numbers(a, "python -m extras.toy preview")
-    from extras import scoring
     scoring.check_output("python -m extras.toy preview", "--out", a.out, {"--video": a.video})
     if a.video:
         v = vadr.read_video(a.video, a.num_frames)
-        sheet = contact_sheet(v["frames"], list(range(len(v["frames"]))))
+        sheet = report.contact_sheet(v["frames"], list(range(len(v["frames"]))))
         print(f"{a.video}: {v['total_frames']} frames at {v['fps']:.2f} fps")
     else:
         frames, meta = render_toy_video(a.seed, a.category, tuple(a.size), tuple(a.frames), a.fps,
                                         draw_event=not a.counterfactual, sprite_scale=a.sprite_scale,
                                         column_tint=a.column_tint)
         idx = vadr.sample_frame_indices(len(frames), a.num_frames)
-        sheet = contact_sheet(frames, idx, meta["start"], meta["end"], meta["bbox"])
+        sheet = report.contact_sheet(frames, idx, meta["start"], meta["end"], meta["bbox"])
         # a counterfactual draws no event, so there is no box for the texts to describe
         think, answer = ("(counterfactual: the event is not drawn, no texts)", "") if meta["bbox"] is None \
             and meta["category"] is not None else toy_texts(meta, np.random.default_rng([a.seed, 7]), a.text_variants)
         print(f"{meta['category']}: T={meta['total_frames']} start={meta['start']} end={meta['end']} "
               f"bbox={meta['bbox']}\n{think}\n{answer}")
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-    write_png(a.out, sheet)
+    report.write_png(a.out, sheet)
     print(f"wrote {a.out}")
 
 
@@ -1536,14 +1542,12 @@ def _cmd_caption_check(a):
         if os.path.realpath(a.json).startswith(os.path.realpath(a.model) + os.sep):
             raise vadr.InputError(f"caption-check: --json {a.json} is inside --model {a.model}; pass a file "
                                   "outside the checkpoint")
-        from extras import scoring
         scoring.check_output("caption-check", "--json", a.json, {"--data": a.data})
     res = caption_check(a.model, a.data, a.video_root, frames=a.frames)
     cats = ", ".join(f"{c} {v:.3f}" for c, v in res["per_category"].items())
     print(f"stage-0 caption check on {a.data} ({res['n']} videos): accuracy {res['accuracy']:.3f} "
           f"(events seen {res['tpr']:.3f}, quiet videos called quiet {res['tnr']:.3f}; {cats})")
     if a.json:  # in one step: a killed check leaves no half file for make to take as done
-        from extras import checkpoint
         checkpoint.atomic_write(a.json, json.dumps(dict(res, model=a.model, data=a.data), indent=1))
 
 

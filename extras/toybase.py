@@ -36,8 +36,9 @@ import torch
 import torch.nn.functional as F
 
 import data
+import grpo
 import vadr
-from extras import toy, toymodel
+from extras import fastpath, toy, toymodel
 
 PRETRAIN_SEED = 1_000_003  # the pretraining world's seed: its videos share nothing with data/toy (test)
 PRETRAIN_CAPTIONS = "Toy-Pretrain.jsonl"  # caption-kind manifest of grounded captions (stage B)
@@ -257,8 +258,6 @@ def score_grounded(rows: list[dict], captions: list[str], size) -> dict:
 
 def caption_videos(model, tok, rows, frames=16, batch_size=8, max_new_tokens=48) -> list[str]:
     """Greedy grounded captions (toy.CAPTION_PROMPT) for SFT-kind rows."""
-    import grpo
-    from extras import fastpath
     ds = toy.CaptionDataset([dict(r, caption="") for r in rows], num_frames=frames,
                             min_pixels=vadr.DEFAULT_MIN_PIXELS, max_pixels=vadr.DEFAULT_MAX_PIXELS)
     collate = data.make_collate(tok, with_targets=False)

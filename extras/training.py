@@ -13,7 +13,7 @@ import os
 import numpy as np
 import torch
 
-from extras import checkpoint, toy
+from extras import checkpoint
 from vadr import (AUTHORS_INFER_PIXELS, AUTHORS_TRAIN_PIXELS, DEFAULT_MAX_PIXELS,
                   DEFAULT_MIN_PIXELS, FRAME_RULES, GRID_TIMES, barrier, gather_objects, is_main, latest_checkpoint, shard_for_rank, unwrap)
 
@@ -199,17 +199,7 @@ def autocast(device):
     return torch.autocast("cpu", enabled=False)
 
 
-# ---- run setup: the toy tokenizer's text, where the loop starts ----
-
-def toy_tokenizer_corpus(args, rows):
-    """The texts the toy tokenizer is trained on (--tokenizer-corpus's manifests, else the rows'
-    own); None for a real model, whose tokenizer is its own."""
-    if args.model != "toy":
-        return None
-    if args.tokenizer_corpus:
-        return toy.manifest_texts(args.tokenizer_corpus)
-    return toy.row_texts(rows)
-
+# ---- run setup: where the loop starts ----
 
 def start_state(resume_dir, model, optimizer, scheduler, rank: int, seed: int | None) -> dict:
     """Where the loop starts: a resumed run's step, epoch and position in the epoch (its RNG state

@@ -35,12 +35,9 @@ def extract_choice(text: str | None) -> str | None:
     Caveat of this simple rule: the article "A" in "A man ..." is read as choice A."""
     if not isinstance(text, str) or not text:  # a missing or non-string output: no answer
         return None
-    # str.find, not re.search(r"<answer>(.*?)</answer>"): the same first block, but linear on
-    # "<answer>" * N without a close (the regex rescans the rest of the text from every "<answer>")
-    i = text.find("<answer>")
-    j = text.find("</answer>", i + 8) if i >= 0 else -1
-    scope = text[i + 8:j] if j >= 0 else re.sub(r"<think>.*?(</think>|$)", " ", text,
-                                                flags=re.DOTALL)
+    answer = vadr.parse_completion(text)["answer"]  # the first <answer> block, as training reads it
+    scope = answer if answer is not None else re.sub(r"<think>.*?(</think>|$)", " ", text,
+                                                     flags=re.DOTALL)
     c = _CHOICE_RE.search(scope)
     return c.group(1) if c else None
 

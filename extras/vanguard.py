@@ -34,6 +34,7 @@ Run it:
         --model runs/toy/base --data data/toy/Vad-Reasoning-SFT-train.jsonl --video-root \
         data/toy/videos --preset toy --lora-rank 16 --lora-train-embeddings \
         --out runs/toy-vanguard/stage2                 # any train_sft.py flags after --boxes
+    # = python train_sft.py --boxes B --target grounding ... (--out required), which stage2 runs
     python -m extras.vanguard stage3 --boxes runs/toy-vanguard/boxes_train.jsonl \
         --model runs/toy-vanguard/stage2 ... --out runs/toy-vanguard/stage3   # [--target label]
     python -m extras.vanguard table --data data/toy/Vad-Reasoning-SFT-test.jsonl \
@@ -50,14 +51,17 @@ import math
 import os
 import pickle
 import re
+import subprocess
+import sys
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 import data
+import grpo
 import vadr
-from extras import scoring
+from extras import badvideos, checkpoint, fastpath, flagcheck, scoring, toymodel
 
 # ---- boxes: [x1, y1, x2, y2] normalised to 0-1, 3 decimals (the grounding stage's target) -------
 
@@ -243,7 +247,6 @@ def write_boxes(args) -> int:
     """The `boxes` command: a manifest's pixel `bbox` fields (the toy world's) -> a box JSONL,
     normalised by each video's frame size. A bbox outside its frame, or a manifest without one,
     is an error naming the manifest (and line); nothing is written then."""
-    from extras import badvideos, checkpoint
     rows = data.read_manifest(args.data, "sft", video_root=args.video_root, skip_bad=args.skip_bad)
     lines = []  # every video is read before anything is written: a bad one leaves no half file
     for r in rows:
@@ -307,26 +310,48 @@ class BoxSFTDataset(data.SFTDataset):
         return answer if self.kind == "grounding" else row["think"] + "\n" + answer
 
 
+def add_box_args(ap):
+    """train_sft.py's flags for stages 2-3: --boxes picks BoxSFTDataset, --target its target."""
+    g = ap.add_argument_group("VANGUARD stages 2-3 (extras/vanguard.py)")
+    g.add_argument("--boxes", default=None, help="box JSONL (python -m extras.vanguard boxes): "
+                   "the targets write each abnormal video's box inside <where>")
+    g.add_argument("--target", default=None, choices=TARGETS,
+                   help="with --boxes: cot (the default), grounding or label")
+
+
+def sft_boxes(args, rows: list[dict]) -> dict | None:
+    """train_sft.py --boxes: the box file (load_boxes), refused unless it holds a box for an
+    abnormal row of the manifest; args.target defaults to cot. None without --boxes."""
+    if args.boxes is None:
+        if args.target is not None:
+            raise vadr.InputError(f"train_sft.py: --target {args.target} needs --boxes "
+                                  "BOXES.jsonl (python -m extras.vanguard boxes writes one)")
+        return None
+    boxes = load_boxes(args.boxes)
+    check_boxes_cover(boxes, rows, args.data)
+    args.target = args.target or "cot"
+    return boxes
+
+
+TRAIN_SFT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                         "train_sft.py")
+
+
 def train_stage(argv: list[str], boxes_path: str, target: str, stage: str):
-    """train_sft.py with BoxSFTDataset (its flags: --model, --data, --lora-rank, --out, ...);
-    <out>/vanguard_config.json records the stage, its target and the box file."""
-    import train_sft  # the entry script composes the run; this only swaps the dataset
-    boxes = load_boxes(boxes_path)
-    given = train_sft.parse_args(argv)
-    if given.data:  # the box file must be this manifest's, checked before the run directory is made
-        check_boxes_cover(boxes, data.read_manifest(given.data, "sft", check_videos=False,
-                                                    skip_bad=given.skip_bad), given.data)
-
-    def make(rows, video):
-        check_boxes_cover(boxes, rows, given.data or "the toy world's SFT-train manifest")
-        return BoxSFTDataset(rows, boxes, video.pop("prompt_variant"), target, **video)
-
-    out = train_sft.main(argv, make_dataset=make)
-    run_dir = train_sft.parse_args(argv).out
-    if int(os.environ.get("RANK", "0")) == 0 and os.path.isdir(run_dir):  # the group is gone
-        with open(os.path.join(run_dir, "vanguard_config.json"), "w") as f:
+    """train_sft.py --boxes BOXES --target TARGET with the other flags (--model, --data,
+    --lora-rank, --out, ...), run as its own process (extras never import an entry script);
+    then <out>/vanguard_config.json records the stage, its target and the box file."""
+    outs = [a.partition("=")[2] for a in argv if a.startswith("--out=")] + \
+        [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--out"]
+    if not outs:
+        raise vadr.InputError(f"{stage} needs --out RUN_DIR (the stage's run directory)")
+    rc = subprocess.call([sys.executable, TRAIN_SFT, *argv, "--boxes", boxes_path,
+                          "--target", target])
+    if rc:
+        raise SystemExit(rc)  # train_sft.py printed why
+    if int(os.environ.get("RANK", "0")) == 0 and os.path.isdir(outs[-1]):  # the group is gone
+        with open(os.path.join(outs[-1], "vanguard_config.json"), "w") as f:
             json.dump(dict(stage=stage, target=target, boxes=boxes_path), f, indent=1)
-    return out
 
 
 # ---- beyond both papers: spatial verification (Algorithm 1 for *where*) ---------------------
@@ -380,8 +405,6 @@ def add_spatial_rewards(parts: list[dict], model, tok, rows: list[dict], texts: 
     """train_rl.py --spatial-verification: for each of the B*G completions with a spatial_trim,
     the video re-read, the box blanked over the interval, one new completion sampled (one batch);
     parts[i]["spatial"] = spatial_reward(...) is added to parts[i]["total"]."""
-    from extras import fastpath
-    import grpo
     G, vids, which, decoded = args.num_generations, [], [], {}
     for i, c in enumerate(texts):
         trim = spatial_trim(c)
@@ -473,7 +496,6 @@ def head_loss(head, feats: torch.Tensor, labels: torch.Tensor, cats: torch.Tenso
 def _features_of(model, rows: list[dict], args) -> list[dict]:
     """Each row's slot features, slot labels and sampled frame indices (one tower pass a video)."""
     items = []
-    from extras import badvideos
     for row in rows:
         with badvideos.at_line(args.data, row):
             v = vadr.read_video(row["video_path"], args.frames)
@@ -485,7 +507,6 @@ def _features_of(model, rows: list[dict], args) -> list[dict]:
 
 
 def _load_backbone(path: str):
-    from extras import toymodel
     model, _ = toymodel.load_model(path)
     model.eval()
     for p in model.parameters():
@@ -573,7 +594,6 @@ def score_frames(args) -> list[dict]:
         out.append(dict(source=r["source"], video=r["video"],
                         frame_scores=[round(float(s), 6) for s in
                                       frame_scores(p, it["indices"], r["total_frames"])]))
-    from extras import checkpoint
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     checkpoint.atomic_write(args.out, "".join(json.dumps(o) + "\n" for o in out))
     import eval as eval_mod  # the entry script's metrics (extras import it only from a command)
@@ -635,7 +655,6 @@ def _check_stage1_flags(args):
     """stage1's numbers by the training scripts' rules (extras/flagcheck.RULES: --frames,
     --min-pixels, --max-pixels, --epochs, --lr, --seed), NaN/inf anywhere, --batch-size and
     --hidden >= 1."""
-    from extras import flagcheck
     prog = "python -m extras.vanguard stage1"
     for dest, value in sorted(vars(args).items()):
         if isinstance(value, float) and not math.isfinite(value):

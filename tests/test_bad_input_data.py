@@ -162,18 +162,18 @@ def test_dataset_marks_or_replaces_a_bad_video_and_tally_counts_it(tiny_world, b
 
 
 def test_rl_second_pass_skips_a_video_that_fails_there(bad_videos, tmp_path, capsys):
-    import train_rl
     import random
+    from extras import rollout
     row = dict(bad_videos["text"][1], line=7, video_path=bad_videos["text"][0], solution="Abnormal")
     args = SimpleNamespace(data="rl.jsonl", skip_bad=True, frames=4, min_pixels=3136, max_pixels=100352,
                            frame_rule="paper", grid_time="one")
     texts = ["<answer><which>Fighting</which><when>[0.2, 0.5]</when></answer>"] * 2
-    got = train_rl.verification_inputs(None, [row], texts, 2, random.Random(0), args, "p", "cpu")
+    got = rollout.verification_inputs(None, [row], texts, 2, random.Random(0), args, "p", "cpu")
     assert got == (None, [])                    # both completions: no second pass, each one said
     assert capsys.readouterr().err.count("--skip-bad: skipped rl.jsonl:7: cannot read video") == 2
     args.skip_bad = False
     with pytest.raises(vadr.InputError, match=r"rl\.jsonl:7: cannot read video .*text\.mp4.*--skip-bad"):
-        train_rl.verification_inputs(None, [row], texts, 2, random.Random(0), args, "p", "cpu")
+        rollout.verification_inputs(None, [row], texts, 2, random.Random(0), args, "p", "cpu")
 
 
 def test_train_sft_skip_bad_finishes_and_counts(tiny_world, bad_videos, tmp_path):

@@ -14,6 +14,7 @@ import sys
 import pytest
 
 import data
+import train_sft
 import vadr
 from extras import badvideos, rewardcheck, scoring, toy, vanguard
 
@@ -381,10 +382,10 @@ class TestBoxFiles:
         with pytest.raises(vadr.InputError) as e:
             vanguard.check_boxes_cover(vanguard.load_boxes(str(tmp_path / "empty.jsonl")), rows, m)
         assert str(e.value).startswith(f"{tmp_path / 'empty.jsonl'}: it holds no box, none is for an abnormal")
-        # stage 2 refuses it before its run directory exists
+        # stage 2 (train_sft.py --boxes, which `vanguard stage2` runs) refuses it before its run directory exists
         out = tmp_path / "stage2"
         with pytest.raises(vadr.InputError) as e:
-            vanguard.main(["stage2", "--boxes", str(p), "--model", str(tmp_path), "--data", m, "--out", str(out)])
+            train_sft.main(["--boxes", str(p), "--model", str(tmp_path), "--data", m, "--out", str(out)])
         assert str(e.value).startswith(f"{p}: none of its 1 boxes is for an abnormal video of {m}")
         assert not out.exists()
         # eval.py --score --boxes: no box figure computed from nothing

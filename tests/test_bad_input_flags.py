@@ -97,9 +97,8 @@ RL_BAD = [
     (["--batch-size", "0"], "--batch-size 0: videos per batch: at least 1"),
     (["--lr=-1e-6"], "--lr -1e-06: the learning rate must be > 0"),
     (["--max-grad-norm", "inf"], f"--max-grad-norm inf: {FINITE}"),
-    (["--model", "/nonexistent/m"], "--model /nonexistent/m does not exist. Make the toy SFT model "
-                                    "first with `python train_sft.py` (or `make toy`), or pass "
-                                    "--model SFT_DIR"),
+    (["--model", "/nonexistent/m"], "--model /nonexistent/m does not exist: pass an SFT checkpoint "
+                                    "or run directory (nothing is downloaded)"),
 ]
 EVAL_BAD = [
     (["--batch-size", "0"], "--batch-size 0: videos per batch: at least 1"),
@@ -180,6 +179,22 @@ def test_train_rl_refuses_each_bad_flag(tmp_path, extra, msg):
 def test_eval_inference_refuses_each_bad_flag(tmp_path, extra, msg):
     assert _refused(_eval(tmp_path, *extra), "eval") == f"eval.py: {msg}"
     assert not (tmp_path / "preds.jsonl").exists()
+
+
+def test_a_missing_model_says_what_to_do_for_that_model(tmp_path, monkeypatch):
+    """Only the toy default (runs/toy/sft) is advised to be made with train_sft.py; the README's
+    `--dry-run --model /ckpt/...` line without that directory names the directory, one line."""
+    monkeypatch.chdir(tmp_path)
+    assert _refused(train_rl.parse_args(["--out", "run"]), "rl") == (
+        "train_rl.py: --model runs/toy/sft does not exist. Make the toy SFT model first with "
+        "`python train_sft.py` (or `make toy`), or pass --model SFT_DIR")
+    ckpt = "/ckpt/Qwen2.5-VL-7B-Instruct"
+    argv = ["--dry-run", "--model", ckpt, "--fsdp", "--dry-run-gpus", "4"]
+    why = "--dry-run reads its config.json; pass a local checkpoint directory (nothing is downloaded)"
+    assert _refused(train_sft.parse_args(argv), "sft") == f"train_sft.py: --model {ckpt} does not exist: {why}"
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "train_rl.py")] + argv, capture_output=True,
+                       text=True, timeout=120)
+    assert (p.returncode, p.stdout, p.stderr) == (1, "", f"error: train_rl.py: --model {ckpt} does not exist: {why}\n")
 
 
 def test_the_presets_and_the_edges_of_every_range_pass(tmp_path):
@@ -514,13 +529,11 @@ def test_length_ranges_from_a_file_that_is_not_an_sft_manifest_is_one_line(tiny_
 
 def test_length_ranges_from_a_manifest_with_a_bom_are_its_ranges(tiny_world, tmp_path):
     import data
-    import rewards
-    raw = [json.loads(x) for x in open(tiny_world["sft_train"], encoding="utf-8") if x.strip()]
-    want = rewards.length_ranges_from_manifest(raw)
-    assert min(lo for lo, _ in want.values()) > 0
+    want = data.length_ranges(data.read_manifest(tiny_world["sft_train"], "sft", check_videos=False))
+    assert min(lo for lo, _ in want.values()) > 0 and set(want) == {"Normal", "Abnormal"}
     bom = tmp_path / "bom.jsonl"
     bom.write_bytes(b"\xef\xbb\xbf" + open(tiny_world["sft_train"], "rb").read())
-    assert rewards.length_ranges_from_manifest(data.read_length_manifest(str(bom))) == want
+    assert data.length_ranges(data.read_length_manifest(str(bom))) == want
 
 
 def test_train_rl_refuses_the_rl_manifest_as_length_ranges_before_loading(tiny_world, tmp_path):

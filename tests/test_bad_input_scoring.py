@@ -499,6 +499,11 @@ def test_byte_order_mark_is_read_alike_by_every_reader(tmp_path):
 def test_report_inputs_that_are_corrupt_or_directories_are_one_line_errors(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
+    assert _run_main(["--report", str(run)]) == 1       # no eval_*.json: not a report of empty tables
+    assert capsys.readouterr().err == (
+        f"error: --report {run}: nothing to report (no eval_<stage>.json for a stage of base, rl_only, sft, "
+        f"rl); `make toy RUN={run}` writes them, or eval.py --model M ... --json {run / 'eval_sft.json'}\n")
+    assert not (run / "table.md").exists()
     (run / "eval_sft.json").write_text('{"detection": {"accuracy": 0.5}')          # cut short
     assert _run_main(["--report", str(run)]) == 1
     assert capsys.readouterr().err == (
@@ -514,6 +519,7 @@ def test_report_inputs_that_are_corrupt_or_directories_are_one_line_errors(tmp_p
     assert capsys.readouterr().err == (f"error: {run / 'eval_sft.json'}: is a directory; expected a metrics "
                                        f"JSON (eval.py --json)\n")
     (run / "eval_sft.json").rmdir()
+    (run / "eval_sft.json").write_text(json.dumps({"detection": {"accuracy": 0.5}}))  # the logs' cases
     (run / "table.md").mkdir()
     assert _run_main(["--report", str(run)]) == 1
     assert capsys.readouterr().err == (f"error: {run / 'table.md'}: is a directory where --report writes its "
@@ -532,7 +538,7 @@ def test_report_inputs_that_are_corrupt_or_directories_are_one_line_errors(tmp_p
     (run / "caption_check.json").unlink()
     assert _run_main(["--report", str(run / "nope")]) == 1
     assert capsys.readouterr().err == (f"error: --report {run / 'nope'}: not found; pass the run directory "
-                                       f"holding eval_*.json\n")
+                                       f"holding eval_*.json (`make toy RUN={run / 'nope'}` makes one)\n")
     (run / "eval_sft.json").write_text(json.dumps({"detection": {"accuracy": 0.5}}))
     assert _run_main(["--report", str(run / "eval_sft.json")]) == 1
     assert "not a directory" in capsys.readouterr().err

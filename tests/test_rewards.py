@@ -6,6 +6,7 @@ import random
 import numpy as np
 import pytest
 
+import data
 import rewards as R
 import vadr
 
@@ -159,19 +160,21 @@ def test_length_rewards_group_authors_needs_tokens():
         R.length_rewards_group([NOR, NOR], "Normal", mode="characters")
 
 
-def test_length_ranges_from_manifest():
-    def row(text, anomaly_type):
+def test_length_ranges(tiny_world):
+    """App. C.2's ranges: one statistic (data.length_ranges), over rows read through
+    read_manifest's checks (data.read_length_manifest, train_rl.py --length-ranges-from; its bad
+    files: tests/test_bad_input_flags.py)."""
+    def row(text, label):
         i = text.index("<answer>")
-        return dict(think=text[:i].strip(), answer=text[i:], anomaly_type=anomaly_type)
+        return dict(think=text[:i].strip(), answer=text[i:], label=label)
     rows = [row(normal_text(151), "Normal"), row(normal_text(252), "Normal"), row(normal_text(199), "Normal"),
-            row(abnormal_text(252), "Fighting"), row(abnormal_text(441), "Fire"),
-            row(abnormal_text(300).replace("</step1>", "<step1>"), "Wrong-Way Driving")]  # bad format counts too
-    assert R.length_ranges_from_manifest(rows) == {"Normal": (151, 252), "Abnormal": (252, 441)}
-    # a row without <which> falls back to its anomaly_type
-    assert R.length_ranges_from_manifest(rows[:3] + [dict(think="a b c", answer="", anomaly_type="Fire")]) \
-        == {"Normal": (151, 252), "Abnormal": (3, 3)}
-    with pytest.raises(ValueError):
-        R.length_ranges_from_manifest(rows[:3])
+            row(abnormal_text(252), "Abnormal"), row(abnormal_text(441), "Abnormal"),
+            row(abnormal_text(300).replace("</step1>", "<step1>"), "Abnormal")]  # words, not layout, count
+    assert data.length_ranges(rows) == {"Normal": (151, 252), "Abnormal": (252, 441)}
+    assert data.length_ranges(rows[:3]) == {"Normal": (151, 252)}
+    m = tiny_world["sft_train"]
+    want = data.length_ranges(data.read_manifest(m, "sft", check_videos=False))
+    assert data.length_ranges(data.read_length_manifest(m)) == want and set(want) == {"Normal", "Abnormal"}
 
 
 # ---------------------------------------------------------------- verification trim (Algorithm 1 lines 3-9)

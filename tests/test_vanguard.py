@@ -224,25 +224,42 @@ def test_box_target_puts_the_box_in_where_and_keeps_the_format(tiny_world):
 
 
 def test_stage2_trains_lora_on_box_targets(tiny_world, tmp_path, monkeypatch):
-    """`python -m extras.vanguard stage2 --boxes B <train_sft.py flags>`: one LoRA step whose batch
-    targets carry the boxes (the collate sees BoxSFTDataset's items)."""
+    """`python -m extras.vanguard stage2 --boxes B <train_sft.py flags>` runs
+    `train_sft.py --boxes B --target grounding <flags>`: one LoRA step whose batch targets carry
+    the boxes (the collate sees BoxSFTDataset's items)."""
     import json
+    import train_sft
     boxes = tmp_path / "boxes.jsonl"
     vanguard.main(["boxes", "--data", tiny_world["sft_train"], "--video-root", tiny_world["videos"],
                    "--out", str(boxes)])
     seen = []
     real = vanguard.BoxSFTDataset.target
     monkeypatch.setattr(vanguard.BoxSFTDataset, "target", lambda self, r: seen.append(real(self, r)) or seen[-1])
-    out = tmp_path / "s2"
-    vanguard.main(["stage2", "--boxes", str(boxes), "--data", tiny_world["sft_train"], "--video-root",
-                   tiny_world["videos"], "--max-steps", "1", "--frames", "4", "--lora-rank", "4", "--out", str(out),
-                   "--device", "cpu", "--num-workers", "0", "--batch-size", "4"])
+    flags = ["--data", tiny_world["sft_train"], "--video-root", tiny_world["videos"], "--max-steps", "1",
+             "--frames", "4", "--lora-rank", "4", "--device", "cpu", "--num-workers", "0", "--batch-size", "4"]
+    out = tmp_path / "sft"
+    train_sft.main(["--boxes", str(boxes), "--target", "grounding", *flags, "--out", str(out)])
     assert any(vanguard.parse_box(t) for t in seen) and len(seen) >= 4
     assert not any("<think>" in t for t in seen)                    # stage 2: the grounding target
-    assert json.load(open(out / "run_config.json"))["lora_rank"] == 4
+    cfg = json.load(open(out / "run_config.json"))
+    assert (cfg["lora_rank"], cfg["boxes"], cfg["target"]) == (4, str(boxes), "grounding")
+    assert (out / "log.jsonl").read_text().count("\n") == 1
+    out = tmp_path / "s2"  # the command: train_sft.py in its own process, then vanguard_config.json
+    vanguard.main(["stage2", "--boxes", str(boxes), *flags, "--out", str(out)])
     assert json.load(open(out / "vanguard_config.json")) == dict(stage="stage2", target="grounding",
                                                                  boxes=str(boxes))
+    assert json.load(open(out / "run_config.json"))["target"] == "grounding"
     assert (out / "log.jsonl").read_text().count("\n") == 1
+    with pytest.raises(ValueError) as e:
+        vanguard.main(["stage2", "--boxes", str(boxes), *flags])
+    assert str(e.value) == "stage2 needs --out RUN_DIR (the stage's run directory)"
+    with pytest.raises(SystemExit) as e:  # train_sft.py's own error, printed by it: its exit code
+        vanguard.main(["stage3", "--boxes", str(tmp_path / "none.jsonl"), *flags, "--out", str(tmp_path / "s3")])
+    assert e.value.code == 1 and not (tmp_path / "s3").exists()
+    with pytest.raises(ValueError) as e:
+        train_sft.main(["--target", "label", *flags, "--out", str(tmp_path / "s4")])
+    assert str(e.value) == ("train_sft.py: --target label needs --boxes BOXES.jsonl "
+                            "(python -m extras.vanguard boxes writes one)")
     with pytest.raises(ValueError, match="stage2 needs --boxes"):
         vanguard.main(["stage2", "--data", tiny_world["sft_train"]])
     with pytest.raises(ValueError, match="stage3: --target must be one of"):

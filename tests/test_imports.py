@@ -1,0 +1,157 @@
+"""Imports point one way (DEVELOPERS.md, issue 35): entry scripts -> extras -> core library.
+
+Every project .py (the repository root's and extras/'s, whatever files exist) is parsed with ast;
+nothing is imported. The rules:
+  * the core library (CORE) imports only the core; extras import the core and extras, never an
+    entry script (ENTRY); an entry script imports the core and extras, never another entry script;
+  * no import circle in the module graph, counting imports inside functions too;
+  * no project import inside a function, except DEFERRED below (each with its reason).
+KNOWN_* list what is still to be moved (issue 35 item 3); each must match exactly, so a fix
+or a new violation both fail here until this file says so.
+"""
+from __future__ import annotations
+
+import ast
+import os
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENTRY = {"train_sft", "train_rl", "eval"}
+CORE = {"vadr", "data", "rewards", "grpo"}
+
+# (importer, imported) pairs allowed inside a function: a project import deferred because it
+# pulls in a heavy optional dependency (say why). None today.
+DEFERRED: dict[tuple[str, str], str] = {}
+
+# Still to be moved (issue 35 item 3): vanguard's `scores` and `table` commands use eval.py's
+# frame and label metrics; bench times train_rl.rl_step and train_sft.sft_loss_sum.
+KNOWN_UPWARD = {("extras.bench", "train_rl"), ("extras.bench", "train_sft"),
+                ("extras.vanguard", "eval")}
+# toymodel.load_model hands any non-toy --model to lora.load_merged, which loads 'toy' with
+# toymodel.load_model: one of the two should own "any checkpoint".
+KNOWN_IN_FUNCTION = {("extras.vanguard", "eval"), ("extras.toymodel", "extras.lora")}
+KNOWN_CYCLES = [{"eval", "extras.vanguard"}, {"extras.lora", "extras.toymodel"}]
+
+
+def project_modules() -> dict[str, str]:
+    """{module name: path} of every .py at the root and in extras/."""
+    mods = {}
+    for folder, prefix in (("", ""), ("extras", "extras.")):
+        for name in sorted(os.listdir(os.path.join(ROOT, folder) if folder else ROOT)):
+            if name.endswith(".py") and name != "__init__.py":
+                mods[prefix + name[:-3]] = os.path.join(ROOT, folder, name)
+    return mods
+
+
+def imports_of(path: str, module: str, mods) -> list[tuple[str, int, bool]]:
+    """(imported project module, line, inside a function) for every import statement in path."""
+    tree = ast.parse(open(path, encoding="utf-8").read(), path)
+    package = module.rpartition(".")[0]
+    found = []
+
+    def targets(node) -> list[str]:
+        if isinstance(node, ast.Import):
+            return [a.name for a in node.names]
+        base = node.module or ""
+        if node.level:  # relative: from . import x, from .x import y
+            base = ".".join(p for p in (package, base) if p)
+        # `from extras import toy` names the module extras.toy; `from vadr import f` names vadr
+        return [f"{base}.{a.name}" if f"{base}.{a.name}" in mods else base for a in node.names]
+
+    def walk(node, in_function: bool):
+        for child in ast.iter_child_nodes(node):
+            inner = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef,
+                                                      ast.Lambda))
+            if isinstance(child, (ast.Import, ast.ImportFrom)):
+                for name in targets(child):
+                    # `import extras.toy.x` or a dotted submodule: its nearest project module
+                    while name and name not in mods:
+                        name = name.rpartition(".")[0]
+                    if name and name != module:
+                        found.append((name, child.lineno, in_function))
+            walk(child, inner)
+
+    walk(tree, False)
+    return found
+
+
+def layer(module: str) -> str:
+    return "entry" if module in ENTRY else "core" if module in CORE else (
+        "extras" if module.startswith("extras.") else "unknown")
+
+
+MODS = project_modules()
+GRAPH = {m: imports_of(p, m, MODS) for m, p in MODS.items()}
+
+
+def test_every_module_has_a_layer():
+    assert [m for m in MODS if layer(m) == "unknown"] == []  # a new root script: add it to ENTRY or CORE
+    assert ENTRY | CORE <= set(MODS), "a module named here no longer exists"
+
+
+def test_imports_point_one_way():
+    allowed = {"core": {"core"}, "extras": {"core", "extras"}, "entry": {"core", "extras"}}
+    upward = {(m, t) for m, edges in GRAPH.items() for t, _, _ in edges
+              if layer(t) not in allowed[layer(m)]}
+    assert upward == KNOWN_UPWARD, sorted(upward ^ KNOWN_UPWARD)
+
+
+def test_no_project_import_inside_a_function():
+    inside = {(m, t): line for m, edges in GRAPH.items() for t, line, f in edges if f}
+    unexplained = {k: line for k, line in inside.items() if k not in DEFERRED}
+    assert set(unexplained) == KNOWN_IN_FUNCTION, sorted(
+        f"{MODS[m]}:{line} imports {t} inside a function" for (m, t), line in unexplained.items()
+        if (m, t) not in KNOWN_IN_FUNCTION)
+    assert set(DEFERRED) <= set(inside), "a DEFERRED entry no longer happens: remove it"
+
+
+def strongly_connected(graph: dict[str, set]) -> list[set]:
+    """Tarjan's strongly connected components with more than one module (or a self-import)."""
+    index, low, stack, on, out = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = set()
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.add(w)
+                if w == v:
+                    break
+            if len(comp) > 1 or v in graph[v]:
+                out.append(comp)
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_circles():
+    graph = {m: {t for t, _, _ in edges} for m, edges in GRAPH.items()}
+    cycles = strongly_connected(graph)
+    assert sorted(map(sorted, cycles)) == sorted(map(sorted, KNOWN_CYCLES))
+
+
+def test_the_checker_sees_what_it_checks(tmp_path):
+    """The parser finds plain, from-package, relative and in-function imports; Tarjan finds
+    circles."""
+    src = tmp_path / "x.py"
+    src.write_text("import vadr\nfrom extras import toy, fastpath\nfrom vadr import f\n"
+                   "from .cli import g\nimport numpy\n"
+                   "def h():\n    import eval\n    return lambda: __import__('x')\n")
+    mods = {"vadr", "eval", "extras.toy", "extras.fastpath", "extras.cli", "extras.x"}
+    assert imports_of(str(src), "extras.x", mods) == [
+        ("vadr", 1, False), ("extras.toy", 2, False), ("extras.fastpath", 2, False),
+        ("vadr", 3, False), ("extras.cli", 4, False), ("eval", 7, True)]
+    assert strongly_connected({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [{"a", "b", "c"}]
+    assert strongly_connected({"a": {"a"}, "b": set()}) == [{"a"}]
+    assert strongly_connected({"a": {"b"}, "b": set()}) == []
