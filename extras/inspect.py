@@ -180,8 +180,7 @@ def main(argv=None) -> int:
         toy.use_toy_world(args, "rl", cli.TOY_DATA_DIR)
     rows = data.read_manifest(args.data, "rl", video_root=args.video_root,
                               skip_bad=args.skip_bad)[:args.videos]
-    length_ranges = (rewards.length_ranges_from_manifest(
-        data.read_length_manifest(args.length_ranges_from, args.skip_bad))
+    length_ranges = (data.length_ranges(data.read_length_manifest(args.length_ranges_from, args.skip_bad))
         if args.length_ranges_from else dict(rewards.DEFAULT_LENGTH_RANGES))
     device = vadr.resolve_device(args.device)
     model, tok = toymodel.load_model(args.model, device=device)

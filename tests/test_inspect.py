@@ -56,7 +56,7 @@ def test_inspector_prints_each_reward_and_the_advantages_of_eq1(tiny_world, sft_
     text = capsys.readouterr().out
     res = json.load(open(out))
     ranges = {k: tuple(v) for k, v in res["length_ranges"].items()}
-    assert ranges == rewards.length_ranges_from_manifest(json.loads(x) for x in open(tiny_world["sft_train"]))
+    assert ranges == data.length_ranges(data.read_length_manifest(tiny_world["sft_train"]))
     assert len(res["groups"]) == 2 and all(len(g["completions"]) == G for g in res["groups"])
     rl_rows = data.read_manifest(tiny_world["rl"], "rl", video_root=tiny_world["videos"])[:2]
     assert [g["video"] for g in res["groups"]] == [str(r["video"]) for r in rl_rows]  # the first N videos
