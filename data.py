@@ -12,7 +12,7 @@ Departures from the released data and the authors' scripts:
   * Beyond the schema, `<when>` must be [round(start/T, 3), round(end/T, 3)] (true of every
     released row) and the think/answer layout must fit the label. Whether `end` is inclusive is
     not documented, so only start < end <= total_frames is required.
-  * Toy rows may carry `bbox` (passed through); kind 'caption' reads the toy's Toy-Caption.jsonl.
+  * Toy rows may carry `bbox` and `frame_boxes` (checked, passed through); kind 'caption' reads the toy's Toy-Caption.jsonl.
   * Videos resolve against trailing parts of the authors' `path` under --video-root (s.6); two
     different files matching one row is an error (ambiguous-video), not a silent pick. A `path`
     that exists as written wins over the root (the root resolves the authors' machine's paths);
@@ -162,6 +162,12 @@ def _check_row(obj, kind: str, bad) -> dict | None:
         if not (isinstance(b, list) and len(b) == 4 and all(_as_int(v) is not None for v in b)):
             return bad("bad-value", f"'bbox' must be 4 integers [x1, y1, x2, y2], got {b!r:.60}")
         row["bbox"] = [int(v) for v in b]
+    if "frame_boxes" in obj:  # the toy pretraining world's extra field: {frame: bbox} (extras/toybase.py)
+        fb = obj["frame_boxes"]
+        if not (isinstance(fb, dict) and all(str(t).isdigit() and isinstance(b, list) and len(b) == 4
+                                              and all(_as_int(v) is not None for v in b) for t, b in fb.items())):
+            return bad("bad-value", f"'frame_boxes' must map frame numbers to 4 integers, got {fb!r:.60}")
+        row["frame_boxes"] = {str(int(t)): [int(v) for v in b] for t, b in fb.items()}
     if kind == "caption":
         if not obj["caption"].strip():
             return bad("bad-value", "'caption' is empty")

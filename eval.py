@@ -684,13 +684,7 @@ def main(argv=None) -> int:
         if not args.data:
             raise vadr.InputError("--pooled needs --data, the test manifest the runs were scored on")
         res = report.pooled_compare(args.pooled, args.data, detection_metrics, *args.pooled_stages)
-        a, b = args.pooled_stages
-        print(f"{b} minus {a}, pooled over {len(args.pooled)} runs x {res['n_videos']} test videos "
-              f"(95% paired bootstrap over videos, {res['n_boot']:,} draws):")
-        print(f"| | {a} | {b} | difference [95% interval] |\n|---|---:|---:|---:|")
-        for k in ("accuracy", "precision", "miou"):
-            r = res[k]
-            print(f"| {k} | {r[a]:.3f} | {r[b]:.3f} | {r['diff']:+.3f} [{r['lo']:+.3f}, {r['hi']:+.3f}] |")
+        print("\n".join(report.pooled_lines(res)))
         if args.json:
             _write_json(args.json, res)
         return 0

@@ -437,6 +437,16 @@ def pooled_compare(run_dirs: list[str], gt_path: str, detection_metrics, a: str 
     return dict(res, runs=list(run_dirs), n_videos=N, n_boot=n_boot, a=a, b=b)
 
 
+def pooled_lines(res: dict) -> list[str]:
+    """pooled_compare's figures as a markdown table with its heading."""
+    a, b = res["a"], res["b"]
+    return [f"{b} minus {a}, pooled over {len(res['runs'])} runs x {res['n_videos']} test videos "
+            f"(95% paired bootstrap over videos, {res['n_boot']:,} draws):", "",
+            f"| | {a} | {b} | difference [95% interval] |", "|---|---:|---:|---:|"] + [
+        f"| {k} | {res[k][a]:.3f} | {res[k][b]:.3f} | {res[k]['diff']:+.3f} [{res[k]['lo']:+.3f}, "
+        f"{res[k]['hi']:+.3f}] |" for k in ("accuracy", "precision", "miou")]
+
+
 def compare_lines(run_dir: str, data_path: str | None, detection_metrics,
                   a: str = "sft", b: str = "rl") -> list[str]:
     """table.md's lines below the stage tables: stage 0's caption check (stage0_lines), then

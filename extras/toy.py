@@ -45,6 +45,7 @@ import time
 from collections import Counter
 
 import numpy as np
+import torch
 
 import data
 import grpo
@@ -1056,6 +1057,33 @@ def caption_says_event(caption: str) -> bool:
     return not caption.strip().startswith(_CAPTION_QUIET)
 
 
+def greedy_captions(model, tok, rows: list[dict], manifest: str, frames: int = 16, batch_size: int = 8,
+                    max_new_tokens: int = 24) -> list[str]:
+    """Greedy captions behind CAPTION_PROMPT of manifest rows (the toy preset's pixels and frame
+    rule, as the captioners train): caption_check's and the toy base's check (extras/toybase.py)."""
+    class _Prompts(CaptionDataset):  # the caption prompt on rows that carry no caption
+        target_fields = ()
+
+        def target(self, row):
+            return ""
+
+    ds = _Prompts(rows, **training.video_args(argparse.Namespace(**dict(training.VIDEO_TOY, frames=frames))))
+    collate = data.make_collate(tok, with_targets=False)
+    captions = []
+    with torch.no_grad():
+        for b0 in range(0, len(rows), batch_size):
+            items = []
+            for i in range(b0, min(b0 + batch_size, len(rows))):
+                with badvideos.at_line(manifest, rows[i]):  # a bad video: manifest file:line
+                    items.append(ds[i])
+            batch = collate(items)
+            out = fastpath.sample_group(model, {k: batch[k] for k in vadr.MODEL_INPUT_KEYS},
+                                        num_samples=1, max_new_tokens=max_new_tokens, greedy=True,
+                                        end_ids=vadr.end_token_ids(tok), pad_id=vadr.pad_token_id(tok))
+            captions += grpo.decode_completions(tok, out["completion_ids"], out["completion_mask"])
+    return captions
+
+
 def caption_check(model_dir: str, manifest: str, video_root: str | None = None, frames: int = 16,
                   batch_size: int = 8, max_new_tokens: int = 24) -> dict:
     """How well a stage-0 captioner sees the event: caption each video of an SFT manifest
@@ -1065,27 +1093,7 @@ def caption_check(model_dir: str, manifest: str, video_root: str | None = None, 
     rows = data.read_manifest(manifest, "sft", video_root=video_root)
     model, tok = toymodel.load_model(model_dir)
     model.eval()
-
-    class _Prompts(CaptionDataset):  # the caption prompt on rows that carry no caption
-        target_fields = ()
-
-        def target(self, row):
-            return ""
-
-    # the toy preset's pixels and frame rule, as stage 0 trains
-    ds = _Prompts(rows, **training.video_args(argparse.Namespace(**dict(training.VIDEO_TOY, frames=frames))))
-    collate = data.make_collate(tok, with_targets=False)
-    captions = []
-    for b0 in range(0, len(rows), batch_size):
-        items = []
-        for i in range(b0, min(b0 + batch_size, len(rows))):
-            with badvideos.at_line(manifest, rows[i]):  # a bad video: manifest file:line
-                items.append(ds[i])
-        batch = collate(items)
-        out = fastpath.sample_group(model, {k: batch[k] for k in vadr.MODEL_INPUT_KEYS},
-                                    num_samples=1, max_new_tokens=max_new_tokens, greedy=True,
-                                    end_ids=vadr.end_token_ids(tok), pad_id=vadr.pad_token_id(tok))
-        captions += grpo.decode_completions(tok, out["completion_ids"], out["completion_mask"])
+    captions = greedy_captions(model, tok, rows, manifest, frames, batch_size, max_new_tokens)
     videos = [dict(video=r["video"], label=r["label"], caption=c) for r, c in zip(rows, captions)]
     return dict(score_captions(rows, captions), videos=videos)
 

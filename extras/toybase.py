@@ -25,10 +25,12 @@ Not part of the paper: a reader of the method can skip this file.
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import math
 import os
-import sys
+import shutil
+import subprocess
 import time
 
 import numpy as np
@@ -36,9 +38,8 @@ import torch
 import torch.nn.functional as F
 
 import data
-import grpo
 import vadr
-from extras import fastpath, toy, toymodel
+from extras import scoring, toy, toymodel
 
 PRETRAIN_SEED = 1_000_003  # the pretraining world's seed: its videos share nothing with data/toy (test)
 PRETRAIN_CAPTIONS = "Toy-Pretrain.jsonl"  # caption-kind manifest of grounded captions (stage B)
@@ -99,15 +100,14 @@ def write_pretrain_world(out: str, categories=None, n: int | None = None, worker
     if frames:
         kw["frames"] = tuple(frames)
     paths = toy.ensure_toy_world(out, workers=workers, quiet=quiet, **kw)
-    rows = data.read_manifest(paths["sft_train"], "sft", check_videos=False)
-    raw = [json.loads(line) for line in open(paths["sft_train"], encoding="utf-8")]
+    rows = data.read_manifest(paths["sft_train"], "sft", check_videos=False)  # bbox passed through
     size = tuple(kw["size"])
     cap_path = os.path.join(out, PRETRAIN_CAPTIONS)
     with open(cap_path + ".tmp", "w", encoding="utf-8") as f:
-        for r, obj in zip(rows, raw, strict=True):
-            f.write(json.dumps(dict(source=obj["source"], video=obj["video"], anomaly_type=obj["anomaly_type"],
-                                    path=obj["path"], total_frames=obj["total_frames"],
-                                    caption=grounded_caption(dict(r, bbox=obj.get("bbox")), size))) + "\n")
+        for r in rows:
+            f.write(json.dumps(dict(source=r["source"], video=r["video"], anomaly_type=r["anomaly_type"],
+                                    path=r["path"], total_frames=r["total_frames"],
+                                    caption=grounded_caption(r, size))) + "\n")
     os.replace(cap_path + ".tmp", cap_path)
     return dict(paths, captions=cap_path)
 
@@ -256,22 +256,6 @@ def score_grounded(rows: list[dict], captions: list[str], size) -> dict:
                 box_miou_all=mean(allb))
 
 
-def caption_videos(model, tok, rows, frames=16, batch_size=8, max_new_tokens=48) -> list[str]:
-    """Greedy grounded captions (toy.CAPTION_PROMPT) for SFT-kind rows."""
-    ds = toy.CaptionDataset([dict(r, caption="") for r in rows], num_frames=frames,
-                            min_pixels=vadr.DEFAULT_MIN_PIXELS, max_pixels=vadr.DEFAULT_MAX_PIXELS)
-    collate = data.make_collate(tok, with_targets=False)
-    out = []
-    with torch.no_grad():
-        for b0 in range(0, len(rows), batch_size):
-            batch = collate([ds[i] for i in range(b0, min(b0 + batch_size, len(rows)))])
-            s = fastpath.sample_group(model, {k: batch[k] for k in vadr.MODEL_INPUT_KEYS}, num_samples=1,
-                                      max_new_tokens=max_new_tokens, greedy=True,
-                                      end_ids=vadr.end_token_ids(tok), pad_id=vadr.pad_token_id(tok))
-            out += grpo.decode_completions(tok, s["completion_ids"], s["completion_mask"])
-    return out
-
-
 # ---- the shipped directory -------------------------------------------------------------------------
 SHIP_FILES = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
               "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
@@ -281,13 +265,11 @@ SHIP_LIMIT_MB = 12  # the base travels with the repository
 def write_corpus(path: str, texts: list[str]):
     """The tokenizer's training text, one JSON string a line, gzipped without a timestamp (so the
     same texts give the same bytes): shipped beside the tokenizer so a test can retrain it."""
-    import gzip
     with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as f:
         f.write("".join(json.dumps(t) + "\n" for t in texts).encode("utf-8"))
 
 
 def read_corpus(path: str) -> list[str]:
-    import gzip
     with gzip.open(path, "rt", encoding="utf-8") as f:
         return [json.loads(line) for line in f]
 
@@ -295,7 +277,6 @@ def read_corpus(path: str) -> list[str]:
 def ship(caption_run: str, tower_dir: str, world: str, check: dict, out: str, card: dict):
     """Copy the caption run's final weights and tokenizer into `out` (a plain Hugging Face
     directory), with the tokenizer's corpus and a model card (README.md) built from `card`."""
-    import shutil
     src = vadr.latest_checkpoint(caption_run) or caption_run
     os.makedirs(out, exist_ok=True)
     for name in SHIP_FILES:
@@ -331,6 +312,9 @@ def model_card(card: dict, check: dict) -> str:
 
 
 # ---- command line ------------------------------------------------------------------------------------
+
+_read = scoring.read_json_object  # a JSON object the recipe wrote, or one line naming the file
+
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description="The toy base model's pretraining (stand-in for Qwen2.5-VL's).")
@@ -370,11 +354,8 @@ def main(argv=None):
         p = write_pretrain_world(a.out, a.categories, a.n, a.workers, frames=a.frames)
         print(f"pretraining world: {p['captions']}")
     elif a.cmd == "tower":
-        world = json.load(open(os.path.join(a.data, "toy_world.json")))["params"]
-        rows = data.read_manifest(toy.manifest_paths(a.data)["sft_train"], "sft")
-        raw = {json.loads(line)["video"]: json.loads(line) for line in open(toy.manifest_paths(a.data)["sft_train"])}
-        rows = [dict(r, bbox=raw[r["video"]].get("bbox"), frame_boxes=raw[r["video"]].get("frame_boxes"))
-                for r in rows]
+        world = _read(os.path.join(a.data, "toy_world.json"), "a toy world's stamp")["params"]
+        rows = data.read_manifest(toy.manifest_paths(a.data)["sft_train"], "sft")  # bbox, frame_boxes
         model, tok = toymodel.load_model("toy", corpus=pretrain_corpus(a.data), seed=a.seed)
         stats = train_tower(model, rows, world["categories"], a.steps, a.batch_size, a.lr, a.seed, a.pos_weight,
                             a.min_cover)
@@ -387,23 +368,20 @@ def main(argv=None):
                   open(os.path.join(a.out, "tower.json"), "w"), indent=1)
         print(json.dumps(stats))
     elif a.cmd == "check":
-        rows = data.read_manifest(a.data, "sft", video_root=a.video_root)
-        raw = {json.loads(line)["video"]: json.loads(line) for line in open(a.data)}
-        rows = [dict(r, bbox=raw[r["video"]].get("bbox")) for r in rows]
+        rows = data.read_manifest(a.data, "sft", video_root=a.video_root)  # bbox passed through
         model, tok = toymodel.load_model(a.model)
         model.eval()
         size = vadr.read_video(rows[0]["video_path"], 2)["frames"].shape[1:3]
-        caps = caption_videos(model, tok, rows, max_new_tokens=a.max_new_tokens)
+        caps = toy.greedy_captions(model, tok, rows, a.data, max_new_tokens=a.max_new_tokens)
         res = score_grounded(rows, caps, size)
         res["examples"] = [dict(video=r["video"], gt=r["anomaly_type"], caption=c) for r, c in zip(rows, caps)][:12]
         print(json.dumps({k: v for k, v in res.items() if k != "examples"}, indent=1))
         if a.json:
             json.dump(res, open(a.json, "w"), indent=1)
     elif a.cmd == "ship":
-        import subprocess
-        tower = json.load(open(os.path.join(a.tower, "tower.json")))
-        cap_cfg = json.load(open(os.path.join(a.caption_run, "run_config.json")))
-        world = json.load(open(os.path.join(a.world, "toy_world.json")))["params"]
+        tower = _read(os.path.join(a.tower, "tower.json"), "stage A's record (extras.toybase tower)")
+        cap_cfg = _read(os.path.join(a.caption_run, "run_config.json"), "stage B's run config")
+        world = _read(os.path.join(a.world, "toy_world.json"), "a toy world's stamp")["params"]
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
                                text=True).stdout.strip()
@@ -416,7 +394,7 @@ def main(argv=None):
                     caption={k: cap_cfg.get(k) for k in ("epochs", "lr", "batch_size", "total_steps", "seed",
                                                           "freeze_vision", "schedule")},
                     commit=commit or "unknown", recipe_seconds=a.seconds)
-        check = json.load(open(a.check))
+        check = _read(a.check, "the check's figures (extras.toybase check --json)")
         check.pop("examples", None)
         mb = ship(a.caption_run, a.tower, a.world, check, a.out, card)
         print(f"{a.out}: {mb:.1f} MB")

@@ -672,6 +672,7 @@ def test_pooled_compare_hand(tmp_path):
     assert res["miou"]["diff"] == pytest.approx(2.5 / 4 - 1 / 3) and res["n_videos"] == 4
     for k in ("accuracy", "precision", "miou"):
         assert -1 <= res[k]["lo"] <= res[k]["diff"] <= res[k]["hi"] <= 1
+    assert report.pooled_lines(res)[-3].startswith("| accuracy | 0.500 | 0.750 | +0.250 [")
     # the same as one run's figures: pooling identical seeds changes no point estimate
     one = report.pooled_compare(runs[:1], str(tmp_path / "gt.jsonl"), E.detection_metrics, n_boot=3000)
     assert all(one[k]["diff"] == pytest.approx(res[k]["diff"]) for k in ("accuracy", "precision", "miou"))

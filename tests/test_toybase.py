@@ -105,3 +105,23 @@ def test_shipped_base_loads_and_matches_its_recipe():
     card = open(os.path.join(SHIPPED, "README.md")).read()
     for c in toy.TOY_DEFAULTS["categories"]:
         assert f"| {c} |" in card
+
+
+def test_manifest_reader_passes_frame_boxes_through_and_checks_them(tiny_world, tmp_path):
+    """data.read_manifest keeps a row's per-frame boxes (keys as strings) and refuses a malformed
+    map with the file:line, as it does a malformed bbox."""
+    import data
+    import vadr
+    lines = open(tiny_world["sft_train"], encoding="utf-8").read().splitlines()
+    good, bad = (json.loads(lines[0]), json.loads(lines[0]))
+    good["frame_boxes"] = {"3": [1, 2, 30, 40], 4: [2, 2, 31, 41]}
+    bad["frame_boxes"] = {"3": [1, 2, 30]}
+    p = tmp_path / "m.jsonl"
+    p.write_text(json.dumps(good) + "\n")
+    assert data.read_manifest(str(p), "sft", check_videos=False)[0]["frame_boxes"] == \
+        {"3": [1, 2, 30, 40], "4": [2, 2, 31, 41]}
+    p.write_text(json.dumps(bad) + "\n")
+    with pytest.raises(vadr.InputError) as e:
+        data.read_manifest(str(p), "sft", check_videos=False)
+    assert str(e.value) == (f"{p}:1: bad-value: 'frame_boxes' must map frame numbers to 4 integers, "
+                            "got {'3': [1, 2, 30]}")
