@@ -12,8 +12,9 @@ Run it (hardware tiers: docs/scale.md):
     torchrun --nproc_per_node 4 train_sft.py --model /ckpt/Qwen2.5-VL-7B-Instruct \
         --data Vad-Reasoning-SFT-train.jsonl --video-root /data/vad-reasoning --fsdp --grad-ckpt
     python train_sft.py --resume runs/toy/sft             # continue a killed run exactly
-    python train_sft.py --task caption --out runs/toy/base    # toy stage 0: the captioning base
-    python train_sft.py --model runs/toy/base --preset toy --out runs/toy/sft   # SFT (make toy)
+    python train_sft.py --model toy-base --preset toy --out runs/toy/sft   # SFT from the shipped toy base (make toy)
+    python train_sft.py --task caption --preset toy --model runs/toy-base/tower --data \
+        data/toy-pretrain/Toy-Pretrain.jsonl --freeze-vision --out runs/toy-base/caption   # make toy-base's stage B
 
 Departures from the paper / the authors' scripts:
   * Loss on the assistant tokens only (target text and the closing <|im_end|>). The authors'
@@ -25,7 +26,8 @@ Departures from the paper / the authors' scripts:
     schedule is `--schedule linear --warmup-ratio 0 --weight-decay 0`.
   * Video (docs/paper-vs-authors.md s.5): 16 uniform frames (the paper), the authors' pixel band
     (100352 .. 105369) and real-time second_per_grid_ts; --frame-rule authors for their 2 fps.
-  * --task caption (toy only): stage 0, a captioner standing in for Qwen2.5-VL's pretraining;
+  * --task caption (toy only): captions behind toy.CAPTION_PROMPT, the toy pretraining's stage B
+    (extras/toybase.py, docs/toy-base.md; earlier the toy pipeline's stage 0);
     without it the toy model never looks at the video (docs/experiments.md, docs/toy-world.md).
   * The toy preset (--model toy, the default) fills unset flags for a tiny CPU model; printed. From
     a trained checkpoint it freezes the vision encoder that stage 0 taught (docs/experiments.md).

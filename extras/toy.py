@@ -5,8 +5,8 @@ categories of the paper's taxonomy this world can draw (Fighting, Falling, Fire,
 Driving, Falling Objects, Stealing, Pedestrian Jaywalking, Explosion, Flooding or Tsunami), each
 with an exact temporal range and bounding box. They are written as real H.264 mp4 files plus
 manifests in exactly the released Vad-Reasoning schema (data.py; docs/paper-vs-authors.md s.1),
-with P2C-CoT texts (paper Sec. 3.1) filled in from the rendered facts, and with captions for the
-toy pipeline's stage 0. It is the default data set of every script, so the whole method (SFT ->
+with P2C-CoT texts (paper Sec. 3.1) filled in from the rendered facts, and optionally captions (the
+caption split, off in the default world: the toy base is shipped, extras/toybase.py). It is the default data set of every script, so the whole method (SFT ->
 AVA-GRPO -> evaluation) runs on a laptop CPU. Not part of the paper: a reader of the method can
 skip this file.
 
@@ -16,7 +16,7 @@ Run it:
     python -m extras.toy --out /tmp/tiny --n-sft 14 --n-test 4 --n-rl 8 --n-caption 8 --frames 24 32
     python -m extras.toy --out /tmp/w7 --categories Fighting Falling Fire --sprite-scale 1 --text-variants 4
     python -m extras.toy preview --seed 3 --category Fire --out fire.png   # 16 sampled frames as a PNG
-    python -m extras.toy caption-check --model runs/toy/base   # does stage 0 see the event? (test split)
+    python -m extras.toy caption-check --model toy-base   # does a captioner open with the event? (test split)
 
 Departures from the released data (docs/toy-world.md has the details and the measured figures):
   * Synthetic cartoon anomalies replace surveillance videos; the P2C-CoT texts are generated from
