@@ -676,10 +676,16 @@ def test_the_same_rows_and_videos_elsewhere_resume_other_ones_do_not(tiny_world,
                             "run's, or start a new run (another --out)")
     first = data.read_manifest(tiny_world["sft_train"], "sft", video_root=str(videos))[0]
     other = next(p for p in sorted(videos.iterdir()) if str(p) != first["video_path"])
-    shutil.copy(other, first["video_path"])  # a video replaced under its own name
-    with pytest.raises(vadr.InputError) as e:
-        train_sft.main(_sft_argv(tiny_world, killed, "--resume", str(killed), "--video-root",
-                                 str(videos)))
+    # the rows' own paths exist, so they win over --video-root (data.py) and the file replaced is
+    # the shared tiny world's: put it back afterwards, or later tests train on another world
+    original = open(first["video_path"], "rb").read()
+    try:
+        shutil.copy(other, first["video_path"])  # a video replaced under its own name
+        with pytest.raises(vadr.InputError) as e:
+            train_sft.main(_sft_argv(tiny_world, killed, "--resume", str(killed), "--video-root",
+                                     str(videos)))
+    finally:
+        open(first["video_path"], "wb").write(original)
     assert str(e.value) == (f"train_sft.py: --resume {killed}: the videos under --video-root "
                             f"{videos} are not the run's (--video-root {tiny_world['videos']}: "
                             "same rows, other files); pass the run's, or start a new run "
