@@ -1,14 +1,15 @@
-# The main job on the embedded default (README "The main job"): the shipped toy base (toy-base/, the
-# stand-in for the pretrained Qwen2.5-VL) -> SFT -> AVA-GRPO -> eval, on the toy world.
+# The main job on the embedded default (README.md "The main job: `make toy`"): the shipped toy base
+# (toy-base/, the stand-in for the pretrained Qwen2.5-VL) -> SFT -> AVA-GRPO -> eval, on the toy world.
 #   make toy            run every stage into runs/toy/ (a stage whose output exists is skipped)
 #   make toy REDO=1     redo every stage
 #   make toy-rl-only    also the "+AVA-GRPO alone" row (RL from the base)
-#   make toy-smoke      a few steps per stage into runs/toy-smoke/ (what CI's pipeline test runs)
 #   make toy-base       rebuild toy-base/ from scratch: the toy pretraining (docs/toy-base.md)
-#   make toy-base-smoke the same for a few steps into runs/toy-smoke/ (CI)
 #   make toy-ablation   the reward ablation of the paper's Table 10 -> runs/toy/ablation/table10.md
 #   make toy-vanguard   VANGUARD's curriculum and its baselines -> runs/toy-vanguard/table.md
 #   make toy-vanguard-spatial  + AVA-GRPO from it without / with the spatial verification reward
+# Smoke runs, a few steps per stage into runs/toy-smoke/ (README.md "Smoke runs: plumbing, not
+# learning"): toy-smoke, toy-base-smoke, toy-ablation-smoke (toy + toy-ablation) and
+# toy-vanguard-smoke; tests/test_pipeline.py runs the last three.
 PY ?= python
 DATA ?= data/toy
 RUN ?= runs/toy
