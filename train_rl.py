@@ -109,7 +109,7 @@ def rl_step(model, ref_model, tok, opt, sched, batch: dict, args, step: int, ran
                      top_p=args.top_p, end_ids=vadr.end_token_ids(tok),
                      pad_id=vadr.pad_token_id(tok), generator=gen, sync_ranks=(mode == "fsdp"),
                      ignore_eos=ignore_eos)
-    t = {}  # timings (and dynamic-sampling counts)
+    t = {}  # timings (and the dynamic-sampling and spatial-pass counts)
     roll_of = lambda b: rollout(model, tok, b, args, mode, length_ranges, prompt, sample_kw,
                                 trim_rng, t)
     roll = roll_of(batch)                                                  # Alg. 2 lines 5-10

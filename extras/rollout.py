@@ -48,7 +48,7 @@ def rollout(model, tok, batch: dict, args, mode: str, length_ranges: dict, promp
             sample_kw: dict, trim_rng, t: dict) -> dict:
     """Algorithm 2 lines 5-10 on a batch of B videos -> dict(ids, mask (B*G, T), texts, seconds
     (the completion on each trimmed video, or None), parts (reward parts), R (B*G,)). Timings
-    are added into t."""
+    (and --spatial-verification's counts) are added into t."""
     device, G = batch["input_ids"].device, args.num_generations
     inputs = {k: batch[k] for k in vadr.MODEL_INPUT_KEYS}
     add = lambda k, t0: t.__setitem__(k, t.get(k, 0.0) + time.time() - t0)
@@ -93,7 +93,9 @@ def rollout(model, tok, batch: dict, args, mode: str, length_ranges: dict, promp
             verify_abnormal=not args.no_verification_abnormal,
             verify_normal=not args.no_verification_normal)
     if args.spatial_verification:  # beyond both papers: Alg. 1 for *where* (extras/vanguard.py)
-        vanguard.add_spatial_rewards(parts, model, tok, batch["rows"], texts, args, prompt, device,
-                                     sample_kw)
+        counts = vanguard.add_spatial_rewards(parts, model, tok, batch["rows"], texts, args,
+                                              prompt, device, sample_kw)
+        for k, n in counts.items():  # summed over the step's rollouts, as the timings are
+            t[k] = t.get(k, 0) + n
     R = torch.tensor([p["total"] for p in parts], dtype=torch.float32)               # (B*G,)
     return dict(ids=ids, mask=mask, texts=texts, seconds=seconds, parts=parts, R=R)

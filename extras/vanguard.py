@@ -361,6 +361,12 @@ def train_stage(argv: list[str], boxes_path: str, target: str, stage: str):
 # still reads Abnormal, the box did not hold what made the answer abnormal (0). Only an Abnormal
 # completion with a valid <when> and a valid box gets the pass. The blank is CLIP's mean colour,
 # which the processor normalises to about 0: no signal, rather than a black patch that is one.
+# Algorithm 1's own skip (rewards.py, decision 3: a trim that cuts nothing useful gets no second
+# pass) holds here too: when the blanking changes no pixel of the sampled frames (the <when>
+# holds no sampled frame, the box covers no pixel, or it is already the blank colour), the video
+# is the one already answered, so there is no second pass and no spatial reward (0, as without a
+# trim), else a Normal answer would be paid for evidence never removed. Logged per step as
+# spatial_passes and spatial_skipped (docs/log-keys.md).
 
 BLANK_RGB = tuple(round(255 * m) for m in vadr.CLIP_MEAN)  # (124, 117, 104)
 
@@ -404,8 +410,10 @@ def add_spatial_rewards(parts: list[dict], model, tok, rows: list[dict], texts: 
                         prompt: str, device, sample_kw: dict) -> list[dict]:
     """train_rl.py --spatial-verification: for each of the B*G completions with a spatial_trim,
     the video re-read, the box blanked over the interval, one new completion sampled (one batch);
-    parts[i]["spatial"] = spatial_reward(...) is added to parts[i]["total"]."""
-    G, vids, which, decoded = args.num_generations, [], [], {}
+    parts[i]["spatial"] = spatial_reward(...) is added to parts[i]["total"]. A blanking that
+    changes no pixel is skipped (no pass, reward 0). -> {"spatial_passes": completions given the
+    pass, "spatial_skipped": completions with a spatial_trim whose blanking changed nothing}."""
+    G, vids, which, decoded, skipped = args.num_generations, [], [], {}, 0
     for i, c in enumerate(texts):
         trim = spatial_trim(c)
         if trim is None:
@@ -415,6 +423,9 @@ def add_spatial_rewards(parts: list[dict], model, tok, rows: list[dict], texts: 
             decoded[path] = vadr.read_video(path, args.frames, rule=args.frame_rule)
         v = decoded[path]
         frames = blank_box(v["frames"], v["indices"], v["total_frames"], *trim)
+        if np.array_equal(frames, v["frames"]):  # nothing blanked: Algorithm 1's own skip (above)
+            skipped += 1
+            continue
         vids.append(vadr.encode_frames(frames, v["sampled_fps"], args.min_pixels, args.max_pixels,
                                        args.grid_time))
         which.append(i)
@@ -430,7 +441,7 @@ def add_spatial_rewards(parts: list[dict], model, tok, rows: list[dict], texts: 
     for i, p in enumerate(parts):
         p["spatial"] = spatial_reward(texts[i], seconds[i], args.spatial_value)
         p["total"] += p["spatial"]
-    return parts
+    return {"spatial_passes": len(which), "spatial_skipped": skipped}
 
 
 # ---- stage 1: slot features, labels, the head ----------------------------------------------------
