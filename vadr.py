@@ -541,7 +541,7 @@ def latest_checkpoint(run_dir: str) -> str | None:
 def load_model(name_or_dir: str, dtype=None, device=None):
     """-> (Qwen2_5_VLForConditionalGeneration, tokenizer) from one local Hugging Face directory;
     nothing is ever downloaded. A run directory, a LoRA run and `--model toy` are resolved to
-    this by extras/toymodel.load_model (the rule: extras/checkpoint.resolve_checkpoint)."""
+    this by extras/lora.load_merged (the rule: extras/checkpoint.resolve_checkpoint)."""
     from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 
     if not os.path.isfile(os.path.join(name_or_dir, "config.json")):

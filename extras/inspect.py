@@ -33,7 +33,7 @@ import data
 import grpo
 import rewards
 import vadr
-from extras import badvideos, cli, flagcheck, scoring, toy, toymodel, training
+from extras import badvideos, cli, flagcheck, lora, scoring, toy, training
 from extras.rollout import rollout
 
 PROG = "python -m extras.inspect"
@@ -183,7 +183,7 @@ def main(argv=None) -> int:
     length_ranges = (data.length_ranges(data.read_length_manifest(args.length_ranges_from, args.skip_bad))
         if args.length_ranges_from else dict(rewards.DEFAULT_LENGTH_RANGES))
     device = vadr.resolve_device(args.device)
-    model, tok = toymodel.load_model(args.model, device=device)
+    model, tok = lora.load_merged(args.model, device=device)
     groups = inspect_groups(model, tok, rows, args, length_ranges, device)
     print(format_groups(groups, args, length_ranges))
     if args.json:

@@ -16,7 +16,7 @@ import torch
 
 import data
 import vadr
-from extras import lora, scale, toy, toymodel, training
+from extras import lora, scale, toy, training
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE_7B = os.path.join(ROOT, "tests", "fixtures", "qwen2.5-vl-7b")
@@ -227,14 +227,14 @@ import json, os, sys
 sys.path.insert(0, os.getcwd())
 import torch, torch.distributed as dist
 import data, vadr
-from extras import fastpath, scale, toymodel, training
+from extras import fastpath, lora, scale, training
 
 
 def main(argv):
     ckpt, manifest, out = argv
     info = vadr.setup_distributed("cpu")
     rank = info["rank"]
-    model, tok = toymodel.load_model(ckpt)
+    model, tok = lora.load_merged(ckpt)
     P = sum(p.numel() for p in model.parameters())
     model = training.wrap_model(model, "fsdp", info["device"]).eval()
     rows = data.read_manifest(manifest, "rl")[rank::2][:1]          # a different video per rank
@@ -292,7 +292,7 @@ def test_train_rl_fsdp_identical_with_and_without_rollout_gather(tiny_world, toy
     _torchrun("train_rl.py", args + ["--no-rollout-gather", "--out", str(tmp_path / "sharded")])
     lg = [json.loads(x) for x in open(tmp_path / "gather" / "log.jsonl")]
     ls = [json.loads(x) for x in open(tmp_path / "sharded" / "log.jsonl")]
-    P = sum(p.numel() for p in toymodel.load_model(toy_ckpt)[0].parameters())
+    P = sum(p.numel() for p in lora.load_merged(toy_ckpt)[0].parameters())
     for g, s in zip(lg, ls):
         assert g["rollout_copy_gb"] == pytest.approx(4 * P / GiB) and s["rollout_copy_gb"] == 0.0  # measured copy
         for k in g:

@@ -156,14 +156,13 @@ def test_box_metrics_by_hand():
 def test_head_frame_metrics_equal_sklearn_and_count_missing():
     gts = [_gt("a", "Abnormal", 2, 5, total=8), _gt("n", "Normal", total=6)]
     rows = [dict(source="TOY", video="a", frame_scores=[0.1, 0.2, 0.9, 0.8, 0.7, 0.6, 0.3, 0.2])]
-    m = vanguard.head_frame_metrics(rows, ["s:1"], gts, eval_mod.frame_labels, eval_mod.frame_auc, eval_mod.best_f1)
+    m = vanguard.head_frame_metrics(rows, ["s:1"], gts)
     y = np.r_[eval_mod.frame_labels(gts[0]), eval_mod.frame_labels(gts[1])]
     s = np.r_[rows[0]["frame_scores"], np.zeros(6)]  # the video without scores: 0 on every frame
     assert m["n_missing"] == 1 and m["n_videos"] == 2
     assert m["auc"] == pytest.approx(roc_auc_score(y, s), abs=1e-12)
     with pytest.raises(ValueError, match="^s:1: frame scores of TOY/a: 3 values for 8 frames$"):
-        vanguard.head_frame_metrics([dict(rows[0], frame_scores=[0.1] * 3)], ["s:1"], gts[:1],
-                                    eval_mod.frame_labels, eval_mod.frame_auc, eval_mod.best_f1)
+        vanguard.head_frame_metrics([dict(rows[0], frame_scores=[0.1] * 3)], ["s:1"], gts[:1])
 
 
 def test_eval_score_with_boxes_and_frame_scores(stage1, tmp_path, capsys):
