@@ -6,6 +6,8 @@ checks a whole file in one pass and raises ONE ManifestError listing every probl
 decode videos in __getitem__ (so in DataLoader workers); make_collate builds the Qwen2.5-VL chat
 batch (vadr.build_chat_inputs, s.4). The toy world's manifests: extras/toy.py (docs/toy-world.md).
 read_length_manifest reads --length-ranges-from's SFT manifest through the same checks.
+read_jsonl is the one JSONL reader (manifests, ground truth, predictions, box and score files,
+training logs): every caller gets its lines with file:line and words its own refusal.
     python -m extras.validate --manifest Vad-Reasoning-SFT-train.jsonl --kind sft --video-root R
 
 Departures from the released data and the authors' scripts:

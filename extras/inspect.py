@@ -104,7 +104,7 @@ def inspect_groups(model, tok, rows: list[dict], args, length_ranges: dict, devi
     sample_kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                      top_p=args.top_p, end_ids=vadr.end_token_ids(tok),
                      pad_id=vadr.pad_token_id(tok), generator=gen, sync_ranks=False,
-                     ignore_eos=False)  # as train_rl.rl_step's, on one process
+                     ignore_eos=False)  # as rollout.rl_step's, on one process
     groups = []
     for i in range(len(rows)):
         batch = vadr.to_device(tally.note(collate([ds[i]])), device)

@@ -96,7 +96,6 @@ def _state_bytes(model, opt) -> dict:
 
 def test_toy_estimate_matches_measured_memory(tiny_world, tiny_model):
     import grpo
-    import train_sft
     from extras import fastpath
     model0, tok = tiny_model
     ds = data.SFTDataset(data.read_manifest(tiny_world["sft_train"], "sft")[:2], num_frames=4)
@@ -117,7 +116,7 @@ def test_toy_estimate_matches_measured_memory(tiny_world, tiny_model):
 
         def step(mark):
             if stage == "sft":
-                loss, _ = train_sft.sft_loss_sum(model, b)
+                loss, _ = vadr.sft_loss_sum(model, b)
             else:
                 loss = fastpath.completion_logprobs(model, full, ids).sum()
             mark()                 # activations held for backward = what the forward left allocated
@@ -138,7 +137,7 @@ def test_toy_estimate_matches_measured_memory(tiny_world, tiny_model):
     model = copy.deepcopy(model0).train()
     lora.apply_lora(model, 4, seed=0)
     opt = training.make_optimizer(model, 1e-3, 0.0)
-    train_sft.sft_loss_sum(model, b1)[0].backward()
+    vadr.sft_loss_sum(model, b1)[0].backward()
     opt.step()
     args = argparse.Namespace(fsdp=False, grad_ckpt=False, beta=0.0, lora_rank=4, lora_alpha=None,
                               lora_targets=",".join(lora.LORA_TARGETS), freeze_vision=False)
@@ -149,7 +148,7 @@ def test_toy_estimate_matches_measured_memory(tiny_world, tiny_model):
     model = copy.deepcopy(model0).train()
     lora.apply_lora(model, 4, seed=0, train_embeddings=True)
     opt = training.make_optimizer(model, 1e-3, 0.0)
-    train_sft.sft_loss_sum(model, b1)[0].backward()
+    vadr.sft_loss_sum(model, b1)[0].backward()
     opt.step()
     args.lora_train_embeddings = True
     est = scale.estimate_memory(model.config, args, "sft", device_type="cpu", shapes=_sft_shapes(b1))
