@@ -6,6 +6,8 @@ checks a whole file in one pass and raises ONE ManifestError listing every probl
 decode videos in __getitem__ (so in DataLoader workers); make_collate builds the Qwen2.5-VL chat
 batch (vadr.build_chat_inputs, s.4). The toy world's manifests: extras/toy.py (docs/toy-world.md).
 read_length_manifest reads --length-ranges-from's SFT manifest through the same checks.
+read_jsonl is the one JSONL reader (manifests, ground truth, predictions, box and score files,
+training logs): every caller gets its lines with file:line and words its own refusal.
     python -m extras.validate --manifest Vad-Reasoning-SFT-train.jsonl --kind sft --video-root R
 
 Departures from the released data and the authors' scripts:
@@ -289,33 +291,69 @@ def line_text(raw: bytes, lineno: int) -> str:
     return raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
 
 
-def read_lines(path: str):
-    """(line number, text) per physical line of a manifest, decoded by line_text; text None for
-    a line over MAX_ROW_CHARS, which is read in pieces of 4 * MAX_ROW_CHARS + 2 bytes (UTF-8
-    spends at most 4 on a character), never whole.
-    vadr.InputError for a file that cannot be read or a line that is not UTF-8 (not skipped)."""
+def read_lines(path: str, what: str = "manifest", max_chars: int | None = MAX_ROW_CHARS,
+               bad_utf8: str = "raise"):
+    """(line number, text, raw bytes) per physical line of a JSONL file (what: 'manifest', 'log',
+    ... for the messages), decoded by line_text; text and raw None for a line over max_chars,
+    which is read in pieces of 4 * max_chars + 2 bytes (UTF-8 spends at most 4 on a character),
+    never whole (max_chars None: no bound). vadr.InputError for a file that cannot be read, and
+    for a line that is not UTF-8 (bad_utf8 'yield': text None, raw kept, for the caller to
+    judge)."""
     if not os.path.isfile(path):  # missing, a directory, a device (/dev/zero would never end)
         why = "is a directory" if os.path.isdir(path) else (
             "not a regular file" if os.path.exists(path) else "not found")
-        raise vadr.InputError(f"cannot read manifest {path}: {why}")
+        raise vadr.InputError(f"cannot read {what} {path}: {why}")
     try:
         f = open(path, "rb")
     except OSError as e:  # no permission
-        raise vadr.InputError(f"cannot read manifest {path}: {e.strerror}") from None
-    limit = 4 * MAX_ROW_CHARS + 2
+        raise vadr.InputError(f"cannot read {what} {path}: {e.strerror}") from None
+    limit = 4 * max_chars + 2 if max_chars else -1
     with f:
         for lineno, raw in enumerate(iter(lambda: f.readline(limit), b""), 1):
             if len(raw) == limit and not raw.endswith(b"\n"):
                 while (more := f.readline(limit)) and not more.endswith(b"\n"):
                     pass
-                raw = None
+                yield lineno, None, None
+                continue
             try:
-                text = raw and line_text(raw, lineno)
+                text = line_text(raw, lineno)
             except UnicodeDecodeError as e:
+                if bad_utf8 == "yield":
+                    yield lineno, None, raw
+                    continue
                 raise vadr.InputError(f"{path}:{lineno}: not UTF-8 text (byte {raw[e.start]:#04x} "
-                                      f"at byte {e.start + 1} of the line); re-encode the manifest "
+                                      f"at byte {e.start + 1} of the line); re-encode the {what} "
                                       "as UTF-8 (e.g. iconv -t UTF-8)") from None
-            yield lineno, None if text and len(text.rstrip("\r\n")) > MAX_ROW_CHARS else text
+            if max_chars and len(text.rstrip("\r\n")) > max_chars:
+                yield lineno, None, None
+            else:
+                yield lineno, text, raw
+
+
+def read_jsonl(path: str, what: str = "manifest", max_chars: int | None = MAX_ROW_CHARS,
+               bad_utf8: str = "raise"):
+    """The one JSONL reader (manifests, ground truth, predictions, box and score files, training
+    logs): (line number, value, problem, text, raw, torn) per non-blank line of read_lines.
+    value is the parsed JSON when problem is None; else problem is (reason, detail) with reason
+    'row-too-long', 'bad-json' or (bad_utf8 'yield') 'not-utf8'. torn: the last line, without its
+    newline (a write cut short by a kill); each caller says what it accepts and words the error
+    for its file."""
+    for lineno, text, raw in read_lines(path, what, max_chars, bad_utf8):
+        torn = raw is not None and not raw.endswith(b"\n")
+        if text is None:
+            problem = (("not-utf8", "not UTF-8 text") if raw is not None else
+                       ("row-too-long", f"more than {max_chars} characters (MAX_ROW_CHARS)"))
+            yield lineno, None, problem, None, raw, torn
+            continue
+        if not text.strip():
+            continue
+        try:
+            yield lineno, json.loads(text), None, text, raw, torn
+        except json.JSONDecodeError as e:
+            yield lineno, None, ("bad-json", f"not valid JSON ({e.msg}, column {e.colno})"), text, raw, torn
+        except (ValueError, RecursionError) as e:  # a 5000-digit int, nesting 10^4 deep
+            yield (lineno, None, ("bad-json", f"not readable JSON ({type(e).__name__}: {e!s:.80})"),
+                   text, raw, torn)
 
 
 def check_manifest(path: str, kind: str = "sft", video_root: str | None = None,
@@ -336,19 +374,9 @@ def check_manifest(path: str, kind: str = "sft", video_root: str | None = None,
         assert reason in REASONS, reason
         problems.append((lineno, reason, detail))
 
-    for lineno, text in read_lines(path):
-        if text is not None and not text.strip():
-            continue
+    for lineno, value, problem, *_ in read_jsonl(path):
         n_problems = len(problems)
-        if text is None:
-            row = bad("row-too-long", f"more than {MAX_ROW_CHARS} characters (MAX_ROW_CHARS)")
-        else:
-            try:
-                row = _check_row(json.loads(text), kind, bad)
-            except json.JSONDecodeError as e:
-                row = bad("bad-json", f"not valid JSON ({e.msg}, column {e.colno})")
-            except (ValueError, RecursionError) as e:  # a 5000-digit int, nesting 10^4 deep
-                row = bad("bad-json", f"not readable JSON ({type(e).__name__}: {e!s:.80})")
+        row = bad(*problem) if problem else _check_row(value, kind, bad)
         key = row and (row["source"], row["video"])
         if key in seen:
             row = bad("duplicate-video", f"source {key[0]!r} video {key[1]!r} is also at line "

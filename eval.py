@@ -3,9 +3,11 @@
 Paper: Sec. 4.1 "Evaluation Metrics"; Table 2 (reasoning + detection on the Vad-Reasoning test
 set), Table 3 (VANE), Table 4 (training strategies), Tables 9-10 (ablations). Scoring follows the
 authors' evaluation scripts (docs/paper-vs-authors.md s.3) and also reports the common
-conventions. Every metric is written from its definition: detection, grounding and frame level
-here, the reasoning-text metrics in extras/textmetrics.py, VANE in extras/vane.py; nltk, rouge,
-rouge-score and scikit-learn are test oracles only (tests/test_eval_metrics.py).
+conventions. Every metric is written from its definition: detection, grounding and the frame
+scores of a completion here; the binary labels, the GT interval and the frame level's truth,
+ROC-AUC and best F1 in extras/metrics.py (extras/vanguard.py shares them), the reasoning-text
+metrics in extras/textmetrics.py, VANE in extras/vane.py; nltk, rouge, rouge-score and
+scikit-learn are test oracles only (tests/test_eval_metrics.py).
 
     # inference: checkpoint + test manifest -> JSONL rows {source, video, anomaly_type, output}
     python eval.py --model DIR --data test.jsonl --video-root ROOT --out preds.jsonl
@@ -44,8 +46,12 @@ import numpy as np
 
 import data
 import vadr
-from extras import (badvideos, cli, fastpath, flagcheck, paper_tables, predictions, report,
-                    scoring, textmetrics, toymodel, training, vane, vanguard)
+from extras import (badvideos, cli, fastpath, flagcheck, lora, paper_tables, predictions, report,
+                    scoring, textmetrics, training, vane, vanguard)
+# the label, interval and frame-level definitions extras/vanguard.py shares (extras/metrics.py);
+# frame_auc and best_f1 are what frame_metrics' four counts equal (the tests check eval's names)
+from extras.metrics import (authors_label, best_f1, fmt, frame_auc, frame_labels, frames_inside,
+                            get_metric, gt_interval, gt_label)
 from vadr import parse_completion
 
 
@@ -61,33 +67,7 @@ def load_jsonl(path: str, with_lines: bool = False):
 
 
 # ---- 1. Detection (docs/paper-vs-authors.md s.3): binary label, P/R/F1, interval IoU, mIoU, R@k --
-
-def authors_label(which: str | None) -> str:
-    """The authors' binary rule (docs/paper-vs-authors.md s.3): `<which>` content exactly
-    "Normal" (tag contents are stripped) -> Normal, ANYTHING else -> Abnormal, including a
-    missing <which> and an empty output: "Normal.", "normal" and "Normal video" are Abnormal.
-    Rows where vadr.label_from_which (training's rule) differs are counted in
-    counts.n_label_rule_disagree."""
-    return "Normal" if which == "Normal" else "Abnormal"
-
-
-def gt_label(row: dict) -> str:
-    """GT binary label: anomaly_type "Normal" (any case) -> Normal, any category -> Abnormal."""
-    return "Normal" if str(row.get("anomaly_type", "")).strip().lower() == "normal" else "Abnormal"
-
-
-def gt_interval(row: dict) -> tuple[float, float] | None:
-    """GT interval, docs/paper-vs-authors.md s.1/s.3: normal -> [0, 1]; abnormal ->
-    [round(start/total_frames, 3), round(end/total_frames, 3)] (start/end are frame indices).
-    None for an abnormal row without start/end/total_frames (counted, excluded from IoU)."""
-    if gt_label(row) == "Normal":
-        return (0.0, 1.0)
-    try:
-        total = float(row["total_frames"])
-        return (round(float(row["start"]) / total, 3), round(float(row["end"]) / total, 3))
-    except (KeyError, TypeError, ValueError, ZeroDivisionError):
-        return None
-
+# The labels and the GT interval (authors_label, gt_label, gt_interval): extras/metrics.py.
 
 def interval_iou(a, b) -> float:
     """Temporal IoU of a = [s1, e1] and b = [s2, e2], written the straightforward way:
@@ -213,15 +193,8 @@ def category_metrics(outputs: list[str], gt_rows: list[dict]) -> dict:
 
 
 # ---- 2. Frame level: ROC-AUC (Mann-Whitney) and best-threshold F1 --------------------------------
-
-def frames_inside(interval, total_frames: int) -> np.ndarray:
-    """Frames f (0-based) of a video whose position f / total_frames lies in [s, e] (bool mask):
-    the ONE rule by which both a predicted <when> and the GT interval (gt_interval's fractions,
-    rounded to 3 places like every <when>) become frames, so the GT's own text scores AUC 1."""
-    s, e = interval
-    pos = np.arange(int(total_frames)) / float(total_frames)
-    return (pos >= s) & (pos <= e)
-
+# The frame rule, the per-frame truth, ROC-AUC and best F1 (frames_inside, frame_labels,
+# frame_auc, best_f1): extras/metrics.py.
 
 def frame_scores(output: str | None, total_frames: int) -> np.ndarray:
     """Per-frame anomaly score from a completion. OUR definition: docs/paper-vs-authors.md s.3
@@ -235,62 +208,6 @@ def frame_scores(output: str | None, total_frames: int) -> np.ndarray:
     if authors_label(p.get("which")) == "Abnormal" and p.get("when") is not None:
         scores[frames_inside(p["when"], total_frames)] = 1.0
     return scores
-
-
-def frame_labels(gt_row: dict) -> np.ndarray | None:
-    """Per-frame GT: 1 for the frames_inside gt_interval on abnormal rows (start..end as the
-    rounded fractions every <when> holds), 0 elsewhere and on normal rows. None if total_frames
-    is missing or not in 1..data.MAX_TOTAL_FRAMES, or an abnormal row has no interval."""
-    try:
-        total = int(gt_row["total_frames"])
-    except (KeyError, TypeError, ValueError, OverflowError):
-        return None
-    if not 0 < total <= data.MAX_TOTAL_FRAMES:
-        return None
-    if gt_label(gt_row) == "Normal":
-        return np.zeros(total, dtype=np.int64)
-    g = gt_interval(gt_row)
-    return None if g is None else frames_inside(g, total).astype(np.int64)
-
-
-def frame_auc(labels, scores) -> float | None:
-    """ROC-AUC as the Mann-Whitney statistic (what sklearn.metrics.roc_auc_score returns):
-      AUC = (sum of the ranks of the positives - n_pos (n_pos + 1) / 2) / (n_pos * n_neg),
-    ranks 1..N over all scores ascending, TIED scores sharing their average rank (so a tied
-    positive/negative pair counts 1/2). None when only one class is present."""
-    y = np.asarray(labels).astype(bool).ravel()
-    s = np.asarray(scores, dtype=np.float64).ravel()
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        return None
-    order = np.argsort(s, kind="mergesort")
-    s_sorted = s[order]
-    # average rank of each tie block: blocks [a, b) in sorted order get rank (a + 1 + b) / 2
-    starts = np.r_[0, np.flatnonzero(np.diff(s_sorted)) + 1]
-    ends = np.r_[starts[1:], len(s_sorted)]
-    block_rank = (starts + 1 + ends) / 2.0
-    ranks = np.empty(len(s))
-    ranks[order] = np.repeat(block_rank, ends - starts)
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
-
-
-def best_f1(labels, scores) -> tuple[float | None, float | None]:
-    """Best F1 over thresholds t in the distinct scores, predicting positive when score >= t:
-    F1(t) = 2 TP / (2 TP + FP + FN). Returns (F1, t); (None, None) without any positive."""
-    y = np.asarray(labels).astype(bool).ravel()
-    s = np.asarray(scores, dtype=np.float64).ravel()
-    n_pos = int(y.sum())
-    if n_pos == 0 or len(s) == 0:
-        return None, None
-    order = np.argsort(-s, kind="mergesort")
-    s_d, y_d = s[order], y[order]
-    last = np.r_[np.flatnonzero(np.diff(s_d)), len(s_d) - 1]   # last index of each tie block
-    tp = np.cumsum(y_d)[last]
-    fp = (last + 1) - tp
-    fn = n_pos - tp
-    f1 = 2 * tp / (2 * tp + fp + fn)
-    k = int(np.argmax(f1))
-    return float(f1[k]), float(s_d[last[k]])
 
 
 def frame_metrics(outputs: list[str], gt_rows: list[dict]) -> dict:
@@ -397,21 +314,6 @@ PAPER_TABLE2 = {name: dict(zip(_T2, v)) for name, v in paper_tables.TABLE2.items
 PAPER_TABLE4 = {name: dict(zip(_T4, v)) for name, v in paper_tables.TABLE4.items()}
 
 
-def get_metric(metrics: dict, dotted: str):
-    """metrics["a"]["b"] for dotted "a.b"; also accepts a flat dict keyed by dotted names.
-    Missing -> None."""
-    if dotted in metrics:
-        return metrics[dotted]
-    head, _, tail = dotted.partition(".")
-    sub = metrics.get(head) if isinstance(metrics, dict) else None
-    return sub.get(tail) if isinstance(sub, dict) else None
-
-
-def _fmt(v) -> str:
-    """A figure as the paper prints it: three decimals; a missing one as "-"."""
-    return "-" if v is None else f"{v:.3f}"
-
-
 def format_table(named_metrics: dict[str, dict], with_paper: bool = False,
                  layout: str = "table2") -> str:
     """A Markdown table, one row per named metrics dict (nested as score_predictions returns, or
@@ -425,7 +327,7 @@ def format_table(named_metrics: dict[str, dict], with_paper: bool = False,
     lines = ["| Method | " + " | ".join(h for h, _ in cols) + " |",
              "|---|" + "---:|" * len(cols)]
     for name, met in rows.items():
-        cells = [_fmt(get_metric(met, key)) for _, key in cols]
+        cells = [fmt(get_metric(met, key)) for _, key in cols]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -438,15 +340,15 @@ def format_report(metrics: dict, name: str = "ours", with_paper: bool = False) -
         "Authors' protocol (docs/paper-vs-authors.md s.3), Table 2 layout:",
         format_table({name: metrics}, with_paper, "table2"),
         "", "Table 4 layout:", format_table({name: metrics}, with_paper, "table4"), "",
-        f"Common conventions: cumulative BLEU-2 {_fmt(rc['bleu2'])}, rouge-score R-1/R-2/R-L "
-        f"{_fmt(rc['rouge1'])}/{_fmt(rc['rouge2'])}/{_fmt(rc['rouge_l'])}; abnormal-only mIoU "
-        f"{_fmt(da['miou'])}, R@0.3/0.5/0.7 "
-        f"{_fmt(da['r@0.3'])}/{_fmt(da['r@0.5'])}/{_fmt(da['r@0.7'])} "
-        f"(n={da['n']}); category acc {_fmt(metrics['category']['accuracy'])}; "
-        f"frame AUC {_fmt(metrics['frame']['auc'])}, best F1 {_fmt(metrics['frame']['best_f1'])}",
+        f"Common conventions: cumulative BLEU-2 {fmt(rc['bleu2'])}, rouge-score R-1/R-2/R-L "
+        f"{fmt(rc['rouge1'])}/{fmt(rc['rouge2'])}/{fmt(rc['rouge_l'])}; abnormal-only mIoU "
+        f"{fmt(da['miou'])}, R@0.3/0.5/0.7 "
+        f"{fmt(da['r@0.3'])}/{fmt(da['r@0.5'])}/{fmt(da['r@0.7'])} "
+        f"(n={da['n']}); category acc {fmt(metrics['category']['accuracy'])}; "
+        f"frame AUC {fmt(metrics['frame']['auc'])}, best F1 {fmt(metrics['frame']['best_f1'])}",
         "Counts: " + ", ".join(f"{k}={v}" for k, v in c.items()),
     ]
-    return "\n".join(parts + scoring.warnings(metrics, _fmt))
+    return "\n".join(parts + scoring.warnings(metrics, fmt))
 
 
 # ---- 5. Inference: a checkpoint over a test manifest -> predictions JSONL ------------------------
@@ -505,8 +407,8 @@ def run_inference(args) -> int:
     done = predictions.done_keys(part) | (predictions.done_keys(args.out) if world > 1 else set())
     mine = [r for r in vadr.shard_for_rank(rows, rank, world)
             if (str(r["source"]), str(r["video"])) not in done]
-    model, tok = toymodel.load_model(args.model, device=device,
-                                 dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
+    model, tok = lora.load_merged(args.model, device=device,
+                                  dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
     model.eval()
     predictions.write_record(args.out, meta)
     ds = data.SFTDataset(mine, prompt_variant=args.prompt_variant,
@@ -576,7 +478,7 @@ def run_scoring(pred_path: str, gt_path: str, json_path: str | None = None,
     metrics["counts"]["n_video_error"] = len(errors)
     if frame_scores:
         metrics["frame_head"] = vanguard.head_frame_metrics(
-            *load_jsonl(frame_scores, with_lines=True), gt, frame_labels, frame_auc, best_f1)
+            *load_jsonl(frame_scores, with_lines=True), gt)
     print(format_report(metrics, name=name, with_paper=with_paper))
     if note := predictions.written_by(pred_path):  # which model the row named `name` is
         print(note)
@@ -654,7 +556,7 @@ def run_report(run_dir: str, data_path: str | None, video_root: str | None,
     keys = ("detection.accuracy", "detection.f1", "detection.miou", "format.pass_rate",
             "category.accuracy")
     for name, m in named.items():
-        lines.append(f"| {name} | " + " | ".join(_fmt(get_metric(m, k)) for k in keys) + " |")
+        lines.append(f"| {name} | " + " | ".join(fmt(get_metric(m, k)) for k in keys) + " |")
     lines += report.compare_lines(run_dir, data_path, detection_metrics)  # RL - SFT, bootstrap
     lines += report.draw_run(run_dir, data_path, video_root, load_jsonl, n_strips)
     text = "\n".join(lines) + "\n"
@@ -689,7 +591,7 @@ def main(argv=None) -> int:
             _write_json(args.json, res)
         return 0
     if args.ablation_report:
-        print(report.ablation_report(args.ablation_report, load_jsonl, get_metric, _fmt,
+        print(report.ablation_report(args.ablation_report, load_jsonl, get_metric, fmt,
                                      paper_tables.TABLE10 if args.with_paper else None))
         return 0
     cli.eval_parser().print_help()

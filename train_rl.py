@@ -7,8 +7,9 @@ Vad-Reasoning-RL (weak labels only: Abnormal / Normal):
   Alg. 2 l. 6-10   accuracy, format, verification, length, their sum R   rewards.group_rewards
   Alg. 2 line 11   A = (R - mean(R)) / std(R) within the group (Eq. 1)   grpo.group_advantages
   Alg. 2 line 12   update with Eq. 3 (clipped surrogate - beta * KL_k3)  grpo.grpo_loss
-Lines 5-10 (the rollout) are extras/rollout.py, which `python -m extras.inspect` also runs. The
-log (OUT/log.jsonl, keys: docs/log-keys.md) is drawn into OUT/curves.svg at the end of a run.
+One step, lines 5-12, is extras/rollout.rl_step, which extras/bench.py times; its rollout (lines
+5-10) is what `python -m extras.inspect` prints. The log (OUT/log.jsonl, keys:
+docs/log-keys.md) is drawn into OUT/curves.svg at the end of a run.
 Sampling and scoring: extras/fastpath.py (tested equal to grpo's). pi_ref: a frozen copy, or the
 policy with its LoRA adapters off (extras/lora.py). Beyond the paper: docs/paper-vs-authors.md s.7.
 
@@ -32,19 +33,16 @@ Departures from the paper / the authors' scripts (docs/paper-vs-authors.md s.2):
 from __future__ import annotations
 
 import argparse
-import random
 import time
 
 import torch
 from tqdm import tqdm
 
 import data
-import grpo
 import rewards
 import vadr
-from extras import (badvideos, checkpoint, cli, dynamic, fastpath, flagcheck, lora, report, scale,
-                    toy, training)
-from extras.rollout import rollout  # Alg. 2 lines 5-10, shared with extras/inspect.py
+from extras import badvideos, checkpoint, cli, flagcheck, lora, report, scale, toy, training
+from extras.rollout import rl_step  # Alg. 2 lines 5-12, shared with extras/bench.py
 
 # The presets (the paper's defaults, the toy's) live in extras/cli.py: extras/inspect.py samples
 # with the same values
@@ -85,90 +83,6 @@ def parse_args(argv=None):
     # presets, the toy's defaults, the flags that imply others (extras/cli.py)
     return cli.resolve_rl_args(ap, ap.parse_args(argv), PAPER, TOY, TOY_SFT_DIR, TOY_DATA_DIR,
                                argv)
-
-
-# Each random stream of a step is seeded from (seed, step, rank) alone, so --resume redraws it
-# exactly: stream -> (seed multiplier, step multiplier).
-SEED_STREAMS = {"sample": (1_000_003, 1009), "trim": (7_919, 101), "refill": (1, 7)}
-
-
-def step_seed(seed: int, step: int, rank: int, stream: str) -> int:
-    """The seed of one random stream (SEED_STREAMS) of this step on this rank."""
-    a, b = SEED_STREAMS[stream]
-    return seed * a + step * b + rank
-
-
-def rl_step(model, ref_model, tok, opt, sched, batch: dict, args, step: int, rank: int, mode: str,
-            length_ranges: dict, prompt: str, ignore_eos: bool = False, draw=None) -> dict:
-    """Algorithm 2 lines 5-12 on this rank's videos -> log fields (ignore_eos: extras/bench.py;
-    draw(n, rng): n random videos for --dynamic-sampling, extras/dynamic.py)."""
-    device, G = batch["input_ids"].device, args.num_generations
-    gen = torch.Generator(device=device).manual_seed(step_seed(args.seed, step, rank, "sample"))
-    trim_rng = random.Random(step_seed(args.seed, step, rank, "trim"))
-    sample_kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                     top_p=args.top_p, end_ids=vadr.end_token_ids(tok),
-                     pad_id=vadr.pad_token_id(tok), generator=gen, sync_ranks=(mode == "fsdp"),
-                     ignore_eos=ignore_eos)
-    t = {}  # timings (and dynamic-sampling counts)
-    roll_of = lambda b: rollout(model, tok, b, args, mode, length_ranges, prompt, sample_kw,
-                                trim_rng, t)
-    roll = roll_of(batch)                                                  # Alg. 2 lines 5-10
-    if args.dynamic_sampling:  # DAPO: refill groups whose rewards are all equal
-        batch, roll, dyn = dynamic.refill(batch, roll, G, roll_of, draw, args.dynamic_max_rounds,
-                                          vadr.pad_token_id(tok),
-                                          seed=step_seed(args.seed, step, rank, "refill"))
-        t.update(dyn)
-    inputs = {k: batch[k] for k in vadr.MODEL_INPUT_KEYS}
-    ids, mask, texts, parts, R = (roll[k] for k in ("ids", "mask", "texts", "parts", "R"))
-
-    # ---- Alg.2 line 11 (Eq. 1): group-normalised advantages
-    adv, zero_std = grpo.group_advantages(R, G, std=args.adv_std)                  # (B*G,), (B,)
-    adv = adv.to(device)
-
-    # ---- reference (and, for mu > 1, old-policy) log-probs, no gradient
-    t0 = time.time()
-    full = grpo.expand_inputs(inputs, G)
-    logprobs = lambda m: fastpath.completion_logprobs(m, full, ids, temperature=args.temperature)
-    with torch.no_grad(), training.autocast(device):
-        # pi_ref: the frozen copy, or (LoRA) the policy with its adapters off
-        ref_logp = old_logp = None
-        if args.beta > 0:
-            with lora.reference_policy(model, ref_model) as ref:
-                ref_logp = logprobs(ref)                                           # (B*G, T)
-        if args.mu > 1:
-            old_logp = logprobs(model)                                             # (B*G, T)
-    t["time_reference"] = time.time() - t0
-
-    # ---- Alg.2 line 12: mu policy updates on this rollout (Eq. 3; Eq. 2 when mu > 1)
-    t0 = time.time()
-    model.train()
-    stats_acc = []
-    n_tok = None  # the loss's denominator: this mask's own for "sequence" (grpo.grpo_loss)
-    if args.loss_type == "token":
-        n_tok = grpo.token_normaliser(mask.to(device))
-    elif args.loss_type == "dr_grpo":
-        n_tok = mask.shape[0] * args.max_new_tokens
-    for _ in range(args.mu):
-        with training.autocast(device):
-            logp = logprobs(model)                                                 # (B*G, T)
-            loss, stats = grpo.grpo_loss(logp, old_logp, ref_logp, adv, mask.to(logp.dtype),
-                                         beta=args.beta, epsilon=args.epsilon,
-                                         loss_type=args.loss_type, n_tokens=n_tok,
-                                         epsilon_high=args.epsilon_high)
-        loss.backward()
-        gn = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-        gn = gn.full_tensor() if hasattr(gn, "full_tensor") else gn
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        stats_acc.append(dict({k: float(v) for k, v in stats.items()},
-                              loss=float(loss.detach()), grad_norm=float(gn)))
-    t["time_update"] = time.time() - t0
-
-    # log fields: the reward parts' means, lengths, timings, the mean loss stats of the mu updates
-    out = training.rl_log_fields(R, G, parts, mask, zero_std, sched.get_last_lr()[0], t, stats_acc)
-    out["_texts"] = texts
-    return out
 
 
 def main(argv=None):

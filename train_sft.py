@@ -41,7 +41,6 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -83,21 +82,6 @@ def parse_args(argv=None):
     return args
 
 
-def sft_loss_sum(model, batch) -> tuple[torch.Tensor, int]:
-    """Summed next-token cross-entropy over the labelled (assistant) tokens of a micro-batch.
-    Logits are computed only for the last columns that hold labels (left padding puts every
-    target at the end), which spares the lm_head most of a 152k-vocabulary projection."""
-    labels = batch["labels"]  # (B, L), -100 off target
-    has = (labels != -100).any(0).nonzero()
-    first = int(has.min()) if len(has) else labels.shape[1] - 1
-    keep = labels.shape[1] - first + 1           # logits for positions first-1 .. L-1
-    logits = model(**vadr.model_inputs(batch), logits_to_keep=keep).logits  # (B, keep, V)
-    tgt = labels[:, -keep:][:, 1:]               # (B, keep-1): token p+1 is predicted at p
-    loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), tgt.flatten(),
-                           ignore_index=-100, reduction="sum")
-    return loss, int((tgt != -100).sum())
-
-
 def backward_global_batch(model, micro: list[dict], world: int, mode: str, device) -> dict:
     """Accumulate the gradient of one global batch (grad_accum micro-batches on each of `world`
     ranks) so that it equals the gradient of the mean token loss over the whole global batch.
@@ -110,7 +94,7 @@ def backward_global_batch(model, micro: list[dict], world: int, mode: str, devic
         # DDP: skip the gradient all-reduce on all but the last micro-batch
         sync = model.no_sync() if mode == "ddp" and k < len(micro) - 1 else contextlib.nullcontext()
         with sync, training.autocast(device):
-            loss_sum, _ = sft_loss_sum(model, m)
+            loss_sum, _ = vadr.sft_loss_sum(model, m)
             # DDP and FSDP average gradients over ranks, so scale by W: the result is
             # (sum of token losses over the global batch) / n_tok, the gradient of one big batch.
             (loss_sum * world / n_tok).backward()

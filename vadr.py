@@ -6,7 +6,8 @@ One video from its file to the model's answer, in one file (importing no other p
   3. frame sampling with decord: N frames at linspace over a *kept window*, so that AVA-GRPO's
      trimmed videos (Algorithm 1) re-sample N frames from what remains (App. C.3);
   4. Qwen2.5-VL's video front end in plain torch, bit-exact against the reference (tests/golden);
-  5. the chat layout with <|video_pad|> placeholders (docs/paper-vs-authors.md s.4);
+  5. the chat layout with <|video_pad|> placeholders (docs/paper-vs-authors.md s.4), and the
+     SFT loss on its assistant tokens (sft_loss_sum);
   6. model loading from a local checkpoint directory (the `toy` preset: extras/toymodel.py);
   7. the small distributed block: one process or torchrun (wrapping: extras/training.py).
 Demo (one forward, one video): python -m extras.toymodel [--model DIR --video V]; tests/test_vadr.py
@@ -525,6 +526,22 @@ def build_chat_inputs(tokenizer, prompts: list[str], video_grid_thw,
     return out
 
 
+def sft_loss_sum(model, batch) -> tuple[torch.Tensor, int]:
+    """train_sft.py's loss: summed next-token cross-entropy over the labelled (assistant) tokens
+    of a micro-batch, and their count. Logits are computed only for the last columns that hold
+    labels (left padding puts every target at the end), which spares the lm_head most of a
+    152k-vocabulary projection. Here, not in train_sft.py, so that extras/bench.py times it."""
+    labels = batch["labels"]  # (B, L), -100 off target
+    has = (labels != -100).any(0).nonzero()
+    first = int(has.min()) if len(has) else labels.shape[1] - 1
+    keep = labels.shape[1] - first + 1           # logits for positions first-1 .. L-1
+    logits = model(**model_inputs(batch), logits_to_keep=keep).logits  # (B, keep, V)
+    tgt = labels[:, -keep:][:, 1:]               # (B, keep-1): token p+1 is predicted at p
+    loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), tgt.flatten(),
+                           ignore_index=-100, reduction="sum")
+    return loss, int((tgt != -100).sum())
+
+
 # ---- 6. Models: a local checkpoint directory --------------------------------------------
 
 def latest_checkpoint(run_dir: str) -> str | None:
@@ -541,7 +558,7 @@ def latest_checkpoint(run_dir: str) -> str | None:
 def load_model(name_or_dir: str, dtype=None, device=None):
     """-> (Qwen2_5_VLForConditionalGeneration, tokenizer) from one local Hugging Face directory;
     nothing is ever downloaded. A run directory, a LoRA run and `--model toy` are resolved to
-    this by extras/toymodel.load_model (the rule: extras/checkpoint.resolve_checkpoint)."""
+    this by extras/lora.load_merged (the rule: extras/checkpoint.resolve_checkpoint)."""
     from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 
     if not os.path.isfile(os.path.join(name_or_dir, "config.json")):

@@ -1,5 +1,5 @@
 """extras/bench.py -- what AVA-GRPO's rollouts, scoring and SFT cost: the usual video-GRPO code vs
-this project's paths (extras/fastpath.py, train_sft.sft_loss_sum), side by side.
+this project's paths (extras/fastpath.py, vadr.sft_loss_sum), side by side.
 
 What. One process runs a naive baseline and our path on the same model, inputs and seeds,
 INTERLEAVED (a short warm-up of each, then `--repeats` naive/ours pairs whose order alternates; the
@@ -18,9 +18,9 @@ writes the numbers (keys rollout_speedup, rl_step_speedup, scoring_memory_ratio,
                                                                 logits for the completion only,
                                                                 chunked log-softmax, in-place
                                                                 backward
-  rl_step       train_rl.rl_step with the three naive parts     train_rl.rl_step as it is
+  rl_step       rollout.rl_step with the three naive parts      rollout.rl_step as it is
                 swapped in (naive_parts)
-  sft           forward with logits for the whole sequence      train_sft.sft_loss_sum
+  sft           forward with logits for the whole sequence      vadr.sft_loss_sum
                 + HF loss                                       (logits_to_keep)
 
 Why. The paper names inference speed as Vad-R1's main limitation: its RL stage took 26 hours on 4
@@ -92,10 +92,8 @@ import torch
 
 import grpo
 import rewards
-import train_rl
-import train_sft
 import vadr
-from extras import fastpath, toy, toymodel, training
+from extras import cli, fastpath, rollout, toy, toymodel, training
 
 # Qwen2.5-VL-7B-Instruct's shape (its config.json); weights are random, only the cost matters.
 QWEN7B_TEXT = dict(hidden_size=3584, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
@@ -221,7 +219,7 @@ def naive_sample_group(model, inputs: dict, num_samples: int = 1, max_new_tokens
                        temperature: float = 1.0, top_p: float = 1.0, greedy: bool = False, end_ids=(),
                        pad_id: int = 0, generator: torch.Generator | None = None, ignore_eos: bool = False,
                        suppress_vision: bool = True, sync_ranks: bool = False, stop=None) -> dict:
-    """fastpath.sample_group's contract done the naive way (swapped into train_rl.rl_step by naive_parts):
+    """fastpath.sample_group's contract done the naive way (swapped into rollout.rl_step by naive_parts):
     a group is generate(num_return_sequences=G) (vision tower and prefill G times); a batch of single
     samples (the verification pass) is one generate call per video. HF samples from the global RNG,
     which is seeded from `generator`. stop is ignored: the naive verification decodes to the end."""
@@ -265,9 +263,9 @@ def naive_logprobs(model, inputs: dict, completion_ids: torch.Tensor, temperatur
 
 @contextlib.contextmanager
 def naive_parts():
-    """train_rl.rl_step with the naive rollout, verification and scoring swapped in (same rewards,
+    """rollout.rl_step with the naive rollout, verification and scoring swapped in (same rewards,
     same loss, same update): the RL step of the usual video-GRPO code."""
-    saved = fastpath.sample_group, fastpath.completion_logprobs     # what train_rl.rl_step calls
+    saved = fastpath.sample_group, fastpath.completion_logprobs     # what rollout.rl_step calls
     fastpath.sample_group, fastpath.completion_logprobs = naive_sample_group, naive_logprobs
     try:
         yield
@@ -553,9 +551,27 @@ def section_scoring(ctx) -> dict:
     return out
 
 
+# What rollout.rl_step reads, as train_rl.py sets it for `--data bench.jsonl --model bench`: the
+# paper preset (cli.RL_PAPER) and train_rl.py's defaults (every reward on, Eq. 3 at mu 1, no DAPO
+# refill or spatial check, one process). Written out because extras never import an entry script;
+# tests/test_fastpath.py checks it against train_rl.parse_args.
+RL_STEP_DEFAULTS = dict(epsilon=0.2, epsilon_high=None, mu=1, loss_type="sequence",
+                        adv_std="unbiased", dynamic_sampling=False, dynamic_max_rounds=4,
+                        length_mode="words", no_accuracy_reward=False, no_format_reward=False,
+                        no_length_reward=False, no_verification_abnormal=False,
+                        no_verification_normal=False, spatial_verification=False, spatial_value=0.5,
+                        no_rollout_gather=False, skip_bad=False, seed=0)
+
+
+def rl_step_args(out: str) -> argparse.Namespace:
+    """train_rl.py's flags for the step bench times (RL_STEP_DEFAULTS over cli.RL_PAPER)."""
+    return argparse.Namespace(**dict(cli.RL_PAPER, **RL_STEP_DEFAULTS, data="bench.jsonl",
+                                     model="bench", out=out))
+
+
 def section_rl_step(ctx) -> dict:
     a, model, ref, tok, dev = ctx["args"], ctx["model"], ctx["ref"], ctx["tok"], ctx["device"]
-    rargs = train_rl.parse_args(["--data", "bench.jsonl", "--model", "bench", "--out", ctx["tmp"]])
+    rargs = rl_step_args(ctx["tmp"])
     rargs.num_generations, rargs.max_new_tokens = a.G, a.new_tokens
     rargs.frames, rargs.max_pixels, rargs.seed = a.frames, a.max_pixels, a.seed
     if dev.type == "cuda":   # AdamW's states would not fit beside policy, reference and gradients (docstring)
@@ -572,8 +588,8 @@ def section_rl_step(ctx) -> dict:
             rargs.max_new_tokens = T
             s = next(counter) // 2      # naive and ours of one pair use the same seeds (step index)
             with (naive_parts() if naive else contextlib.nullcontext()):
-                return train_rl.rl_step(model, ref, tok, opt, sched, batch, rargs, s, 0, "none",
-                                        dict(rewards.DEFAULT_LENGTH_RANGES), prompt, ignore_eos=True)
+                return rollout.rl_step(model, ref, tok, opt, sched, batch, rargs, s, 0, "none",
+                                       dict(rewards.DEFAULT_LENGTH_RANGES), prompt, ignore_eos=True)
         return go
     r = interleaved(step(True, a.new_tokens), step(False, a.new_tokens), a.rl_repeats, dev,
                     warmup=(step(True, 4), step(False, 4)))
@@ -609,7 +625,7 @@ def section_sft(ctx) -> dict:
 
     def ours():
         model.train()
-        s, n = train_sft.sft_loss_sum(model, batch)
+        s, n = vadr.sft_loss_sum(model, batch)
         (s / n).backward()
         losses["ours"] = s.item() / n
         model.zero_grad(set_to_none=True)

@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 
+import data
 from vadr import (InputError, barrier, gather_objects, is_main, latest_checkpoint, unwrap,
                   world_size)
 
@@ -261,7 +262,7 @@ def resolve_resume(path: str) -> str:
 
 def resolve_checkpoint(path: str, flag: str = "--model") -> str:
     """The one rule from a path to the checkpoint it means, for --resume, --model (every script
-    and extras/toymodel.load_model), --merge. PATH is 'toy' (--model), a checkpoint directory
+    and extras/lora.load_merged), --merge. PATH is 'toy' (--model), a checkpoint directory
     (taken only if intact: no fallback for one named on purpose; a Hugging Face directory that
     this project did not write, without training_state.pt, is taken as it is, except by
     --resume), or a run directory: the checkpoint its `latest` names, else the newest intact
@@ -618,17 +619,15 @@ def truncate_jsonl(path: str, max_step: int):
     a JSON record is an error naming it (the log is the user's, not ours to guess at)."""
     if not os.path.isfile(path):
         return
-    with open(path, encoding="utf-8", errors="replace") as f:
-        lines = f.readlines()
     keep = []
-    for i, ln in enumerate(lines, 1):
-        if not ln.strip():
-            continue
+    for i, rec, problem, ln, _, torn in data.read_jsonl(path, "log", max_chars=None,
+                                                        bad_utf8="yield"):
         try:
-            step = json.loads(ln).get("step", 0)
-            step = int(step)
+            if problem:
+                raise ValueError(problem[1])
+            step = int(rec.get("step", 0))
         except (ValueError, AttributeError, TypeError):
-            if i == len(lines) and not ln.endswith("\n"):
+            if torn:
                 break  # the record being written when the run was killed
             raise InputError(f"{path}:{i}: not a log record; fix or delete the line to resume"
                              ) from None

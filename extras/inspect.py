@@ -33,7 +33,7 @@ import data
 import grpo
 import rewards
 import vadr
-from extras import badvideos, cli, flagcheck, scoring, toy, toymodel, training
+from extras import badvideos, cli, flagcheck, lora, scoring, toy, training
 from extras.rollout import rollout
 
 PROG = "python -m extras.inspect"
@@ -104,7 +104,7 @@ def inspect_groups(model, tok, rows: list[dict], args, length_ranges: dict, devi
     sample_kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                      top_p=args.top_p, end_ids=vadr.end_token_ids(tok),
                      pad_id=vadr.pad_token_id(tok), generator=gen, sync_ranks=False,
-                     ignore_eos=False)  # as train_rl.rl_step's, on one process
+                     ignore_eos=False)  # as rollout.rl_step's, on one process
     groups = []
     for i in range(len(rows)):
         batch = vadr.to_device(tally.note(collate([ds[i]])), device)
@@ -183,7 +183,7 @@ def main(argv=None) -> int:
     length_ranges = (data.length_ranges(data.read_length_manifest(args.length_ranges_from, args.skip_bad))
         if args.length_ranges_from else dict(rewards.DEFAULT_LENGTH_RANGES))
     device = vadr.resolve_device(args.device)
-    model, tok = toymodel.load_model(args.model, device=device)
+    model, tok = lora.load_merged(args.model, device=device)
     groups = inspect_groups(model, tok, rows, args, length_ranges, device)
     print(format_groups(groups, args, length_ranges))
     if args.json:

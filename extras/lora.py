@@ -7,8 +7,8 @@ language model's projections train, so the same two scripts fit one GPU. This fi
   * LoRALinear, apply_lora / lora_disabled / merge_lora: the adapters themselves;
   * adapter-only checkpoints (save_lora_checkpoint, through extras/checkpoint.py's writer) and
     load_merged, which loads any checkpoint as plain weights, folding a chain of adapters (RL
-    LoRA on SFT LoRA on a base) in: what every script's --model goes through
-    (toymodel.load_model), so a LoRA run is a --model like any checkpoint;
+    LoRA on SFT LoRA on a base) in: what every script's --model goes through ('toy' included,
+    built by toymodel.load_model), so a LoRA run is a --model like any checkpoint;
   * load_for_training: the training scripts' model loading, with or without adapters;
   * RL's reference model pi_ref (Alg. 2 lines 1-2): with LoRA it is the policy with its adapters
     switched off, so no second copy of the weights exists (make_reference_model,

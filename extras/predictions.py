@@ -37,21 +37,12 @@ def check_predictions_file(path: str) -> list[dict]:
     The one exception is a torn last line without its newline (a run killed mid-write, so the
     start of one of our rows): it is left out of the rows, and done_keys drops it. Blank lines
     are skipped."""
-    with open(path, "rb") as f:
-        lines = f.read().split(b"\n")
     rows = []
-    for n, raw in enumerate(lines, 1):
-        last = n == len(lines)  # the text after the final newline: b"" or a torn write
-        if not raw.strip():
-            continue
-        try:
-            r = json.loads(data.line_text(raw, n))
-            ok = isinstance(r, dict) and all(k in r for k in PREDICTION_KEYS)
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            r, ok = None, False
-        if ok:
+    for n, r, problem, _, raw, torn in data.read_jsonl(path, "predictions file", max_chars=None,
+                                                       bad_utf8="yield"):
+        if problem is None and isinstance(r, dict) and all(k in r for k in PREDICTION_KEYS):
             rows.append(r)
-        elif not (last and r is None and _torn_row(raw)):
+        elif not (torn and problem and _torn_row(raw)):
             raise vadr.InputError(
                 f"{path}:{n}: not a predictions row (a JSON object with "
                 f"{', '.join(PREDICTION_KEYS)}), so --out is not a predictions file to resume; "

@@ -181,18 +181,11 @@ def rl_curves(run_dir: str, recs: list[dict], name: str = "rl_curves.svg") -> li
 def read_log(path: str) -> list[dict]:
     """A training run's log.jsonl -> its records; a line that is not a JSON object is one error
     naming the file and line (the record a killed run was writing, its last line, is dropped)."""
-    with open(path, encoding="utf-8") as f:
-        lines = f.readlines()
     recs = []
-    for i, ln in enumerate(lines, 1):
-        try:
-            rec = json.loads(ln) if ln.strip() else None
-        except ValueError:
-            rec = "bad"
-        if rec is None:
-            continue
-        if not isinstance(rec, dict):
-            if i == len(lines) and not ln.endswith("\n"):
+    for i, rec, problem, _, _, torn in data.read_jsonl(path, "log", max_chars=None,
+                                                       bad_utf8="yield"):
+        if problem or not isinstance(rec, dict):
+            if torn:
                 break
             raise vadr.InputError(f"{path}:{i}: not a log record (a JSON object); fix or delete "
                                   "the line")
@@ -313,7 +306,7 @@ def ablation_report(abl_dir: str, read_jsonl, get_metric, fmt,
     """ABL_DIR/table10.md: one row per ablation run that has ABL_DIR/eval_<stem>.json, in
     Table 10's columns (paper_rows: the paper's 16-frame rows, appended), then each run's
     rewards over the first and last tenth of its steps, and its curves (<stem>/rl_curves.svg,
-    written here). read_jsonl, get_metric, fmt: eval.py's, passed in (extras never import it)."""
+    written here). read_jsonl, get_metric, fmt: passed in by eval.py."""
     if not os.path.isdir(abl_dir):
         raise vadr.InputError(f"--ablation-report {abl_dir}: not a directory; pass the folder "
                               "holding eval_<stem>.json")

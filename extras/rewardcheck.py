@@ -27,7 +27,7 @@ import data
 import grpo
 import rewards
 import vadr
-from extras import badvideos, checkpoint, fastpath, scoring, toymodel, training
+from extras import badvideos, checkpoint, fastpath, lora, scoring, training
 
 
 def tenth_rows(n_rows: int, seed: int, global_batch: int, total_steps: int) -> dict:
@@ -79,7 +79,7 @@ def sample_groups(model_dir: str, rows: list[dict], cfg: dict, seed: int, batch_
     flags and sampling settings), with a generator seeded by `seed`."""
     import torch
 
-    model, tok = toymodel.load_model(model_dir)
+    model, tok = lora.load_merged(model_dir)
     model.eval()
     ds = data.RLDataset(rows, cfg["prompt_variant"], **training.video_args(argparse.Namespace(**cfg)))
     collate = data.make_collate(tok, with_targets=False)

@@ -5,8 +5,8 @@ file and line is wrong instead of a traceback or a silently wrong figure (docs/e
 "Matching"). eval.load_jsonl reads with read_jsonl; eval.match_predictions pairs rows with
 pair_rows. The rules:
   * a file that is missing, not a regular file, not UTF-8, or holds a line that is not a JSON
-    object: InputError "PATH:LINE: ..." (never half-scored); a byte-order mark on line 1 is not
-    data (data.line_text, the rule of every reader);
+    object: InputError "PATH:LINE: ..." (never half-scored), read by data.read_jsonl, the one
+    JSONL reader (a byte-order mark on line 1 is not data);
   * a prediction row without a usable `video` (absent, null, not a string or an integer, empty),
     with a `source` that is not a string, or without a string `output`: MALFORMED, counted and
     listed as "PATH:LINE: why", and its video stays missing (so it is counted wrong);
@@ -47,25 +47,14 @@ def read_jsonl(path: str) -> tuple[list[dict], list[str]]:
         raise vadr.InputError(f"{path}: {_not_a_file(path)}; expected a JSONL file (one JSON "
                               "object per line)")
     rows, where = [], []
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            try:
-                line = data.line_text(raw, lineno)
-            except UnicodeDecodeError as e:
-                raise vadr.InputError(f"{path}:{lineno}: not UTF-8 (byte {raw[e.start]:#04x} at "
-                                      f"column {e.start + 1}); save the file as UTF-8") from None
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise vadr.InputError(f"{path}:{lineno}: malformed JSON ({e.msg}, column "
-                                      f"{e.colno}): {line.strip()[:120]!r}") from None
-            if not isinstance(obj, dict):
-                raise vadr.InputError(f"{path}:{lineno}: expected a JSON object, got "
-                                      f"{type(obj).__name__}")
-            rows.append(obj)
-            where.append(f"{path}:{lineno}")
+    for lineno, obj, problem, text, _, _ in data.read_jsonl(path, "file", max_chars=None):
+        if problem:  # bad JSON: the line itself, cut, shows what is wrong
+            raise vadr.InputError(f"{path}:{lineno}: {problem[1]}: {text.strip()[:120]!r}")
+        if not isinstance(obj, dict):
+            raise vadr.InputError(f"{path}:{lineno}: expected a JSON object, got "
+                                  f"{type(obj).__name__}")
+        rows.append(obj)
+        where.append(f"{path}:{lineno}")
     return rows, where
 
 
@@ -77,9 +66,9 @@ def read_gt(path: str, skip_bad: bool = False) -> tuple[list[dict], list[str]]:
     good = {r["line"] for r in data.read_manifest(path, "gt", skip_bad=skip_bad,
                                                   check_videos=False)}
     rows, where = [], []
-    for lineno, text in data.read_lines(path):
+    for lineno, obj, *_ in data.read_jsonl(path, "ground truth"):
         if lineno in good:
-            rows.append(json.loads(text))
+            rows.append(obj)
             where.append(f"{path}:{lineno}")
     return rows, where
 
@@ -206,7 +195,7 @@ def pair_rows(pred_rows: list[dict], gt_rows: list[dict], pred_where: list[str],
 
 def warnings(metrics: dict, fmt) -> list[str]:
     """The lines eval.format_report prints under the tables when rows were ignored, missing,
-    repeated or cut (fmt: eval._fmt, passed in because extras never import the entry scripts)."""
+    repeated or cut (fmt: extras/metrics.fmt, as eval.py passes it)."""
     c, u, r = metrics["counts"], metrics["unmatched"], metrics["reasoning"]
     out = []
     if c["n_unknown_pred"]:

@@ -50,7 +50,7 @@ import torch
 import data
 import grpo
 import vadr
-from extras import badvideos, checkpoint, fastpath, report, scoring, toymodel, training
+from extras import badvideos, checkpoint, fastpath, lora, report, scoring, training
 
 # ---- 1. The world: categories, defaults, palettes -----------------------------------------------
 # A street seen from the side (top to bottom): sky with buildings, a walkway where people walk,
@@ -1091,7 +1091,7 @@ def caption_check(model_dir: str, manifest: str, video_root: str | None = None, 
     model's detection is bounded by it (docs/experiments.md) -> score_captions's dict plus
     videos: each row's video, label and caption."""
     rows = data.read_manifest(manifest, "sft", video_root=video_root)
-    model, tok = toymodel.load_model(model_dir)
+    model, tok = lora.load_merged(model_dir)
     model.eval()
     captions = greedy_captions(model, tok, rows, manifest, frames, batch_size, max_new_tokens)
     videos = [dict(video=r["video"], label=r["label"], caption=c) for r, c in zip(rows, captions)]

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 import data
 import vadr
-from extras import scoring, toy, toymodel
+from extras import lora, scoring, toy, toymodel
 
 PRETRAIN_SEED = 1_000_003  # the pretraining world's seed: its videos share nothing with data/toy (test)
 PRETRAIN_CAPTIONS = "Toy-Pretrain.jsonl"  # caption-kind manifest of grounded captions (stage B)
@@ -369,7 +369,7 @@ def main(argv=None):
         print(json.dumps(stats))
     elif a.cmd == "check":
         rows = data.read_manifest(a.data, "sft", video_root=a.video_root)  # bbox passed through
-        model, tok = toymodel.load_model(a.model)
+        model, tok = lora.load_merged(a.model)
         model.eval()
         size = vadr.read_video(rows[0]["video_path"], 2)["frames"].shape[1:3]
         caps = toy.greedy_captions(model, tok, rows, a.data, max_new_tokens=a.max_new_tokens)

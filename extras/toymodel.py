@@ -68,12 +68,13 @@ def toy_config(tokenizer):
 
 def load_model(name_or_dir: str = "toy", dtype=None, device=None, corpus: list[str] | None = None,
                seed: int = 0):
-    """Every script's --model: 'toy', a tiny random model (seeded, without disturbing the global
-    RNG) and a BPE tokenizer trained on `corpus` (the toy world's text) plus the prompts; else
-    any checkpoint, run directory or LoRA run, as plain weights (extras/lora.load_merged)."""
+    """--model 'toy': a tiny random model (seeded, without disturbing the global RNG) and a BPE
+    tokenizer trained on `corpus` (the toy world's text) plus the prompts. Every script's --model
+    (any checkpoint, run directory or LoRA run, and 'toy') goes through extras/lora.load_merged,
+    which calls this for 'toy'."""
     if name_or_dir != "toy":
-        from extras import lora  # lora builds on this module: imported at call time
-        return lora.load_merged(name_or_dir, dtype=dtype, device=device)
+        raise ValueError(f"toymodel.load_model builds 'toy' only, not {name_or_dir!r}: "
+                         "extras/lora.load_merged loads any checkpoint")
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     tokenizer = train_toy_tokenizer(corpus or [])
@@ -108,7 +109,9 @@ def main(argv=None):
             raise vadr.InputError("no --video given and no toy world in data/toy: run "
                              "`python -m extras.toy --out data/toy` first, or pass --video FILE")
         args.video = os.path.join(root, vids[0])
-    model, tok = load_model(args.model)
+    # a checkpoint directory as it is (run directories and LoRA runs: extras/lora.load_merged,
+    # which builds on this module)
+    model, tok = load_model() if args.model == "toy" else vadr.load_model(args.model)
     v = vadr.read_video(args.video, args.frames)
     vid = vadr.encode_frames(v["frames"], v["sampled_fps"], max_pixels=args.max_pixels)
     batch = vadr.build_chat_inputs(tok, [vadr.build_prompt("fine")], vid["video_grid_thw"])

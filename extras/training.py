@@ -230,7 +230,7 @@ def plan_steps(args, n_rows: int, world: int, grad_accum: int = 1) -> tuple[int,
 
 def rl_log_fields(R, G: int, parts: list[dict], mask, zero_std, lr: float, timings: dict,
                   stats: list[dict]) -> dict:
-    """train_rl.rl_step's log fields: mean reward and its within-group std, each reward part's
+    """rollout.rl_step's log fields: mean reward and its within-group std, each reward part's
     mean, the completion length, the share of groups with zero std, lr, the timings, then the
     loss stats of the mu updates averaged."""
     mean = lambda k: float(np.mean([p[k] for p in parts]))

@@ -15,8 +15,8 @@ straight from the event interval and slot scores go straight back to frames. The
 computed once per video under torch.no_grad, so no gradient can reach the VLM (tested).
 
 Labels per slot (slot_labels): 1 when one of its sampled frames f has start <= f <= end, the
-manifest's own frame numbers; the frame AUC is judged against eval.frame_labels instead
-(eval.frames_inside on start/total and end/total rounded to 3 places, as every <when>), which can
+manifest's own frame numbers; the frame AUC is judged against metrics.frame_labels instead
+(metrics.frames_inside on start/total and end/total rounded to 3 places, as every <when>), which can
 differ from start..end by up to total_frames / 2000 frames at each edge. Per-frame scores: each
 frame of the video takes the score of the slot of its nearest sampled frame.
 
@@ -61,7 +61,7 @@ import torch.nn.functional as F
 import data
 import grpo
 import vadr
-from extras import badvideos, checkpoint, fastpath, flagcheck, scoring, toymodel
+from extras import badvideos, checkpoint, fastpath, flagcheck, lora, metrics, scoring
 
 # ---- boxes: [x1, y1, x2, y2] normalised to 0-1, 3 decimals (the grounding stage's target) -------
 
@@ -176,12 +176,11 @@ def box_metrics(outputs: list, gt_rows: list[dict], boxes: dict) -> dict:
             "acc@0.5": float(np.mean([i >= 0.5 for i in ious]))}
 
 
-def head_frame_metrics(score_rows: list[dict], score_where: list[str], gt_rows: list[dict],
-                       frame_labels, frame_auc, best_f1) -> dict:
+def head_frame_metrics(score_rows: list[dict], score_where: list[str], gt_rows: list[dict]) -> dict:
     """Frame ROC-AUC and best F1 of a head's per-frame scores (`scores`' JSONL rows and the
     "PATH:LINE" of each, which every error names), the UCF-Crime convention: per-frame 0/1 truth,
     all frames of all GT videos concatenated; a GT video without scores gets 0 on every frame
-    (counted in n_missing). eval.py's functions are passed in."""
+    (counted in n_missing); the truth, ROC-AUC and best F1 are eval.py's (extras/metrics.py)."""
     by_key = {}  # (source, video) -> (scores, "PATH:LINE")
     for r, w in zip(score_rows, score_where):
         why = scoring.key_problem(r) or (None if "frame_scores" in r else "no 'frame_scores'")
@@ -195,7 +194,7 @@ def head_frame_metrics(score_rows: list[dict], score_where: list[str], gt_rows: 
         by_key.setdefault(k, (r["frame_scores"], w))
     ys, ss, missing = [], [], 0
     for g in gt_rows:
-        y = frame_labels(g)
+        y = metrics.frame_labels(g)
         if y is None:
             continue
         s, w = by_key.get(scoring.key(g), (None, None))
@@ -216,8 +215,8 @@ def head_frame_metrics(score_rows: list[dict], score_where: list[str], gt_rows: 
         return {"auc": None, "best_f1": None, "best_threshold": None, "n_videos": 0,
                 "n_missing": missing}
     y, s = np.concatenate(ys), np.concatenate(ss)
-    f1, thr = best_f1(y, s)
-    return {"auc": frame_auc(y, s), "best_f1": f1, "best_threshold": thr, "n_videos": len(ys),
+    f1, thr = metrics.best_f1(y, s)
+    return {"auc": metrics.frame_auc(y, s), "best_f1": f1, "best_threshold": thr, "n_videos": len(ys),
             "n_missing": missing}
 
 
@@ -361,6 +360,12 @@ def train_stage(argv: list[str], boxes_path: str, target: str, stage: str):
 # still reads Abnormal, the box did not hold what made the answer abnormal (0). Only an Abnormal
 # completion with a valid <when> and a valid box gets the pass. The blank is CLIP's mean colour,
 # which the processor normalises to about 0: no signal, rather than a black patch that is one.
+# Algorithm 1's own skip (rewards.py, decision 3: a trim that cuts nothing useful gets no second
+# pass) holds here too: when the blanking changes no pixel of the sampled frames (the <when>
+# holds no sampled frame, the box covers no pixel, or it is already the blank colour), the video
+# is the one already answered, so there is no second pass and no spatial reward (0, as without a
+# trim), else a Normal answer would be paid for evidence never removed. Logged per step as
+# spatial_passes and spatial_skipped (docs/log-keys.md).
 
 BLANK_RGB = tuple(round(255 * m) for m in vadr.CLIP_MEAN)  # (124, 117, 104)
 
@@ -404,8 +409,10 @@ def add_spatial_rewards(parts: list[dict], model, tok, rows: list[dict], texts: 
                         prompt: str, device, sample_kw: dict) -> list[dict]:
     """train_rl.py --spatial-verification: for each of the B*G completions with a spatial_trim,
     the video re-read, the box blanked over the interval, one new completion sampled (one batch);
-    parts[i]["spatial"] = spatial_reward(...) is added to parts[i]["total"]."""
-    G, vids, which, decoded = args.num_generations, [], [], {}
+    parts[i]["spatial"] = spatial_reward(...) is added to parts[i]["total"]. A blanking that
+    changes no pixel is skipped (no pass, reward 0). -> {"spatial_passes": completions given the
+    pass, "spatial_skipped": completions with a spatial_trim whose blanking changed nothing}."""
+    G, vids, which, decoded, skipped = args.num_generations, [], [], {}, 0
     for i, c in enumerate(texts):
         trim = spatial_trim(c)
         if trim is None:
@@ -415,6 +422,9 @@ def add_spatial_rewards(parts: list[dict], model, tok, rows: list[dict], texts: 
             decoded[path] = vadr.read_video(path, args.frames, rule=args.frame_rule)
         v = decoded[path]
         frames = blank_box(v["frames"], v["indices"], v["total_frames"], *trim)
+        if np.array_equal(frames, v["frames"]):  # nothing blanked: Algorithm 1's own skip (above)
+            skipped += 1
+            continue
         vids.append(vadr.encode_frames(frames, v["sampled_fps"], args.min_pixels, args.max_pixels,
                                        args.grid_time))
         which.append(i)
@@ -430,7 +440,7 @@ def add_spatial_rewards(parts: list[dict], model, tok, rows: list[dict], texts: 
     for i, p in enumerate(parts):
         p["spatial"] = spatial_reward(texts[i], seconds[i], args.spatial_value)
         p["total"] += p["spatial"]
-    return parts
+    return {"spatial_passes": len(which), "spatial_skipped": skipped}
 
 
 # ---- stage 1: slot features, labels, the head ----------------------------------------------------
@@ -507,7 +517,7 @@ def _features_of(model, rows: list[dict], args) -> list[dict]:
 
 
 def _load_backbone(path: str):
-    model, _ = toymodel.load_model(path)
+    model, _ = lora.load_merged(path)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)  # stage 1: the whole VLM frozen
@@ -596,12 +606,11 @@ def score_frames(args) -> list[dict]:
                                       frame_scores(p, it["indices"], r["total_frames"])]))
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     checkpoint.atomic_write(args.out, "".join(json.dumps(o) + "\n" for o in out))
-    import eval as eval_mod  # the entry script's metrics (extras import it only from a command)
-    labels = [eval_mod.frame_labels(r) for r in rows]
+    labels = [metrics.frame_labels(r) for r in rows]
     y = np.concatenate([lab for lab in labels])
     s = np.concatenate([np.asarray(o["frame_scores"]) for o in out])
-    auc = eval_mod.frame_auc(y, s)
-    f1, thr = eval_mod.best_f1(y, s)
+    auc = metrics.frame_auc(y, s)
+    f1, thr = metrics.best_f1(y, s)
     print(f"{args.out}: {len(out)} videos, {len(y)} frames; frame ROC-AUC {auc:.3f}, "
           f"best F1 {f1:.3f} at {thr:.3f}")
     return out
@@ -626,9 +635,8 @@ VANGUARD_COLUMNS = [("frame AUC (head)", "frame_head.auc"), ("frame AUC (<when>)
 def vanguard_table(run_dir: str, gt_path: str) -> str:
     """RUN_DIR/table.md: one row per eval_<stem>.json of VANGUARD_ROWS, the columns above plus the
     share of predictions that are Abnormal (eval.py's authors' label rule) against the truth."""
-    import eval as eval_mod  # the entry script's metrics (extras import it only from a command)
-    gt = eval_mod.load_jsonl(gt_path)
-    true_rate = float(np.mean([eval_mod.gt_label(g) == "Abnormal" for g in gt]))
+    gt = scoring.read_jsonl(gt_path)[0]
+    true_rate = float(np.mean([metrics.gt_label(g) == "Abnormal" for g in gt]))
     head = [h for h, _ in VANGUARD_COLUMNS] + ["predicted Abnormal (true %.3f)" % true_rate]
     lines = ["# VANGUARD's curriculum on the toy world", "",
              f"Test set: {gt_path} ({len(gt)} videos). The head's frame AUC is the stage-1 "
@@ -639,12 +647,12 @@ def vanguard_table(run_dir: str, gt_path: str) -> str:
         if not os.path.isfile(path):
             continue
         m = scoring.read_json_object(path, "eval.py's metrics JSON (--json)")
-        preds = eval_mod.load_jsonl(os.path.join(run_dir, f"preds_{stem}.jsonl"))
-        labels = [eval_mod.authors_label(vadr.parse_completion(r.get("output") or "")["which"])
+        preds = scoring.read_jsonl(os.path.join(run_dir, f"preds_{stem}.jsonl"))[0]
+        labels = [metrics.authors_label(vadr.parse_completion(r.get("output") or "")["which"])
                   for r in preds]
         rate = float(np.mean([lab == "Abnormal" for lab in labels])) if labels else None
-        cells = [eval_mod._fmt(eval_mod.get_metric(m, k)) for _, k in VANGUARD_COLUMNS]
-        lines.append(f"| {name} | " + " | ".join(cells + [eval_mod._fmt(rate)]) + " |")
+        cells = [metrics.fmt(metrics.get_metric(m, k)) for _, k in VANGUARD_COLUMNS]
+        lines.append(f"| {name} | " + " | ".join(cells + [metrics.fmt(rate)]) + " |")
     text = "\n".join(lines) + "\n"
     with open(os.path.join(run_dir, "table.md"), "w") as f:
         f.write(text)

@@ -342,7 +342,7 @@ class TestBoxFiles:
          '{p}:1: expected {{source, video, box: [x1, y1, x2, y2]}} with 4 numbers in the box, got '
          '{{"video": "a", "box": [0.1, 0.1, 0.2, 0.2]}}'),
         ('{"source": "TOY", "video": "a", "box": [0.1, 0.1, 0.2, 0.2]\n',
-         "{p}:1: malformed JSON (Expecting ',' delimiter, column 1): "
+         "{p}:1: not valid JSON (Expecting ',' delimiter, column 1): "
          "'{{\"source\": \"TOY\", \"video\": \"a\", \"box\": [0.1, 0.1, 0.2, 0.2]'"),
         ('[0.1, 0.1, 0.2, 0.2]\n', "{p}:1: expected a JSON object, got list"),
         ('{"source": "TOY", "video": "a", "box": [0.1, 0.1, 0.2, 0.2]}\n'
@@ -361,7 +361,8 @@ class TestBoxFiles:
         p.write_bytes(b'{"source": "TOY", "video": "\xff", "box": [0, 0, 1, 1]}\n')
         with pytest.raises(vadr.InputError) as e:
             vanguard.load_boxes(str(p))
-        assert str(e.value) == f"{p}:1: not UTF-8 (byte 0xff at column 29); save the file as UTF-8"
+        assert str(e.value) == (f"{p}:1: not UTF-8 text (byte 0xff at byte 29 of the line); re-encode "
+                                "the file as UTF-8 (e.g. iconv -t UTF-8)")
         for path, what in ((tmp_path, "is a folder, not a box file"), (tmp_path / "no.jsonl", "no such box file")):
             with pytest.raises(vadr.InputError) as e:
                 vanguard.load_boxes(str(path))
@@ -396,10 +397,8 @@ class TestBoxFiles:
                                 "made from the --gt manifest (python -m extras.vanguard boxes --data GT)")
 
     def test_frame_scores_rows(self):
-        import eval as ev
         gts = [dict(source="TOY", video="a", anomaly_type="Fire", start=2, end=5, total_frames=8)]
-        go = lambda rows: vanguard.head_frame_metrics(rows, [f"s.jsonl:{i + 2}" for i in range(len(rows))], gts,  # noqa
-                                                     ev.frame_labels, ev.frame_auc, ev.best_f1)
+        go = lambda rows: vanguard.head_frame_metrics(rows, [f"s.jsonl:{i + 2}" for i in range(len(rows))], gts)  # noqa
         for rows, msg in (
                 ([dict(source="TOY", frame_scores=[0.1] * 8)],
                  "s.jsonl:2: a row with 'video' must be a non-empty string, got None (python -m extras.vanguard "

@@ -432,10 +432,10 @@ def test_truncate_log_drops_a_cut_last_record_and_names_a_bad_line(tmp_path):
 
 
 def test_load_model_on_a_run_dir_without_a_checkpoint_is_one_error(tmp_path):
-    from extras import toymodel
+    from extras import lora
     (tmp_path / "latest").write_text("step-9")  # names a checkpoint that is not there
     with pytest.raises(vadr.InputError) as e:
-        toymodel.load_model(str(tmp_path))
+        lora.load_merged(str(tmp_path))
     assert str(e.value) == (f"--model {tmp_path}: no intact checkpoint there: {tmp_path}/latest "
                             f"names {tmp_path}/step-9, but {tmp_path}/step-9 does not exist; pass "
                             "another checkpoint or run directory (nothing is downloaded)")
@@ -444,11 +444,11 @@ def test_load_model_on_a_run_dir_without_a_checkpoint_is_one_error(tmp_path):
 
 
 def test_model_takes_a_run_directory_by_the_rule_resume_uses(pristine, run, capsys):
-    """--model RUN_DIR (every script, through toymodel.load_model) follows `latest` only to an
+    """--model RUN_DIR (every script, through lora.load_merged) follows `latest` only to an
     intact checkpoint, as --resume does: a damaged one is skipped with one warning."""
-    from extras import lora, toymodel
+    from extras import lora
     _truncate(os.path.join(run, "step-3", "model.safetensors"), 100)
-    model, _ = toymodel.load_model(run)
+    model, _ = lora.load_merged(run)
     w, saved = model.state_dict(), pristine[1]["step-2"]["weights"]
     assert all(torch.equal(w[k], saved[k]) for k in saved)
     assert capsys.readouterr().err == (

@@ -211,7 +211,8 @@ def test_unreadable_files_are_one_line_errors(tmp_path):
     p.write_bytes(b'{"video": "a", "output": "x"}\n{"video": "caf\xe9", "output": "x"}\n')
     with pytest.raises(vadr.InputError) as e:
         E.load_jsonl(str(p))
-    assert str(e.value) == f"{p}:2: not UTF-8 (byte 0xe9 at column 15); save the file as UTF-8"
+    assert str(e.value) == (f"{p}:2: not UTF-8 text (byte 0xe9 at byte 15 of the line); re-encode the "
+                            "file as UTF-8 (e.g. iconv -t UTF-8)")
     p.write_text('{"video": "a"}\n[1, 2]\n')
     with pytest.raises(vadr.InputError, match=re.escape(f"{p}:2: expected a JSON object, got list")):
         E.load_jsonl(str(p))

@@ -304,5 +304,5 @@ def test_scripts_report_bad_input_without_a_traceback(tiny_world, tmp_path):
     preds.write_text('{"source": "TOY", "video": "a", "output": ""}\n{oops\n')
     p = subprocess.run([sys.executable, "eval.py", "--score", str(preds), "--gt", w["sft_test"]],
                        cwd=root, capture_output=True, text=True, timeout=300)
-    assert p.returncode == 1 and "Traceback" not in p.stderr and f"{preds}:2: malformed JSON" in p.stderr
+    assert p.returncode == 1 and "Traceback" not in p.stderr and f"{preds}:2: not valid JSON" in p.stderr
 

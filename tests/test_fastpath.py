@@ -526,6 +526,17 @@ def test_meta_built_model_has_right_buffers_and_runs(toy):
     assert torch.isfinite(out.logits).all()
 
 
+def test_bench_rl_step_args_are_train_rl_s(tmp_path):
+    """extras/bench.py writes out the flags of the RL step it times (extras never import an entry
+    script): each is what train_rl.py gives for its command line."""
+    import train_rl
+    ours = vars(bench.rl_step_args(str(tmp_path)))
+    theirs = vars(train_rl.parse_args(["--data", "bench.jsonl", "--model", "bench", "--out", str(tmp_path)]))
+    assert {"beta", "mu", "epsilon", "loss_type", "num_generations", "max_new_tokens", "lr",
+            "frames", "no_verification_normal", "spatial_verification"} <= set(ours)
+    assert {k: theirs[k] for k in ours} == ours
+
+
 def test_bench_smoke(tmp_path, toy):
     """Every section on CPU at tiny sizes, on the 7B-shaped builder (shrunk) with an MFU peak given:
     the code path the GPU run takes, minus CUDA."""

@@ -6,8 +6,8 @@ nothing is imported. The rules:
     entry script (ENTRY); an entry script imports the core and extras, never another entry script;
   * no import circle in the module graph, counting imports inside functions too;
   * no project import inside a function, except DEFERRED below (each with its reason).
-KNOWN_* list what is still to be moved (issue 35 item 3); each must match exactly, so a fix
-or a new violation both fail here until this file says so.
+KNOWN_* list what is still to be moved (issue 35 item 3): none today; each must match exactly,
+so a fix or a new violation both fail here until this file says so.
 """
 from __future__ import annotations
 
@@ -22,14 +22,9 @@ CORE = {"vadr", "data", "rewards", "grpo"}
 # pulls in a heavy optional dependency (say why). None today.
 DEFERRED: dict[tuple[str, str], str] = {}
 
-# Still to be moved (issue 35 item 3): vanguard's `scores` and `table` commands use eval.py's
-# frame and label metrics; bench times train_rl.rl_step and train_sft.sft_loss_sum.
-KNOWN_UPWARD = {("extras.bench", "train_rl"), ("extras.bench", "train_sft"),
-                ("extras.vanguard", "eval")}
-# toymodel.load_model hands any non-toy --model to lora.load_merged, which loads 'toy' with
-# toymodel.load_model: one of the two should own "any checkpoint".
-KNOWN_IN_FUNCTION = {("extras.vanguard", "eval"), ("extras.toymodel", "extras.lora")}
-KNOWN_CYCLES = [{"eval", "extras.vanguard"}, {"extras.lora", "extras.toymodel"}]
+KNOWN_UPWARD: set = set()
+KNOWN_IN_FUNCTION: set = set()
+KNOWN_CYCLES: list = []
 
 
 def project_modules() -> dict[str, str]:

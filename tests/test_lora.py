@@ -42,7 +42,6 @@ def base_logits(tiny_model, batch):
 
 
 def test_lora_starts_equal_to_base_and_only_adapters_get_gradients(tiny_model, batch, base_logits):
-    import train_sft
     model = copy.deepcopy(tiny_model[0]).eval()
     n = lora.apply_lora(model, rank=4, alpha=8, seed=0)
     assert n == N_TARGETS * model.config.text_config.num_hidden_layers
@@ -53,7 +52,7 @@ def test_lora_starts_equal_to_base_and_only_adapters_get_gradients(tiny_model, b
     assert all(".language_model." in k for k in trainable)                      # vision tower frozen
     assert not any(p.requires_grad for p in model.model.visual.parameters())
     model.train()
-    loss, n_tok = train_sft.sft_loss_sum(model, batch)
+    loss, n_tok = vadr.sft_loss_sum(model, batch)
     loss.backward()
     for k, p in model.named_parameters():
         if k in trainable:

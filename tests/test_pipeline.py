@@ -109,7 +109,7 @@ def test_make_toy_smoke_runs_every_stage(tmp_path):
 def test_make_toy_base_smoke_rebuilds_a_base(tmp_path):
     """`make toy-base` for a few steps (12 pretraining videos, 2 tower steps, 2 caption steps): the
     pretraining world with its per-frame boxes, the shipped directory with its card, recipe and
-    tokenizer corpus, loadable by toymodel.load_model; the repository's toy-base/ untouched."""
+    tokenizer corpus, loadable by lora.load_merged; the repository's toy-base/ untouched."""
     shipped = os.path.join(ROOT, "toy-base", "model.safetensors")
     before = os.path.getmtime(shipped) if os.path.exists(shipped) else None
     env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -128,8 +128,8 @@ def test_make_toy_base_smoke_rebuilds_a_base(tmp_path):
     assert recipe["tower"]["steps"] == 2 and recipe["caption"]["total_steps"] == 2
     assert set(recipe["perception"]["named"]) <= {"Fire", "Explosion", "Flooding or Tsunami", "Falling Objects",
                                                    "Normal"}
-    from extras import toymodel
-    model, tok = toymodel.load_model(str(base))
+    from extras import lora, toymodel
+    model, tok = lora.load_merged(str(base))
     assert model.config.vision_config.depth == toymodel.TOY_VISION["depth"]
     if before is not None:
         assert os.path.getmtime(shipped) == before

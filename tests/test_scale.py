@@ -16,7 +16,7 @@ import torch
 
 import data
 import vadr
-from extras import lora, scale, toy, toymodel, training
+from extras import lora, scale, toy, training
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURE_7B = os.path.join(ROOT, "tests", "fixtures", "qwen2.5-vl-7b")
@@ -96,7 +96,6 @@ def _state_bytes(model, opt) -> dict:
 
 def test_toy_estimate_matches_measured_memory(tiny_world, tiny_model):
     import grpo
-    import train_sft
     from extras import fastpath
     model0, tok = tiny_model
     ds = data.SFTDataset(data.read_manifest(tiny_world["sft_train"], "sft")[:2], num_frames=4)
@@ -117,7 +116,7 @@ def test_toy_estimate_matches_measured_memory(tiny_world, tiny_model):
 
         def step(mark):
             if stage == "sft":
-                loss, _ = train_sft.sft_loss_sum(model, b)
+                loss, _ = vadr.sft_loss_sum(model, b)
             else:
                 loss = fastpath.completion_logprobs(model, full, ids).sum()
             mark()                 # activations held for backward = what the forward left allocated
@@ -138,7 +137,7 @@ def test_toy_estimate_matches_measured_memory(tiny_world, tiny_model):
     model = copy.deepcopy(model0).train()
     lora.apply_lora(model, 4, seed=0)
     opt = training.make_optimizer(model, 1e-3, 0.0)
-    train_sft.sft_loss_sum(model, b1)[0].backward()
+    vadr.sft_loss_sum(model, b1)[0].backward()
     opt.step()
     args = argparse.Namespace(fsdp=False, grad_ckpt=False, beta=0.0, lora_rank=4, lora_alpha=None,
                               lora_targets=",".join(lora.LORA_TARGETS), freeze_vision=False)
@@ -149,7 +148,7 @@ def test_toy_estimate_matches_measured_memory(tiny_world, tiny_model):
     model = copy.deepcopy(model0).train()
     lora.apply_lora(model, 4, seed=0, train_embeddings=True)
     opt = training.make_optimizer(model, 1e-3, 0.0)
-    train_sft.sft_loss_sum(model, b1)[0].backward()
+    vadr.sft_loss_sum(model, b1)[0].backward()
     opt.step()
     args.lora_train_embeddings = True
     est = scale.estimate_memory(model.config, args, "sft", device_type="cpu", shapes=_sft_shapes(b1))
@@ -227,14 +226,14 @@ import json, os, sys
 sys.path.insert(0, os.getcwd())
 import torch, torch.distributed as dist
 import data, vadr
-from extras import fastpath, scale, toymodel, training
+from extras import fastpath, lora, scale, training
 
 
 def main(argv):
     ckpt, manifest, out = argv
     info = vadr.setup_distributed("cpu")
     rank = info["rank"]
-    model, tok = toymodel.load_model(ckpt)
+    model, tok = lora.load_merged(ckpt)
     P = sum(p.numel() for p in model.parameters())
     model = training.wrap_model(model, "fsdp", info["device"]).eval()
     rows = data.read_manifest(manifest, "rl")[rank::2][:1]          # a different video per rank
@@ -292,7 +291,7 @@ def test_train_rl_fsdp_identical_with_and_without_rollout_gather(tiny_world, toy
     _torchrun("train_rl.py", args + ["--no-rollout-gather", "--out", str(tmp_path / "sharded")])
     lg = [json.loads(x) for x in open(tmp_path / "gather" / "log.jsonl")]
     ls = [json.loads(x) for x in open(tmp_path / "sharded" / "log.jsonl")]
-    P = sum(p.numel() for p in toymodel.load_model(toy_ckpt)[0].parameters())
+    P = sum(p.numel() for p in lora.load_merged(toy_ckpt)[0].parameters())
     for g, s in zip(lg, ls):
         assert g["rollout_copy_gb"] == pytest.approx(4 * P / GiB) and s["rollout_copy_gb"] == 0.0  # measured copy
         for k in g:

@@ -29,7 +29,7 @@ def test_loss_masks_all_but_assistant_tokens_and_equals_hand_computation(tiny_wo
         want = tok(r["think"] + "\n" + r["answer"], add_special_tokens=False)["input_ids"] + [im_end]
         assert b["labels"][i][b["labels"][i] != -100].tolist() == want
     with torch.no_grad():
-        loss_sum, n = train_sft.sft_loss_sum(model, b)
+        loss_sum, n = vadr.sft_loss_sum(model, b)
         logits = model(**vadr.model_inputs(b)).logits  # (B, L, V) full, the naive way
     hand, count = 0.0, 0
     for i in range(b["labels"].shape[0]):
@@ -59,7 +59,7 @@ def test_grad_accumulation_equals_one_big_batch(tiny_world, tiny_model):
     # and per-micro-batch averaging (the usual mistake) would NOT give the same gradient
     model.zero_grad(set_to_none=True)
     for m in micro:
-        ls, n = train_sft.sft_loss_sum(model, m)
+        ls, n = vadr.sft_loss_sum(model, m)
         (ls / n / 2).backward()
     assert not all(torch.allclose(a, p.grad, atol=1e-6, rtol=1e-4) for a, p in zip(grads[0], model.parameters()))
     model.zero_grad(set_to_none=True)
@@ -71,7 +71,7 @@ def test_toy_model_overfits_one_batch(tiny_world):
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     losses = []
     for step in range(80):
-        ls, n = train_sft.sft_loss_sum(model, b)
+        ls, n = vadr.sft_loss_sum(model, b)
         (ls / n).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -147,7 +147,7 @@ def test_cached_videos_decode_once_and_train_the_same(tiny_world, tiny_model, mo
     cached = data.SFTDataset(rows, num_frames=4, cache_videos=True)
     collate = data.make_collate(tok, with_targets=True)
     for _ in range(2):  # two epochs, each with a forward and backward through the cached tensors
-        loss, _ = train_sft.sft_loss_sum(model, collate([cached[i] for i in range(len(rows))]))
+        loss, _ = vadr.sft_loss_sum(model, collate([cached[i] for i in range(len(rows))]))
         loss.backward()
     model.zero_grad(set_to_none=True)
     assert sorted(calls) == sorted(r["video_path"] for r in rows)  # one decode per video

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 import vadr
-from extras import checkpoint, toymodel
+from extras import checkpoint, lora, toymodel
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "golden")
 GOLDEN_SHA256 = {
@@ -331,7 +331,7 @@ def test_toy_model_round_trip_from_pretrained(toy, tmp_path):
 
 def test_load_model_missing_dir_is_clear():
     with pytest.raises(vadr.InputError, match="nothing is downloaded"):
-        toymodel.load_model("/no/such/Qwen2.5-VL-7B")
+        lora.load_merged("/no/such/Qwen2.5-VL-7B")
 
 
 def test_toy_model_forward_on_a_real_toy_video(tiny_world, tiny_model):

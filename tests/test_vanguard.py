@@ -9,6 +9,7 @@ from sklearn.metrics import roc_auc_score
 
 import data
 import eval as eval_mod
+import vadr
 from extras import vanguard
 
 
@@ -155,14 +156,13 @@ def test_box_metrics_by_hand():
 def test_head_frame_metrics_equal_sklearn_and_count_missing():
     gts = [_gt("a", "Abnormal", 2, 5, total=8), _gt("n", "Normal", total=6)]
     rows = [dict(source="TOY", video="a", frame_scores=[0.1, 0.2, 0.9, 0.8, 0.7, 0.6, 0.3, 0.2])]
-    m = vanguard.head_frame_metrics(rows, ["s:1"], gts, eval_mod.frame_labels, eval_mod.frame_auc, eval_mod.best_f1)
+    m = vanguard.head_frame_metrics(rows, ["s:1"], gts)
     y = np.r_[eval_mod.frame_labels(gts[0]), eval_mod.frame_labels(gts[1])]
     s = np.r_[rows[0]["frame_scores"], np.zeros(6)]  # the video without scores: 0 on every frame
     assert m["n_missing"] == 1 and m["n_videos"] == 2
     assert m["auc"] == pytest.approx(roc_auc_score(y, s), abs=1e-12)
     with pytest.raises(ValueError, match="^s:1: frame scores of TOY/a: 3 values for 8 frames$"):
-        vanguard.head_frame_metrics([dict(rows[0], frame_scores=[0.1] * 3)], ["s:1"], gts[:1],
-                                    eval_mod.frame_labels, eval_mod.frame_auc, eval_mod.best_f1)
+        vanguard.head_frame_metrics([dict(rows[0], frame_scores=[0.1] * 3)], ["s:1"], gts[:1])
 
 
 def test_eval_score_with_boxes_and_frame_scores(stage1, tmp_path, capsys):
@@ -311,6 +311,66 @@ def test_spatial_reward():
     assert vanguard.spatial_reward(ABN, normal, value=1.0) == 1.0
 
 
+class _Args:
+    num_generations, frames, frame_rule, spatial_value = 2, 16, "paper", 0.5
+    min_pixels = max_pixels = grid_time = None
+
+
+def _spatial_pass(monkeypatch, texts, trim=None):
+    """add_spatial_rewards on one 1,000-frame video (16 sampled frames of 8 x 8, random pixels)
+    and len(texts) completions, the sampler answering Normal. -> (parts, counts, videos
+    sampled)."""
+    frames = np.random.default_rng(0).integers(0, 256, (16, 8, 8, 3), dtype=np.uint8)
+    video = dict(frames=frames, indices=vadr.sample_frame_indices(1000, 16), total_frames=1000,
+                 sampled_fps=1.0)
+    monkeypatch.setattr(vadr, "read_video", lambda path, n, rule: video)
+    if trim is not None:
+        monkeypatch.setattr(vanguard, "spatial_trim", lambda c: trim)
+    sampled = []
+    monkeypatch.setattr(vadr, "encode_frames", lambda f, *a: sampled.append(f) or {"frames": f})
+    monkeypatch.setattr(vadr, "collate_videos", lambda vids: {"video_grid_thw": None})
+    monkeypatch.setattr(vadr, "build_chat_inputs", lambda tok, prompts, grid: {})
+    monkeypatch.setattr(vanguard.fastpath, "sample_group", lambda *a, **k: dict(
+        completion_ids=None, completion_mask=None))
+    normal = ABN.replace("<which>Fire", "<which>Normal")
+    monkeypatch.setattr(vanguard.grpo, "decode_completions", lambda tok, ids, m: [normal] * len(sampled))
+    parts = [{"total": 1.0} for _ in texts]
+    counts = vanguard.add_spatial_rewards(parts, None, None, [{"video_path": "v.mp4"}], list(texts),
+                                          _Args, "prompt", "cpu", {})
+    return parts, counts, sampled
+
+
+def test_spatial_pass_is_skipped_when_the_blanking_changes_no_pixel(monkeypatch):
+    """Issue 34's case: 16 frames sampled of 1,000 (0, 67, ..., 533, 599, ...), <when>
+    [0.54, 0.59] = frames 540..589 holds none of them: no pixel blanked, no second pass, no
+    spatial reward; the counts say so. A <when> that does hold one ([0.53, 0.54]: frame 533)
+    gets the pass, and its Normal answer is paid."""
+    assert list(vadr.sample_frame_indices(1000, 16)[8:10]) == [533, 599]
+    none_sampled = ABN.replace("[0.25, 0.5]</when>", "[0.54, 0.59]</when>")
+    parts, counts, sampled = _spatial_pass(monkeypatch, [none_sampled, ABN.replace("Fire", "Normal")])
+    assert counts == {"spatial_passes": 0, "spatial_skipped": 1} and sampled == []
+    assert parts == [{"total": 1.0, "spatial": 0.0}, {"total": 1.0, "spatial": 0.0}]
+    one_sampled = ABN.replace("[0.25, 0.5]</when>", "[0.53, 0.54]</when>")
+    parts, counts, sampled = _spatial_pass(monkeypatch, [one_sampled, none_sampled])
+    assert counts == {"spatial_passes": 1, "spatial_skipped": 1} and len(sampled) == 1
+    assert parts == [{"total": 1.5, "spatial": 0.5}, {"total": 1.0, "spatial": 0.0}]
+    # exactly sampled frame 8 (index 533), box x 2..4, y 4..8 of 8 x 8, is the blank colour
+    assert (sampled[0][8, 4:8, 2:4] == vanguard.BLANK_RGB).all()
+    mask = np.zeros((16, 8, 8), bool)
+    mask[8, 4:8, 2:4] = True
+    assert not (sampled[0][~mask] == vanguard.BLANK_RGB).all(-1).any()
+
+
+def test_spatial_pass_is_skipped_for_a_box_of_no_pixel(monkeypatch):
+    """A box of zero width ([0.5, 0, 0.5, 1] of 8 columns: 4..4; spatial_trim's valid_box never
+    gives one) over the whole video blanks nothing: skipped. Its neighbour one column wide is not."""
+    _, counts, sampled = _spatial_pass(monkeypatch, [ABN], trim=((0.0, 1.0), (0.5, 0.0, 0.5, 1.0)))
+    assert counts == {"spatial_passes": 0, "spatial_skipped": 1} and sampled == []
+    parts, counts, sampled = _spatial_pass(monkeypatch, [ABN], trim=((0.0, 1.0), (0.5, 0.0, 0.6, 1.0)))
+    assert counts == {"spatial_passes": 1, "spatial_skipped": 0} and parts[0]["spatial"] == 0.5
+    assert (sampled[0][:, :, 4] == vanguard.BLANK_RGB).all() and (sampled[0][:, :, 5] != vanguard.BLANK_RGB).any()
+
+
 def test_spatial_pass_in_train_rl_blanks_and_pays(tiny_world, tmp_path, monkeypatch):
     """train_rl.py --spatial-verification on one step: every completion is given a spatial trim
     (monkeypatched: the tiny model writes no boxes); the frames that reach the encoder carry the
@@ -342,6 +402,7 @@ def test_spatial_pass_in_train_rl_blanks_and_pays(tiny_world, tmp_path, monkeypa
     assert len(spatial) == 3  # the three blanked videos: the box's quarter is the blank colour
     (log,) = [json.loads(x) for x in open(out / "log.jsonl")]
     assert log["reward_spatial"] == 0.25
+    assert (log["spatial_passes"], log["spatial_skipped"]) == (3, 0)
     with pytest.raises(SystemExit):
         train_rl.parse_args(["--spatial-verification", "--fsdp"])
 
