@@ -33,7 +33,7 @@ import torch
 
 import grpo
 import vadr
-from extras import checkpoint, lora, training
+from extras import checkpoint, lora
 from vadr import (DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, DEFAULT_SYSTEM_PROMPT, IMAGE_FACTOR,
                   SPECIAL_TOKENS, TEMPORAL_PATCH_SIZE, build_prompt, is_main, smart_resize,
                   unwrap)
