@@ -45,8 +45,9 @@ import sys
 import numpy as np
 
 import data
+import grpo
 import vadr
-from extras import (badvideos, cli, fastpath, flagcheck, lora, paper_tables, predictions, report,
+from extras import (badvideos, cli, flagcheck, lora, paper_tables, predictions, report,
                     scoring, textmetrics, training, vane, vanguard)
 # the label, interval and frame-level definitions extras/vanguard.py shares (extras/metrics.py);
 # frame_auc and best_f1 are what frame_metrics' four counts equal (the tests check eval's names)
@@ -375,17 +376,14 @@ def resolve_inference_args(args):
 
 
 def generate_outputs(model, tok, batch: dict, args, generator=None) -> list[str]:
-    """One batched generation (grpo.sample_group's contract, run by extras/fastpath.py, with one
-    sample per video); texts up to the end token."""
-    out = fastpath.sample_group(model, {k: batch[k] for k in vadr.MODEL_INPUT_KEYS},
-                                num_samples=1, max_new_tokens=args.max_new_tokens,
-                                temperature=args.temperature, top_p=args.top_p,
-                                greedy=not args.sample, end_ids=vadr.end_token_ids(tok),
-                                pad_id=vadr.pad_token_id(tok), generator=generator)
-    texts = []
-    for ids, m in zip(out["completion_ids"].tolist(), out["completion_mask"].tolist()):
-        texts.append(tok.decode(ids[:int(sum(m))], skip_special_tokens=True))
-    return texts
+    """One batched generation (grpo.sample_group, one sample per video); texts up to the end
+    token."""
+    out = grpo.sample_group(model, {k: batch[k] for k in vadr.MODEL_INPUT_KEYS},
+                            num_samples=1, max_new_tokens=args.max_new_tokens,
+                            temperature=args.temperature, top_p=args.top_p,
+                            greedy=not args.sample, end_ids=vadr.end_token_ids(tok),
+                            pad_id=vadr.pad_token_id(tok), generator=generator)
+    return grpo.decode_completions(tok, out["completion_ids"], out["completion_mask"])
 
 
 def run_inference(args) -> int:
@@ -412,7 +410,7 @@ def run_inference(args) -> int:
     model.eval()
     predictions.write_record(args.out, meta)
     ds = data.SFTDataset(mine, prompt_variant=args.prompt_variant,
-                         **training.video_args(args))
+                         **vadr.video_args(args))
     # a video that fails to decode: an error naming it, or (--skip-bad) an "error" row for it
     collate = badvideos.make_collate(data.make_collate(tok, with_targets=False))
     loader = torch.utils.data.DataLoader(badvideos.SkipBadVideos(ds, replace=False),

@@ -7,11 +7,12 @@ Vad-Reasoning-RL (weak labels only: Abnormal / Normal):
   Alg. 2 l. 6-10   accuracy, format, verification, length, their sum R   rewards.group_rewards
   Alg. 2 line 11   A = (R - mean(R)) / std(R) within the group (Eq. 1)   grpo.group_advantages
   Alg. 2 line 12   update with Eq. 3 (clipped surrogate - beta * KL_k3)  grpo.grpo_loss
-One step, lines 5-12, is extras/rollout.rl_step, which extras/bench.py times; its rollout (lines
-5-10) is what `python -m extras.inspect` prints. The log (OUT/log.jsonl, keys:
-docs/log-keys.md) is drawn into OUT/curves.svg at the end of a run.
-Sampling and scoring: extras/fastpath.py (tested equal to grpo's). pi_ref: a frozen copy, or the
-policy with its LoRA adapters off (extras/lora.py). Beyond the paper: docs/paper-vs-authors.md s.7.
+  Alg. 2 l. 5-12   one step, as above (extras/bench.py times it)     grpo.rl_step
+Its rollout (lines 5-10, grpo.rollout) is what `python -m extras.inspect` prints. The log
+(OUT/log.jsonl, keys: docs/log-keys.md) is drawn into OUT/curves.svg at the end of a run. Scoring:
+extras/fastpath.py's drop-in, same values with less memory (--plain-scoring: grpo's). pi_ref: a
+frozen copy, or the policy with its LoRA adapters off (extras/lora.py); FSDP, DAPO and spatial
+verification reach the step through grpo.StepHooks. Beyond the paper: docs/paper-vs-authors.md s.7.
 
 Run it:
     python train_rl.py                       # toy preset: runs/toy/sft -> runs/toy/rl
@@ -39,10 +40,11 @@ import torch
 from tqdm import tqdm
 
 import data
+import grpo
 import rewards
 import vadr
-from extras import badvideos, checkpoint, cli, flagcheck, lora, report, scale, toy, training
-from extras.rollout import rl_step  # Alg. 2 lines 5-12, shared with extras/bench.py
+from extras import (badvideos, checkpoint, cli, fastpath, flagcheck, lora, report, rollout, scale,
+                    toy, training)
 
 # The presets (the paper's defaults, the toy's) live in extras/cli.py: extras/inspect.py samples
 # with the same values
@@ -79,7 +81,7 @@ def parse_args(argv=None):
     add_reward_args(ap)
     cli.add_optim_args(ap, "rl")  # --epochs, --lr, ..., --preset (extras/cli.py)
     training.add_run_args(ap, default_out="runs/toy/rl")
-    scale.add_scale_args(ap, stage="rl")  # --lora-*, --merge, --dry-run, --no-rollout-gather
+    scale.add_scale_args(ap, stage="rl")  # --lora-*, --merge, --dry-run, --plain-scoring, ...
     # presets, the toy's defaults, the flags that imply others (extras/cli.py)
     return cli.resolve_rl_args(ap, ap.parse_args(argv), PAPER, TOY, TOY_SFT_DIR, TOY_DATA_DIR,
                                argv)
@@ -130,13 +132,16 @@ def main(argv=None):
     log_path = checkpoint.start_log(args.out, config, start["step"] if start_dir else None)
 
     prompt = vadr.build_prompt(args.prompt_variant)  # binary: Abnormal / Normal in <which>
-    ds = data.RLDataset(rows, prompt_variant=args.prompt_variant, **training.video_args(args))
+    ds = data.RLDataset(rows, prompt_variant=args.prompt_variant, **vadr.video_args(args))
     ds = badvideos.SkipBadVideos(ds, replace=args.skip_bad)  # --skip-bad at decode time too
     collate = badvideos.make_collate(data.make_collate(tok, with_targets=False))
     bad_videos = badvideos.Tally(args.data, args.skip_bad)
     # --dynamic-sampling's refills: n random videos of the whole set (extras/dynamic.py)
     draw = lambda n, rng: vadr.to_device(bad_videos.note(collate(
         [ds[rng.randrange(len(ds))] for _ in range(n)])), device)
+    # log pi (Eq. 3): extras/fastpath.py's drop-in (same values, less memory), or grpo's plain one
+    score = grpo.completion_logprobs if args.plain_scoring else fastpath.completion_logprobs
+    hooks = rollout.step_hooks(args, tok, mode, score, draw)  # FSDP, LoRA, --skip-bad, DAPO, ...
     step = start["step"]
     pbar = tqdm(total=total_steps, initial=step, disable=not vadr.is_main(), desc="rl")
     done = step >= total_steps
@@ -151,14 +156,14 @@ def main(argv=None):
         for s, batch in zip(range(first, steps_per_epoch), loader):
             ts = time.time()
             batch = bad_videos.note(batch)  # without --skip-bad a bad video stops here, named
-            res = rl_step(model, ref_model, tok, opt, sched, vadr.to_device(batch, device), args,
-                          step, rank, mode, length_ranges, prompt, draw=draw)
-            texts = res.pop("_texts")
+            out = grpo.rl_step(model, ref_model, tok, opt, sched, vadr.to_device(batch, device),
+                               args, step, rank, length_ranges, prompt, hooks)  # Alg. 2 l. 5-12
             step += 1
+            res = training.rl_log_fields(out, args.num_generations)
             rec = dict(step=step, epoch=epoch, **vadr.all_reduce_mean(res, device),
                        step_time=time.time() - ts)
             if vadr.is_main():
-                rec["sample"] = texts[0][:400]
+                rec["sample"] = out["texts"][0][:400]
                 checkpoint.log_jsonl(log_path, rec)
                 # every reward term (Table 7), the groups without signal (A = 0) and KL
                 pbar.set_postfix(R=f"{rec['reward']:.3f}", acc=f"{rec['reward_accuracy']:.2f}",

@@ -93,7 +93,7 @@ def backward_global_batch(model, micro: list[dict], world: int, mode: str, devic
     for k, m in enumerate(micro):
         # DDP: skip the gradient all-reduce on all but the last micro-batch
         sync = model.no_sync() if mode == "ddp" and k < len(micro) - 1 else contextlib.nullcontext()
-        with sync, training.autocast(device):
+        with sync, vadr.autocast(device):
             loss_sum, _ = vadr.sft_loss_sum(model, m)
             # DDP and FSDP average gradients over ranks, so scale by W: the result is
             # (sum of token losses over the global batch) / n_tok, the gradient of one big batch.
@@ -161,7 +161,7 @@ def main(argv=None):
     # run_config.json; on resume the log lines after the checkpoint are dropped (they are redone)
     log_path = checkpoint.start_log(args.out, config, start["step"] if resume_dir else None)
 
-    video = dict(training.video_args(args), cache_videos=args.cache_videos)
+    video = dict(vadr.video_args(args), cache_videos=args.cache_videos)
     ds = vanguard.BoxSFTDataset(rows, boxes, args.prompt_variant, args.target, **video) if boxes \
         else toy.CaptionDataset(rows, **video) if args.task == "caption" \
         else data.SFTDataset(rows, prompt_variant=args.prompt_variant, **video)

@@ -446,6 +446,12 @@ def encode_video(path: str, num_frames: int = 16, keep=None, min_pixels=DEFAULT_
     return encode_frames(v["frames"], v["sampled_fps"], min_pixels, max_pixels, grid_time)
 
 
+def video_args(args) -> dict:
+    """The video flags (--frames, --min-pixels, ...) as encode_video's keywords."""
+    return dict(num_frames=args.frames, min_pixels=args.min_pixels, max_pixels=args.max_pixels,
+                frame_rule=args.frame_rule, grid_time=args.grid_time)
+
+
 def collate_videos(videos: list[dict]) -> dict:
     """Batch several videos of different sizes: patches are concatenated along dim 0 (the vision
     tower splits them back with video_grid_thw), one grid row and one time step per video."""
@@ -667,6 +673,11 @@ def gather_objects(obj) -> list:
 def shard_for_rank(items: list, rank: int, world: int) -> list:
     """Data strided by rank: rank r takes items r, r+W, r+2W, ..."""
     return items[rank::world]
+
+
+def autocast(device):
+    """bf16 autocast on GPU (paper: bf16), plain fp32 on CPU."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
 def unwrap(model):

@@ -1,5 +1,6 @@
 """extras/bench.py -- what AVA-GRPO's rollouts, scoring and SFT cost: the usual video-GRPO code vs
-this project's paths (extras/fastpath.py, vadr.sft_loss_sum), side by side.
+this project's paths (grpo.sample_group, grpo.rl_step with extras/fastpath.py's scorer,
+vadr.sft_loss_sum), side by side.
 
 What. One process runs a naive baseline and our path on the same model, inputs and seeds,
 INTERLEAVED (a short warm-up of each, then `--repeats` naive/ours pairs whose order alternates; the
@@ -7,7 +8,7 @@ median of each side is reported), prints every metric with the ratio ours / naiv
 writes the numbers (keys rollout_speedup, rl_step_speedup, scoring_memory_ratio, device, ...).
 
   section       naive (the usual video-GRPO code)              ours (this project)
-  rollout       HF generate(num_return_sequences=G): vision    fastpath.sample_group: vision +
+  rollout       HF generate(num_return_sequences=G): vision    grpo.sample_group: vision +
                 tower and prompt prefill G times, on G copies   prefill once per video, KV cache
                 of the video                                    copied to the G samples
   verification  G generate calls, one per trimmed video         one batched sample_group call
@@ -18,8 +19,8 @@ writes the numbers (keys rollout_speedup, rl_step_speedup, scoring_memory_ratio,
                                                                 logits for the completion only,
                                                                 chunked log-softmax, in-place
                                                                 backward
-  rl_step       rollout.rl_step with the three naive parts      rollout.rl_step as it is
-                swapped in (naive_parts)
+  rl_step       grpo.rl_step with the three naive parts         grpo.rl_step as train_rl.py
+                swapped in (naive_hooks)                        runs it
   sft           forward with logits for the whole sequence      vadr.sft_loss_sum
                 + HF loss                                       (logits_to_keep)
 
@@ -76,6 +77,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import copy
 import json
 import os
@@ -219,7 +221,7 @@ def naive_sample_group(model, inputs: dict, num_samples: int = 1, max_new_tokens
                        temperature: float = 1.0, top_p: float = 1.0, greedy: bool = False, end_ids=(),
                        pad_id: int = 0, generator: torch.Generator | None = None, ignore_eos: bool = False,
                        suppress_vision: bool = True, sync_ranks: bool = False, stop=None) -> dict:
-    """fastpath.sample_group's contract done the naive way (swapped into rollout.rl_step by naive_parts):
+    """grpo.sample_group's contract done the naive way (swapped into grpo.rl_step by naive_hooks):
     a group is generate(num_return_sequences=G) (vision tower and prefill G times); a batch of single
     samples (the verification pass) is one generate call per video. HF samples from the global RNG,
     which is seeded from `generator`. stop is ignored: the naive verification decodes to the end."""
@@ -261,16 +263,10 @@ def naive_logprobs(model, inputs: dict, completion_ids: torch.Tensor, temperatur
     return torch.log_softmax(logits.float() / temperature, -1).gather(-1, completion_ids[..., None]).squeeze(-1)
 
 
-@contextlib.contextmanager
-def naive_parts():
-    """rollout.rl_step with the naive rollout, verification and scoring swapped in (same rewards,
-    same loss, same update): the RL step of the usual video-GRPO code."""
-    saved = fastpath.sample_group, fastpath.completion_logprobs     # what rollout.rl_step calls
-    fastpath.sample_group, fastpath.completion_logprobs = naive_sample_group, naive_logprobs
-    try:
-        yield
-    finally:
-        fastpath.sample_group, fastpath.completion_logprobs = saved
+def naive_hooks(hooks: grpo.StepHooks) -> grpo.StepHooks:
+    """grpo.rl_step's hooks with the naive rollout, verification and scoring swapped in (same
+    rewards, same loss, same update): the RL step of the usual video-GRPO code."""
+    return dataclasses.replace(hooks, sample=naive_sample_group, score=naive_logprobs)
 
 
 # ================================================================================================
@@ -464,8 +460,8 @@ def section_rollout(ctx) -> dict:
     model.eval()
 
     def ours(T):
-        return lambda: fastpath.sample_group(model, inputs, num_samples=G, max_new_tokens=T,
-                                             generator=torch.Generator(device=dev).manual_seed(a.seed), **kw)
+        return lambda: grpo.sample_group(model, inputs, num_samples=G, max_new_tokens=T,
+                                         generator=torch.Generator(device=dev).manual_seed(a.seed), **kw)
 
     def naive(T):
         return lambda: naive_sample_group(model, inputs, num_samples=G, max_new_tokens=T,
@@ -493,8 +489,8 @@ def section_verification(ctx) -> dict:
     model.eval()
 
     def ours(T):
-        return lambda: fastpath.sample_group(model, v_inputs, num_samples=1, max_new_tokens=T,
-                                             generator=torch.Generator(device=dev).manual_seed(a.seed), **kw)
+        return lambda: grpo.sample_group(model, v_inputs, num_samples=1, max_new_tokens=T,
+                                         generator=torch.Generator(device=dev).manual_seed(a.seed), **kw)
 
     def naive(T):
         return lambda: naive_sample_group(model, v_inputs, num_samples=1, max_new_tokens=T,
@@ -551,16 +547,17 @@ def section_scoring(ctx) -> dict:
     return out
 
 
-# What rollout.rl_step reads, as train_rl.py sets it for `--data bench.jsonl --model bench`: the
-# paper preset (cli.RL_PAPER) and train_rl.py's defaults (every reward on, Eq. 3 at mu 1, no DAPO
-# refill or spatial check, one process). Written out because extras never import an entry script;
-# tests/test_fastpath.py checks it against train_rl.parse_args.
+# What grpo.rl_step and extras/rollout.step_hooks read, as train_rl.py sets it for `--data
+# bench.jsonl --model bench`: the paper preset (cli.RL_PAPER) and train_rl.py's defaults (every
+# reward on, Eq. 3 at mu 1, no DAPO refill or spatial check, fastpath's scorer, one process).
+# Written out because extras never import an entry script; tests/test_fastpath.py checks it
+# against train_rl.parse_args.
 RL_STEP_DEFAULTS = dict(epsilon=0.2, epsilon_high=None, mu=1, loss_type="sequence",
                         adv_std="unbiased", dynamic_sampling=False, dynamic_max_rounds=4,
                         length_mode="words", no_accuracy_reward=False, no_format_reward=False,
                         no_length_reward=False, no_verification_abnormal=False,
                         no_verification_normal=False, spatial_verification=False, spatial_value=0.5,
-                        no_rollout_gather=False, skip_bad=False, seed=0)
+                        no_rollout_gather=False, skip_bad=False, seed=0, plain_scoring=False)
 
 
 def rl_step_args(out: str) -> argparse.Namespace:
@@ -582,21 +579,25 @@ def section_rl_step(ctx) -> dict:
     batch = dict(ctx["inputs"], rows=[dict(video_path=ctx["clip"]["path"], solution="Abnormal")])
     prompt = vadr.build_prompt("binary")
     counter = iter(range(10 ** 6))
+    # train_rl.py's hooks and scorer for these flags, completions of a fixed length
+    score = grpo.completion_logprobs if rargs.plain_scoring else fastpath.completion_logprobs
+    hooks = dataclasses.replace(rollout.step_hooks(rargs, tok, "none", score), ignore_eos=True)
 
     def step(naive: bool, T: int):
         def go():
             rargs.max_new_tokens = T
             s = next(counter) // 2      # naive and ours of one pair use the same seeds (step index)
-            with (naive_parts() if naive else contextlib.nullcontext()):
-                return rollout.rl_step(model, ref, tok, opt, sched, batch, rargs, s, 0, "none",
-                                       dict(rewards.DEFAULT_LENGTH_RANGES), prompt, ignore_eos=True)
+            return grpo.rl_step(model, ref, tok, opt, sched, batch, rargs, s, 0,
+                                dict(rewards.DEFAULT_LENGTH_RANGES), prompt,
+                                naive_hooks(hooks) if naive else hooks)
         return go
     r = interleaved(step(True, a.new_tokens), step(False, a.new_tokens), a.rl_repeats, dev,
                     warmup=(step(True, 4), step(False, 4)))
     rargs.max_new_tokens = a.new_tokens
     keys = ("time_generation", "time_verification", "time_reference", "time_update")
     for side in r.values():
-        side["breakdown"] = {k: statistics.median(x[k] for x in side["results"]) for k in keys}
+        side["breakdown"] = {k: statistics.median(x["timings"][k] for x in side["results"])
+                             for k in keys}
         del side["results"]
     out = dict(naive=r["naive"], ours=r["ours"], speedup=r["naive"]["time"] / r["ours"]["time"],
                cpu_time_speedup=r["naive"]["cpu_time"] / r["ours"]["cpu_time"], optimizer=type(opt).__name__)

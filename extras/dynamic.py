@@ -4,7 +4,7 @@ A group whose G rewards are all equal has advantages exactly 0 (Eq. 1; grpo.py d
 it adds no policy gradient, only KL. DAPO (Yu et al. 2025, Sec. 3.2; also in EasyR1 and verl)
 drops such groups and samples further prompts until the batch is full of groups with signal.
 Here, per rank and per step:
-  1. the step's B videos are rolled out and rewarded as usual (extras/rollout.rollout);
+  1. the step's B videos are rolled out and rewarded as usual (grpo.rollout);
   2. each group with equal rewards is dropped; replacement videos are drawn at random from the
      whole RL set with a generator seeded by (seed, step, rank, round), rolled out and rewarded,
      and the groups with signal fill the free slots, for at most --dynamic-max-rounds rounds;
@@ -79,7 +79,7 @@ def merge_groups(picks: list[tuple[dict, dict, int]], G: int, pad_id: int) -> tu
 
 def refill(batch: dict, roll: dict, G: int, rollout, draw, max_rounds: int, pad_id: int,
            seed: int) -> tuple[dict, dict, dict]:
-    """Steps 2-3 of the module docstring. rollout(batch) -> roll (extras/rollout.rollout's dict
+    """Steps 2-3 of the module docstring. rollout(batch) -> roll (grpo.rollout's dict
     with ids, mask, texts, seconds, parts, R); draw(n, rng) -> a collated batch of n random videos on
     the step's device. -> (batch, roll, stats) with exactly as many groups as `batch` had."""
     B = len(batch["rows"])

@@ -1,18 +1,17 @@
-"""extras/fastpath.py -- grpo.sample_group and grpo.completion_logprobs with the same contracts,
-computed with less time and memory: what train_rl.py (Algorithm 2 lines 5, 8 and 12) and eval.py
-run. The math is grpo.py's; this file only changes how much work and memory it takes.
+"""extras/fastpath.py -- grpo.completion_logprobs with the same contract, computed with less time
+and memory: a drop-in that train_rl.py selects in one line (--plain-scoring runs grpo's instead)
+for the log-probs of Eq. 3 (Algorithm 2 line 12: the reference pass and the policy's). The math is
+grpo's; this file only changes how much work and memory it takes. A paper reader may skip it.
 
-  sample_group          grpo's sampling loop (prefill once per video, KV cache copied to the G
-                        samples) plus: a KV cache preallocated for prompt + max_new_tokens (no
-                        per-step torch.cat), decode masks prepared once, inference_mode, and the
-                        two flags only the scripts need: sync_ranks (FSDP) and ignore_eos (bench)
-  completion_logprobs   grpo's teacher-forced pass plus: the vision tower encodes each video once
-                        for its G rows, and the log-probs come from a chunked autograd function
-                        that never holds a float32 (N, T, V) log-softmax
+  completion_logprobs   grpo's teacher-forced pass plus: the prompt runs once per group of G rows
+                        (its KV cache copied to them) where a cache can be kept, else the vision
+                        tower encodes each video once for its G rows; and the log-probs come from
+                        a chunked autograd function that never holds a float32 (N, T, V)
+                        log-softmax
 
-Same values: tests/test_fastpath.py compares each with grpo's plain version and with HF generate
-(identical tokens; log-probs and gradients to float rounding). What they save, measured:
-docs/performance.md.
+Same values: tests/test_fastpath.py compares it with grpo's plain version and with the naive
+one-forward scoring of extras/bench.py (log-probs and gradients to float rounding). What it saves,
+measured: docs/performance.md. The sampler that runs is grpo.sample_group itself.
 
 Run:   python -m pytest tests/test_fastpath.py -q
        python -m extras.bench                      # naive vs these paths, side by side
@@ -20,7 +19,6 @@ Run:   python -m pytest tests/test_fastpath.py -q
 from __future__ import annotations
 
 import contextlib
-import functools
 
 import torch
 
@@ -257,181 +255,3 @@ def completion_logprobs(model, inputs: dict, completion_ids: torch.Tensor,
     if T == 0:
         return logits.new_zeros(N, 0, dtype=torch.float32)
     return _ChunkedTokenLogprobs.apply(logits, completion_ids, temperature, chunk)  # (N, T)
-
-
-# ------------------------------------------------------------------------------------------------
-# Sampling: grpo's loop with a preallocated KV cache and prepared decode masks
-# ------------------------------------------------------------------------------------------------
-
-def _preallocate_kv(cache, capacity: int) -> None:
-    """Move each plain DynamicLayer of `cache` into K/V buffers of `capacity` positions (in place).
-
-    Why: HF's DynamicLayer appends a decode step's K/V with torch.cat, which copies the WHOLE cache
-    (prompt included, x G samples) for every layer at every step. Writing the new column into a
-    buffer sized for prompt + max_new_tokens makes a step O(1) in copies; attention reads a view of
-    the filled part (docs/performance.md). The values attention sees are the same (tested against
-    HF generate). Layers of any other kind (sliding window, quantized, ...) are left as they are.
-    """
-    from transformers.cache_utils import DynamicLayer
-
-    class _PreallocatedLayer(DynamicLayer):
-        def __init__(self, layer, capacity):
-            super().__init__()
-            k, v = layer.keys, layer.values                                   # (N, H_kv, P, D)
-            self.n = k.shape[-2]
-            self.kbuf = k.new_empty(*k.shape[:-2], capacity, k.shape[-1])    # (N, H_kv, cap, D)
-            self.vbuf = v.new_empty(*v.shape[:-2], capacity, v.shape[-1])
-            self.kbuf[..., :self.n, :], self.vbuf[..., :self.n, :] = k, v
-            self.keys, self.values = self.kbuf[..., :self.n, :], self.vbuf[..., :self.n, :]
-            self.dtype, self.device, self.is_initialized = k.dtype, k.device, True
-
-        def update(self, key_states, value_states, *args, **kwargs):
-            m = key_states.shape[-2]
-            if self.n + m > self.kbuf.shape[-2]:                   # past capacity: grow like HF
-                self.kbuf = torch.cat([self.keys, key_states], -2)
-                self.vbuf = torch.cat([self.values, value_states], -2)
-            else:
-                self.kbuf[..., self.n:self.n + m, :] = key_states         # the new column only
-                self.vbuf[..., self.n:self.n + m, :] = value_states
-            self.n += m
-            self.keys, self.values = self.kbuf[..., :self.n, :], self.vbuf[..., :self.n, :]
-            return self.keys, self.values
-
-    layers = getattr(cache, "layers", None)
-    if layers is None:
-        return
-    for i, layer in enumerate(layers):
-        if type(layer) is DynamicLayer and layer.is_initialized and layer.keys is not None \
-                and layer.keys.numel() > 0:
-            layers[i] = _PreallocatedLayer(layer, capacity)
-
-
-def sample_group(model, inputs: dict, num_samples: int = 1, max_new_tokens: int = 768,
-                 temperature: float = 1.0, top_p: float = 1.0, greedy: bool = False,
-                 end_ids=(), pad_id: int = 0, generator: torch.Generator | None = None,
-                 ignore_eos: bool = False, suppress_vision: bool = True,
-                 sync_ranks: bool = False, stop=None) -> dict:
-    """grpo.sample_group (same arguments and result, see there), faster, plus three flags:
-    sync_ranks: under FSDP every forward is a collective, so all ranks must run the same number
-      of decode steps: the stop test (all rows finished) is all-reduced over ranks.
-    ignore_eos: keep sampling to max_new_tokens (extras/bench.py's forced-length rollouts).
-    stop: (candidate token ids, check(ids: list[int]) -> bool), e.g. label_stop(tok): a row whose
-      new token is a candidate and whose tokens so far pass check ends there (its mask ends after
-      that token, no end token is written). Every row still draws from the generator at every
-      step, so the other rows' tokens are exactly those of a run without `stop`.
-    """
-    # inference_mode rather than no_grad: no autograd bookkeeping (version counters, view
-    # tracking) on the small ops of every decode step (docs/performance.md). Not under FSDP
-    # (sync_ranks): FSDP2 reuses its unsharded-parameter buffers across forwards, and a buffer
-    # made in inference mode could not be written by the next training forward.
-    with (torch.no_grad() if sync_ranks else torch.inference_mode()):
-        out = _sample_group(model, inputs, num_samples, max_new_tokens, temperature, top_p, greedy,
-                            end_ids, pad_id, generator, ignore_eos, suppress_vision, sync_ranks,
-                            None if ignore_eos else stop)
-    # clones made outside inference mode are ordinary tensors (the completions feed autograd later)
-    return {k: v.clone() for k, v in out.items()}
-
-
-def label_settled(text: str) -> bool:
-    """True when vadr.parse_completion gives every continuation of `text` the label it gives
-    `text`: the first <answer> is open, the first <which> after it is closed with no </answer>
-    between, and no <which> comes before that <answer>. Then the label is that <which>'s,
-    whether the answer closes later (it is the first <which> inside it) or never (it is the first
-    <which> of the text): vadr._first_tag reads the first opening and the first closing after it.
-    tests/test_fastpath.py checks this against parse_completion on every prefix of completions."""
-    i = text.find("<answer>")
-    if i < 0 or "<which>" in text[:i]:
-        return False
-    w = text.find("<which>", i)
-    e = text.find("</which>", w) if w >= 0 else -1
-    return e >= 0 and "</answer>" not in text[i:e]
-
-
-@functools.lru_cache(maxsize=8)
-def label_stop(tok):
-    """sample_group's `stop` for Algorithm 1's second completion, of which only the label is read
-    (rewards.verification_reward_from_text): a row ends once its <which> is settled (label_settled),
-    checked only after tokens whose text holds '>' (every tag ends with one). Saves the rest of the
-    answer's decode steps (docs/performance.md) and leaves every reward as it was."""
-    pieces = tok.convert_ids_to_tokens(list(range(len(tok))))
-    cands = [i for i, p in enumerate(pieces) if isinstance(p, str) and ">" in p]
-    return cands, lambda ids: label_settled(tok.decode(ids, skip_special_tokens=True))
-
-
-def _decode_masks(inner, attn: torch.Tensor, max_new_tokens: int):
-    """The attention mask of decode step t, as step_mask(t) (t = 0, 1, ...).
-
-    Why: with SDPA, HF would rebuild an (N, 1, 1, L) boolean mask from the 2D mask at every step
-    (create_causal_mask); its text model also takes a prepared {"full_attention": mask} as is, so
-    the mask is built once and sliced. A batch without left padding gets None, what
-    create_causal_mask itself returns for a one-token query with no padding. Other attention
-    kernels (eager, flash-attention 2) get the 2D mask grown by one column per step, as grpo's."""
-    N, dev = attn.shape[0], attn.device
-    text_cfg = inner.config.get_text_config()
-    layer_types = getattr(text_cfg, "layer_types", None) or ["full_attention"]
-    sdpa = getattr(text_cfg, "_attn_implementation", None) == "sdpa" \
-        and all(k == "full_attention" for k in layer_types)
-    if sdpa:
-        no_pad, P = bool(attn.all()), attn.shape[1]
-        full = torch.cat([attn, attn.new_ones(N, max_new_tokens)], 1).bool()[:, None, None, :]
-        return lambda t: {"full_attention": None if no_pad else full[..., :P + t + 1]}  # (N,1,1,.)
-    grown = [attn]
-
-    def step_mask(t):
-        grown[0] = torch.cat([grown[0], torch.ones(N, 1, dtype=attn.dtype, device=dev)], 1)
-        return grown[0]                                                          # (N, P+t+1)
-    return step_mask
-
-
-def _sample_group(model, inputs, num_samples, max_new_tokens, temperature, top_p, greedy, end_ids,
-                  pad_id, generator, ignore_eos, suppress_vision, sync_ranks, stop) -> dict:
-    """sample_group's body (grpo.sample_group's steps), run under inference_mode / no_grad."""
-    inner = vadr.unwrap(model)
-    P, G, dev = inputs["input_ids"].shape[1], num_samples, inputs["input_ids"].device
-    cache, logits, pos = grpo.prefill(model, inputs, G)                          # steps 1-2
-    _preallocate_kv(cache, P + max_new_tokens)     # decode steps write in place (no torch.cat)
-    step_mask = _decode_masks(inner, inputs["attention_mask"].repeat_interleave(G, 0),
-                              max_new_tokens)
-    N = logits.shape[0]
-    next_pos = (pos.amax(dim=(0, 2)) + 1).repeat_interleave(G, 0)                # (N,)
-    end = torch.tensor(list(end_ids), device=dev, dtype=torch.long)
-    banned = torch.tensor(grpo.vision_token_ids(inner.config) if suppress_vision else [],
-                          device=dev, dtype=torch.long)
-    done = torch.zeros(N, dtype=torch.bool, device=dev)
-    cut = torch.full((N,), max_new_tokens, dtype=torch.long, device=dev)  # (N,) stop: kept length
-    if stop is not None:
-        may_stop = torch.zeros(logits.shape[-1], dtype=torch.bool, device=dev)      # (V,)
-        may_stop[[i for i in stop[0] if i < len(may_stop)]] = True
-    toks, lps = [], []
-    for t in range(max_new_tokens):
-        tok, lp = grpo.choose_token(logits, temperature, top_p, greedy, banned, generator)  # step 3
-        tok = torch.where(done, torch.full_like(tok, pad_id), tok)     # finished rows: padding
-        toks.append(tok)
-        lps.append(torch.where(done, torch.zeros_like(lp), lp))
-        if stop is not None and bool((~done & may_stop[tok]).any()):
-            rows = (~done & may_stop[tok]).nonzero().flatten().tolist()
-            hist = torch.stack(toks, 1)[rows].tolist()                       # those rows' tokens
-            for n, ids_n in zip(rows, hist):
-                if stop[1](ids_n):
-                    done[n], cut[n] = True, t + 1
-        if not ignore_eos:
-            done = done | torch.isin(tok, end)
-            all_done = done.all().to(torch.int32)
-            if sync_ranks:   # every rank keeps stepping until every rank is done (collectives)
-                torch.distributed.all_reduce(all_done, op=torch.distributed.ReduceOp.MIN)
-            if bool(all_done):
-                break
-        if t == max_new_tokens - 1:      # the last token is chosen: its forward would go unused
-            break
-        # step 4: one decode step, one token per row at next_pos on all three mRoPE axes
-        out = inner(input_ids=tok[:, None], attention_mask=step_mask(t),
-                    position_ids=next_pos.view(1, N, 1).expand(3, N, 1),            # (3, N, 1)
-                    past_key_values=cache, use_cache=True)
-        cache, logits = out.past_key_values, out.logits[:, -1].float()              # (N, V)
-        next_pos = next_pos + 1
-    ids = torch.stack(toks, 1)                                                      # (N, T)
-    mask = grpo.completion_mask(ids, list(end_ids), pad_id) if not ignore_eos \
-        else torch.ones_like(ids, dtype=torch.float32)                              # (N, T)
-    mask = mask * (torch.arange(ids.shape[1], device=dev) < cut[:, None])         # (N, T) stop
-    return dict(completion_ids=ids, completion_mask=mask,
-                logprobs=torch.stack(lps, 1) * mask, prompt_positions_max=pos.amax(dim=(0, 2)))

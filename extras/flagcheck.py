@@ -131,6 +131,9 @@ def check_flags(args, stage: str):
     if getattr(args, "lora_train_embeddings", False) and not (args.lora_rank or args.resume):
         raise InputError(f"{script}: --lora-train-embeddings trains beside LoRA adapters: add "
                          "--lora-rank R")
+    if getattr(args, "plain_scoring", False) and args.dry_run:  # scale.estimate_memory's scorer
+        raise InputError(f"{script}: --dry-run estimates the memory of extras/fastpath.py's "
+                         "scoring, not grpo's: drop --plain-scoring")
     if not args.merge and not args.resume:
         _check_model(args, script, stage)
     if not (args.merge or args.dry_run):

@@ -1,7 +1,7 @@
 """extras/inspect.py -- see what GRPO does: one group of G completions per video, each reward, A.
 
 Not part of the method, and nothing is trained. For the first N videos of an RL manifest, one
-group per video goes through extras/rollout.rollout, the code train_rl.py runs (G completions,
+group per video goes through grpo.rollout, the code train_rl.py runs (G completions,
 Algorithm 1's trim and second completion, the Table 7 rewards), with train_rl.py's preset values
 (extras/cli.py: the toy preset without --data, the paper's with it). For each completion it prints
 its text (whitespace folded; a long one shows its start and its end, where the answer is), its
@@ -33,8 +33,7 @@ import data
 import grpo
 import rewards
 import vadr
-from extras import badvideos, cli, flagcheck, lora, scoring, toy, training
-from extras.rollout import rollout
+from extras import badvideos, cli, flagcheck, lora, rollout, scoring, toy
 
 PROG = "python -m extras.inspect"
 PARTS = ("accuracy", "format", "verification", "length")  # Table 7's terms, summed into total
@@ -90,12 +89,12 @@ def windows(keep: list) -> str:
 
 
 def inspect_groups(model, tok, rows: list[dict], args, length_ranges: dict, device) -> list[dict]:
-    """One group per row, each rolled out by extras/rollout.rollout -> a list of dict(video,
+    """One group per row, each rolled out by grpo.rollout -> a list of dict(video,
     source, solution, completions=[dict(text, n_tokens, words, rewards, advantage, trim,
     second)], zero_std)."""
     prompt = vadr.build_prompt(args.prompt_variant)
     ds = badvideos.SkipBadVideos(data.RLDataset(rows, prompt_variant=args.prompt_variant,
-                                                **training.video_args(args)), replace=False)
+                                                **vadr.video_args(args)), replace=False)
     collate = badvideos.make_collate(data.make_collate(tok, with_targets=False))
     tally = badvideos.Tally(args.data, skip_bad=False)  # a bad video: one line naming its row
     G = args.num_generations
@@ -104,7 +103,8 @@ def inspect_groups(model, tok, rows: list[dict], args, length_ranges: dict, devi
     sample_kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                      top_p=args.top_p, end_ids=vadr.end_token_ids(tok),
                      pad_id=vadr.pad_token_id(tok), generator=gen, sync_ranks=False,
-                     ignore_eos=False)  # as rollout.rl_step's, on one process
+                     ignore_eos=False)  # as grpo.rl_step's, on one process
+    hooks = rollout.step_hooks(args, tok, "none", grpo.completion_logprobs)  # train_rl.py's
     groups = []
     for i in range(len(rows)):
         batch = vadr.to_device(tally.note(collate([ds[i]])), device)
@@ -114,8 +114,8 @@ def inspect_groups(model, tok, rows: list[dict], args, length_ranges: dict, devi
         replay = random.Random()
         replay.setstate(trim_rng.getstate())
         with torch.no_grad():
-            roll = rollout(model, tok, batch, args, "none", length_ranges, prompt, sample_kw,
-                           trim_rng, {})
+            roll = grpo.rollout(model, tok, batch, args, length_ranges, prompt, sample_kw,
+                                trim_rng, {}, hooks)
         n_frames = vadr.count_frames(row["video_path"])
         trims = [rewards.verification_trim(c, replay, total_frames=n_frames)
                  for c in roll["texts"]]

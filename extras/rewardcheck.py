@@ -27,7 +27,7 @@ import data
 import grpo
 import rewards
 import vadr
-from extras import badvideos, checkpoint, fastpath, lora, scoring, training
+from extras import badvideos, checkpoint, lora, scoring, training
 
 
 def tenth_rows(n_rows: int, seed: int, global_batch: int, total_steps: int) -> dict:
@@ -81,7 +81,7 @@ def sample_groups(model_dir: str, rows: list[dict], cfg: dict, seed: int, batch_
 
     model, tok = lora.load_merged(model_dir)
     model.eval()
-    ds = data.RLDataset(rows, cfg["prompt_variant"], **training.video_args(argparse.Namespace(**cfg)))
+    ds = data.RLDataset(rows, cfg["prompt_variant"], **vadr.video_args(argparse.Namespace(**cfg)))
     collate = data.make_collate(tok, with_targets=False)
     g, G, groups = torch.Generator().manual_seed(seed), cfg["num_generations"], []
     for b0 in range(0, len(rows), batch_size):
@@ -90,10 +90,10 @@ def sample_groups(model_dir: str, rows: list[dict], cfg: dict, seed: int, batch_
             with badvideos.at_line(cfg["data"], rows[i]):  # a bad video: the manifest's file:line
                 items.append(ds[i])
         batch = collate(items)
-        out = fastpath.sample_group(model, {k: batch[k] for k in vadr.MODEL_INPUT_KEYS}, num_samples=G,
-                                    max_new_tokens=cfg["max_new_tokens"], temperature=cfg["temperature"],
-                                    top_p=cfg["top_p"], end_ids=vadr.end_token_ids(tok),
-                                    pad_id=vadr.pad_token_id(tok), generator=g)
+        out = grpo.sample_group(model, {k: batch[k] for k in vadr.MODEL_INPUT_KEYS}, num_samples=G,
+                                max_new_tokens=cfg["max_new_tokens"], temperature=cfg["temperature"],
+                                top_p=cfg["top_p"], end_ids=vadr.end_token_ids(tok),
+                                pad_id=vadr.pad_token_id(tok), generator=g)
         texts = grpo.decode_completions(tok, out["completion_ids"], out["completion_mask"])  # (b*G,)
         groups += [texts[j * G:(j + 1) * G] for j in range(len(texts) // G)]
     return groups

@@ -31,8 +31,9 @@ import os
 
 import torch
 
+import grpo
 import vadr
-from extras import checkpoint, fastpath, lora, training
+from extras import checkpoint, lora
 from vadr import (DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, DEFAULT_SYSTEM_PROMPT, IMAGE_FACTOR,
                   SPECIAL_TOKENS, TEMPORAL_PATCH_SIZE, build_prompt, is_main, smart_resize,
                   unwrap)
@@ -592,6 +593,11 @@ def add_scale_args(ap: argparse.ArgumentParser, stage: str):
                        help="under FSDP, sample with sharded weights (an all-gather of every "
                             "layer at every decode step) instead of gathering them once per RL "
                             "step")
+        g.add_argument("--plain-scoring", action="store_true",
+                       help="score the completions (log pi of Eq. 3) with grpo.completion_logprobs "
+                            "instead of extras/fastpath.py's drop-in: the same values to float "
+                            "rounding, with more time and memory (the prompt and the vision tower "
+                            "run G times, a float32 log-softmax over the vocabulary)")
     return g
 
 
@@ -599,6 +605,6 @@ def sample_idle(model, tok, row: dict, prompt: str, args, device, sample_kw: dic
     """Under FSDP every forward is a collective: a rank whose verification trims were all empty
     still runs the sampling loop, on its untrimmed first video, and throws the result away (its
     rewards stay 0), so that the other ranks' second pass does not hang."""
-    vid = vadr.encode_video(row["video_path"], **training.video_args(args))
+    vid = vadr.encode_video(row["video_path"], **vadr.video_args(args))
     dummy = {**vadr.build_chat_inputs(tok, [prompt], vid["video_grid_thw"]), **vid}
-    fastpath.sample_group(model, vadr.to_device(dummy, device), num_samples=1, **sample_kw)
+    grpo.sample_group(model, vadr.to_device(dummy, device), num_samples=1, **sample_kw)

@@ -50,7 +50,7 @@ import torch
 import data
 import grpo
 import vadr
-from extras import badvideos, checkpoint, fastpath, lora, report, scoring, training
+from extras import badvideos, checkpoint, lora, report, scoring, training
 
 # ---- 1. The world: categories, defaults, palettes -----------------------------------------------
 # A street seen from the side (top to bottom): sky with buildings, a walkway where people walk,
@@ -1067,7 +1067,7 @@ def greedy_captions(model, tok, rows: list[dict], manifest: str, frames: int = 1
         def target(self, row):
             return ""
 
-    ds = _Prompts(rows, **training.video_args(argparse.Namespace(**dict(training.VIDEO_TOY, frames=frames))))
+    ds = _Prompts(rows, **vadr.video_args(argparse.Namespace(**dict(training.VIDEO_TOY, frames=frames))))
     collate = data.make_collate(tok, with_targets=False)
     captions = []
     with torch.no_grad():
@@ -1077,9 +1077,9 @@ def greedy_captions(model, tok, rows: list[dict], manifest: str, frames: int = 1
                 with badvideos.at_line(manifest, rows[i]):  # a bad video: manifest file:line
                     items.append(ds[i])
             batch = collate(items)
-            out = fastpath.sample_group(model, {k: batch[k] for k in vadr.MODEL_INPUT_KEYS},
-                                        num_samples=1, max_new_tokens=max_new_tokens, greedy=True,
-                                        end_ids=vadr.end_token_ids(tok), pad_id=vadr.pad_token_id(tok))
+            out = grpo.sample_group(model, {k: batch[k] for k in vadr.MODEL_INPUT_KEYS},
+                                    num_samples=1, max_new_tokens=max_new_tokens, greedy=True,
+                                    end_ids=vadr.end_token_ids(tok), pad_id=vadr.pad_token_id(tok))
             captions += grpo.decode_completions(tok, out["completion_ids"], out["completion_mask"])
     return captions
 

@@ -47,12 +47,6 @@ def add_video_args(ap: argparse.ArgumentParser, defaults: dict | None = None):
     return g
 
 
-def video_args(args) -> dict:
-    """The flags as vadr.encode_video's keywords (also data.SFTDataset's)."""
-    return dict(num_frames=args.frames, min_pixels=args.min_pixels, max_pixels=args.max_pixels,
-                frame_rule=args.frame_rule, grid_time=args.grid_time)
-
-
 def add_run_args(ap: argparse.ArgumentParser, default_out: str):
     g = ap.add_argument_group("run, checkpoints, distributed")
     g.add_argument("--out", default=default_out, help="run directory: checkpoints, log.jsonl, run_config.json")
@@ -192,13 +186,6 @@ def prepare_model(model, args, dist_info: dict):
     return wrap_model(model, mode, dist_info["device"], bf16=bf16), mode
 
 
-def autocast(device):
-    """bf16 autocast on GPU (paper: bf16), plain fp32 on CPU."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
-
-
 # ---- run setup: where the loop starts ----
 
 def start_state(resume_dir, model, optimizer, scheduler, rank: int, seed: int | None) -> dict:
@@ -228,11 +215,11 @@ def plan_steps(args, n_rows: int, world: int, grad_accum: int = 1) -> tuple[int,
     return global_batch, steps_per_epoch, total_steps
 
 
-def rl_log_fields(R, G: int, parts: list[dict], mask, zero_std, lr: float, timings: dict,
-                  stats: list[dict]) -> dict:
-    """rollout.rl_step's log fields: mean reward and its within-group std, each reward part's
-    mean, the completion length, the share of groups with zero std, lr, the timings, then the
-    loss stats of the mu updates averaged."""
+def rl_log_fields(out: dict, G: int) -> dict:
+    """grpo.rl_step's result as log fields: mean reward and its within-group std, each reward
+    part's mean, the completion length, the share of groups with zero std, lr, the timings, then
+    the loss stats of the mu updates averaged."""
+    R, parts, mask, zero_std, stats = (out[k] for k in ("R", "parts", "mask", "zero_std", "stats"))
     mean = lambda k: float(np.mean([p[k] for p in parts]))
     out = dict(reward=float(R.numpy().mean()),
                reward_std=float(R.view(-1, G).std(1, unbiased=False).mean()),
@@ -240,6 +227,6 @@ def rl_log_fields(R, G: int, parts: list[dict], mask, zero_std, lr: float, timin
                reward_verification=mean("verification"), reward_length=mean("length"),
                **({"reward_spatial": mean("spatial")} if parts and "spatial" in parts[0] else {}),
                completion_length=float(mask.sum(1).float().mean()),
-               zero_std_fraction=float(zero_std.float().mean()), lr=lr, **timings)
+               zero_std_fraction=float(zero_std.float().mean()), lr=out["lr"], **out["timings"])
     out.update({k: float(np.mean([s[k] for s in stats])) for k in stats[0]})
     return out

@@ -61,7 +61,7 @@ import torch.nn.functional as F
 import data
 import grpo
 import vadr
-from extras import badvideos, checkpoint, fastpath, flagcheck, lora, metrics, scoring
+from extras import badvideos, checkpoint, flagcheck, lora, metrics, scoring
 
 # ---- boxes: [x1, y1, x2, y2] normalised to 0-1, 3 decimals (the grounding stage's target) -------
 
@@ -432,8 +432,8 @@ def add_spatial_rewards(parts: list[dict], model, tok, rows: list[dict], texts: 
     if vids:
         vv = vadr.collate_videos(vids)
         batch = {**vadr.build_chat_inputs(tok, [prompt] * len(vids), vv["video_grid_thw"]), **vv}
-        out = fastpath.sample_group(model, vadr.to_device(batch, device), num_samples=1,
-                                    **sample_kw)
+        out = grpo.sample_group(model, vadr.to_device(batch, device), num_samples=1,
+                                **sample_kw)
         for i, s in zip(which, grpo.decode_completions(tok, out["completion_ids"],
                                                        out["completion_mask"])):
             seconds[i] = s

@@ -162,18 +162,25 @@ def test_dataset_marks_or_replaces_a_bad_video_and_tally_counts_it(tiny_world, b
 
 
 def test_rl_second_pass_skips_a_video_that_fails_there(bad_videos, tmp_path, capsys):
+    """grpo.verification_inputs with train_rl.py's hooks (extras/rollout.step_hooks)."""
     import random
+    import grpo
     from extras import rollout
     row = dict(bad_videos["text"][1], line=7, video_path=bad_videos["text"][0], solution="Abnormal")
     args = SimpleNamespace(data="rl.jsonl", skip_bad=True, frames=4, min_pixels=3136, max_pixels=100352,
-                           frame_rule="paper", grid_time="one")
+                           frame_rule="paper", grid_time="one", no_rollout_gather=False,
+                           spatial_verification=False, dynamic_sampling=False)
     texts = ["<answer><which>Fighting</which><when>[0.2, 0.5]</when></answer>"] * 2
-    got = rollout.verification_inputs(None, [row], texts, 2, random.Random(0), args, "p", "cpu")
+    second = lambda: grpo.verification_inputs(None, [row], texts, 2, random.Random(0), vadr.video_args(args), "p",
+                                              "cpu", rollout.step_hooks(args, None, "none", None).bad_video)
+    got = second()
     assert got == (None, [])                    # both completions: no second pass, each one said
     assert capsys.readouterr().err.count("--skip-bad: skipped rl.jsonl:7: cannot read video") == 2
     args.skip_bad = False
     with pytest.raises(vadr.InputError, match=r"rl\.jsonl:7: cannot read video .*text\.mp4.*--skip-bad"):
-        rollout.verification_inputs(None, [row], texts, 2, random.Random(0), args, "p", "cpu")
+        second()
+    with pytest.raises(vadr.VideoError, match=r"cannot read video .*text\.mp4"):  # no hook: the error stands
+        grpo.verification_inputs(None, [row], texts, 2, random.Random(0), vadr.video_args(args), "p", "cpu")
 
 
 def test_train_sft_skip_bad_finishes_and_counts(tiny_world, bad_videos, tmp_path):

@@ -92,6 +92,8 @@ RL_BAD = [
     (["--epsilon", "1"],
      "--epsilon 1.0: the clip range [1 - eps, 1 + eps] of Eq. 3 needs 0 < eps < 1"),
     (["--mu", "0"], "--mu 0: policy updates per rollout: at least 1"),
+    (["--plain-scoring", "--dry-run"], "--dry-run estimates the memory of extras/fastpath.py's "
+                                       "scoring, not grpo's: drop --plain-scoring"),
     (["--epochs", "0"], f"--epochs 0: {EPOCHS}"),
     (["--max-steps", "0"], f"--max-steps 0: {STEPS}"),
     (["--batch-size", "0"], "--batch-size 0: videos per batch: at least 1"),

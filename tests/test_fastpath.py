@@ -1,12 +1,14 @@
-"""The fast paths (extras/fastpath.py) give grpo.py's plain results and the naive paths' results
-(extras/bench.py measures what they save; docs/performance.md has the numbers).
+"""The sampler that runs (grpo.sample_group) and the scorer's drop-in (extras/fastpath.py) give the
+plain results and the naive paths' results (extras/bench.py measures what they save;
+docs/performance.md has the numbers).
 
-  * fastpath.sample_group (grpo's loop plus a preallocated cache, prepared decode masks and
-    inference_mode) = grpo.sample_group: the same completions, masks and sampling-time log-probs,
-    greedy and sampled under one seed, with left padding, G = 1 and 3.
+  * grpo.sample_group (prefill once, a preallocated cache, prepared decode masks, inference_mode)
+    = the plain step-by-step loop below (_loop_sample_group: HF's cache grown by torch.cat, the 2D
+    mask grown per step): the same completions, masks and sampling-time log-probs, greedy and
+    sampled under one seed, with left padding, G = 1 and 3, and with a stop.
   * fastpath.completion_logprobs (vision once per video, chunked log-probs with an in-place
     backward) = grpo.completion_logprobs: values and gradients; invariant to the chunk size.
-  * both sample_group versions vs HF generate(num_return_sequences=G): identical greedy
+  * both samplers vs HF generate(num_return_sequences=G): identical greedy
     completions (with an early end token, left padding, G = 1 and 2), identical SAMPLED completions
     under one seed (HF's sampler draws from the global RNG the way sample_group draws from its
     generator: one multinomial over the (B*G, V) probabilities per step), and the same per-step
@@ -33,7 +35,44 @@ import rewards
 import vadr
 from extras import bench, fastpath, toymodel
 
-IMPLS = {"grpo": grpo, "fastpath": fastpath}   # the plain version and the one the scripts run
+IMPLS = {"grpo": grpo, "fastpath": fastpath}   # the scorers: the plain one and the drop-in
+
+
+def _loop_sample_group(model, inputs, num_samples=1, max_new_tokens=768, temperature=1.0, top_p=1.0,
+                       greedy=False, end_ids=(), pad_id=0, generator=None, suppress_vision=True):
+    """The oracle: grpo.sample_group's steps in their plainest form (HF's DynamicCache appending by
+    torch.cat, the 2D attention mask grown by one column per step, no_grad, no stop)."""
+    inner, G = vadr.unwrap(model), num_samples
+    N, dev = inputs["input_ids"].shape[0] * G, inputs["input_ids"].device
+    banned = torch.tensor(grpo.vision_token_ids(inner.config) if suppress_vision else [], device=dev,
+                          dtype=torch.long)
+    end = torch.tensor(list(end_ids), device=dev, dtype=torch.long)
+    with torch.no_grad():
+        cache, logits, pos = grpo.prefill(model, inputs, G)
+        attn = inputs["attention_mask"].repeat_interleave(G, 0)
+        next_pos = (pos.amax(dim=(0, 2)) + 1).repeat_interleave(G, 0)
+        done = torch.zeros(N, dtype=torch.bool, device=dev)
+        toks, lps = [], []
+        for t in range(max_new_tokens):
+            tok, lp = grpo.choose_token(logits, temperature, top_p, greedy, banned, generator)
+            tok = torch.where(done, torch.full_like(tok, pad_id), tok)
+            toks.append(tok)
+            lps.append(torch.where(done, torch.zeros_like(lp), lp))
+            done = done | torch.isin(tok, end)
+            if bool(done.all()) or t == max_new_tokens - 1:
+                break
+            attn = torch.cat([attn, attn.new_ones(N, 1)], 1)
+            out = inner(input_ids=tok[:, None], attention_mask=attn,
+                        position_ids=next_pos.view(1, N, 1).expand(3, N, 1), past_key_values=cache, use_cache=True)
+            cache, logits = out.past_key_values, out.logits[:, -1].float()
+            next_pos = next_pos + 1
+    ids = torch.stack(toks, 1)
+    mask = grpo.completion_mask(ids, list(end_ids), pad_id)
+    return dict(completion_ids=ids, completion_mask=mask, logprobs=torch.stack(lps, 1) * mask,
+                prompt_positions_max=pos.amax(dim=(0, 2)))
+
+
+SAMPLERS = {"grpo": grpo.sample_group, "loop": _loop_sample_group}   # the one that runs, the oracle
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -76,17 +115,24 @@ def _generate(t, model, inputs, G, T, **kw):
     return g.sequences[:, P:], g
 
 
-# ---------------------------------------------------------------- the fast paths = grpo.py's plain versions
+# ---------------------------------------------------------------- grpo's sampler = the plain loop, fastpath's scorer = grpo's
 
-@pytest.mark.parametrize("G,greedy,seed", [(1, True, 0), (3, True, 0), (3, False, 0), (3, False, 1)])
-def test_fast_sample_group_equals_plain(toy, G, greedy, seed):
+@pytest.mark.parametrize("G,greedy,seed,attn", [(1, True, 0, "sdpa"), (3, True, 0, "sdpa"), (3, False, 0, "sdpa"),
+                                                (3, False, 1, "sdpa"), (3, False, 0, "eager")])
+def test_sample_group_equals_the_plain_loop(toy, G, greedy, seed, attn):
     """Left-padded batch of two videos: the same tokens, masks and positions; the sampling-time
-    log-probs to float rounding (the same ops on the same values, a view of a preallocated cache)."""
+    log-probs to float rounding (the same ops on the same values, a view of a preallocated cache).
+    eager: the decode mask is the 2D one sliced, not SDPA's prepared 4D one."""
     t = toy
+    model = t["model"]
+    if attn != "sdpa":
+        model = copy.deepcopy(model)
+        model.set_attn_implementation(attn)
+    assert model.config.get_text_config()._attn_implementation == attn
     kw = dict(num_samples=G, max_new_tokens=10, temperature=0.7, top_p=0.9, greedy=greedy,
               end_ids=t["end"], pad_id=t["pad"])
-    plain = grpo.sample_group(t["model"], t["inputs"], generator=torch.Generator().manual_seed(seed), **kw)
-    fast = fastpath.sample_group(t["model"], t["inputs"], generator=torch.Generator().manual_seed(seed), **kw)
+    plain = _loop_sample_group(model, t["inputs"], generator=torch.Generator().manual_seed(seed), **kw)
+    fast = grpo.sample_group(model, t["inputs"], generator=torch.Generator().manual_seed(seed), **kw)
     assert plain["completion_ids"].shape[0] == 2 * G
     for k in ("completion_ids", "completion_mask", "prompt_positions_max"):
         assert torch.equal(plain[k], fast[k]), k
@@ -122,23 +168,23 @@ def test_fast_completion_logprobs_equal_plain_values_and_gradients(toy, temperat
 
 # ---------------------------------------------------------------- greedy and sampled completions = HF generate
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", SAMPLERS)
 @pytest.mark.parametrize("G", [1, 2])
 def test_greedy_equals_hf_generate(toy, G, impl):
     t = toy
-    ours = IMPLS[impl].sample_group(t["model"], t["inputs"], num_samples=G, max_new_tokens=8,
+    ours = SAMPLERS[impl](t["model"], t["inputs"], num_samples=G, max_new_tokens=8,
                                     greedy=True, end_ids=t["end"], pad_id=t["pad"])
     hf, _ = _generate(t, t["model"], t["inputs"], G, 8, do_sample=False)
     assert torch.equal(ours["completion_ids"], hf)
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", SAMPLERS)
 def test_greedy_equals_hf_generate_with_an_early_end(toy, impl):
     """Make <|im_end|> win exactly where video 0's completion would first emit a token x that video 1's
     never does: W[end] = 1.01 W[x] (x's logit is the positive maximum there). Video 0's samples stop and
     are padded, video 1's go on: as generate does."""
     t = toy
-    first = IMPLS[impl].sample_group(t["model"], t["inputs"], num_samples=1, max_new_tokens=8,
+    first = SAMPLERS[impl](t["model"], t["inputs"], num_samples=1, max_new_tokens=8,
                                      greedy=True, end_ids=t["end"], pad_id=t["pad"])["completion_ids"]
     k = next(i for i, v in enumerate(first[0].tolist()) if v not in first[1].tolist())
     x = int(first[0, k])
@@ -146,7 +192,7 @@ def test_greedy_equals_hf_generate_with_an_early_end(toy, impl):
     im_end = t["tok"].convert_tokens_to_ids("<|im_end|>")
     with torch.no_grad():
         model.lm_head.weight[im_end] = 1.01 * model.lm_head.weight[x]
-    ours = IMPLS[impl].sample_group(model, t["inputs"], num_samples=2, max_new_tokens=8, greedy=True,
+    ours = SAMPLERS[impl](model, t["inputs"], num_samples=2, max_new_tokens=8, greedy=True,
                                     end_ids=t["end"], pad_id=t["pad"])
     hf, _ = _generate(t, model, t["inputs"], 2, 8, do_sample=False)
     ids = ours["completion_ids"]
@@ -156,11 +202,11 @@ def test_greedy_equals_hf_generate_with_an_early_end(toy, impl):
     assert (ids[:2, k + 1:] == t["pad"]).all() and ours["completion_mask"][2:].sum() == 16
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", SAMPLERS)
 @pytest.mark.parametrize("seed", [0, 1])
 def test_sampled_completions_equal_hf_generate_under_one_seed(toy, seed, impl):
     t = toy
-    ours = IMPLS[impl].sample_group(t["model"], t["inputs"], num_samples=3, max_new_tokens=10,
+    ours = SAMPLERS[impl](t["model"], t["inputs"], num_samples=3, max_new_tokens=10,
                                     temperature=0.7, top_p=0.9, end_ids=t["end"], pad_id=t["pad"],
                                     generator=torch.Generator().manual_seed(seed))
     torch.manual_seed(seed)                                # HF samples from the global generator
@@ -184,21 +230,23 @@ def test_sampled_completions_equal_hf_generate_under_one_seed(toy, seed, impl):
 
 def test_stopped_rows_keep_their_tokens_and_the_others_are_untouched(toy):
     """A stop that ends the rows starting with an even token at their 3rd token: those rows' tokens and
-    log-probs up to the cut are the ones of the run without a stop, their masks end there; every other
-    row is identical; the loop ends earlier only when every row is done."""
+    log-probs up to the cut are the ones of the plain loop without a stop, their masks end there and
+    padding follows; every other row is identical; the loop ends earlier only when every row is done."""
     t = toy
     kw = dict(num_samples=3, max_new_tokens=10, temperature=1.5, end_ids=t["end"], pad_id=t["pad"])
-    plain = fastpath.sample_group(t["model"], t["inputs"], generator=torch.Generator().manual_seed(1), **kw)
+    plain = _loop_sample_group(t["model"], t["inputs"], generator=torch.Generator().manual_seed(1), **kw)
     even = [i for i, v in enumerate(plain["completion_ids"][:, 0].tolist()) if v % 2 == 0]
     assert 0 < len(even) < 6                                  # both kinds of rows, so the checks can fail
     stop = (list(range(len(t["tok"]))), lambda ids: len(ids) == 3 and ids[0] % 2 == 0)
-    cut = fastpath.sample_group(t["model"], t["inputs"], generator=torch.Generator().manual_seed(1), stop=stop, **kw)
+    cut = grpo.sample_group(t["model"], t["inputs"], generator=torch.Generator().manual_seed(1), stop=stop, **kw)
     m0, m1 = plain["completion_mask"], cut["completion_mask"]
+    assert m1.shape[1] <= m0.shape[1]
     for n in range(6):
         k = min(3, int(m0[n].sum())) if n in even else int(m0[n].sum())
         assert torch.equal(cut["completion_ids"][n, :k], plain["completion_ids"][n, :k]), n
+        assert (cut["completion_ids"][n, k:] == t["pad"]).all(), n
         assert m1[n].tolist() == [1.0] * k + [0.0] * (m1.shape[1] - k), n
-        assert torch.allclose(cut["logprobs"][n], plain["logprobs"][n] * m1[n], atol=1e-6), n
+        assert torch.allclose(cut["logprobs"][n], plain["logprobs"][n, :m1.shape[1]] * m1[n], atol=1e-6), n
 
 
 COMPLETIONS = [
@@ -223,11 +271,11 @@ def test_label_settled_means_no_continuation_changes_the_label():
     <which>) never settle, where a tail would indeed change the label."""
     for c in COMPLETIONS:
         for k in range(len(c) + 1):
-            if fastpath.label_settled(c[:k]):
+            if grpo.label_settled(c[:k]):
                 label = vadr.parse_completion(c[:k])["label"]
                 for tail in [c[k:]] + TAILS:
                     assert vadr.parse_completion(c[:k] + tail)["label"] == label, (c[:k], tail)
-    first = lambda c: next((k for k in range(len(c) + 1) if fastpath.label_settled(c[:k])), None)
+    first = lambda c: next((k for k in range(len(c) + 1) if grpo.label_settled(c[:k])), None)
     for c in COMPLETIONS[:3] + COMPLETIONS[5:6] + COMPLETIONS[7:]:
         assert first(c) == c.index("</which>", c.index("<answer>")) + len("</which>"), c
     for c in (COMPLETIONS[3], COMPLETIONS[4], COMPLETIONS[6]):
@@ -242,8 +290,8 @@ def test_label_stop_cuts_a_tokenised_completion_right_after_its_settled_which(to
     first passes at the token that closes the answer's </which> (a token may hold more, '>.'); the cut text has
     the full text's label."""
     tok = toy["tok"]
-    cands, check = fastpath.label_stop(tok)
-    assert fastpath.label_stop(tok) is fastpath.label_stop(tok)        # built once per tokenizer
+    cands, check = grpo.label_stop(tok)
+    assert grpo.label_stop(tok) is grpo.label_stop(tok)        # built once per tokenizer
     for c in COMPLETIONS[:3]:
         ids = tok(c)["input_ids"]
         k = next(k for k in range(1, len(ids) + 1) if ids[k - 1] in cands and check(ids[:k]))
@@ -255,14 +303,15 @@ def test_label_stop_cuts_a_tokenised_completion_right_after_its_settled_which(to
 
 # ---------------------------------------------------------------- sampling-time log-probs, positions, prefill once
 
+@pytest.mark.parametrize("sampler", SAMPLERS)
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("greedy", [True, False])
-def test_sampling_logprobs_equal_teacher_forced(toy, greedy, impl):
+def test_sampling_logprobs_equal_teacher_forced(toy, greedy, impl, sampler):
     """With suppress_vision=False the sampled distribution is softmax(logits / T) exactly, the one
     completion_logprobs scores (with suppression the sampling-time values are renormalised over the
     allowed ids: larger by -log(1 - p(vision ids)), a few 1e-3 on the random toy)."""
     t, G, temp = toy, 2, (1.0 if greedy else 0.7)
-    out = IMPLS[impl].sample_group(t["model"], t["inputs"], num_samples=G, max_new_tokens=9,
+    out = SAMPLERS[sampler](t["model"], t["inputs"], num_samples=G, max_new_tokens=9,
                                    temperature=temp, top_p=0.9, greedy=greedy, end_ids=t["end"],
                                    pad_id=t["pad"], suppress_vision=False,
                                    generator=torch.Generator().manual_seed(3))
@@ -273,11 +322,11 @@ def test_sampling_logprobs_equal_teacher_forced(toy, greedy, impl):
     assert m.sum() > 0 and torch.allclose(tf * m, out["logprobs"], atol=2e-5)
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", SAMPLERS)
 def test_decode_positions_equal_get_rope_index_and_prefill_runs_once(toy, impl):
     t, G, T = toy, 3, 6
-    # every row runs to T: the fast path by ignore_eos, the plain one by an end id never sampled
-    run_to_T = dict(ignore_eos=True, end_ids=t["end"]) if impl == "fastpath" else dict(end_ids=[-1])
+    # every row runs to T: grpo's by ignore_eos, the plain loop by an end id never sampled
+    run_to_T = dict(ignore_eos=True, end_ids=t["end"]) if impl == "grpo" else dict(end_ids=[-1])
     model, inputs = t["model"], t["inputs"]
     B, P = inputs["input_ids"].shape
     calls, vision = [], []
@@ -285,7 +334,7 @@ def test_decode_positions_equal_get_rope_index_and_prefill_runs_once(toy, impl):
         lambda m, a, kw: calls.append((kw["input_ids"].shape, kw["position_ids"].clone())), with_kwargs=True)
     h2 = model.model.visual.register_forward_hook(lambda m, a, o: vision.append(a[0].shape[0]))
     try:
-        out = IMPLS[impl].sample_group(model, inputs, num_samples=G, max_new_tokens=T, temperature=1.0,
+        out = SAMPLERS[impl](model, inputs, num_samples=G, max_new_tokens=T, temperature=1.0,
                                        pad_id=t["pad"], generator=torch.Generator().manual_seed(0),
                                        **run_to_T)
     finally:
@@ -307,7 +356,7 @@ def test_decode_positions_equal_get_rope_index_and_prefill_runs_once(toy, impl):
         assert torch.equal(pos[:, :, 0], want[:, :, P + step]), step
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("impl", SAMPLERS)
 def test_batched_verification_equals_one_call_per_video(toy, impl):
     """Algorithm 1's G trimmed videos in one left-padded batch give what G separate calls give."""
     t = toy
@@ -317,10 +366,10 @@ def test_batched_verification_equals_one_call_per_video(toy, impl):
                  **vadr.collate_videos(vids))
     assert (batch["attention_mask"] == 0).any()                                    # really padded
     kw = dict(num_samples=1, max_new_tokens=6, greedy=True, end_ids=t["end"], pad_id=t["pad"])
-    together = IMPLS[impl].sample_group(t["model"], batch, **kw)
+    together = SAMPLERS[impl](t["model"], batch, **kw)
     for b, v in enumerate(vids):
         one = dict(vadr.build_chat_inputs(t["tok"], [prompt], v["video_grid_thw"]), **v)
-        alone = IMPLS[impl].sample_group(t["model"], one, **kw)
+        alone = SAMPLERS[impl](t["model"], one, **kw)
         n = alone["completion_ids"].shape[1]
         assert torch.equal(together["completion_ids"][b, :n], alone["completion_ids"][0])
         assert torch.allclose(together["logprobs"][b, :n], alone["logprobs"][0], atol=1e-5)

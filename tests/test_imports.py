@@ -150,3 +150,44 @@ def test_the_checker_sees_what_it_checks(tmp_path):
     assert strongly_connected({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [{"a", "b", "c"}]
     assert strongly_connected({"a": {"a"}, "b": set()}) == [{"a"}]
     assert strongly_connected({"a": {"b"}, "b": set()}) == []
+
+
+# ---- what a reader follows beside Algorithm 2 is what runs (issue 35 item 1) -------------------
+
+def calls_in(module: str) -> list[str]:
+    """Every call target of a module as written (`grpo.rl_step(...)` -> "grpo.rl_step")."""
+    tree = ast.parse(open(MODS[module], encoding="utf-8").read(), MODS[module])
+    return [ast.unparse(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)]
+
+
+def source(module: str) -> str:
+    return open(MODS[module], encoding="utf-8").read()
+
+
+SCORER_LINE = "score = grpo.completion_logprobs if args.plain_scoring else fastpath.completion_logprobs"
+
+
+def test_the_scripts_run_grpos_sampler_step_and_scorer():
+    """train_rl.py runs grpo.rl_step; its sampler is grpo.sample_group (StepHooks' default, which
+    extras/rollout.step_hooks leaves as it is) and its scorer is picked in ONE line of train_rl.py:
+    grpo.completion_logprobs, or extras/fastpath.py's drop-in unless --plain-scoring. eval.py
+    samples with grpo.sample_group. grpo.py imports no extras; every sampler call in the project
+    is grpo.sample_group's (extras/bench.py's naive one aside)."""
+    assert "grpo.rl_step" in calls_in("train_rl")
+    uses = [n for n in ast.walk(ast.parse(source("train_rl"))) if isinstance(n, ast.Attribute)
+            and isinstance(n.value, ast.Name) and n.value.id == "fastpath"]   # fastpath.X in code
+    assert [ast.unparse(n) for n in uses] == ["fastpath.completion_logprobs"]
+    assert source("train_rl").splitlines()[uses[0].lineno - 1].strip() == SCORER_LINE
+    assert "hooks.sample" in calls_in("grpo") and "hooks.score" in source("grpo")
+    assert "    sample: Callable = sample_group " in source("grpo")
+    assert "    score: Callable = completion_logprobs " in source("grpo")
+    made = [n for n in ast.walk(ast.parse(source("extras.rollout"))) if isinstance(n, ast.Call)
+            and ast.unparse(n.func) == "grpo.StepHooks"]                  # step_hooks' one StepHooks
+    assert len(made) == 1 and "sample" not in {k.arg for k in made[0].keywords}
+    assert [ast.unparse(k.value) for k in made[0].keywords if k.arg == "score"] == ["score"]
+    assert "grpo.sample_group" in calls_in("eval") and "fastpath" not in source("eval")
+    assert [t for t, _, _ in GRAPH["grpo"] if layer(t) != "core"] == []
+    samplers = {(m, c) for m in MODS for c in calls_in(m) if c.endswith("sample_group")}
+    assert {c for _, c in samplers} == {"grpo.sample_group", "naive_sample_group"}, sorted(samplers)
+    assert {m for m, c in samplers if c == "naive_sample_group"} == {"extras.bench"}
+    assert "def sample_group" not in source("extras.fastpath")

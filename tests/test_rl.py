@@ -60,6 +60,35 @@ def test_one_rl_step_changes_weights_and_logs_every_field(tiny_world, sft_ckpt, 
     assert cfg["beta"] == 0.04 and cfg["mu"] == 1 and cfg["num_generations"] == 3
 
 
+def test_plain_scoring_runs_grpos_scorer_for_the_same_step(tiny_world, sft_ckpt, tmp_path, monkeypatch):
+    """--plain-scoring: train_rl.py's one scorer line hands grpo.completion_logprobs to grpo.rl_step
+    (the reference and the policy pass), and fastpath's drop-in is not called; without it the drop-in
+    runs and grpo's is not. The flag is in run_config.json, and the two steps log the same rewards and
+    the same loss and gradient norm to float rounding."""
+    import grpo
+    import rewards
+    import train_rl
+    from extras import fastpath
+    calls = {"grpo": 0, "fastpath": 0}
+    counted = lambda name, fn: lambda *a, **k: calls.__setitem__(name, calls[name] + 1) or fn(*a, **k)
+    monkeypatch.setattr(grpo, "completion_logprobs", counted("grpo", grpo.completion_logprobs))
+    monkeypatch.setattr(fastpath, "completion_logprobs", counted("fastpath", fastpath.completion_logprobs))
+    logs = {}
+    for name, extra in (("plain", ["--plain-scoring"]), ("fast", [])):
+        flips = itertools.cycle([1.0, 0.0])
+        monkeypatch.setattr(rewards, "accuracy_reward", lambda c, s: next(flips))
+        calls.update(grpo=0, fastpath=0)
+        train_rl.main(_rl_args(tiny_world, sft_ckpt, 1, ["--out", str(tmp_path / name), "--device", "cpu",
+                                                         "--num-workers", "0", *extra]))
+        assert calls == ({"grpo": 2, "fastpath": 0} if extra else {"grpo": 0, "fastpath": 2}), name
+        assert json.load(open(tmp_path / name / "run_config.json"))["plain_scoring"] is bool(extra)
+        (logs[name],) = [json.loads(x) for x in open(tmp_path / name / "log.jsonl")]
+    plain, fast = logs["plain"], logs["fast"]
+    assert plain["sample"] == fast["sample"] and plain["reward"] == fast["reward"] and plain["grad_norm"] > 0
+    for k in ("loss", "grad_norm", "kl"):
+        assert plain[k] == pytest.approx(fast[k], rel=1e-4, abs=1e-6), k
+
+
 def test_peer_variant_flags_reach_the_loss(tiny_world, sft_ckpt, tmp_path, monkeypatch):
     """--adv-std none --loss-type dr_grpo --epsilon-high (grpo.py's peer variants): the advantages
     are r - mean (hand-checked against the rewards the step saw) and the loss gets Dr. GRPO's

@@ -159,7 +159,7 @@ def test_toy_estimate_matches_measured_memory(tiny_world, tiny_model):
 # ---- vision-tower guard ------------------------------------------------------------------------
 
 def test_vision_guard_rejects_a_forward_without_video(tiny_world, tiny_model):
-    from extras import fastpath
+    import grpo
     model, tok = copy.deepcopy(tiny_model[0]).eval(), tiny_model[1]
     scale.install_vision_guard(model)
     ds = data.SFTDataset(data.read_manifest(tiny_world["sft_train"], "sft")[:1], num_frames=4)
@@ -167,9 +167,9 @@ def test_vision_guard_rejects_a_forward_without_video(tiny_world, tiny_model):
     with pytest.raises(RuntimeError, match="without video"), torch.no_grad():
         model(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
     # decode steps (a KV cache is given) skip the vision tower on every rank alike: allowed
-    out = fastpath.sample_group(model, {k: b[k] for k in vadr.MODEL_INPUT_KEYS}, num_samples=2, max_new_tokens=3,
-                                end_ids=vadr.end_token_ids(tok), pad_id=vadr.pad_token_id(tok),
-                                generator=torch.Generator().manual_seed(0))
+    out = grpo.sample_group(model, {k: b[k] for k in vadr.MODEL_INPUT_KEYS}, num_samples=2, max_new_tokens=3,
+                            end_ids=vadr.end_token_ids(tok), pad_id=vadr.pad_token_id(tok),
+                            generator=torch.Generator().manual_seed(0))
     assert out["completion_ids"].shape[0] == 2
 
 
@@ -225,8 +225,8 @@ _WORKER = r'''
 import json, os, sys
 sys.path.insert(0, os.getcwd())
 import torch, torch.distributed as dist
-import data, vadr
-from extras import fastpath, lora, scale, training
+import data, grpo, vadr
+from extras import lora, scale, training
 
 
 def main(argv):
@@ -248,9 +248,9 @@ def main(argv):
     for gather in (True, False):  # gathered first: FSDP2 leaves the root unsharded after a forward
         calls.clear()
         with scale.rollout_weights(model, enabled=gather) as g:
-            o = fastpath.sample_group(model, {k: b[k] for k in vadr.MODEL_INPUT_KEYS}, num_samples=3, max_new_tokens=12,
-                                      temperature=3.0, top_p=1.0, end_ids=[-1], pad_id=vadr.pad_token_id(tok),
-                                      generator=torch.Generator().manual_seed(rank), sync_ranks=True)
+            o = grpo.sample_group(model, {k: b[k] for k in vadr.MODEL_INPUT_KEYS}, num_samples=3, max_new_tokens=12,
+                                  temperature=3.0, top_p=1.0, end_ids=[-1], pad_id=vadr.pad_token_id(tok),
+                                  generator=torch.Generator().manual_seed(rank), sync_ranks=True)
         res[str(gather)] = dict(ids=o["completion_ids"].tolist(), logprobs=o["logprobs"].tolist(), all_gathers=len(calls),
                                 bytes=g["bytes"])
     n_fsdp = sum(1 for m in model.modules() if isinstance(m, torch.distributed.fsdp.FSDPModule))

@@ -330,7 +330,7 @@ def _spatial_pass(monkeypatch, texts, trim=None):
     monkeypatch.setattr(vadr, "encode_frames", lambda f, *a: sampled.append(f) or {"frames": f})
     monkeypatch.setattr(vadr, "collate_videos", lambda vids: {"video_grid_thw": None})
     monkeypatch.setattr(vadr, "build_chat_inputs", lambda tok, prompts, grid: {})
-    monkeypatch.setattr(vanguard.fastpath, "sample_group", lambda *a, **k: dict(
+    monkeypatch.setattr(vanguard.grpo, "sample_group", lambda *a, **k: dict(
         completion_ids=None, completion_mask=None))
     normal = ABN.replace("<which>Fire", "<which>Normal")
     monkeypatch.setattr(vanguard.grpo, "decode_completions", lambda tok, ids, m: [normal] * len(sampled))
