@@ -2,6 +2,7 @@
 # (toy-base/, the stand-in for the pretrained Qwen2.5-VL) -> SFT -> AVA-GRPO -> eval, on the toy world.
 #   make toy            run every stage into runs/toy/ (a stage whose output exists is skipped)
 #   make toy REDO=1     redo every stage
+#   make toy-sft        only the toy world and SFT from the base: runs/toy/sft to experiment on (docs/course.md)
 #   make toy-rl-only    also the "+AVA-GRPO alone" row (RL from the base)
 #   make toy-base       rebuild toy-base/ from scratch: the toy pretraining (docs/toy-base.md)
 #   make toy-ablation   the reward ablation of the paper's Table 10 -> runs/toy/ablation/table10.md
@@ -29,7 +30,7 @@ ifdef REDO
 FORCE := force
 endif
 
-.PHONY: toy toy-base toy-base-smoke toy-rl-only toy-ablation toy-ablation-smoke toy-smoke toy-vanguard toy-vanguard-smoke \
+.PHONY: toy toy-sft toy-base toy-base-smoke toy-rl-only toy-ablation toy-ablation-smoke toy-smoke toy-vanguard toy-vanguard-smoke \
 	toy-vanguard-spatial \
 	force clean-toy
 # A stage is finished when its `done` stamp exists (touched after the script exits 0), not when its
@@ -40,6 +41,8 @@ endif
 RESUME = $(if $(REDO),--overwrite,$(if $(wildcard $(1)/done),--overwrite,$(if $(wildcard $(1)/latest $(1)/step-*),--resume $(1),--overwrite)))
 
 toy: $(RUN)/table.md
+
+toy-sft: $(RUN)/sft/done  # the course's way in: a trained SFT model, no RL, no eval
 
 $(DATA)/toy_world.json: $(FORCE)
 	$(PY) -m extras.toy --out $(DATA) $(WORLD_ARGS)

@@ -23,8 +23,10 @@ FIELDS = ["detection.accuracy", "detection.precision", "detection.recall", "dete
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make (the README's entry point)")
 def test_make_toy_smoke_runs_every_stage(tmp_path):
+    # one thread per process and two make jobs at once: the independent stages (SFT beside the base's
+    # eval, the ablation's runs, VANGUARD's baselines) share the two cores; also checks that -j is safe
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    p = subprocess.run(["make", "toy-ablation-smoke", f"PY={sys.executable}", f"SMOKE={tmp_path}"], cwd=ROOT, env=env,
+    p = subprocess.run(["make", "-j2", "toy-ablation-smoke", f"PY={sys.executable}", f"SMOKE={tmp_path}"], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=1200)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
     for f in ["data/toy_world.json", "data/Vad-Reasoning-RL.jsonl", "sft/done", "rl/done", "sft/latest",
@@ -79,7 +81,7 @@ def test_make_toy_smoke_runs_every_stage(tmp_path):
                         capture_output=True, text=True)
     assert "train_sft.py" not in p2.stdout and "train_rl.py" not in p2.stdout
     # VANGUARD's curriculum on the same world and stage-0 model: every run, merge, eval and table row
-    p3 = subprocess.run(["make", "toy-vanguard-smoke", f"PY={sys.executable}", f"SMOKE={tmp_path}"], cwd=ROOT, env=env,
+    p3 = subprocess.run(["make", "-j2", "toy-vanguard-smoke", f"PY={sys.executable}", f"SMOKE={tmp_path}"], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=1200)
     assert p3.returncode == 0, p3.stdout[-2000:] + p3.stderr[-3000:]
     assert "train_sft.py --task caption" not in p3.stdout  # the stage-0 model is make toy's
