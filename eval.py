@@ -30,14 +30,15 @@ GT. A prediction for a video not in the GT is counted and listed, never a crash.
 without a usable prediction counts WRONG in every figure (no label, IoU 0, text scores 0; the
 authors skip it: detection_matched_only), and `--score` then exits 1 without writing --json unless
 --allow-missing; repeated and malformed rows: extras/scoring.py. The ground truth gets a training
-manifest's checks (data.py, kind 'gt'). Metrics JSON (nested;
-detection.f1 is json["detection"]["f1"], a figure over an empty set is null): detection,
-detection_matched_only, detection_abnormal_only, category, reasoning, reasoning_common, frame,
-format, counts, unmatched; every key, and where we knowingly depart from the authors'
-scripts (METEOR without WordNet, our tokenizer, tags as spaces, ...): docs/eval.md.
+manifest's checks (data.py, kind 'gt'). Metrics JSON (nested; detection.f1 is
+json["detection"]["f1"], a figure over an empty set is null): detection, detection_matched_only,
+detection_abnormal_only, category, reasoning, reasoning_common, frame, format, counts, unmatched;
+every key, and where we knowingly depart from the authors' scripts (METEOR without WordNet, our
+tokenizer, tags as spaces, ...): docs/eval.md.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -51,8 +52,8 @@ from extras import (badvideos, cli, flagcheck, lora, paper_tables, predictions, 
                     scoring, textmetrics, training, vane, vanguard)
 # the label, interval and frame-level definitions extras/vanguard.py shares (extras/metrics.py);
 # frame_auc and best_f1 are what frame_metrics' four counts equal (the tests check eval's names)
-from extras.metrics import (authors_label, best_f1, fmt, frame_auc, frame_labels, frames_inside,
-                            get_metric, gt_interval, gt_label)
+from extras.metrics import (authors_label, best_f1, frame_auc, frame_labels, frames_inside,
+                            gt_interval, gt_label)
 from vadr import parse_completion
 
 
@@ -294,86 +295,9 @@ def score_predictions(pred_rows: list[dict], gt_rows: list[dict], pred_where=Non
     return res
 
 
-# ---- 4. Tables (paper Table 2 / Table 4 layouts), with the paper's published rows ----------------
-
-# Columns: (header, dotted metric key). Table 2: reasoning (BLEU-2, METEOR, ROUGE-2) and
-# detection (Acc, F1, mIoU, R@0.3, R@0.5). Table 4: BLEU-2, ROUGE-1/2/L, Prec., mIoU, R@0.3/0.5/0.7.
-TABLE2_COLUMNS = [("BLEU-2", "reasoning.bleu2"), ("METEOR", "reasoning.meteor"),
-                  ("ROUGE-2", "reasoning.rouge2"), ("Acc", "detection.accuracy"),
-                  ("F1", "detection.f1"), ("mIoU", "detection.miou"),
-                  ("R@0.3", "detection.r@0.3"), ("R@0.5", "detection.r@0.5")]
-TABLE4_COLUMNS = [("BLEU-2", "reasoning.bleu2"), ("ROUGE-1", "reasoning.rouge1"),
-                  ("ROUGE-2", "reasoning.rouge2"), ("ROUGE-L", "reasoning.rouge_l"),
-                  ("Prec.", "detection.precision"), ("mIoU", "detection.miou"),
-                  ("R@0.3", "detection.r@0.3"), ("R@0.5", "detection.r@0.5"),
-                  ("R@0.7", "detection.r@0.7")]
-
-
-# The paper's published rows (extras/paper_tables.py, as printed), keyed like our metrics.
-_T2, _T4 = [k for _, k in TABLE2_COLUMNS], [k for _, k in TABLE4_COLUMNS]
-PAPER_TABLE2 = {name: dict(zip(_T2, v)) for name, v in paper_tables.TABLE2.items()}
-PAPER_TABLE4 = {name: dict(zip(_T4, v)) for name, v in paper_tables.TABLE4.items()}
-
-
-def format_table(named_metrics: dict[str, dict], with_paper: bool = False,
-                 layout: str = "table2") -> str:
-    """A Markdown table, one row per named metrics dict (nested as score_predictions returns, or
-    flat with dotted keys). layout "table2": the paper's Table 2 columns; "table4": Table 4's.
-    with_paper=True appends the paper's published rows of that table (numbers as printed).
-    Missing figures print as "-". Values are printed to three decimals like the paper."""
-    cols = {"table2": TABLE2_COLUMNS, "table4": TABLE4_COLUMNS}[layout]
-    rows = dict(named_metrics)
-    if with_paper:
-        rows.update(PAPER_TABLE2 if layout == "table2" else PAPER_TABLE4)
-    lines = ["| Method | " + " | ".join(h for h, _ in cols) + " |",
-             "|---|" + "---:|" * len(cols)]
-    for name, met in rows.items():
-        cells = [fmt(get_metric(met, key)) for _, key in cols]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def format_report(metrics: dict, name: str = "ours", with_paper: bool = False) -> str:
-    """The CLI's printout: Table 2 and Table 4 layouts, the common-convention figures, counts."""
-    c = metrics["counts"]
-    rc, da = metrics["reasoning_common"], metrics["detection_abnormal_only"]
-    parts = [
-        "Authors' protocol (docs/paper-vs-authors.md s.3), Table 2 layout:",
-        format_table({name: metrics}, with_paper, "table2"),
-        "", "Table 4 layout:", format_table({name: metrics}, with_paper, "table4"), "",
-        f"Common conventions: cumulative BLEU-2 {fmt(rc['bleu2'])}, rouge-score R-1/R-2/R-L "
-        f"{fmt(rc['rouge1'])}/{fmt(rc['rouge2'])}/{fmt(rc['rouge_l'])}; abnormal-only mIoU "
-        f"{fmt(da['miou'])}, R@0.3/0.5/0.7 "
-        f"{fmt(da['r@0.3'])}/{fmt(da['r@0.5'])}/{fmt(da['r@0.7'])} "
-        f"(n={da['n']}); category acc {fmt(metrics['category']['accuracy'])}; "
-        f"frame AUC {fmt(metrics['frame']['auc'])}, best F1 {fmt(metrics['frame']['best_f1'])}",
-        "Counts: " + ", ".join(f"{k}={v}" for k, v in c.items()),
-    ]
-    return "\n".join(parts + scoring.warnings(metrics, fmt))
-
-
-# ---- 5. Inference: a checkpoint over a test manifest -> predictions JSONL ------------------------
-# The authors' inference settings (docs/paper-vs-authors.md s.3, s.5): 16 frames at
-# linspace(0, total-1, 16), 28*28 .. 128*28*28 pixels per frame, up to 512 new tokens, sampled at
-# temperature 0.1 / top_p 0.9. Greedy by default (what a table should report); --authors-inference
-# samples as they did and refuses flags that contradict their settings. Rows in their layout,
-# flushed per batch; resume and torchrun shards: extras/predictions.py.
-AUTHORS_INFERENCE = dict(training.VIDEO_AUTHORS_INFERENCE, temperature=0.1, top_p=0.9,
-                         max_new_tokens=512)
-
-
-def resolve_inference_args(args):
-    """Unset generation and video flags take the authors' inference values; with
-    --authors-inference a flag set to anything else is an error (their settings, or none)."""
-    for k, v in AUTHORS_INFERENCE.items():
-        if getattr(args, k) is None:
-            setattr(args, k, v)
-        elif args.authors_inference and getattr(args, k) != v:
-            raise vadr.InputError(f"--authors-inference fixes --{k.replace('_', '-')} to {v}; "
-                                  f"drop --{k.replace('_', '-')} {getattr(args, k)}")
-    args.sample = args.sample or args.authors_inference
-    return args
-
+# ---- 4. Inference: a checkpoint over a test manifest -> predictions JSONL ------------------------
+# Greedy, or the authors' sampling (AUTHORS_INFERENCE, beside the flags in section 6). Rows in
+# their layout, flushed per batch; resume and torchrun shards: extras/predictions.py.
 
 def generate_outputs(model, tok, batch: dict, args, generator=None) -> list[str]:
     """One batched generation (grpo.sample_group, one sample per video); texts up to the end
@@ -446,7 +370,7 @@ def run_inference(args) -> int:
     return 0
 
 
-# ---- 6. Command line: scoring, VANE, the toy report ----------------------------------------------
+# ---- 5. --score: predictions against the ground truth (the printout: extras/paper_tables.py) ---
 
 def run_scoring(pred_path: str, gt_path: str, json_path: str | None = None,
                 with_paper: bool = False, name: str = "ours", skip_bad: bool = False,
@@ -477,7 +401,7 @@ def run_scoring(pred_path: str, gt_path: str, json_path: str | None = None,
     if frame_scores:
         metrics["frame_head"] = vanguard.head_frame_metrics(
             *load_jsonl(frame_scores, with_lines=True), gt)
-    print(format_report(metrics, name=name, with_paper=with_paper))
+    print(paper_tables.format_report(metrics, name=name, with_paper=with_paper))
     if note := predictions.written_by(pred_path):  # which model the row named `name` is
         print(note)
     if errors:
@@ -495,76 +419,85 @@ def run_scoring(pred_path: str, gt_path: str, json_path: str | None = None,
             f"counted wrong above; --json not written. Complete the file, or pass "
             f"--allow-missing to accept a partial one")
     if json_path:
-        _write_json(json_path, metrics)
+        scoring.write_json(json_path, metrics)
     return metrics
 
 
-def _write_json(path: str, obj):
-    """--json, whole or not at all (a temporary file renamed into place)."""
-    try:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path + ".tmp", "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2)
-        os.replace(path + ".tmp", path)
-    except OSError as e:  # a folder that is a file, no permission, a full disk
-        raise vadr.InputError(f"--json {path}: cannot write it ({e.strerror}); pass another "
-                              "--json") from None
+# ---- 6. Every flag of this script, and the authors' inference settings ---------------------------
+# The authors' inference settings fill the unset flags (docs/paper-vs-authors.md s.3, s.5): 16
+# frames at linspace(0, total-1, 16), 28*28 .. 128*28*28 pixels, 512 new tokens, temperature 0.1,
+# top_p 0.9 (with --sample; greedy by default, --authors-inference samples as they did).
+AUTHORS_INFERENCE = dict(training.VIDEO_AUTHORS_INFERENCE, temperature=0.1, top_p=0.9,
+                         max_new_tokens=512)
 
 
-def run_mc_scoring(pred_path: str, gt_path: str | None = None, json_path: str | None = None,
-                   with_paper: bool = False, name: str = "ours") -> dict:
-    """What `--mc` does: multiple-choice accuracy (VANE-style JSONL, extras/vane.py)."""
-    scoring.check_output("eval.py", "--json", json_path, {"--mc": pred_path, "--gt": gt_path})
-    preds = load_jsonl(pred_path)
-    res = vane.score_multiple_choice(preds, load_jsonl(gt_path) if gt_path else None)
-    if json_path:
-        _write_json(json_path, {"multiple_choice": res})
-    print(vane.format_mc_table({name: res}, with_paper))
-    return res
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        description="Vad-R1 evaluation: inference (--model) or scoring (--score / --mc).")
+    g = ap.add_argument_group("inference (a checkpoint over a manifest -> predictions JSONL)")
+    g.add_argument("--model", help="checkpoint directory, or 'toy'")
+    g.add_argument("--data", help="test manifest JSONL (Vad-Reasoning SFT-test rows)")
+    g.add_argument("--video-root", help="directory the videos are resolved against")
+    g.add_argument("--out", help="predictions JSONL to write")
+    g = ap.add_argument_group("generation (docs/paper-vs-authors.md s.3)")
+    g.add_argument("--batch-size", type=int, default=4, help="videos per generation batch")
+    g.add_argument("--limit", type=int, help="only the first N videos of the manifest")
+    g.add_argument("--sample", action="store_true",
+                   help="sample (temperature/top-p) instead of greedy")
+    g.add_argument("--authors-inference", action="store_true",
+                   help="the authors' inference settings: --sample, and the defaults below fixed")
+    g.add_argument("--temperature", type=float, default=None,
+                   help="sampling temperature with --sample (authors: 0.1)")
+    g.add_argument("--top-p", type=float, default=None, help="nucleus with --sample (authors: 0.9)")
+    g.add_argument("--max-new-tokens", type=int, default=None,
+                   help="max completion length (authors: 512)")
+    g.add_argument("--prompt-variant", default="fine", choices=["fine", "binary"],
+                   help="<which>: categories or Abnormal/Normal")
+    g.add_argument("--skip-bad", action="store_true",
+                   help="skip (and count) bad manifest rows instead of failing")
+    g.add_argument("--num-workers", type=int, default=1, help="DataLoader workers decoding videos")
+    g.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
+    g.add_argument("--seed", type=int, default=0, help="sampling seed (with --sample)")
+    # --frames --frame-rule --max-pixels --min-pixels --grid-time, unset: AUTHORS_INFERENCE's
+    training.add_video_args(ap)
+    g = ap.add_argument_group("scoring")
+    g.add_argument("--score", metavar="PREDS",
+                   help="predictions JSONL (source, video, output) to score")
+    g.add_argument("--gt",
+                   help="ground-truth JSONL (Vad-Reasoning SFT-test format; for --mc optional)")
+    g.add_argument("--mc", metavar="PREDS",
+                   help="multiple-choice JSONL (id, category, question, answer, output)")
+    g.add_argument("--json", help="write every figure here (keys: docs/eval-keys.md)")
+    g.add_argument("--boxes", help="VANGUARD: GT boxes JSONL (python -m extras.vanguard boxes)")
+    g.add_argument("--frame-scores",
+                   help="VANGUARD: a stage-1 head's per-frame scores (extras.vanguard scores)")
+    g.add_argument("--allow-missing", action="store_true",
+                   help="exit 0 although GT videos lack a prediction (they count as wrong)")
+    g.add_argument("--with-paper", action="store_true",
+                   help="print the paper's published rows beside ours")
+    g.add_argument("--name", default="ours", help="row name in the printed table")
+    g.add_argument("--report", metavar="RUN_DIR",
+                   help="write RUN_DIR/table.md, curves and frame strips "
+                   "from eval_*.json and the logs (with --data/--video-root for the strips)")
+    g.add_argument("--pooled", nargs="+", metavar="RUN_DIR",
+                   help="RL minus SFT pooled over several make-toy runs (seeds) of one world, with a "
+                        "paired bootstrap over the test videos (needs --data, the test manifest; "
+                        "--pooled-stages picks the two stems)")
+    g.add_argument("--pooled-stages", nargs=2, default=["sft", "rl"], metavar=("A", "B"),
+                   help="--pooled compares preds_B.jsonl with preds_A.jsonl in each run")
+    g.add_argument("--ablation-report", metavar="ABL_DIR",
+                   help="write ABL_DIR/table10.md from eval_<stem>.json and <stem>/log.jsonl "
+                        "(make toy-ablation; with --with-paper the paper's 16-frame rows)")
+    return ap
 
 
-def run_report(run_dir: str, data_path: str | None, video_root: str | None,
-               n_strips: int = 8) -> str:
-    """`--report RUN_DIR` (the Makefile's last step): RUN_DIR/table.md, one row per stage in Table
-    4's layout, a detection/format table, RL - SFT with bootstrap intervals, curves and strips."""
-    if not os.path.isdir(run_dir):
-        raise vadr.InputError(f"--report {run_dir}: "
-                              f"{'not a directory' if os.path.exists(run_dir) else 'not found'};"
-                              f" pass the run directory holding eval_*.json (`make toy RUN="
-                              f"{run_dir}` makes one)")
-    table = os.path.join(run_dir, "table.md")
-    if os.path.isdir(table):
-        raise vadr.InputError(f"{table}: is a directory where --report writes its table; "
-                              "remove it")
-    named = {}
-    for key, label in report.REPORT_ROWS:
-        p = os.path.join(run_dir, f"eval_{key}.json")
-        if os.path.exists(p):  # a directory or a corrupt file there: an error, not a missing row
-            named[label] = scoring.read_json_object(p, "a metrics JSON (eval.py --json)")
-    if not named:  # empty tables that exit 0 would look like a report
-        raise vadr.InputError(f"--report {run_dir}: nothing to report (no eval_<stage>.json for a "
-                              f"stage of {', '.join(k for k, _ in report.REPORT_ROWS)}); `make toy "
-                              f"RUN={run_dir}` writes them, or eval.py --model M ... --json "
-                              f"{os.path.join(run_dir, 'eval_sft.json')}")
-    lines = ["# Toy Vad-R1: what each stage adds (layout of the paper's Table 4)", "",
-             format_table(named, layout="table4"), "",
-             "Detection and format (authors' protocol):", "",
-             "| Model | Acc | F1 | mIoU | format pass rate | category acc |",
-             "|---|---:|---:|---:|---:|---:|"]
-    keys = ("detection.accuracy", "detection.f1", "detection.miou", "format.pass_rate",
-            "category.accuracy")
-    for name, m in named.items():
-        lines.append(f"| {name} | " + " | ".join(fmt(get_metric(m, k)) for k in keys) + " |")
-    lines += report.compare_lines(run_dir, data_path, detection_metrics)  # RL - SFT, bootstrap
-    lines += report.draw_run(run_dir, data_path, video_root, load_jsonl, n_strips)
-    text = "\n".join(lines) + "\n"
-    with open(table, "w") as f:
-        f.write(text)
-    return text
+def parse_args(argv=None):
+    """parser()'s flags; the unset generation and video flags take AUTHORS_INFERENCE's values."""
+    return cli.resolve_inference_args(parser().parse_args(argv), AUTHORS_INFERENCE)
 
 
 def main(argv=None) -> int:
-    args = resolve_inference_args(cli.eval_parser().parse_args(argv))  # flags: extras/cli.py
+    args = parse_args(argv)
     flagcheck.check_flags(args, "eval")  # inference: every flag and --out, before loading
     if args.score:
         if not args.gt:
@@ -573,26 +506,13 @@ def main(argv=None) -> int:
                     args.allow_missing, boxes=args.boxes, frame_scores=args.frame_scores)
         return 0
     if args.mc:
-        run_mc_scoring(args.mc, args.gt, args.json, args.with_paper, args.name)
+        vane.run_mc_scoring(args.mc, args.gt, args.json, args.with_paper, args.name)
         return 0
     if args.model:
         return run_inference(args)
-    if args.report:
-        print(run_report(args.report, args.data, args.video_root))
-        return 0
-    if args.pooled:
-        if not args.data:
-            raise vadr.InputError("--pooled needs --data, the test manifest the runs were scored on")
-        res = report.pooled_compare(args.pooled, args.data, detection_metrics, *args.pooled_stages)
-        print("\n".join(report.pooled_lines(res)))
-        if args.json:
-            _write_json(args.json, res)
-        return 0
-    if args.ablation_report:
-        print(report.ablation_report(args.ablation_report, load_jsonl, get_metric, fmt,
-                                     paper_tables.TABLE10 if args.with_paper else None))
-        return 0
-    cli.eval_parser().print_help()
+    if args.report or args.pooled or args.ablation_report:  # the toy pipeline's reports
+        return report.report_main(args, detection_metrics)
+    parser().print_help()
     return 2
 
 

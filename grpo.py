@@ -44,6 +44,7 @@ Decisions (the paper vs the authors' trainer, docs/paper-vs-authors.md s.2)
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import functools
@@ -565,10 +566,16 @@ def rollout(model, tok, batch: dict, args, length_ranges: dict, prompt: str, sam
     return dict(ids=ids, mask=mask, texts=texts, seconds=seconds, parts=parts, R=R)
 
 
-def rl_step(model, ref_model, tok, opt, sched, batch: dict, args, step: int, rank: int,
-            length_ranges: dict, prompt: str, hooks: StepHooks | None = None) -> dict:
+# What every step shares: the policy and pi_ref (the frozen copy; None under LoRA: hooks.reference
+# turns the adapters off), the tokenizer, optimizer, schedule, length ranges, prompt and this rank.
+RLState = collections.namedtuple(
+    "RLState", "model ref_model tok opt sched length_ranges prompt rank", defaults=(0,))
+
+
+def rl_step(run: RLState, batch: dict, args, step: int, hooks: StepHooks | None = None) -> dict:
     """Algorithm 2 lines 5-12 on this rank's videos -> dict(R (B*G,), parts, mask, zero_std, texts,
     lr, timings, stats: each update's loss stats), logged by extras/training.rl_log_fields."""
+    model, tok, opt, sched, rank = run.model, run.tok, run.opt, run.sched, run.rank
     hooks, device, G = hooks or StepHooks(), batch["input_ids"].device, args.num_generations
     gen = torch.Generator(device=device).manual_seed(step_seed(args.seed, step, rank, "sample"))
     trim_rng = random.Random(step_seed(args.seed, step, rank, "trim"))
@@ -577,8 +584,8 @@ def rl_step(model, ref_model, tok, opt, sched, batch: dict, args, step: int, ran
                      pad_id=vadr.pad_token_id(tok), generator=gen, sync_ranks=hooks.sync_ranks,
                      ignore_eos=hooks.ignore_eos)
     t = {}  # timings (and the refill's and extra_rewards' counts)
-    roll_of = lambda b: rollout(model, tok, b, args, length_ranges, prompt, sample_kw, trim_rng,
-                                t, hooks)
+    roll_of = lambda b: rollout(model, tok, b, args, run.length_ranges, run.prompt, sample_kw,
+                                trim_rng, t, hooks)
     roll = roll_of(batch)                                                  # Alg. 2 lines 5-10
     if hooks.refill:  # DAPO's dynamic sampling: groups whose rewards are all equal, replaced
         batch, roll, counts = hooks.refill(batch, roll, roll_of,
@@ -597,7 +604,7 @@ def rl_step(model, ref_model, tok, opt, sched, batch: dict, args, step: int, ran
     with torch.no_grad(), vadr.autocast(device):
         ref_logp = old_logp = None
         if args.beta > 0:  # pi_ref: the frozen copy, or (LoRA) the policy with its adapters off
-            with hooks.reference(model, ref_model) as ref:
+            with hooks.reference(model, run.ref_model) as ref:
                 ref_logp = logprobs(ref)
         if args.mu > 1:
             old_logp = logprobs(model)

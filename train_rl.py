@@ -46,12 +46,52 @@ import vadr
 from extras import (badvideos, checkpoint, cli, fastpath, flagcheck, lora, report, rollout, scale,
                     toy, training)
 
-# The presets (the paper's defaults, the toy's) live in extras/cli.py: extras/inspect.py samples
-# with the same values
-PAPER, TOY, TOY_DATA_DIR, TOY_SFT_DIR = cli.RL_PAPER, cli.RL_TOY, cli.TOY_DATA_DIR, cli.TOY_SFT_DIR
+# ---- every flag of this script, and the presets --------------------------------------------------
+# A flag left at None takes the preset's value: the paper's (App. C.3; the authors' where it is
+# silent) or the toy's (the default without --data), printed at the end of --help. One copy of the
+# values, extras/cli.py's RL_PAPER and RL_TOY: extras/inspect.py and extras/bench.py use them too.
+PAPER, TOY = cli.RL_PAPER, cli.RL_TOY
 
 
-def add_reward_args(ap):
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog=cli.preset_epilog(paper=PAPER, toy=TOY))
+    g = ap.add_argument_group("model and data")
+    g.add_argument("--model", default=None, help="SFT checkpoint directory (default: runs/toy/sft)")
+    g.add_argument("--data", default=None, help="Vad-Reasoning-RL.jsonl (default: the toy world's)")
+    g.add_argument("--video-root", default=None, help="directory the videos are resolved under")
+    g.add_argument("--prompt-variant", default=None, choices=["binary", "fine"],
+                   help="<which> asks for Abnormal/Normal (paper preset) or the fine category (toy "
+                        "preset); accuracy compares the binary label either way")
+    g.add_argument("--skip-bad", action="store_true", help="skip and count bad manifest rows")
+    g.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (decoding)")
+    training.add_video_args(ap)  # --frames --frame-rule --max-pixels --min-pixels --grid-time
+    g = ap.add_argument_group("AVA-GRPO (Sec. 3.3, App. C.2-C.3; None = preset)")
+    g.add_argument("--num-generations", type=int, default=None, help="G per video (paper: 4)")
+    g.add_argument("--temperature", type=float, default=None, help="sampling temperature (1.0)")
+    g.add_argument("--top-p", type=float, default=None, help="nucleus sampling (authors: 0.95)")
+    g.add_argument("--max-new-tokens", type=int, default=None, help="completion cap (paper: 768)")
+    g.add_argument("--beta", type=float, default=None, help="KL coefficient (paper: 0.04)")
+    g.add_argument("--epsilon", type=float, default=0.2, help="clip range (live with --mu > 1)")
+    g.add_argument("--mu", type=int, default=1, help="policy updates per rollout (paper: 1)")
+    # beyond the paper: DAPO's dynamic sampling and clip-higher, the loss's normaliser, Eq. 1's std
+    g.add_argument("--dynamic-sampling", action="store_true",
+                   help="DAPO: refill groups whose G rewards are equal (extras/dynamic.py)")
+    g.add_argument("--dynamic-max-rounds", type=int, default=4,
+                   help="refill rounds per step with --dynamic-sampling")
+    g.add_argument("--spatial-verification", action="store_true",
+                   help="beyond both papers: blank the predicted box over the predicted "
+                        "interval, sample again, pay --spatial-value for Abnormal -> Normal")
+    g.add_argument("--spatial-value", type=float, default=0.5,
+                   help="reward of the spatial check (Algorithm 1's +0.5)")
+    g.add_argument("--epsilon-high", type=float, default=None,
+                   help="upper clip 1 + this (DAPO's clip-higher, 0.28); default: --epsilon")
+    g.add_argument("--loss-type", default="sequence", choices=grpo.LOSS_TYPES,
+                   help="mean per completion, then over the group (Eq. 2), or over all tokens "
+                        "of all ranks, or Dr. GRPO's sum / (rows x --max-new-tokens)")
+    g.add_argument("--adv-std", default="unbiased", choices=grpo.ADV_STDS,
+                   help="std of Eq. 1: n-1 (torch.std, the authors'), n, or none (Dr. GRPO)")
     g = ap.add_argument_group("rewards (Table 7; switches for the Table 10 ablation)")
     g.add_argument("--no-accuracy-reward", action="store_true", help="drop the accuracy reward")
     g.add_argument("--no-format-reward", action="store_true", help="drop the format reward")
@@ -63,28 +103,32 @@ def add_reward_args(ap):
                    help="words (paper) or the authors' token count on correct completions")
     g.add_argument("--length-ranges-from", default=None,
                    help="SFT manifest for the length ranges (default: App. C.3's; toy: its SFT)")
-
-
-def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    cli.add_rl_data_args(ap)  # --model, --data, --video-root, ..., the video flags
-    g = ap.add_argument_group("AVA-GRPO (Sec. 3.3, App. C.2-C.3; None = preset)")
-    g.add_argument("--num-generations", type=int, default=None, help="G per video (paper: 4)")
-    g.add_argument("--temperature", type=float, default=None, help="sampling temperature (1.0)")
-    g.add_argument("--top-p", type=float, default=None, help="nucleus sampling (authors: 0.95)")
-    g.add_argument("--max-new-tokens", type=int, default=None, help="completion cap (paper: 768)")
-    g.add_argument("--beta", type=float, default=None, help="KL coefficient (paper: 0.04)")
-    g.add_argument("--epsilon", type=float, default=0.2, help="clip range (live with --mu > 1)")
-    g.add_argument("--mu", type=int, default=1, help="policy updates per rollout (paper: 1)")
-    cli.add_grpo_variant_args(g)  # --dynamic-*, --epsilon-high, --loss-type, --adv-std
-    add_reward_args(ap)
-    cli.add_optim_args(ap, "rl")  # --epochs, --lr, ..., --preset (extras/cli.py)
+    g = ap.add_argument_group("optimisation (None = paper default or toy preset)")
+    g.add_argument("--epochs", type=int, default=None, help="passes over the RL data (paper: 1)")
+    g.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
+    g.add_argument("--batch-size", type=int, default=None, help="videos per step per process")
+    g.add_argument("--lr", type=float, default=None, help="learning rate (paper: 1e-6, cosine)")
+    g.add_argument("--warmup-ratio", type=float, default=None, help="share of warmup steps")
+    g.add_argument("--weight-decay", type=float, default=None, help="AdamW (authors: 0.01)")
+    g.add_argument("--max-grad-norm", type=float, default=None, help="clipping (authors: 5)")
+    g.add_argument("--preset", default=None, choices=["paper", "toy"],
+                   help="defaults for unset flags (toy when --data is not given)")
+    # --out --save-every --keep-last --resume --overwrite --fsdp --device --seed --grad-ckpt
+    # --freeze-vision (extras/training.py)
     training.add_run_args(ap, default_out="runs/toy/rl")
-    scale.add_scale_args(ap, stage="rl")  # --lora-*, --merge, --dry-run, --plain-scoring, ...
-    # presets, the toy's defaults, the flags that imply others (extras/cli.py)
-    return cli.resolve_rl_args(ap, ap.parse_args(argv), PAPER, TOY, TOY_SFT_DIR, TOY_DATA_DIR,
-                               argv)
+    # --lora-rank --lora-alpha --lora-dropout --lora-targets --lora-base-dtype --merge --dry-run
+    # --dry-run-gpus --dry-run-video-hw --no-grad-ckpt (extras/scale.py), and RL's own two:
+    g = scale.add_scale_args(ap)
+    g.add_argument("--no-rollout-gather", action="store_true",
+                   help="under FSDP, sample with sharded weights (an all-gather of every layer at "
+                        "every decode step) instead of gathering them once per RL step")
+    g.add_argument("--plain-scoring", action="store_true",
+                   help="score the completions (log pi of Eq. 3) with grpo.completion_logprobs "
+                        "instead of extras/fastpath.py's drop-in: the same values to float "
+                        "rounding, with more time and memory (the prompt and the vision tower "
+                        "run G times, a float32 log-softmax over the vocabulary)")
+    # which flags were given (for --resume), the preset, the flags that imply others (extras/cli.py)
+    return cli.resolve_rl_args(ap, ap.parse_args(argv), argv)
 
 
 def main(argv=None):
@@ -97,13 +141,11 @@ def main(argv=None):
     dist_info = vadr.setup_distributed(args.device)
     rank, world, device = dist_info["rank"], dist_info["world_size"], dist_info["device"]
     # a resumed run: an RL run's checkpoint, continued with its own flags (model, data, ...)
-    start_dir = checkpoint.resolve_resume(args.resume) if args.resume else None
-    if start_dir:
-        checkpoint.continue_run(args, start_dir, "rl")
+    start_dir = checkpoint.resume_run(args, "rl")
     if vadr.is_main() and args.preset_filled:
         print("[preset] " + " ".join(args.preset_filled))
     if args.data is None:
-        toy.use_toy_world(args, "rl", TOY_DATA_DIR)
+        toy.use_toy_world(args, "rl", cli.TOY_DATA_DIR)
     rows = data.read_manifest(args.data, "rl", video_root=args.video_root, skip_bad=args.skip_bad)
     length_ranges = (data.length_ranges(data.read_length_manifest(args.length_ranges_from,
                                                                   args.skip_bad))
@@ -142,6 +184,7 @@ def main(argv=None):
     # log pi (Eq. 3): extras/fastpath.py's drop-in (same values, less memory), or grpo's plain one
     score = grpo.completion_logprobs if args.plain_scoring else fastpath.completion_logprobs
     hooks = rollout.step_hooks(args, tok, mode, score, draw)  # FSDP, LoRA, --skip-bad, DAPO, ...
+    run = grpo.RLState(model, ref_model, tok, opt, sched, length_ranges, prompt, rank)
     step = start["step"]
     pbar = tqdm(total=total_steps, initial=step, disable=not vadr.is_main(), desc="rl")
     done = step >= total_steps
@@ -156,8 +199,7 @@ def main(argv=None):
         for s, batch in zip(range(first, steps_per_epoch), loader):
             ts = time.time()
             batch = bad_videos.note(batch)  # without --skip-bad a bad video stops here, named
-            out = grpo.rl_step(model, ref_model, tok, opt, sched, vadr.to_device(batch, device),
-                               args, step, rank, length_ranges, prompt, hooks)  # Alg. 2 l. 5-12
+            out = grpo.rl_step(run, vadr.to_device(batch, device), args, step, hooks)  # l. 5-12
             step += 1
             res = training.rl_log_fields(out, args.num_generations)
             rec = dict(step=step, epoch=epoch, **vadr.all_reduce_mean(res, device),
@@ -165,13 +207,7 @@ def main(argv=None):
             if vadr.is_main():
                 rec["sample"] = out["texts"][0][:400]
                 checkpoint.log_jsonl(log_path, rec)
-                # every reward term (Table 7), the groups without signal (A = 0) and KL
-                pbar.set_postfix(R=f"{rec['reward']:.3f}", acc=f"{rec['reward_accuracy']:.2f}",
-                                 fmt=f"{rec['reward_format']:.2f}",
-                                 ver=f"{rec['reward_verification']:+.2f}",
-                                 len=f"{rec['reward_length']:.2f}",
-                                 zero_var=f"{rec['zero_std_fraction']:.2f}",
-                                 kl=f"{rec.get('kl', 0):.4f}")
+                pbar.set_postfix(training.rl_postfix(rec))  # R, each reward term, A = 0 share, KL
                 pbar.update(1)
             done = checkpoint.save_if_due(
                 args, save=save, step=step, total_steps=total_steps, epoch=epoch, step_in_epoch=s,

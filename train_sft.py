@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import sys
 import time
 
 import torch
@@ -48,6 +47,7 @@ import data
 import vadr
 from extras import badvideos, checkpoint, cli, flagcheck, lora, scale, toy, training, vanguard
 
+# ---- every flag of this script, and the presets --------------------------------------------------
 TOY_DATA_DIR = "data/toy"  # the default data: the toy world, made on first use
 # Paper defaults for a real model (docs/paper-vs-authors.md s.2): fill the flags left at None.
 PAPER = dict(epochs=4, lr=1e-6, batch_size=1, grad_accum=2, warmup_ratio=0.03, weight_decay=0.01,
@@ -67,19 +67,59 @@ TOY_CAPTION = dict(TOY, epochs=2, batch_size=8, save_every=100, num_workers=1, c
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    cli.add_sft_data_args(ap)  # --model, --task, --data, ..., the video flags (extras/cli.py)
-    cli.add_optim_args(ap, "sft")  # --epochs, --lr, --schedule, ..., --preset (extras/cli.py)
+    g = ap.add_argument_group("model")
+    g.add_argument("--model", default="toy",
+                   help="'toy' (a random toy model) or a local Qwen2.5-VL checkpoint dir, such as "
+                        "the shipped toy base toy-base/ (what make toy's SFT starts from)")
+    g = ap.add_argument_group("data")
+    g.add_argument("--task", default="p2c", choices=["p2c", "caption"],
+                   help="p2c: Vad-R1 SFT (the paper). caption: toy stage 0 on Toy-Caption.jsonl "
+                        "behind toy.CAPTION_PROMPT (not in the paper)")
+    g.add_argument("--data", default=None, help="Vad-Reasoning-SFT-train.jsonl, or "
+                   "Toy-Caption.jsonl with --task caption (default: the toy world's)")
+    g.add_argument("--video-root", default=None, help="directory the videos are resolved under")
+    g.add_argument("--prompt-variant", default="fine", choices=["fine", "binary"],
+                   help="<which> holds the fine-grained category (SFT data) or Abnormal/Normal")
+    g.add_argument("--skip-bad", action="store_true", help="skip (and count) bad manifest rows")
+    g.add_argument("--num-workers", type=int, default=None, help="DataLoader workers")
+    g.add_argument("--cache-videos", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep each encoded video in memory after its first decode (use "
+                        "--num-workers 0). Paper preset: off; toy preset: on")
+    g.add_argument("--tokenizer-corpus", nargs="+", default=None, metavar="JSONL",
+                   help="--model toy: manifests whose texts train the toy tokenizer (default: the "
+                        "toy world's SFT and caption text, or --data's)")
+    training.add_video_args(ap)  # --frames --frame-rule --max-pixels --min-pixels --grid-time
+    g = ap.add_argument_group("optimisation (paper App. C.3; None = paper default or toy preset)")
+    g.add_argument("--epochs", type=int, default=None, help="passes over the data (paper: 4)")
+    g.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
+    g.add_argument("--batch-size", type=int, default=None, help="videos per micro-batch (paper: 1)")
+    g.add_argument("--grad-accum", type=int, default=None, help="micro-batches per step (paper: 2)")
+    g.add_argument("--lr", type=float, default=None, help="peak learning rate (paper: 1e-6)")
+    g.add_argument("--warmup-ratio", type=float, default=None, help="fraction of warmup steps")
+    g.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay")
+    g.add_argument("--max-grad-norm", type=float, default=None, help="gradient clipping (paper: 5)")
+    g.add_argument("--schedule", default="cosine", choices=sorted(training.SCHEDULES),
+                   help="decay after the linear warmup (the authors' SFT trainer: linear)")
+    g.add_argument("--preset", default=None, choices=["paper", "toy"],
+                   help="defaults for unset flags (default: toy with --model toy or without "
+                        "--data, else paper)")
+    # --out --save-every --keep-last --resume --overwrite --fsdp --device --seed --grad-ckpt
+    # --freeze-vision (extras/training.py)
     training.add_run_args(ap, default_out="runs/toy/sft")
-    scale.add_scale_args(ap, stage="sft")  # --lora-*, --merge, --dry-run (extras/scale.py)
-    vanguard.add_box_args(ap)  # --boxes, --target: VANGUARD's stages 2-3 (extras/vanguard.py)
-    args = ap.parse_args(argv)
-    args.flags_given = cli.flags_given(ap, argv, args)  # on --resume the rest are the run's
-    args.preset = args.preset or ("toy" if args.model == "toy" or args.data is None else "paper")
-    preset = {"paper": PAPER, "toy": TOY_CAPTION if args.task == "caption" else TOY}[args.preset]
-    if args.model == "toy":  # a randomly initialised encoder has nothing learned to keep frozen
-        preset = dict(preset, freeze_vision=False)
-    args.preset_filled = training.apply_preset(args, preset, args.preset)
-    return args
+    # --lora-rank --lora-alpha --lora-dropout --lora-targets --lora-base-dtype --merge --dry-run
+    # --dry-run-gpus --dry-run-video-hw --no-grad-ckpt (extras/scale.py); SFT's own (not RL's):
+    g = scale.add_scale_args(ap)
+    g.add_argument("--lora-train-embeddings", action="store_true",
+                   help="with --lora-rank: also train the input embeddings and lm_head in full "
+                        "(fp32), for tokens the base never learned (the toy's P2C tags)")
+    g = ap.add_argument_group("VANGUARD stages 2-3 (extras/vanguard.py)")
+    g.add_argument("--boxes", default=None, help="box JSONL (python -m extras.vanguard boxes): "
+                   "the targets write each abnormal video's box inside <where>")
+    g.add_argument("--target", default=None, choices=vanguard.TARGETS,
+                   help="with --boxes: cot (the default), grounding or label")
+    # which flags were given (for --resume), the preset (toy with --model toy or without --data;
+    # TOY_CAPTION for --task caption; a random --model toy has no vision encoder to keep frozen)
+    return cli.resolve_sft_args(ap, ap.parse_args(argv), argv, PAPER, TOY, TOY_CAPTION)
 
 
 def backward_global_batch(model, micro: list[dict], world: int, mode: str, device) -> dict:
@@ -113,14 +153,10 @@ def main(argv=None):
     dist_info = vadr.setup_distributed(args.device)
     rank, world, device = dist_info["rank"], dist_info["world_size"], dist_info["device"]
     # a resumed run: an SFT run's checkpoint, continued with its own flags (model, data, ...)
-    resume_dir = checkpoint.resolve_resume(args.resume) if args.resume else None
-    if resume_dir:
-        checkpoint.continue_run(args, resume_dir, "sft")
+    resume_dir = checkpoint.resume_run(args, "sft")
     if vadr.is_main() and args.preset_filled:
         print(f"[{args.preset} preset] " + " ".join(args.preset_filled))
-    if vadr.is_main() and args.cache_videos and args.num_workers > 0:
-        print(f"note: --cache-videos with --num-workers {args.num_workers}: a worker's cache dies "
-              "with its epoch; use --num-workers 0", file=sys.stderr)
+    training.note_cache_workers(args)  # --cache-videos with workers: a cache that dies each epoch
 
     # ---- data (no --data: the toy world; its SFT and caption text train the shared toy tokenizer)
     if args.data is None:

@@ -577,7 +577,8 @@ def section_rl_step(ctx) -> dict:
         opt = training.make_optimizer(model, rargs.lr, rargs.weight_decay)
     sched = training.cosine_schedule(opt, 10_000, 0)
     batch = dict(ctx["inputs"], rows=[dict(video_path=ctx["clip"]["path"], solution="Abnormal")])
-    prompt = vadr.build_prompt("binary")
+    run = grpo.RLState(model, ref, tok, opt, sched, dict(rewards.DEFAULT_LENGTH_RANGES),
+                       vadr.build_prompt("binary"))
     counter = iter(range(10 ** 6))
     # train_rl.py's hooks and scorer for these flags, completions of a fixed length
     score = grpo.completion_logprobs if rargs.plain_scoring else fastpath.completion_logprobs
@@ -587,9 +588,7 @@ def section_rl_step(ctx) -> dict:
         def go():
             rargs.max_new_tokens = T
             s = next(counter) // 2      # naive and ours of one pair use the same seeds (step index)
-            return grpo.rl_step(model, ref, tok, opt, sched, batch, rargs, s, 0,
-                                dict(rewards.DEFAULT_LENGTH_RANGES), prompt,
-                                naive_hooks(hooks) if naive else hooks)
+            return grpo.rl_step(run, batch, rargs, s, naive_hooks(hooks) if naive else hooks)
         return go
     r = interleaved(step(True, a.new_tokens), step(False, a.new_tokens), a.rl_repeats, dev,
                     warmup=(step(True, 4), step(False, 4)))

@@ -504,6 +504,15 @@ def _same(dest: str, new, old) -> bool:
     return new == old
 
 
+def resume_run(args, stage: str) -> str | None:
+    """--resume: the checkpoint it names (resolve_resume), with args continued as that run's
+    (continue_run); None without --resume."""
+    ckpt_dir = resolve_resume(args.resume) if args.resume else None
+    if ckpt_dir:
+        continue_run(args, ckpt_dir, stage)
+    return ckpt_dir
+
+
 def continue_run(args, ckpt_dir: str, stage: str):
     """--resume, before anything is loaded or written: the checkpoint must be this script's
     stage's (an RL run resumed by train_sft.py would get SFT steps appended and its

@@ -33,7 +33,7 @@ import data
 import grpo
 import rewards
 import vadr
-from extras import badvideos, cli, flagcheck, lora, rollout, scoring, toy
+from extras import badvideos, cli, flagcheck, lora, rollout, scoring, toy, training
 
 PROG = "python -m extras.inspect"
 PARTS = ("accuracy", "format", "verification", "length")  # Table 7's terms, summed into total
@@ -42,7 +42,16 @@ PARTS = ("accuracy", "format", "verification", "length")  # Table 7's terms, sum
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    cli.add_rl_data_args(ap)  # --model, --data, --video-root, --prompt-variant, the video flags
+    g = ap.add_argument_group("model and data")  # train_rl.py's own
+    g.add_argument("--model", default=None, help="SFT checkpoint directory (default: runs/toy/sft)")
+    g.add_argument("--data", default=None, help="Vad-Reasoning-RL.jsonl (default: the toy world's)")
+    g.add_argument("--video-root", default=None, help="directory the videos are resolved under")
+    g.add_argument("--prompt-variant", default=None, choices=["binary", "fine"],
+                   help="<which> asks for Abnormal/Normal (paper preset) or the fine category (toy "
+                        "preset); accuracy compares the binary label either way")
+    g.add_argument("--skip-bad", action="store_true", help="skip and count bad manifest rows")
+    g.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (decoding)")
+    training.add_video_args(ap)  # --frames --frame-rule --max-pixels --min-pixels --grid-time
     g = ap.add_argument_group("the groups (None = train_rl.py's preset)")
     g.add_argument("--videos", type=int, default=3, help="the first N videos of the manifest")
     g.add_argument("--num-generations", type=int, default=None, help="G per video (paper: 4)")
@@ -66,8 +75,7 @@ def parse_args(argv=None):
                     dynamic_sampling=False, dynamic_max_rounds=1, fsdp=False,
                     no_rollout_gather=False)
     ap.set_defaults(**{k: None for k in cli.RL_TOY if k not in vars(ap.parse_args([]))})
-    return cli.resolve_rl_args(ap, ap.parse_args(argv), cli.RL_PAPER, cli.RL_TOY,
-                               cli.TOY_SFT_DIR, cli.TOY_DATA_DIR, argv)
+    return cli.resolve_rl_args(ap, ap.parse_args(argv), argv)
 
 
 def shorten(text: str, chars: int) -> str:

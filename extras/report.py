@@ -1,13 +1,15 @@
-"""extras/report.py -- pictures of a run: training curves (SVG), frame strips and PNG files.
+"""extras/report.py -- the toy pipeline's reports: table.md, training curves (SVG), frame strips,
+PNG files, RL minus SFT (pooled over seeds) and the Table 10 ablation.
 
-Not part of the method: what `python eval.py --report RUN_DIR` draws beside its table, and the
-PNG writer behind `python -m extras.toy preview`. No plotting or imaging library: SVG is text and a
+Not part of the method: what `python eval.py --report RUN_DIR` writes (write_report) and draws
+beside its table, --pooled and --ablation-report (report_main), and the PNG writer behind
+`python -m extras.toy preview`. No plotting or imaging library: SVG is text and a
 PNG is written with zlib.
 
     python eval.py --report runs/toy [--data data/toy/Vad-Reasoning-SFT-test.jsonl \
         --video-root data/toy/videos]
 
-reads runs/toy/eval_{base,sft,rl,rl_only}.json (eval.py turns them into table.md),
+reads runs/toy/eval_{base,sft,rl,rl_only}.json (write_report turns them into table.md),
 sft/log.jsonl and rl/log.jsonl, and writes sft_curves.svg, rl_curves.svg (the paper's Figure 10:
 total reward, its std, completion length, plus each reward's mean, KL and the zero-variance
 groups) and strips/<video>.png (the 16 sampled frames with the ground-truth interval in green and
@@ -26,7 +28,8 @@ import numpy as np
 
 import data
 import vadr
-from extras import scoring
+from extras import paper_tables, scoring
+from extras.metrics import fmt, get_metric
 
 # (stem of eval_<stem>.json, row name): the stages of the toy pipeline, in Table 4's order.
 REPORT_ROWS = [("base", "Toy Qwen2.5-VL (stage-0 captioner)"), ("rl_only", "+AVA-GRPO"),
@@ -266,8 +269,8 @@ def write_strips(run_dir: str, preds_path: str, data_path: str, video_root: str 
 def draw_run(run_dir: str, data_path: str | None, video_root: str | None, read_jsonl,
              n_strips: int = 8) -> list[str]:
     """Everything `eval.py --report` draws: the RL and SFT curves from their logs, and frame
-    strips of the latest stage's predictions (needs data_path). read_jsonl is eval.load_jsonl,
-    passed in because extras never import the entry scripts. Returns the lines for table.md."""
+    strips of the latest stage's predictions (needs data_path). read_jsonl(path) -> rows
+    (write_report's: scoring.read_jsonl's rows). Returns the lines for table.md."""
     lines = []
     # a file present but unreadable (a directory, corrupt JSON) is read_jsonl's error, not skipped
     rl_log = os.path.join(run_dir, "rl", "log.jsonl")
@@ -281,6 +284,65 @@ def draw_run(run_dir: str, data_path: str | None, video_root: str | None, read_j
     if preds_path and data_path:
         lines += write_strips(run_dir, preds_path, data_path, video_root, read_jsonl, n_strips)
     return lines
+
+
+def write_report(run_dir: str, data_path: str | None, video_root: str | None, detection_metrics,
+                 n_strips: int = 8) -> str:
+    """`eval.py --report RUN_DIR` (the Makefile's last step): RUN_DIR/table.md, one row per stage
+    in Table 4's layout, a detection/format table, RL - SFT with bootstrap intervals (eval's
+    detection_metrics, passed in: extras never import an entry script), curves and strips."""
+    if not os.path.isdir(run_dir):
+        raise vadr.InputError(f"--report {run_dir}: "
+                              f"{'not a directory' if os.path.exists(run_dir) else 'not found'};"
+                              f" pass the run directory holding eval_*.json (`make toy RUN="
+                              f"{run_dir}` makes one)")
+    table = os.path.join(run_dir, "table.md")
+    if os.path.isdir(table):
+        raise vadr.InputError(f"{table}: is a directory where --report writes its table; "
+                              "remove it")
+    named = {}
+    for key, label in REPORT_ROWS:
+        p = os.path.join(run_dir, f"eval_{key}.json")
+        if os.path.exists(p):  # a directory or a corrupt file there: an error, not a missing row
+            named[label] = scoring.read_json_object(p, "a metrics JSON (eval.py --json)")
+    if not named:  # empty tables that exit 0 would look like a report
+        raise vadr.InputError(f"--report {run_dir}: nothing to report (no eval_<stage>.json for a "
+                              f"stage of {', '.join(k for k, _ in REPORT_ROWS)}); `make toy "
+                              f"RUN={run_dir}` writes them, or eval.py --model M ... --json "
+                              f"{os.path.join(run_dir, 'eval_sft.json')}")
+    lines = ["# Toy Vad-R1: what each stage adds (layout of the paper's Table 4)", "",
+             paper_tables.format_table(named, layout="table4"), "",
+             "Detection and format (authors' protocol):", "",
+             "| Model | Acc | F1 | mIoU | format pass rate | category acc |",
+             "|---|---:|---:|---:|---:|---:|"]
+    keys = ("detection.accuracy", "detection.f1", "detection.miou", "format.pass_rate",
+            "category.accuracy")
+    for name, m in named.items():
+        lines.append(f"| {name} | " + " | ".join(fmt(get_metric(m, k)) for k in keys) + " |")
+    lines += compare_lines(run_dir, data_path, detection_metrics)  # RL - SFT, bootstrap
+    lines += draw_run(run_dir, data_path, video_root, lambda p: scoring.read_jsonl(p)[0],
+                      n_strips)
+    text = "\n".join(lines) + "\n"
+    with open(table, "w") as f:
+        f.write(text)
+    return text
+
+
+def report_main(args, detection_metrics) -> int:
+    """What eval.py --report, --pooled and --ablation-report do (detection_metrics: eval's)."""
+    if args.report:
+        print(write_report(args.report, args.data, args.video_root, detection_metrics))
+    elif args.pooled:
+        if not args.data:
+            raise vadr.InputError("--pooled needs --data, the test manifest the runs were scored on")
+        res = pooled_compare(args.pooled, args.data, detection_metrics, *args.pooled_stages)
+        print("\n".join(pooled_lines(res)))
+        if args.json:
+            scoring.write_json(args.json, res)
+    else:
+        print(ablation_report(args.ablation_report, lambda p: scoring.read_jsonl(p)[0], get_metric,
+                              fmt, paper_tables.TABLE10 if args.with_paper else None))
+    return 0
 
 
 # ================================================================================================

@@ -555,8 +555,11 @@ def measure_cpu_memory(fn) -> dict:
 
 # ---- flags ---------------------------------------------------------------------------------------
 
-def add_scale_args(ap: argparse.ArgumentParser, stage: str):
-    """The LoRA and scale-out flags, shared by train_sft.py (stage 'sft') and train_rl.py ('rl')."""
+def add_scale_args(ap: argparse.ArgumentParser):
+    """The LoRA and scale-out flags both training scripts share; returns the group, into which
+    each script adds its own: train_sft.py's --lora-train-embeddings (not RL's: its pi_ref is the
+    policy with its adapters off, so the embeddings stay as SFT left them), train_rl.py's
+    --no-rollout-gather and --plain-scoring."""
     g = ap.add_argument_group("LoRA, scale-out and memory (docs/scale.md)")
     g.add_argument("--lora-rank", type=int, default=None,
                    help="train rank-R LoRA adapters on the language model's projections instead "
@@ -569,10 +572,6 @@ def add_scale_args(ap: argparse.ArgumentParser, stage: str):
                         "memory)")
     g.add_argument("--lora-targets", default=",".join(lora.LORA_TARGETS),
                    help="comma-separated nn.Linear names inside the language model to adapt")
-    if stage == "sft":  # RL's KL reference is the policy with its adapters off: embeddings stay
-        g.add_argument("--lora-train-embeddings", action="store_true",
-                       help="with --lora-rank: also train the input embeddings and lm_head in "
-                            "full (fp32), for tokens the base never learned (the toy's P2C tags)")
     g.add_argument("--lora-base-dtype", default="auto", choices=["auto", "bf16", "fp32"],
                    help="dtype of the frozen base weights under LoRA (auto: bf16 on GPU, fp32 "
                         "on CPU)")
@@ -588,16 +587,6 @@ def add_scale_args(ap: argparse.ArgumentParser, stage: str):
                         "real model, 112,112 for the toy)")
     g.add_argument("--no-grad-ckpt", action="store_true",
                    help="no gradient checkpointing for a real model (default there: on)")
-    if stage == "rl":
-        g.add_argument("--no-rollout-gather", action="store_true",
-                       help="under FSDP, sample with sharded weights (an all-gather of every "
-                            "layer at every decode step) instead of gathering them once per RL "
-                            "step")
-        g.add_argument("--plain-scoring", action="store_true",
-                       help="score the completions (log pi of Eq. 3) with grpo.completion_logprobs "
-                            "instead of extras/fastpath.py's drop-in: the same values to float "
-                            "rounding, with more time and memory (the prompt and the vision tower "
-                            "run G times, a float32 log-softmax over the vocabulary)")
     return g
 
 

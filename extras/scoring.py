@@ -20,7 +20,8 @@ pair_rows. The rules:
     a file a command writes (--json, --out): check_output, before any work; a JSON file that is
     missing, a directory, not UTF-8, malformed or not an object, and an output that is a
     directory, one of the inputs or not writable: one-line InputError naming it. Every script and
-    extra reads and guards its JSON files with these two.
+    extra reads and guards its JSON files with these two; write_json writes --json whole or not
+    at all.
 Exercised by: pytest tests/test_bad_input_scoring.py tests/test_bad_input_files.py -q
 """
 from __future__ import annotations
@@ -194,7 +195,7 @@ def pair_rows(pred_rows: list[dict], gt_rows: list[dict], pred_where: list[str],
 
 
 def warnings(metrics: dict, fmt) -> list[str]:
-    """The lines eval.format_report prints under the tables when rows were ignored, missing,
+    """The lines paper_tables.format_report prints under the tables when rows were ignored, missing,
     repeated or cut (fmt: extras/metrics.fmt, as eval.py passes it)."""
     c, u, r = metrics["counts"], metrics["unmatched"], metrics["reasoning"]
     out = []
@@ -218,3 +219,15 @@ def warnings(metrics: dict, fmt) -> list[str]:
         out.append(f"NOTE: {r['n_truncated']} outputs are longer than {MAX_SCORED_CHARS} "
                    f"characters: the text metrics score their beginning (docs/eval.md)")
     return out
+
+
+def write_json(path: str, obj):
+    """--json, whole or not at all (a temporary file renamed into place)."""
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path + ".tmp", "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2)
+        os.replace(path + ".tmp", path)
+    except OSError as e:  # a folder that is a file, no permission, a full disk
+        raise vadr.InputError(f"--json {path}: cannot write it ({e.strerror}); pass another "
+                              "--json") from None

@@ -9,6 +9,7 @@ import argparse
 import json
 import math
 import os
+import sys
 
 import numpy as np
 import torch
@@ -230,3 +231,19 @@ def rl_log_fields(out: dict, G: int) -> dict:
                zero_std_fraction=float(zero_std.float().mean()), lr=out["lr"], **out["timings"])
     out.update({k: float(np.mean([s[k] for s in stats])) for k in stats[0]})
     return out
+
+
+def rl_postfix(rec: dict) -> dict:
+    """train_rl.py's progress bar: R, every reward term (Table 7), the share of groups without
+    signal (A = 0) and KL."""
+    return dict(R=f"{rec['reward']:.3f}", acc=f"{rec['reward_accuracy']:.2f}",
+                fmt=f"{rec['reward_format']:.2f}", ver=f"{rec['reward_verification']:+.2f}",
+                len=f"{rec['reward_length']:.2f}", zero_var=f"{rec['zero_std_fraction']:.2f}",
+                kl=f"{rec.get('kl', 0):.4f}")
+
+
+def note_cache_workers(args):
+    """train_sft.py: a note on stderr when --cache-videos would cache in DataLoader workers."""
+    if is_main() and args.cache_videos and args.num_workers > 0:
+        print(f"note: --cache-videos with --num-workers {args.num_workers}: a worker's cache dies "
+              "with its epoch; use --num-workers 0", file=sys.stderr)

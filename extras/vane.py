@@ -12,7 +12,7 @@ JSONL format, one question per line:
 is the model's completion. The GT may also come from a separate file of the same rows without
 "output", matched by id.
 
-Run through eval.py (which reads the files and writes the JSON):
+Run through eval.py (run_mc_scoring reads the files and writes the JSON):
     python eval.py --mc vane_preds.jsonl [--gt vane_gt.jsonl] --json vane.json [--with-paper]
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ import re
 from collections import defaultdict
 
 import vadr
-from extras import paper_tables
+from extras import paper_tables, scoring
 
 PAPER_TABLE3_VAD_R1 = paper_tables.TABLE3_VAD_R1   # the paper's Vad-R1 row, % per category
 
@@ -95,3 +95,15 @@ def format_mc_table(named: dict[str, dict], with_paper: bool = False) -> str:
         paper = [f"{PAPER_TABLE3_VAD_R1[c]:.2f}" if c in PAPER_TABLE3_VAD_R1 else "-" for c in cats]
         lines.append("| Vad-R1 (paper, Table 3) | " + " | ".join(paper) + " | - |")
     return "\n".join(lines)
+
+
+def run_mc_scoring(pred_path: str, gt_path: str | None = None, json_path: str | None = None,
+                   with_paper: bool = False, name: str = "ours") -> dict:
+    """What `eval.py --mc` does: multiple-choice accuracy, printed, and the JSON if asked."""
+    scoring.check_output("eval.py", "--json", json_path, {"--mc": pred_path, "--gt": gt_path})
+    preds = scoring.read_jsonl(pred_path)[0]
+    res = score_multiple_choice(preds, scoring.read_jsonl(gt_path)[0] if gt_path else None)
+    if json_path:
+        scoring.write_json(json_path, {"multiple_choice": res})
+    print(format_mc_table({name: res}, with_paper))
+    return res

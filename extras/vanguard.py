@@ -309,15 +309,6 @@ class BoxSFTDataset(data.SFTDataset):
         return answer if self.kind == "grounding" else row["think"] + "\n" + answer
 
 
-def add_box_args(ap):
-    """train_sft.py's flags for stages 2-3: --boxes picks BoxSFTDataset, --target its target."""
-    g = ap.add_argument_group("VANGUARD stages 2-3 (extras/vanguard.py)")
-    g.add_argument("--boxes", default=None, help="box JSONL (python -m extras.vanguard boxes): "
-                   "the targets write each abnormal video's box inside <where>")
-    g.add_argument("--target", default=None, choices=TARGETS,
-                   help="with --boxes: cot (the default), grounding or label")
-
-
 def sft_boxes(args, rows: list[dict]) -> dict | None:
     """train_sft.py --boxes: the box file (load_boxes), refused unless it holds a box for an
     abnormal row of the manifest; args.target defaults to cot. None without --boxes."""

@@ -3,8 +3,8 @@ train_sft.py, train_rl.py and eval.py's inference is refused with one line namin
 value and what to pass, before anything is loaded (extras/flagcheck.py); a training --out that
 holds a run needs --resume or --overwrite; an eval --out that is not a predictions file is left
 byte-identical. Most cases call the validator on the scripts' own parsed arguments (presets and
-eval.resolve_inference_args applied); a few subprocesses prove the wiring: exit code 1, one line
-on stderr, no traceback, nothing heavy loaded. Issue 36: --device (cpu, cuda, cuda:N, one rule for
+eval's authors' inference defaults applied: the scripts' parse_args); a few subprocesses prove the
+wiring: exit code 1, one line on stderr, no traceback, nothing heavy loaded. Issue 36: --device (cpu, cuda, cuda:N, one rule for
 every script) and --length-ranges-from (read through the manifest checker; the RL manifest, a
 missing file or a directory is one line). Run: pytest tests/test_bad_input_flags.py"""
 import hashlib
@@ -21,7 +21,7 @@ import eval as ev
 import train_rl
 import train_sft
 import vadr
-from extras import cli, flagcheck, predictions
+from extras import flagcheck, predictions
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PIX = "(Qwen2.5-VL's 16384 * 28 * 28)"
@@ -142,9 +142,8 @@ def _rl(tmp_path, *extra):
 
 
 def _eval(tmp_path, *extra):
-    return ev.resolve_inference_args(cli.eval_parser().parse_args(
-        ["--model", "toy", "--data", str(tmp_path / "test.jsonl"), "--out",
-         str(tmp_path / "preds.jsonl"), *extra]))
+    return ev.parse_args(["--model", "toy", "--data", str(tmp_path / "test.jsonl"), "--out",
+                          str(tmp_path / "preds.jsonl"), *extra])
 
 
 def _refused(args, stage) -> str:
@@ -221,17 +220,17 @@ def test_scoring_modes_take_no_inference_flags(tmp_path):
     """--score / --mc / --report never generate: inference values, however bad, are not checked."""
     for mode in (["--score", "p.jsonl", "--gt", "g.jsonl"], ["--mc", "p.jsonl"],
                  ["--report", str(tmp_path)]):
-        args = ev.resolve_inference_args(cli.eval_parser().parse_args(
-            mode + ["--batch-size", "0", "--max-new-tokens", "0", "--top-p", "nan"]))
+        args = ev.parse_args(
+            mode + ["--batch-size", "0", "--max-new-tokens", "0", "--top-p", "nan"])
         assert flagcheck.check_flags(args, "eval") is None
     # --model with --score is scoring too (main() scores first)
-    args = ev.resolve_inference_args(cli.eval_parser().parse_args(
-        ["--score", "p.jsonl", "--gt", "g.jsonl", "--model", "/nonexistent", "--limit", "0"]))
+    args = ev.parse_args(
+        ["--score", "p.jsonl", "--gt", "g.jsonl", "--model", "/nonexistent", "--limit", "0"])
     assert flagcheck.check_flags(args, "eval") is None
 
 
 def test_eval_needs_data_and_out_and_a_writable_out(tmp_path):
-    args = ev.resolve_inference_args(cli.eval_parser().parse_args(["--model", "toy"]))
+    args = ev.parse_args(["--model", "toy"])
     assert _refused(args, "eval") == "eval.py: inference needs --model, --data and --out"
     (tmp_path / "folder").mkdir()
     assert _refused(_eval(tmp_path, "--out", str(tmp_path / "folder")), "eval") == (

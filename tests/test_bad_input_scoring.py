@@ -16,7 +16,7 @@ import pytest
 import eval as E
 import rewards as R
 import vadr
-from extras import textmetrics, vane
+from extras import paper_tables, textmetrics, vane
 from test_eval_metrics import _gt as _gt_row
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -170,7 +170,7 @@ def test_malformed_rows_are_counted_listed_and_their_video_missing(tmp_path):
     assert m["detection"]["accuracy"] == 0.25
     # an integer video id is not malformed (ids like 2 match "2")
     assert E.match_predictions([{"video": 2, "output": "x"}], [_gt("2", "Normal")])["matched"] == [(0, "x")]
-    assert "WARNING: 11 prediction rows are malformed" in E.format_report(m)
+    assert "WARNING: 11 prediction rows are malformed" in paper_tables.format_report(m)
     gp = tmp_path / "g.jsonl"
     _write(gp, _gts())
     with pytest.raises(vadr.InputError) as e:

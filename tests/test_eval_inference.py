@@ -6,7 +6,7 @@ import os
 import data
 import eval as ev
 import vadr
-from extras import checkpoint, cli
+from extras import checkpoint
 
 
 def test_inference_then_scoring_and_resume(tiny_world, tiny_model, tmp_path):
@@ -40,7 +40,7 @@ def test_greedy_inference_is_deterministic(tiny_world, tiny_model, tmp_path):
     rows = data.read_manifest(tiny_world["sft_test"], "sft")[:2]
     ds = data.SFTDataset(rows, num_frames=4)
     batch = data.make_collate(tok, with_targets=False)([ds[0], ds[1]])
-    args = ev.resolve_inference_args(cli.eval_parser().parse_args(["--max-new-tokens", "6"]))
+    args = ev.parse_args(["--max-new-tokens", "6"])
     a = ev.generate_outputs(model, tok, batch, args)
     b = ev.generate_outputs(model, tok, batch, args)
     assert a == b and len(a) == 2

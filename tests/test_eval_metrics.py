@@ -27,7 +27,7 @@ from rouge_score import rouge_scorer
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
 
 import eval as E
-from extras import textmetrics, vane
+from extras import paper_tables, textmetrics, vane
 
 TOL = 1e-6
 
@@ -564,7 +564,7 @@ def test_cli_round_trip(tmp_path, capsys):
 def test_format_table_table4_reuse():
     named = {"base": {"reasoning": {"bleu2": 0.1}, "detection": {"precision": 0.5}},
              "+SFT": {"reasoning.bleu2": 0.2, "detection.precision": 0.6}}       # flat dotted keys too
-    t = E.format_table(named, with_paper=False, layout="table4")
+    t = paper_tables.format_table(named, with_paper=False, layout="table4")
     lines = t.splitlines()
     assert lines[0] == "| Method | BLEU-2 | ROUGE-1 | ROUGE-2 | ROUGE-L | Prec. | mIoU | R@0.3 | R@0.5 | R@0.7 |"
     assert lines[2] == "| base | 0.100 | - | - | - | 0.500 | - | - | - | - |"
