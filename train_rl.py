@@ -17,7 +17,7 @@ verification reach the step through grpo.StepHooks. Beyond the paper: docs/paper
 Run it:
     python train_rl.py                       # toy preset: runs/toy/sft -> runs/toy/rl
     torchrun --nproc_per_node 4 train_rl.py --model SFT_DIR --data Vad-Reasoning-RL.jsonl \
-        --video-root ROOT --fsdp                             # the paper's setting (4 x 80 GB)
+        --video-root ROOT --out runs/rl --fsdp               # the paper's setting (4 x 80 GB)
     python train_rl.py --no-verification-reward --no-length-reward   # plain GRPO (Table 10)
 
 Departures from the paper / the authors' scripts (docs/paper-vs-authors.md s.2):

@@ -10,7 +10,7 @@ Run it (hardware tiers: docs/scale.md):
     python train_sft.py --model /ckpt/Qwen2.5-VL-7B-Instruct --data Vad-Reasoning-SFT-train.jsonl \
         --video-root /data/vad-reasoning --out runs/sft --grad-ckpt          # one GPU
     torchrun --nproc_per_node 4 train_sft.py --model /ckpt/Qwen2.5-VL-7B-Instruct \
-        --data Vad-Reasoning-SFT-train.jsonl --video-root /data/vad-reasoning --fsdp --grad-ckpt
+        --data Vad-Reasoning-SFT-train.jsonl --video-root /data/vad-reasoning --out runs/sft --fsdp --grad-ckpt
     python train_sft.py --resume runs/toy/sft             # continue a killed run exactly
     python train_sft.py --model toy-base --preset toy --out runs/toy/sft   # SFT from the shipped toy base (make toy)
     python train_sft.py --task caption --preset toy --model runs/toy-base/tower --data \

@@ -21,17 +21,17 @@ differ from start..end by up to total_frames / 2000 frames at each edge. Per-fra
 frame of the video takes the score of the slot of its nearest sampled frame.
 
 Run it:
-    python -m extras.vanguard stage1 --model runs/toy/base \
+    python -m extras.vanguard stage1 --model toy-base \
         --data data/toy/Vad-Reasoning-SFT-train.jsonl \
         --video-root data/toy/videos --out runs/toy-vanguard/stage1
-    python -m extras.vanguard scores --model runs/toy/base --head runs/toy-vanguard/stage1 \
+    python -m extras.vanguard scores --model toy-base --head runs/toy-vanguard/stage1 \
         --data data/toy/Vad-Reasoning-SFT-test.jsonl --video-root data/toy/videos \
         --out runs/toy-vanguard/frame_scores.jsonl     # prints frame ROC-AUC and best F1
-    python -m extras.vanguard boxes --data data/toy/Vad-Reasoning-SFT-test.jsonl \
-        --video-root data/toy/videos --out runs/toy-vanguard/boxes.jsonl
-    python eval.py --score PREDS --gt TEST --boxes boxes.jsonl --frame-scores frame_scores.jsonl
+    python -m extras.vanguard boxes --data data/toy/Vad-Reasoning-SFT-train.jsonl \
+        --video-root data/toy/videos --out runs/toy-vanguard/boxes_train.jsonl   # and -test -> boxes_test
+    python eval.py --score PREDS --gt TEST --boxes boxes_test.jsonl --frame-scores frame_scores.jsonl
     python -m extras.vanguard stage2 --boxes runs/toy-vanguard/boxes_train.jsonl \
-        --model runs/toy/base --data data/toy/Vad-Reasoning-SFT-train.jsonl --video-root \
+        --model toy-base --data data/toy/Vad-Reasoning-SFT-train.jsonl --video-root \
         data/toy/videos --preset toy --lora-rank 16 --lora-train-embeddings \
         --out runs/toy-vanguard/stage2                 # any train_sft.py flags after --boxes
     # = python train_sft.py --boxes B --target grounding ... (--out required), which stage2 runs
