@@ -150,7 +150,7 @@ def _check_model(args, script: str, stage: str):
                          "config.json; pass a local checkpoint directory (nothing is downloaded)")
     if stage == "rl" and os.path.normpath(args.model) == os.path.normpath(cli.TOY_SFT_DIR):
         raise InputError(f"{script}: --model {args.model} {what}. Make the toy SFT model first "
-                         "with `python train_sft.py` (or `make toy`), or pass --model SFT_DIR")
+                         "with `make toy-sft` (SFT from the shipped toy-base/, about 4 minutes), or pass --model SFT_DIR")
     if stage == "rl":
         raise InputError(f"{script}: --model {args.model} {what}: pass an SFT checkpoint or run "
                          "directory (nothing is downloaded)")

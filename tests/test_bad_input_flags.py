@@ -188,7 +188,7 @@ def test_a_missing_model_says_what_to_do_for_that_model(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert _refused(train_rl.parse_args(["--out", "run"]), "rl") == (
         "train_rl.py: --model runs/toy/sft does not exist. Make the toy SFT model first with "
-        "`python train_sft.py` (or `make toy`), or pass --model SFT_DIR")
+        "`make toy-sft` (SFT from the shipped toy-base/, about 4 minutes), or pass --model SFT_DIR")
     ckpt = "/ckpt/Qwen2.5-VL-7B-Instruct"
     argv = ["--dry-run", "--model", ckpt, "--fsdp", "--dry-run-gpus", "4"]
     why = "--dry-run reads its config.json; pass a local checkpoint directory (nothing is downloaded)"

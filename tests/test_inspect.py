@@ -105,10 +105,11 @@ def test_inspector_refuses_bad_flags_in_one_line(tmp_path, monkeypatch):
         with pytest.raises(vadr.InputError) as e:
             inspect.main(["--model", "m"] + argv)
         assert str(e.value) == f"python -m extras.inspect: {msg}"
-    with pytest.raises(vadr.InputError) as e:  # the default model before `make toy`
+    with pytest.raises(vadr.InputError) as e:  # the default model before `make toy-sft`
         inspect.main([])
     assert str(e.value) == ("python -m extras.inspect: --model runs/toy/sft does not exist. Make the toy SFT model "
-                            "first with `python train_sft.py` (or `make toy`), or pass --model SFT_DIR")
+                            "first with `make toy-sft` (SFT from the shipped toy-base/, about 4 minutes), "
+                            "or pass --model SFT_DIR")
     with pytest.raises(vadr.InputError) as e:
         inspect.main(["--model", "m", "--json", str(tmp_path)])
     assert str(e.value) == f"python -m extras.inspect: --json {tmp_path} is a directory; pass a file name"
