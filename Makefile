@@ -219,7 +219,7 @@ toy-smoke:  # make toy from the shipped base, a few steps per stage
 		EVAL_ARGS="--max-new-tokens 16 --frames 4 --num-workers 0"
 
 toy-base-smoke:  # make toy-base, a few steps per stage, into $(SMOKE)/toy-base (the shipped one untouched)
-	$(MAKE) toy-base DATA=$(SMOKE)/data PDATA=$(SMOKE)/pretrain BRUN=$(SMOKE)/toy-base-run BASE=$(SMOKE)/toy-base \
+	$(MAKE) toy-base DATA=$(SMOKE)/base-data PDATA=$(SMOKE)/pretrain BRUN=$(SMOKE)/toy-base-run BASE=$(SMOKE)/toy-base \
 		WORLD_ARGS="$(SMOKE_WORLD)" PRE_ARGS="--n 12 --frames 16 24" TOWER_ARGS="--steps 2 --batch-size 2" \
 		CAPTION_ARGS="--max-steps 2 --frames 4 --num-workers 0" BCHECK_ARGS="--max-new-tokens 12"
 

@@ -1,7 +1,9 @@
 """The main job, shortened: `make toy-ablation-smoke` runs every stage of `make toy` from the
-shipped toy base (toy world, SFT, AVA-GRPO, three evaluations, the report) and of `make toy-ablation` (three more RL runs with
-Table 10's reward switches, their evaluations, table10.md) for a few steps each. Every stage must
-leave its outputs and every eval JSON must carry every documented field.
+shipped toy base (toy world, SFT, AVA-GRPO, three evaluations, the report) and of `make toy-ablation`
+(three more RL runs with Table 10's reward switches, their evaluations, table10.md) for a few steps
+each; `make toy-vanguard-smoke` VANGUARD's curriculum and `make toy-base-smoke` the toy pretraining,
+all three in one `make -j2`. Every stage must leave its outputs and every eval JSON must carry every
+documented field.
 Run: pytest tests/test_pipeline.py"""
 import json
 import os
@@ -21,14 +23,28 @@ FIELDS = ["detection.accuracy", "detection.precision", "detection.recall", "dete
           "counts.n_pred", "counts.n_matched", "counts.n_missing", "counts.n_unknown_pred", "counts.n_empty"]
 
 
-@pytest.mark.skipif(shutil.which("make") is None, reason="needs make (the README's entry point)")
-def test_make_toy_smoke_runs_every_stage(tmp_path):
-    # one thread per process and two make jobs at once: the independent stages (SFT beside the base's
-    # eval, the ablation's runs, VANGUARD's baselines) share the two cores; also checks that -j is safe
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """One `make -j2 toy-ablation-smoke toy-vanguard-smoke toy-base-smoke` into one directory: the three
+    are independent after their own toy worlds, so two make jobs keep both cores busy across them (one
+    thread a process); also checks that -j is safe. Returns (directory, make's stdout, env)."""
+    if shutil.which("make") is None:
+        pytest.skip("needs make (the README's entry point)")
+    d = tmp_path_factory.mktemp("smoke")
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    p = subprocess.run(["make", "-j2", "toy-ablation-smoke", f"PY={sys.executable}", f"SMOKE={tmp_path}"], cwd=ROOT, env=env,
+    shipped = os.path.join(ROOT, "toy-base", "model.safetensors")
+    before = os.path.getmtime(shipped) if os.path.exists(shipped) else None
+    p = subprocess.run(["make", "-j2", "toy-ablation-smoke", "toy-vanguard-smoke", "toy-base-smoke",
+                        f"PY={sys.executable}", f"SMOKE={d}"], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=1200)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    if before is not None:  # the base smoke writes its own toy-base; the repository's stays untouched
+        assert os.path.getmtime(shipped) == before
+    return d, p.stdout, env
+
+
+def test_make_toy_smoke_runs_every_stage(smoke):
+    tmp_path, stdout, env = smoke
     for f in ["data/toy_world.json", "data/Vad-Reasoning-RL.jsonl", "sft/done", "rl/done", "sft/latest",
               "sft/log.jsonl", "rl/latest", "rl/log.jsonl", "preds_base.jsonl", "preds_sft.jsonl", "preds_rl.jsonl",
               "eval_base.json", "eval_sft.json", "eval_rl.json", "table.md", "sft_curves.svg", "rl_curves.svg"]:
@@ -81,10 +97,8 @@ def test_make_toy_smoke_runs_every_stage(tmp_path):
                         capture_output=True, text=True)
     assert "train_sft.py" not in p2.stdout and "train_rl.py" not in p2.stdout
     # VANGUARD's curriculum on the same world and stage-0 model: every run, merge, eval and table row
-    p3 = subprocess.run(["make", "-j2", "toy-vanguard-smoke", f"PY={sys.executable}", f"SMOKE={tmp_path}"], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=1200)
-    assert p3.returncode == 0, p3.stdout[-2000:] + p3.stderr[-3000:]
-    assert "train_sft.py --task caption" not in p3.stdout  # the stage-0 model is make toy's
+    # the stage-0 model is make toy's: the one caption training is toy-base-smoke's own
+    assert stdout.count("train_sft.py --task caption") == 1
     v = tmp_path / "vanguard"
     targets = {"stage2": "grounding", "stage3": "cot", "mono": "cot", "cls": "label"}
     for stem, target in targets.items():
@@ -107,17 +121,11 @@ def test_make_toy_smoke_runs_every_stage(tmp_path):
     assert "predicted Abnormal (true 0.500)" in vtable
 
 
-@pytest.mark.skipif(shutil.which("make") is None, reason="needs make (the README's entry point)")
-def test_make_toy_base_smoke_rebuilds_a_base(tmp_path):
+def test_make_toy_base_smoke_rebuilds_a_base(smoke):
     """`make toy-base` for a few steps (12 pretraining videos, 2 tower steps, 2 caption steps): the
     pretraining world with its per-frame boxes, the shipped directory with its card, recipe and
-    tokenizer corpus, loadable by lora.load_merged; the repository's toy-base/ untouched."""
-    shipped = os.path.join(ROOT, "toy-base", "model.safetensors")
-    before = os.path.getmtime(shipped) if os.path.exists(shipped) else None
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    p = subprocess.run(["make", "toy-base-smoke", f"PY={sys.executable}", f"SMOKE={tmp_path}"], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=1200)
-    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    tokenizer corpus, loadable by lora.load_merged; the repository's toy-base/ untouched (the fixture)."""
+    tmp_path = smoke[0]
     base = tmp_path / "toy-base"
     for f in ("config.json", "model.safetensors", "tokenizer.json", "README.md", "recipe.json",
               "tokenizer_corpus.jsonl.gz"):
@@ -133,5 +141,3 @@ def test_make_toy_base_smoke_rebuilds_a_base(tmp_path):
     from extras import lora, toymodel
     model, tok = lora.load_merged(str(base))
     assert model.config.vision_config.depth == toymodel.TOY_VISION["depth"]
-    if before is not None:
-        assert os.path.getmtime(shipped) == before
