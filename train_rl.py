@@ -57,15 +57,7 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog=cli.preset_epilog(paper=PAPER, toy=TOY))
-    g = ap.add_argument_group("model and data")
-    g.add_argument("--model", default=None, help="SFT checkpoint directory (default: runs/toy/sft)")
-    g.add_argument("--data", default=None, help="Vad-Reasoning-RL.jsonl (default: the toy world's)")
-    g.add_argument("--video-root", default=None, help="directory the videos are resolved under")
-    g.add_argument("--prompt-variant", default=None, choices=["binary", "fine"],
-                   help="<which> asks for Abnormal/Normal (paper preset) or the fine category (toy "
-                        "preset); accuracy compares the binary label either way")
-    g.add_argument("--skip-bad", action="store_true", help="skip and count bad manifest rows")
-    g.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (decoding)")
+    cli.add_rl_data_args(ap)  # --model --data --video-root --prompt-variant --skip-bad --num-workers
     training.add_video_args(ap)  # --frames --frame-rule --max-pixels --min-pixels --grid-time
     g = ap.add_argument_group("AVA-GRPO (Sec. 3.3, App. C.2-C.3; None = preset)")
     g.add_argument("--num-generations", type=int, default=None, help="G per video (paper: 4)")

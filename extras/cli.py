@@ -74,6 +74,19 @@ RL_TOY = dict(epochs=1, lr=5e-5, batch_size=2, num_generations=4, beta=0.04,
               freeze_vision=False, **training.VIDEO_TOY)
 
 
+def add_rl_data_args(ap: argparse.ArgumentParser):
+    """train_rl.py's model and data flags (extras/inspect.py takes the same ones)."""
+    g = ap.add_argument_group("model and data")
+    g.add_argument("--model", default=None, help="SFT checkpoint directory (default: runs/toy/sft)")
+    g.add_argument("--data", default=None, help="Vad-Reasoning-RL.jsonl (default: the toy world's)")
+    g.add_argument("--video-root", default=None, help="directory the videos are resolved under")
+    g.add_argument("--prompt-variant", default=None, choices=["binary", "fine"],
+                   help="<which> asks for Abnormal/Normal (paper preset) or the fine category (toy "
+                        "preset); accuracy compares the binary label either way")
+    g.add_argument("--skip-bad", action="store_true", help="skip and count bad manifest rows")
+    g.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (decoding)")
+
+
 def resolve_rl_args(ap, args, argv=None):
     """train_rl.py's flags after parsing (argv: what was parsed): which were given, the preset
     (toy without --data), the toy's model and length ranges, --no-verification-reward as both

@@ -42,15 +42,7 @@ PARTS = ("accuracy", "format", "verification", "length")  # Table 7's terms, sum
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    g = ap.add_argument_group("model and data")  # train_rl.py's own
-    g.add_argument("--model", default=None, help="SFT checkpoint directory (default: runs/toy/sft)")
-    g.add_argument("--data", default=None, help="Vad-Reasoning-RL.jsonl (default: the toy world's)")
-    g.add_argument("--video-root", default=None, help="directory the videos are resolved under")
-    g.add_argument("--prompt-variant", default=None, choices=["binary", "fine"],
-                   help="<which> asks for Abnormal/Normal (paper preset) or the fine category (toy "
-                        "preset); accuracy compares the binary label either way")
-    g.add_argument("--skip-bad", action="store_true", help="skip and count bad manifest rows")
-    g.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (decoding)")
+    cli.add_rl_data_args(ap)  # train_rl.py's: --model --data --video-root --prompt-variant ...
     training.add_video_args(ap)  # --frames --frame-rule --max-pixels --min-pixels --grid-time
     g = ap.add_argument_group("the groups (None = train_rl.py's preset)")
     g.add_argument("--videos", type=int, default=3, help="the first N videos of the manifest")
