@@ -132,6 +132,7 @@ def main(argv=None):
         return scale.dry_run(args, "rl", paper_preset=PAPER)
     dist_info = vadr.setup_distributed(args.device)
     rank, world, device = dist_info["rank"], dist_info["world_size"], dist_info["device"]
+    mem0 = scale.resident_bytes()  # before the model: the baseline of the log's mem_peak_gb
     # a resumed run: an RL run's checkpoint, continued with its own flags (model, data, ...)
     start_dir = checkpoint.resume_run(args, "rl")
     if vadr.is_main() and args.preset_filled:
@@ -188,14 +189,18 @@ def main(argv=None):
         loader = torch.utils.data.DataLoader(ds, batch_size=args.batch_size, collate_fn=collate,
                                              sampler=order[first * args.batch_size:],
                                              num_workers=args.num_workers)
+        tw = time.time()
+        scale.reset_peak_memory(device)
         for s, batch in zip(range(first, steps_per_epoch), loader):
             ts = time.time()
+            time_data = ts - tw  # waiting for the DataLoader's decoded videos
             batch = bad_videos.note(batch)  # without --skip-bad a bad video stops here, named
             out = grpo.rl_step(run, vadr.to_device(batch, device), args, step, hooks)  # l. 5-12
             step += 1
             res = training.rl_log_fields(out, args.num_generations)
             rec = dict(step=step, epoch=epoch, **vadr.all_reduce_mean(res, device),
-                       step_time=time.time() - ts)
+                       step_time=time.time() - ts, time_data=time_data,
+                       mem_peak_gb=scale.peak_memory_gb(device, mem0))
             if vadr.is_main():
                 rec["sample"] = out["texts"][0][:400]
                 checkpoint.log_jsonl(log_path, rec)
@@ -207,6 +212,8 @@ def main(argv=None):
                 scheduler=sched, config=config)
             if done:
                 break
+            tw = time.time()
+            scale.reset_peak_memory(device)  # the next step's peak, without this step's save
     pbar.close()
     bad_videos.report()
     if vadr.is_main() and (svg := report.draw_rl_log(args.out)):  # every log key: docs/log-keys.md

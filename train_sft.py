@@ -152,6 +152,7 @@ def main(argv=None):
         return scale.dry_run(args, "sft")
     dist_info = vadr.setup_distributed(args.device)
     rank, world, device = dist_info["rank"], dist_info["world_size"], dist_info["device"]
+    mem0 = scale.resident_bytes()  # before the model: the baseline of the log's mem_peak_gb
     # a resumed run: an SFT run's checkpoint, continued with its own flags (model, data, ...)
     resume_dir = checkpoint.resume_run(args, "sft")
     if vadr.is_main() and args.preset_filled:
@@ -223,7 +224,9 @@ def main(argv=None):
         it = iter(loader)
         for s in range(first, steps_per_epoch):
             ts = time.time()
+            scale.reset_peak_memory(device)
             micro = [vadr.to_device(next(it), device) for _ in range(args.grad_accum)]
+            time_data = time.time() - ts  # waiting for the DataLoader's decoded videos
             for m in micro:
                 bad_videos.note(m)  # without --skip-bad, a bad video stops here naming its line
             res = backward_global_batch(model, micro, world, mode, device)
@@ -237,7 +240,8 @@ def main(argv=None):
             tokens_seen += n_tok
             rec = dict(step=step, epoch=epoch, loss=res["loss"], lr=sched.get_last_lr()[0],
                        grad_norm=float(gn), target_tokens=n_tok, step_time=time.time() - ts,
-                       tokens_per_s=tokens_seen / max(1e-9, time.time() - t0))
+                       tokens_per_s=tokens_seen / max(1e-9, time.time() - t0), time_data=time_data,
+                       mem_peak_gb=scale.peak_memory_gb(device, mem0))
             if vadr.is_main():
                 checkpoint.log_jsonl(log_path, rec)
                 pbar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}",

@@ -553,6 +553,44 @@ def measure_cpu_memory(fn) -> dict:
     return dict(held=held, peak=peak, end=net)
 
 
+# ---- what a step used: the log keys mem_peak_gb and time_data (docs/log-keys.md) --------------
+
+def resident_bytes(field: str = "VmRSS") -> int:
+    """This process's resident memory from /proc/self/status (VmRSS now, VmHWM its high-water
+    mark), bytes; 0 where /proc is missing (not Linux)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
+    return 0
+
+
+def reset_peak_memory(device: torch.device):
+    """Start a new peak: torch's allocator statistics on CUDA; on CPU the kernel's resident
+    high-water mark (writing 5 to /proc/self/clear_refs resets VmHWM, Linux >= 4.0)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def peak_memory_gb(device: torch.device, baseline: int) -> float:
+    """GiB at the peak since reset_peak_memory: on CUDA torch.cuda.max_memory_allocated (tensors
+    only, as the memory model counts them); on CPU the resident high-water mark above `baseline`
+    (the process's resident memory before the model was loaded: Python, torch, transformers), so
+    it also holds the tokenizer, decoded videos and what the C allocator keeps after a free."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / GiB
+    return max(0, resident_bytes("VmHWM") - baseline) / GiB
+
+
 # ---- flags ---------------------------------------------------------------------------------------
 
 def add_scale_args(ap: argparse.ArgumentParser):

@@ -12,7 +12,7 @@ from conftest import kill_when_saved, run_script, saved_weights
 LOG_FIELDS = ["step", "epoch", "reward", "reward_std", "reward_accuracy", "reward_format", "reward_verification",
               "reward_length", "completion_length", "kl", "clip_frac", "ratio", "loss", "grad_norm",
               "zero_std_fraction", "lr", "time_generation", "time_verification", "time_reference", "time_update",
-              "step_time", "sample"]
+              "step_time", "time_data", "mem_peak_gb", "sample"]
 
 
 @pytest.fixture(scope="module")

@@ -297,7 +297,7 @@ def test_train_rl_fsdp_identical_with_and_without_rollout_gather(tiny_world, toy
         for k in g:
             if isinstance(g[k], str):
                 assert g[k] == s[k], k                                           # the logged sample text
-            elif not k.startswith("time") and k not in ("step_time", "rollout_copy_gb"):
+            elif not k.startswith("time") and k not in ("step_time", "rollout_copy_gb", "mem_peak_gb"):
                 assert g[k] == pytest.approx(s[k], rel=1e-6, abs=1e-9), k        # rewards, lengths, loss, kl, ...
     wg, ws = _latest_weights(tmp_path / "gather"), _latest_weights(tmp_path / "sharded")
     for k in wg:
@@ -356,3 +356,22 @@ def test_run_main_ends_a_process_group_member_without_interpreter_teardown(tmp_p
                          env=dict(env, OMP_NUM_THREADS="1"), timeout=120)
     assert one.returncode == 7 and one.stdout == "rank 0 sum 1"
     assert os.path.exists(f"{marker}.teardown0")            # a single process ends the normal way
+
+
+def test_peak_memory_gb_follows_the_resident_high_water_mark_on_cpu():
+    """The log's mem_peak_gb on CPU: the resident high-water mark above a baseline, and a reset
+    that starts a new peak (a freed 0.5 GiB tensor is gone from the next peak, a live one is not)."""
+    if not os.path.exists("/proc/self/clear_refs"):
+        pytest.skip("needs Linux /proc")
+    cpu = torch.device("cpu")
+    base = scale.resident_bytes()
+    scale.reset_peak_memory(cpu)
+    x = torch.ones(2 ** 27)   # 0.5 GiB of fp32, touched
+    del x
+    first = scale.peak_memory_gb(cpu, base)
+    assert 0.5 <= first < 0.6
+    scale.reset_peak_memory(cpu)  # the freed tensor left the process (large allocations are mmap'ed)
+    assert scale.peak_memory_gb(cpu, base) < 0.05
+    y = torch.ones(2 ** 26)   # 0.25 GiB, kept
+    assert 0.25 <= scale.peak_memory_gb(cpu, base) < 0.3
+    del y
