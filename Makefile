@@ -8,6 +8,7 @@
 #   make toy-ablation   the reward ablation of the paper's Table 10 -> runs/toy/ablation/table10.md
 #   make toy-vanguard   VANGUARD's curriculum and its baselines -> runs/toy-vanguard/table.md
 #   make toy-vanguard-spatial  + AVA-GRPO from it without / with the spatial verification reward
+#   make rehearsal      Qwen2.5-VL-7B's widths (depth cut) through SFT, RL and eval on this CPU (docs/scale.md)
 # Smoke runs, a few steps per stage into runs/toy-smoke/ (README.md "Smoke runs: plumbing, not
 # learning"): toy-smoke, toy-base-smoke, toy-ablation-smoke (toy + toy-ablation) and
 # toy-vanguard-smoke; tests/test_pipeline.py runs the last three.
@@ -22,7 +23,7 @@ WORLD_ARGS ?=
 test_set = --data $(1)/Vad-Reasoning-SFT-test.jsonl --video-root $(1)/videos  # a world's test split
 # make splits a path with a space into two words, so --overwrite could clear another run: refuse one
 # (the later defaults have none; a value given on the command line or in the environment is seen here).
-$(foreach v,DATA RUN VDATA VRUN SMOKE,$(if $(word 2,$($(v))),$(error $(v)="$($(v))" holds a space: make \
+$(foreach v,DATA RUN VDATA VRUN SMOKE REH,$(if $(word 2,$($(v))),$(error $(v)="$($(v))" holds a space: make \
   splits paths at spaces (and --overwrite could then delete another run); pass a path without one)))
 TEST := $(call test_set,$(DATA))
 
@@ -31,7 +32,7 @@ FORCE := force
 endif
 
 .PHONY: toy toy-sft toy-base toy-base-smoke toy-rl-only toy-ablation toy-ablation-smoke toy-smoke toy-vanguard toy-vanguard-smoke \
-	toy-vanguard-spatial \
+	toy-vanguard-spatial rehearsal rehearsal-smoke \
 	force clean-toy
 # A stage is finished when its `done` stamp exists (touched after the script exits 0), not when its
 # first checkpoint (`latest`) appears. A killed stage has checkpoints but no stamp, so the next
@@ -222,6 +223,22 @@ toy-base-smoke:  # make toy-base, a few steps per stage, into $(SMOKE)/toy-base 
 	$(MAKE) toy-base DATA=$(SMOKE)/base-data PDATA=$(SMOKE)/pretrain BRUN=$(SMOKE)/toy-base-run BASE=$(SMOKE)/toy-base \
 		WORLD_ARGS="$(SMOKE_WORLD)" PRE_ARGS="--n 12 --frames 16 24" TOWER_ARGS="--steps 2 --batch-size 2" \
 		CAPTION_ARGS="--max-steps 2 --frames 4 --num-workers 0" BCHECK_ARGS="--max-new-tokens 12"
+
+# The real model's shapes rehearsed on this CPU (extras/rehearsal.py, docs/scale.md "The rehearsal"):
+# Qwen2.5-VL's real tokenizer built offline (needs the test extras of requirements.txt), then every
+# phase for one step at Qwen2.5-VL-7B's widths with 2 decoder layers and 4 vision blocks.
+REH ?= runs/rehearsal
+REH_TOK ?= runs/qwen-tokenizer
+REH_ARGS ?=
+$(REH_TOK)/tokenizer.json:
+	$(PY) tests/real_qwen_tokenizer.py $(REH_TOK)
+
+rehearsal: $(REH_TOK)/tokenizer.json
+	$(PY) -m extras.rehearsal --tokenizer $(REH_TOK) --out $(REH) $(REH_ARGS)
+
+rehearsal-smoke:  # the same phases at the toy preset's widths (tests/test_rehearsal.py)
+	$(PY) -m extras.rehearsal --tiny --out $(SMOKE)/rehearsal --max-new-tokens 8 --num-generations 2 \
+		--lora-rank 4 $(REH_ARGS)
 
 clean-toy:
 	rm -rf $(RUN)

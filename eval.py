@@ -42,6 +42,7 @@ import argparse
 import json
 import os
 import sys
+import time
 
 import numpy as np
 
@@ -49,7 +50,7 @@ import data
 import grpo
 import vadr
 from extras import (badvideos, cli, flagcheck, lora, paper_tables, predictions, report,
-                    scoring, textmetrics, training, vane, vanguard)
+                    scale, scoring, textmetrics, training, vane, vanguard)
 # the label, interval and frame-level definitions extras/vanguard.py shares (extras/metrics.py);
 # frame_auc and best_f1 are what frame_metrics' four counts equal (the tests check eval's names)
 from extras.metrics import (authors_label, best_f1, frame_auc, frame_labels, frames_inside,
@@ -317,6 +318,7 @@ def run_inference(args) -> int:
 
     dist_info = vadr.setup_distributed(args.device)
     rank, world, device = dist_info["rank"], dist_info["world_size"], dist_info["device"]
+    mem0 = scale.resident_bytes()  # before the model: the baseline of the peak printed at the end
     rows = data.read_manifest(args.data, "sft", video_root=args.video_root,
                               skip_bad=args.skip_bad)
     if args.limit:
@@ -342,8 +344,11 @@ def run_inference(args) -> int:
                                          num_workers=args.num_workers if len(mine) else 0)
     bad_videos = badvideos.Tally(args.data, args.skip_bad)
     gen = torch.Generator(device=device).manual_seed(args.seed + rank)
+    waited, tw = 0.0, time.time()
+    scale.reset_peak_memory(device)
     with tqdm(total=len(mine), disable=not vadr.is_main(), desc="eval") as pbar:
         for batch in loader:
+            waited += time.time() - tw  # for the DataLoader's decoded videos
             failed = bad_videos.note(batch, replace=False).pop("failed_rows")
             texts = generate_outputs(model, tok, vadr.to_device(batch, device), args, gen) \
                 if batch["rows"] else []
@@ -355,7 +360,11 @@ def run_inference(args) -> int:
                                anomaly_type=r["anomaly_type"], **o)
                     f.write(json.dumps(row, ensure_ascii=False) + "\n")
             pbar.update(len(texts) + len(failed))
+            tw = time.time()
     bad_videos.report("written as prediction rows with an 'error' field")
+    if vadr.is_main():  # rank 0's figures (docs/log-keys.md's time_data and mem_peak_gb)
+        print(f"generated {len(mine)} videos: waited {waited:.1f} s for decoded videos, "
+              f"peak memory {scale.peak_memory_gb(device, mem0):.2f} GiB")
     vadr.barrier()
     if world > 1 and vadr.is_main():
         predictions.merge_rank_files(args.out, rows, world, load_jsonl)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import base64
 import os
+import sys
 
 # Qwen2.5-VL's added tokens, id -> (content, special). 151643..151656 are vadr.SPECIAL_TOKENS in
 # order; 151657..151664 are Qwen2.5's tool-call and fill-in-the-middle tokens (not special).
@@ -176,3 +177,10 @@ def build_qwen2_5_vl_tokenizer(ranks: dict[bytes, int] | None = None):
         unk_token=None, additional_special_tokens=specials[1:], clean_up_tokenization_spaces=False,
         split_special_tokens=False, model_max_length=131072,
         chat_template=CHAT_TEMPLATE)
+
+
+if __name__ == "__main__":  # make rehearsal: `python tests/real_qwen_tokenizer.py DIR` saves it there
+    if len(sys.argv) != 2:
+        raise SystemExit("usage: python tests/real_qwen_tokenizer.py OUT_DIR")
+    build_qwen2_5_vl_tokenizer().save_pretrained(sys.argv[1])
+    print(f"Qwen2.5-VL tokenizer ({N_RANKS} ranks + {len(ADDED_TOKENS)} added tokens) -> {sys.argv[1]}")
