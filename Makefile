@@ -11,6 +11,8 @@
 # Smoke runs, a few steps per stage into runs/toy-smoke/ (README.md "Smoke runs: plumbing, not
 # learning"): toy-smoke, toy-base-smoke, toy-ablation-smoke (toy + toy-ablation) and
 # toy-vanguard-smoke; tests/test_pipeline.py runs the last three.
+# The GPU day: make gpu-check (one GPU, planned under 8 min, docs/performance.md): the 7B shape's RL step
+# with LoRA and extras/bench.py -> runs/gpu-check/gpucheck.md
 PY ?= python
 DATA ?= data/toy
 RUN ?= runs/toy
@@ -222,6 +224,16 @@ toy-base-smoke:  # make toy-base, a few steps per stage, into $(SMOKE)/toy-base 
 	$(MAKE) toy-base DATA=$(SMOKE)/base-data PDATA=$(SMOKE)/pretrain BRUN=$(SMOKE)/toy-base-run BASE=$(SMOKE)/toy-base \
 		WORLD_ARGS="$(SMOKE_WORLD)" PRE_ARGS="--n 12 --frames 16 24" TOWER_ARGS="--steps 2 --batch-size 2" \
 		CAPTION_ARGS="--max-steps 2 --frames 4 --num-workers 0" BCHECK_ARGS="--max-new-tokens 12"
+
+# The GPU day (docs/performance.md): one AVA-GRPO step of the random full-depth 7B shape with LoRA
+# rank 64 and extras/bench.py's rollout and scoring, on one GPU, in under 8 minutes ->
+# $(GPU_OUT)/gpucheck.md and gpucheck.json (extras/gpucheck.py). A rerun: GPU_ARGS=--overwrite.
+GPU_DEVICE ?= cuda
+GPU_OUT ?= runs/gpu-check
+GPU_ARGS ?=
+.PHONY: gpu-check
+gpu-check:
+	$(PY) -m extras.gpucheck --device $(GPU_DEVICE) --out $(GPU_OUT) $(GPU_ARGS)
 
 clean-toy:
 	rm -rf $(RUN)
