@@ -127,6 +127,9 @@ def parse_args(argv=None):
 
 def check_args(a):
     """Every flag and --out, before anything heavy (vadr.InputError, one line)."""
+    if a.lora_rank < 1:  # flagcheck's rule would say "leave it out for full fine-tuning"
+        raise vadr.InputError(f"{SCRIPT}: --lora-rank {a.lora_rank}: the RL step's LoRA rank is at "
+                              "least 1 (default 64)")
     flagcheck.check_flags(a, "gpucheck")
     if min(a.clip_size) < 1:
         raise vadr.InputError(f"{SCRIPT}: --clip-size {a.clip_size[0]} {a.clip_size[1]}: a frame "

@@ -108,3 +108,9 @@ def test_predicted_memory_is_train_rls_dry_run(run, tok, tmp_path, capsys):
                             for x in shlex.split(cmd)[2:]])
     assert theirs["peak"] == ours["peak"] and theirs["shapes"]["video_tokens"] == 960
     assert 20 * 2 ** 30 < ours["peak"] < 30 * 2 ** 30           # fits one 80 GB card with room
+
+
+def test_the_make_target_is_the_gpu_command():
+    p = subprocess.run(["make", "-n", "gpu-check"], cwd=ROOT, capture_output=True, text=True)
+    assert p.stdout.split() == ["python", "-m", "extras.gpucheck", "--device", "cuda", "--out",
+                                "runs/gpu-check"]
