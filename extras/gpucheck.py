@@ -15,9 +15,10 @@ needed), in two parts, each written to OUT/gpucheck.json and OUT/gpucheck.md as 
      (ignore_eos, as bench: a random model stops at random places), the verification pass forced
      to 768 as well (its label stop is off with ignore_eos: an upper bound). A warm-up step of 4
      tokens runs first (kernels, AdamW's states), then the timed step.
-  2. The benchmark, in this process: `python -m extras.bench --device cuda --sections
-     rollout,scoring --repeats 1` at the same settings (its full-parameter model and frozen copy:
-     naive vs ours for the rollout and the scoring passes), its JSON kept as OUT/bench.json.
+  2. The benchmark, in this process: extras/bench.py's main with the sections rollout and scoring,
+     one interleaved pair each, at the same settings (its full-parameter model and frozen copy:
+     naive vs ours), its JSON kept as OUT/bench.json and its command line in the JSON's
+     bench_command.
 
 Figures (the table's rows; the JSON has each with its inputs):
   * rollout tokens/s: G x T completion tokens / the step's generation time (and bench's);
