@@ -100,6 +100,7 @@ RULES = [
                                         "for a card bench.PEAK_BF16_FLOPS knows)"),
     ("project_videos", _ge(1), "the projected epoch has at least 1 video"),
     ("project_gpus", _ge(1), "the projection plans for at least 1 GPU"),
+    ("budget_s", lambda v, a: v > 0, "the time plan in seconds must be > 0"),
     ("bench_repeats", _ge(1), "interleaved naive/ours pairs per bench section: at least 1"),
     ("clip_frames", _ge(1), "the rendered clip has at least 1 frame"),
     ("score_tokens", _ge(1), "completion tokens per row in the scoring accounting: at least 1"),

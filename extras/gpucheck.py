@@ -91,7 +91,7 @@ def parse_args(argv=None):
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda if available)")
     ap.add_argument("--out", default="runs/gpu-check",
-                    help="folder for gpucheck.json, gpucheck.md and bench.json")
+                    help="folder for gpucheck.json, gpucheck.md and bench.json (default runs/gpu-check)")
     ap.add_argument("--overwrite", action="store_true", help="replace those files if --out has them")
     ap.add_argument("--tiny", action="store_true",
                     help="toy-like widths and sizes for a CPU test (unset flags: extras/gpucheck.py TINY)")
@@ -118,6 +118,9 @@ def parse_args(argv=None):
     ap.add_argument("--project-videos", type=int, default=6448,
                     help="videos in the RL epoch the projection is for (paper: 6448)")
     ap.add_argument("--project-gpus", type=int, default=4, help="GPUs the projection assumes (paper: 4)")
+    ap.add_argument("--budget-s", type=float, default=480,
+                    help="wall-clock plan in seconds (8 minutes): the bench is skipped, and says so, "
+                         "when the RL step has used more than half of it")
     ap.add_argument("--seed", type=int, default=0, help="seed of the model, the clip and the sampling")
     a = ap.parse_args(argv)
     for k, v in (TINY if a.tiny else PAPER).items():
@@ -132,6 +135,9 @@ def check_args(a):
         raise vadr.InputError(f"{SCRIPT}: --lora-rank {a.lora_rank}: the RL step's LoRA rank is at "
                               "least 1 (default 64)")
     flagcheck.check_flags(a, "gpucheck")
+    if vadr.resolve_device(a.device).type == "cpu" and not a.tiny:
+        raise vadr.InputError(f"{SCRIPT}: --device cpu with the full 7B shape would take hours and "
+                              "about 40 GB: pass --tiny for the CPU check, or run on a GPU")
     if min(a.clip_size) < 1:
         raise vadr.InputError(f"{SCRIPT}: --clip-size {a.clip_size[0]} {a.clip_size[1]}: a frame "
                               "is at least 1 x 1 pixels")
@@ -396,7 +402,11 @@ def main(argv=None) -> dict:
         gc.collect()
         if dev.type == "cuda":
             torch.cuda.empty_cache()
-        if a.bench_list:
+        half = a.budget_s / 2  # the bench's two models and sampling passes cost about part 1's
+        if a.bench_list and res["total_s"] > half:
+            res["errors"]["bench"] = (f"skipped: the RL step took {res['total_s']:.0f} s, over half "
+                                      f"of --budget-s {a.budget_s:g}")
+        elif a.bench_list:
             argv_b = bench_argv(a, dev)
             res["bench_command"] = "python -m extras.bench " + " ".join(argv_b)
             try:

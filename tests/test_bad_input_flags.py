@@ -395,6 +395,7 @@ GPUCHECK_BAD = [
     (["--score-tokens", "0"],
      "--score-tokens 0: completion tokens per row in the scoring accounting: at least 1"),
     (["--seed=-1"], "--seed -1: seeds are in [0, 2**32) (the scripts derive per-step seeds from it)"),
+    (["--budget-s", "0"], "--budget-s 0.0: the time plan in seconds must be > 0"),
     (["--clip-size", "0", "84"], "--clip-size 0 84: a frame is at least 1 x 1 pixels"),
     (["--bench-sections", "rollout,sfx"], f"--bench-sections rollout,sfx: pass a comma-separated "
                                           f"subset of {SECTIONS}, or none"),
@@ -403,12 +404,24 @@ GPUCHECK_BAD = [
 ] + DEVICE_BAD
 
 
+def _gpucheck_refused(*argv) -> str:
+    with pytest.raises(vadr.InputError) as e:
+        gpucheck.check_args(gpucheck.parse_args(list(argv)))
+    return str(e.value)
+
+
 @pytest.mark.parametrize("extra, msg", GPUCHECK_BAD)
 def test_gpucheck_refuses_each_bad_flag(tmp_path, extra, msg):
-    with pytest.raises(vadr.InputError) as e:
-        gpucheck.check_args(gpucheck.parse_args(["--out", str(tmp_path / "o"), *extra]))
-    assert str(e.value) == f"python -m extras.gpucheck: {msg}"
+    # --tiny: on the CPU the tests run on, the full 7B shape is itself refused (next test)
+    got = _gpucheck_refused("--tiny", "--out", str(tmp_path / "o"), *extra)
+    assert got == f"python -m extras.gpucheck: {msg}"
     assert not (tmp_path / "o").exists()
+
+
+def test_gpucheck_refuses_the_full_shape_on_a_cpu(tmp_path):
+    assert _gpucheck_refused("--device", "cpu", "--out", str(tmp_path / "o")) == (
+        "python -m extras.gpucheck: --device cpu with the full 7B shape would take hours and about "
+        "40 GB: pass --tiny for the CPU check, or run on a GPU")
 
 
 def test_gpucheck_never_replaces_its_results_unasked(tmp_path):
@@ -416,20 +429,17 @@ def test_gpucheck_never_replaces_its_results_unasked(tmp_path):
     out.mkdir()
     (out / "gpucheck.md").write_text("an earlier card's table\n")
     (out / "notes.txt").write_text("mine\n")
-    with pytest.raises(vadr.InputError) as e:
-        gpucheck.check_args(gpucheck.parse_args(["--out", str(out)]))
-    assert str(e.value) == (f"python -m extras.gpucheck: --out {out} already holds gpucheck.md: "
-                            "pass --overwrite to replace them (make gpu-check "
-                            "GPU_ARGS=--overwrite), or another --out")
+    assert _gpucheck_refused("--tiny", "--out", str(out)) == (
+        f"python -m extras.gpucheck: --out {out} already holds gpucheck.md: pass --overwrite to "
+        "replace them (make gpu-check GPU_ARGS=--overwrite), or another --out")
     assert _tree(out) == {"gpucheck.md": hashlib.sha256(b"an earlier card's table\n").hexdigest(),
                           "notes.txt": hashlib.sha256(b"mine\n").hexdigest()}
-    gpucheck.check_args(gpucheck.parse_args(["--out", str(out), "--overwrite", "--bench-sections",
-                                             "none"]))                      # accepted
+    gpucheck.check_args(gpucheck.parse_args(["--tiny", "--out", str(out), "--overwrite",
+                                             "--bench-sections", "none"]))  # accepted
     (tmp_path / "f").write_text("x")
-    with pytest.raises(vadr.InputError) as e:
-        gpucheck.check_args(gpucheck.parse_args(["--out", str(tmp_path / "f")]))
-    assert str(e.value) == (f"python -m extras.gpucheck: --out {tmp_path / 'f'} is a file, not a "
-                            "folder; pass another --out")
+    assert _gpucheck_refused("--tiny", "--out", str(tmp_path / "f")) == (
+        f"python -m extras.gpucheck: --out {tmp_path / 'f'} is a file, not a folder; pass "
+        "another --out")
 
 
 def test_gpucheck_refuses_a_flag_before_loading_anything(tmp_path):

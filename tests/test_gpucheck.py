@@ -6,6 +6,7 @@ time x videos / GPUs / 3600, the predicted peak = `train_rl.py --dry-run`'s for 
 tests/test_bad_input_flags.py."""
 import json
 import os
+import re
 import shlex
 import subprocess
 
@@ -114,3 +115,13 @@ def test_the_make_target_is_the_gpu_command():
     p = subprocess.run(["make", "-n", "gpu-check"], cwd=ROOT, capture_output=True, text=True)
     assert p.stdout.split() == ["python", "-m", "extras.gpucheck", "--device", "cuda", "--out",
                                 "runs/gpu-check"]
+
+
+def test_the_bench_is_skipped_when_the_rl_step_used_half_the_budget(tmp_path):
+    res = gpucheck.main(["--device", "cpu", "--tiny", "--out", str(tmp_path), "--budget-s", "0.01"])
+    msg = res["errors"]["bench"]
+    assert re.fullmatch(r"skipped: the RL step took \d+ s, over half of --budget-s 0\.01", msg), msg
+    assert "bench" not in res and sorted(os.listdir(tmp_path)) == ["gpucheck.json", "gpucheck.md"]
+    assert f"| bench: failed | - | {msg} |" in res["table"]
+    assert res["peak_flops"] is None and res["mfu_update"] is None      # CPU, no --peak-tflops
+    assert "| update MFU | - |" in res["table"] and res["projection"]["hours"] > 0
