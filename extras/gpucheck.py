@@ -42,8 +42,10 @@ Budget: the whole `make gpu-check` must end within 8 minutes on one H100 (estima
 measured: no GPU has run this yet). Start, imports, the clip: ~30 s. Part 1: model ~15 s,
 warm-up ~10 s, the timed step ~100 s (two sampling passes of 768 decode steps at ~50 ms each,
 reference ~2 s, update ~5 s). Part 2: model + frozen copy ~20 s, rollout (4-token warm-ups, naive
-and ours at 768) ~90 s, scoring (warm-ups + one pair) ~20 s. About 4.6 minutes; at twice the
-decode estimate, still under 8. A part that runs out of memory is reported, and the other kept.
+and ours at 768) ~90 s, scoring (warm-ups + one pair) ~20 s. About 4.8 minutes; at twice the
+decode estimate about 7.6. Should part 1 take over half of --budget-s (480 s), the bench is skipped
+and the table says so. A part that runs out of memory is reported, and the other kept. On a CPU
+only --tiny runs (the full shape would take hours).
 
 Commands (from the repository root):
     make gpu-check                                    # = python -m extras.gpucheck --device cuda
