@@ -12,6 +12,8 @@
 # Smoke runs, a few steps per stage into runs/toy-smoke/ (README.md "Smoke runs: plumbing, not
 # learning"): toy-smoke, toy-base-smoke, toy-ablation-smoke (toy + toy-ablation) and
 # toy-vanguard-smoke; tests/test_pipeline.py runs the last three.
+# The GPU day: make gpu-check (one GPU, planned under 8 min, docs/performance.md): the 7B shape's RL step
+# with LoRA and extras/bench.py -> runs/gpu-check/gpucheck.md
 PY ?= python
 DATA ?= data/toy
 RUN ?= runs/toy
@@ -226,7 +228,7 @@ toy-base-smoke:  # make toy-base, a few steps per stage, into $(SMOKE)/toy-base 
 
 # The real model's shapes rehearsed on this CPU (extras/rehearsal.py, docs/scale.md "The rehearsal"):
 # Qwen2.5-VL's real tokenizer built offline (needs the test extras of requirements.txt), then every
-# phase for one step at Qwen2.5-VL-7B's widths with 2 decoder layers and 4 vision blocks.
+# phase for two steps at Qwen2.5-VL-7B's widths with 2 decoder layers and 4 vision blocks.
 REH ?= runs/rehearsal
 REH_TOK ?= runs/qwen-tokenizer
 REH_ARGS ?=
@@ -239,6 +241,16 @@ rehearsal: $(REH_TOK)/tokenizer.json
 rehearsal-smoke:  # the same phases at the toy preset's widths (tests/test_rehearsal.py)
 	$(PY) -m extras.rehearsal --tiny --out $(SMOKE)/rehearsal --max-new-tokens 8 --num-generations 2 \
 		--lora-rank 4 $(REH_ARGS)
+
+# The GPU day (docs/performance.md): one AVA-GRPO step of the random full-depth 7B shape with LoRA
+# rank 64 and extras/bench.py's rollout and scoring, on one GPU, in under 8 minutes ->
+# $(GPU_OUT)/gpucheck.md and gpucheck.json (extras/gpucheck.py). A rerun: GPU_ARGS=--overwrite.
+GPU_DEVICE ?= cuda
+GPU_OUT ?= runs/gpu-check
+GPU_ARGS ?=
+.PHONY: gpu-check
+gpu-check:
+	$(PY) -m extras.gpucheck --device $(GPU_DEVICE) --out $(GPU_OUT) $(GPU_ARGS)
 
 clean-toy:
 	rm -rf $(RUN)

@@ -5,7 +5,9 @@ Not part of the method: what makes a mistyped flag cost three seconds instead of
 right after argument parsing (after the presets, and after eval.resolve_inference_args filled in
 the authors' settings), before the toy world, the manifest, the tokenizer or the model:
 
-    check_flags(args, "sft" | "rl" | "eval")
+    check_flags(args, "sft" | "rl" | "eval" | "inspect" | "gpucheck")
+
+(inspect: extras/inspect.py; gpucheck: extras/gpucheck.py, whose flags end at --device.)
 
 A bad value is a vadr.InputError, printed by vadr.run_main as one line and exit code 1:
 
@@ -29,7 +31,7 @@ from extras import checkpoint, cli, predictions, scoring
 from vadr import InputError, resolve_device
 
 SCRIPTS = {"sft": "train_sft.py", "rl": "train_rl.py", "eval": "eval.py",
-           "inspect": "python -m extras.inspect"}
+           "inspect": "python -m extras.inspect", "gpucheck": "python -m extras.gpucheck"}
 # Qwen2.5-VL's processor caps a frame at 16384 patches of 28x28 (max_pixels 12845056); more is
 # no setting of the model's, and a frame that large exhausts memory while decoding.
 QWEN_MAX_PIXELS = 16384 * 28 * 28
@@ -94,6 +96,14 @@ RULES = [
     ("lora_dropout", lambda v, a: 0 <= v < 1, "a dropout probability in [0, 1)"),
     ("dry_run_gpus", _ge(1), "the dry run plans for at least 1 GPU"),
     ("videos", _ge(1), "the first N videos of the manifest: N >= 1"),
+    ("peak_tflops", lambda v, a: v > 0, "the card's peak bf16 TFLOP/s must be > 0 (leave it out "
+                                        "for a card bench.PEAK_BF16_FLOPS knows)"),
+    ("project_videos", _ge(1), "the projected epoch has at least 1 video"),
+    ("project_gpus", _ge(1), "the projection plans for at least 1 GPU"),
+    ("budget_s", lambda v, a: v > 0, "the time plan in seconds must be > 0"),
+    ("bench_repeats", _ge(1), "interleaved naive/ours pairs per bench section: at least 1"),
+    ("clip_frames", _ge(1), "the rendered clip has at least 1 frame"),
+    ("score_tokens", _ge(1), "completion tokens per row in the scoring accounting: at least 1"),
     ("chars", _ge(20), "characters shown of a completion: at least 20 (a longer one shows its "
                        "start and its end)"),
 ]
@@ -124,6 +134,8 @@ def check_flags(args, stage: str):
         raise InputError(f"{script}: {e}") from None
     if stage == "eval":
         _check_eval_paths(args, script)
+        return
+    if stage == "gpucheck":  # a random model, no run directory (extras/gpucheck.py checks --out)
         return
     if stage == "inspect":  # samples from --model, writes no run
         _check_model(args, script, "rl")

@@ -6,7 +6,8 @@ byte-identical. Most cases call the validator on the scripts' own parsed argumen
 eval's authors' inference defaults applied: the scripts' parse_args); a few subprocesses prove the
 wiring: exit code 1, one line on stderr, no traceback, nothing heavy loaded. Issue 36: --device (cpu, cuda, cuda:N, one rule for
 every script) and --length-ranges-from (read through the manifest checker; the RL manifest, a
-missing file or a directory is one line). Run: pytest tests/test_bad_input_flags.py"""
+missing file or a directory is one line). Issue 37: python -m extras.gpucheck's flags and its
+--out (never replaced without --overwrite). Run: pytest tests/test_bad_input_flags.py"""
 import hashlib
 import json
 import os
@@ -21,7 +22,7 @@ import eval as ev
 import train_rl
 import train_sft
 import vadr
-from extras import flagcheck, predictions
+from extras import flagcheck, gpucheck, predictions
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PIX = "(Qwen2.5-VL's 16384 * 28 * 28)"
@@ -370,6 +371,83 @@ def test_a_predictions_file_resumes_and_a_torn_last_line_is_dropped(tmp_path):
     assert predictions.done_keys(str(p)) == {("TOY", "a"), ("TOY", "b")} and p.read_text() == good
     p.write_text(good + _pred("c").rstrip("\n"))              # a whole row, its newline lost
     assert len(predictions.done_keys(str(p))) == 3 and p.read_text() == good + _pred("c")
+
+
+# ================================================================ python -m extras.gpucheck
+
+SECTIONS = "rollout,verification,scoring,rl_step,sft"
+GPUCHECK_BAD = [
+    (["--num-generations", "1"], "--num-generations 1: GRPO needs at least 2 completions per "
+                                 "video (Eq. 1's std)"),
+    (["--max-new-tokens", "0"], "--max-new-tokens 0: a completion needs at least 1 new token"),
+    (["--frames", "0"], f"--frames 0: {FRAMES}"),
+    (["--max-pixels", "1000"],
+     f"--max-pixels 1000: pixels per frame must be in [--min-pixels 3136, 12845056] {PIX}"),
+    (["--lora-rank", "0"], "--lora-rank 0: the RL step's LoRA rank is at least 1 (default 64)"),
+    (["--peak-tflops", "0"], "--peak-tflops 0.0: the card's peak bf16 TFLOP/s must be > 0 (leave "
+                             "it out for a card bench.PEAK_BF16_FLOPS knows)"),
+    (["--peak-tflops", "nan"], f"--peak-tflops nan: {FINITE}"),
+    (["--project-videos", "0"], "--project-videos 0: the projected epoch has at least 1 video"),
+    (["--project-gpus", "0"], "--project-gpus 0: the projection plans for at least 1 GPU"),
+    (["--bench-repeats", "0"],
+     "--bench-repeats 0: interleaved naive/ours pairs per bench section: at least 1"),
+    (["--clip-frames", "0"], "--clip-frames 0: the rendered clip has at least 1 frame"),
+    (["--score-tokens", "0"],
+     "--score-tokens 0: completion tokens per row in the scoring accounting: at least 1"),
+    (["--seed=-1"], "--seed -1: seeds are in [0, 2**32) (the scripts derive per-step seeds from it)"),
+    (["--budget-s", "0"], "--budget-s 0.0: the time plan in seconds must be > 0"),
+    (["--clip-size", "0", "84"], "--clip-size 0 84: a frame is at least 1 x 1 pixels"),
+    (["--bench-sections", "rollout,sfx"], f"--bench-sections rollout,sfx: pass a comma-separated "
+                                          f"subset of {SECTIONS}, or none"),
+    (["--bench-sections", " "], f"--bench-sections  : pass a comma-separated subset of {SECTIONS}, "
+                                "or none"),
+] + DEVICE_BAD
+
+
+def _gpucheck_refused(*argv) -> str:
+    with pytest.raises(vadr.InputError) as e:
+        gpucheck.check_args(gpucheck.parse_args(list(argv)))
+    return str(e.value)
+
+
+@pytest.mark.parametrize("extra, msg", GPUCHECK_BAD)
+def test_gpucheck_refuses_each_bad_flag(tmp_path, extra, msg):
+    # --tiny: on the CPU the tests run on, the full 7B shape is itself refused (next test)
+    got = _gpucheck_refused("--tiny", "--out", str(tmp_path / "o"), *extra)
+    assert got == f"python -m extras.gpucheck: {msg}"
+    assert not (tmp_path / "o").exists()
+
+
+def test_gpucheck_refuses_the_full_shape_on_a_cpu(tmp_path):
+    assert _gpucheck_refused("--device", "cpu", "--out", str(tmp_path / "o")) == (
+        "python -m extras.gpucheck: --device cpu with the full 7B shape would take hours and about "
+        "40 GB: pass --tiny for the CPU check, or run on a GPU")
+
+
+def test_gpucheck_never_replaces_its_results_unasked(tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "gpucheck.md").write_text("an earlier card's table\n")
+    (out / "notes.txt").write_text("mine\n")
+    assert _gpucheck_refused("--tiny", "--out", str(out)) == (
+        f"python -m extras.gpucheck: --out {out} already holds gpucheck.md: pass --overwrite to "
+        "replace them (make gpu-check GPU_ARGS=--overwrite), or another --out")
+    assert _tree(out) == {"gpucheck.md": hashlib.sha256(b"an earlier card's table\n").hexdigest(),
+                          "notes.txt": hashlib.sha256(b"mine\n").hexdigest()}
+    gpucheck.check_args(gpucheck.parse_args(["--tiny", "--out", str(out), "--overwrite",
+                                             "--bench-sections", "none"]))  # accepted
+    (tmp_path / "f").write_text("x")
+    assert _gpucheck_refused("--tiny", "--out", str(tmp_path / "f")) == (
+        f"python -m extras.gpucheck: --out {tmp_path / 'f'} is a file, not a folder; pass "
+        "another --out")
+
+
+def test_gpucheck_refuses_a_flag_before_loading_anything(tmp_path):
+    p = _run(["-m", "extras.gpucheck", "--device", "cpu", "--num-generations", "1", "--out",
+              str(tmp_path / "o")])
+    _one_line_error(p, "python -m extras.gpucheck: --num-generations 1: GRPO needs at least 2 "
+                       "completions per video (Eq. 1's std)")
+    assert os.listdir(tmp_path) == []
 
 
 # ================================================================ the scripts themselves
