@@ -318,7 +318,7 @@ def run_inference(args) -> int:
 
     dist_info = vadr.setup_distributed(args.device)
     rank, world, device = dist_info["rank"], dist_info["world_size"], dist_info["device"]
-    mem0 = scale.resident_bytes()  # before the model: the baseline of the peak printed at the end
+    mem0 = scale.memory_baseline()  # before the model: the baseline of the peak printed at the end
     rows = data.read_manifest(args.data, "sft", video_root=args.video_root,
                               skip_bad=args.skip_bad)
     if args.limit:

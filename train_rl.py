@@ -132,7 +132,7 @@ def main(argv=None):
         return scale.dry_run(args, "rl", paper_preset=PAPER)
     dist_info = vadr.setup_distributed(args.device)
     rank, world, device = dist_info["rank"], dist_info["world_size"], dist_info["device"]
-    mem0 = scale.resident_bytes()  # before the model: the baseline of the log's mem_peak_gb
+    mem0 = scale.memory_baseline()  # before the model: the baseline of the log's mem_peak_gb
     # a resumed run: an RL run's checkpoint, continued with its own flags (model, data, ...)
     start_dir = checkpoint.resume_run(args, "rl")
     if vadr.is_main() and args.preset_filled:

@@ -185,14 +185,18 @@ def tree_pss(pid: int) -> int:
 def run_phase(name: str, cmd: list, procs: int, args) -> dict:
     """Run one phase's command, watching the resident memory of its process tree -> wall time,
     the highest total resident GiB, the output's tail."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(1 if procs > 1 else args.threads), PYTHONUNBUFFERED="1")
+    # glibc returns a freed block of 128 KiB or more to the kernel at once (its adaptive threshold
+    # otherwise rises to 32 MiB and keeps freed activations resident), so the resident high-water
+    # mark follows the live tensors, as torch's CUDA allocator statistics do
+    env = dict(os.environ, OMP_NUM_THREADS=str(1 if procs > 1 else args.threads), PYTHONUNBUFFERED="1",
+               MALLOC_MMAP_THRESHOLD_="131072")
     log = open(os.path.join(args.out, f"{name}.log"), "w")
     print(f"[{name}] {' '.join(os.path.relpath(c) if c.startswith(ROOT) else c for c in cmd)}", flush=True)
     t0, peak = time.time(), 0
     p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     while p.poll() is None:
         peak = max(peak, tree_pss(p.pid))
-        time.sleep(0.2)
+        time.sleep(1.0)  # smaps_rollup walks every mapping: not too often
     log.close()
     tail = open(log.name).read()[-1500:]
     if p.returncode != 0:
@@ -273,8 +277,16 @@ def main(argv=None):
     ck = {}
     for key, tok in (("full", full_tok), ("small", small_tok)):
         path = os.path.join(R, f"ckpt_{key}")
-        shutil.rmtree(path, ignore_errors=True)
-        ck[key] = write_checkpoint(path, tok, args)
+        made = os.path.join(path, "rehearsal_checkpoint.json")  # what it was built from
+        spec = dict(tiny=args.tiny, layers=args.layers, vision_depth=args.vision_depth, vocab=len(tok))
+        old = json.load(open(made)) if os.path.isfile(made) else {}
+        if old.get("spec") != spec:
+            shutil.rmtree(path, ignore_errors=True)
+            ck[key] = dict(write_checkpoint(path, tok, args), spec=spec)
+            with open(made, "w") as f:
+                json.dump(ck[key], f)
+        else:
+            ck[key] = old
         print(f"[checkpoint] {path}: {ck[key]['params']:,} parameters, vocabulary {ck[key]['vocab']:,}", flush=True)
     configs = {k: scale.load_config(v["path"]) for k, v in ck.items()}
     toks = {"full": AutoTokenizer.from_pretrained(ck["full"]["path"]),

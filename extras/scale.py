@@ -568,6 +568,14 @@ def resident_bytes(field: str = "VmRSS") -> int:
     return 0
 
 
+def memory_baseline() -> int:
+    """The resident bytes mem_peak_gb is measured above: this process before its model is loaded,
+    with transformers' lazily imported Qwen2.5-VL modules already in (about 0.14 GiB that would
+    otherwise count as the step's)."""
+    from transformers import Qwen2_5_VLForConditionalGeneration  # noqa: F401 (the lazy import)
+    return resident_bytes()
+
+
 def reset_peak_memory(device: torch.device):
     """Start a new peak: torch's allocator statistics on CUDA; on CPU the kernel's resident
     high-water mark (writing 5 to /proc/self/clear_refs resets VmHWM, Linux >= 4.0)."""
