@@ -239,7 +239,7 @@ rehearsal: $(REH_TOK)/tokenizer.json
 	$(PY) -m extras.rehearsal --tokenizer $(REH_TOK) --out $(REH) $(REH_ARGS)
 
 rehearsal-smoke:  # the same phases at the toy preset's widths (tests/test_rehearsal.py)
-	$(PY) -m extras.rehearsal --tiny --out $(SMOKE)/rehearsal --max-new-tokens 8 --num-generations 2 \
+	$(PY) -m extras.rehearsal --tiny --out $(SMOKE)/rehearsal --steps 1 --max-new-tokens 8 --num-generations 2 \
 		--lora-rank 4 $(REH_ARGS)
 
 # The GPU day (docs/performance.md): one AVA-GRPO step of the random full-depth 7B shape with LoRA

@@ -1,8 +1,8 @@
 """The main job, shortened: `make toy-ablation-smoke` runs every stage of `make toy` from the
 shipped toy base (toy world, SFT, AVA-GRPO, three evaluations, the report) and of `make toy-ablation`
 (three more RL runs with Table 10's reward switches, their evaluations, table10.md) for a few steps
-each; `make toy-vanguard-smoke` VANGUARD's curriculum and `make toy-base-smoke` the toy pretraining,
-all three in one `make -j2`. Every stage must leave its outputs and every eval JSON must carry every
+each; `make toy-vanguard-smoke` VANGUARD's curriculum, `make toy-base-smoke` the toy pretraining and
+`make rehearsal-smoke` extras/rehearsal.py's phases at toy widths, all four in one `make -j2`. Every stage must leave its outputs and every eval JSON must carry every
 documented field.
 Run: pytest tests/test_pipeline.py"""
 import json
@@ -25,8 +25,8 @@ FIELDS = ["detection.accuracy", "detection.precision", "detection.recall", "dete
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
-    """One `make -j2 toy-ablation-smoke toy-vanguard-smoke toy-base-smoke` into one directory: the three
-    are independent after their own toy worlds, so two make jobs keep both cores busy across them (one
+    """One `make -j2 toy-ablation-smoke toy-vanguard-smoke toy-base-smoke rehearsal-smoke` into one
+    directory: the four are independent after their own toy worlds, so two make jobs keep both cores busy across them (one
     thread a process); also checks that -j is safe. Returns (directory, make's stdout, env)."""
     if shutil.which("make") is None:
         pytest.skip("needs make (the README's entry point)")
@@ -34,8 +34,8 @@ def smoke(tmp_path_factory):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     shipped = os.path.join(ROOT, "toy-base", "model.safetensors")
     before = os.path.getmtime(shipped) if os.path.exists(shipped) else None
-    p = subprocess.run(["make", "-j2", "toy-ablation-smoke", "toy-vanguard-smoke", "toy-base-smoke",
-                        f"PY={sys.executable}", f"SMOKE={d}"], cwd=ROOT, env=env,
+    p = subprocess.run(["make", "-j2", "toy-ablation-smoke", "toy-vanguard-smoke", "toy-base-smoke", "rehearsal-smoke",
+                        f"PY={sys.executable}", f"SMOKE={d}", "REH_ARGS=--threads 1"], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=1200)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
     if before is not None:  # the base smoke writes its own toy-base; the repository's stays untouched
@@ -141,3 +141,33 @@ def test_make_toy_base_smoke_rebuilds_a_base(smoke):
     from extras import lora, toymodel
     model, tok = lora.load_merged(str(base))
     assert model.config.vision_config.depth == toymodel.TOY_VISION["depth"]
+
+
+def test_make_rehearsal_smoke_runs_every_phase(smoke):
+    """extras/rehearsal.py at the toy preset's widths: every phase ran with its prediction,
+    measurement (the scripts' mem_peak_gb), time and data wait, and the table has a row each."""
+    from extras import rehearsal
+    out = smoke[0] / "rehearsal"
+    summary = json.load(open(out / "rehearsal.json"))
+    phases = {r["phase"]: r for r in summary["phases"]}
+    assert list(phases) == list(rehearsal.PHASES)
+    for name, r in phases.items():
+        assert r["seconds"] > 0 and r["tree_peak_gb"] > 0, name
+        assert r["processes"] == (2 if name.endswith("fsdp") else 1), name
+        if name != "merge":
+            assert r["predicted_gb"] > 0 and r["measured_gb"] > 0 and r["data_wait_s"] >= 0, name
+    for name in ("sft_fsdp", "sft_lora", "rl_lora", "rl_merged", "rl_fsdp"):
+        run = json.load(open(out / name / "run_config.json"))
+        log = [json.loads(x) for x in open(out / name / "log.jsonl")]
+        assert len(log) == 1 and phases[name]["measured_gb"] == log[-1]["mem_peak_gb"], name  # --steps 1
+        assert run["world_size"] == (2 if name.endswith("fsdp") else 1) and run["fsdp"] == name.endswith("fsdp")
+        assert run["lora_rank"] == (None if name.endswith("fsdp") else 4), name
+        assert run["max_pixels"] == 128 * 28 * 28 and run["frames"] == 4
+    assert json.load(open(out / "rl_lora" / "run_config.json"))["num_generations"] == 2
+    # the merged directory is a plain checkpoint; RL from it and from the LoRA run both ran
+    assert os.path.isfile(out / "merged" / "config.json")
+    assert len(open(out / "preds.jsonl").read().splitlines()) == 2
+    table = open(out / "rehearsal.md").read()
+    for name in rehearsal.PHASES:
+        assert table.count(f"| {name} |") == 1, name
+    assert "predicted GiB / process" in table and "data wait s" in table
