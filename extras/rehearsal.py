@@ -13,7 +13,7 @@ Each phase is the project's own command, run for --steps steps as its own proces
   rl_lora     train_rl.py --model <sft_lora> --lora-rank R                    its adapters folded in
   merge       train_sft.py --merge <sft_lora>                                 -> one HF directory
   rl_merged   train_rl.py --model <merge> --lora-rank R                       the merged directory
-  rl_fsdp     torchrun --nproc_per_node 2 train_rl.py --fsdp, G = 4           small-vocab checkpoint
+  rl_fsdp     torchrun --nproc_per_node 2 train_rl.py --fsdp, G = 4           small vocab, 1 layer
   eval        eval.py --model <rl_lora> on the test split's 2 videos          merged on load
 
 and one line each: the peak the memory model predicts (extras/scale.estimate_memory, --dry-run's
@@ -67,6 +67,9 @@ def parse_args(argv=None):
                          "default: the toy tokenizer everywhere (vocabulary below 2,048)")
     ap.add_argument("--tiny", action="store_true", help="the toy preset's widths instead of the 7B's (CI)")
     ap.add_argument("--layers", type=int, default=2, help="decoder layers kept (7B: 28)")
+    ap.add_argument("--rl-fsdp-layers", type=int, default=1,
+                    help="decoder layers of rl_fsdp's model: its two ranks hold policy, reference, "
+                         "AdamW and the rollout copy (10.3 GiB each at 2 layers: over 20 GB together)")
     ap.add_argument("--vision-depth", type=int, default=4, help="vision blocks kept, the last full attention (7B: 32)")
     ap.add_argument("--frames", type=int, default=4, help="frames per video (paper: 16)")
     ap.add_argument("--steps", type=int, default=2,
@@ -79,7 +82,7 @@ def parse_args(argv=None):
     ap.add_argument("--phases", default=",".join(PHASES), help="comma-separated subset of " + ",".join(PHASES))
     ap.add_argument("--max-gb", type=float, default=20.0, help="fail when all processes together hold more")
     args = ap.parse_args(argv)
-    for k in ("layers", "vision_depth", "frames", "steps", "max_new_tokens", "num_generations",
+    for k in ("layers", "rl_fsdp_layers", "vision_depth", "frames", "steps", "max_new_tokens", "num_generations",
               "lora_rank", "threads"):
         if getattr(args, k) < 1:
             ap.error(f"--{k.replace('_', '-')} must be at least 1")
@@ -103,26 +106,26 @@ def parse_args(argv=None):
 
 # ---- the model: the 7B's widths, the depth cut ------------------------------------------------
 
-def model_config(tok, args):
+def model_config(tok, args, layers: int | None = None):
     """Qwen2_5_VLConfig: the 7B's (or, --tiny, the toy preset's) widths with the depth cut, the
     vocabulary of `tok` (152,064 for Qwen's tokenizer, as the 7B; else rounded up to 64)."""
     vocab = bench.REAL_VOCAB if len(tok) > 150_000 else -(-len(tok) // 64) * 64
     if args.tiny:
-        text = dict(toymodel.TOY_TEXT, num_hidden_layers=args.layers)
+        text = dict(toymodel.TOY_TEXT, num_hidden_layers=layers or args.layers)
         vision = dict(toymodel.TOY_VISION, depth=args.vision_depth)
         text.pop("vocab_size", None)
         config = bench.qwen7b_config(tok, text=dict(text, vocab_size=vocab), vision=vision)
         config.text_config.max_position_embeddings = 4096
     else:
-        config = bench.qwen7b_config(tok, text=dict(num_hidden_layers=args.layers, vocab_size=vocab),
+        config = bench.qwen7b_config(tok, text=dict(num_hidden_layers=layers or args.layers, vocab_size=vocab),
                                      vision=dict(depth=args.vision_depth))
     config.vision_config.fullatt_block_indexes = [args.vision_depth - 1]
     return config
 
 
-def write_checkpoint(path: str, tok, args, seed: int = 0) -> dict:
+def write_checkpoint(path: str, tok, args, layers: int, seed: int = 0) -> dict:
     """A random model of model_config(tok) saved in bf16 with its tokenizer -> its parameter count."""
-    config = model_config(tok, args)
+    config = model_config(tok, args, layers)
     model = bench.random_model(config, tok, torch.device("cpu"), torch.bfloat16, seed=seed)
     n = sum(p.numel() for p in model.parameters())
     model.save_pretrained(path)
@@ -156,7 +159,7 @@ def phase_commands(args, world: dict, ck: dict) -> dict:
         "merge": ([py, "train_sft.py", "--merge", j("sft_lora"), "--out", j("merged")], 1, j("merged")),
         "rl_merged": ([py, "train_rl.py", "--model", j("merged"), *rl, *lora, "--out", j("rl_merged")], 1,
                       j("rl_merged")),
-        "rl_fsdp": (torchrun + ["train_rl.py", "--model", ck["small"], *rl, "--fsdp", "--out", j("rl_fsdp")], 2,
+        "rl_fsdp": (torchrun + ["train_rl.py", "--model", ck["small_rl"], *rl, "--fsdp", "--out", j("rl_fsdp")], 2,
                     j("rl_fsdp")),
         "eval": ([py, "eval.py", "--model", j("rl_lora"), "--data", world["sft_test"], "--video-root",
                   world["videos"], "--frames", str(args.frames), "--max-pixels", str(FRAME_HW[0] * FRAME_HW[1]),
@@ -275,22 +278,22 @@ def main(argv=None):
     small_tok = toymodel.train_toy_tokenizer(toy.manifest_texts([world["sft_train"]]))
     full_tok = AutoTokenizer.from_pretrained(args.tokenizer) if args.tokenizer else small_tok
     ck = {}
-    for key, tok in (("full", full_tok), ("small", small_tok)):
+    for key, tok, layers in (("full", full_tok, args.layers), ("small", small_tok, args.layers),
+                             ("small_rl", small_tok, args.rl_fsdp_layers)):
         path = os.path.join(R, f"ckpt_{key}")
         made = os.path.join(path, "rehearsal_checkpoint.json")  # what it was built from
-        spec = dict(tiny=args.tiny, layers=args.layers, vision_depth=args.vision_depth, vocab=len(tok))
+        spec = dict(tiny=args.tiny, layers=layers, vision_depth=args.vision_depth, vocab=len(tok))
         old = json.load(open(made)) if os.path.isfile(made) else {}
         if old.get("spec") != spec:
             shutil.rmtree(path, ignore_errors=True)
-            ck[key] = dict(write_checkpoint(path, tok, args), spec=spec)
+            ck[key] = dict(write_checkpoint(path, tok, args, layers), spec=spec)
             with open(made, "w") as f:
                 json.dump(ck[key], f)
         else:
             ck[key] = old
         print(f"[checkpoint] {path}: {ck[key]['params']:,} parameters, vocabulary {ck[key]['vocab']:,}", flush=True)
     configs = {k: scale.load_config(v["path"]) for k, v in ck.items()}
-    toks = {"full": AutoTokenizer.from_pretrained(ck["full"]["path"]),
-            "small": AutoTokenizer.from_pretrained(ck["small"]["path"])}
+    toks = {k: AutoTokenizer.from_pretrained(v["path"]) for k, v in ck.items()}
     rows = {"sft": data.read_manifest(world["sft_train"], "sft", world["videos"])[0],
             "rl": data.read_manifest(world["rl"], "rl", world["videos"])[0],
             "test": data.read_manifest(world["sft_test"], "sft", world["videos"])[0]}
@@ -303,7 +306,7 @@ def main(argv=None):
                 if os.path.isfile(f):
                     os.remove(f)
         res = dict(phase=name, processes=procs, command=" ".join(cmd), **run_phase(name, cmd, procs, args))
-        key = "small" if name.endswith("fsdp") else "full"
+        key = {"sft_fsdp": "small", "rl_fsdp": "small_rl"}.get(name, "full")
         if name == "eval":
             rl_run = json.load(open(os.path.join(R, "rl_lora", "run_config.json")))
             res["predicted_gb"] = predict_eval(configs[key], toks[key], rows["test"], rl_run)

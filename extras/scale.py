@@ -359,7 +359,7 @@ def estimate_memory(config, args, stage: str, world: int = 1, device_type: str =
                    trainable fp32 weight for the whole forward+backward, 2T; FSDP: the root
                    module's gathered weights, and gradients when trainable (embeddings, lm_head,
                    ...: kept from forward to the end of backward) c P_root + c P_root_trainable,
-                   two gathered layers (current + prefetched) 2 c P_layer, one layer's unsharded
+                   two gathered layers (current + prefetched; one in a 1-layer model) 2 c P_layer, one layer's unsharded
                    fp32 gradients 4 T_layer
       activations  activation_memory(): held for backward + max(one recomputed layer, the loss's
                    transient logits copies)
@@ -398,7 +398,8 @@ def estimate_memory(config, args, stage: str, world: int = 1, device_type: str =
     if fsdp:
         root_trainable = 0 if adapters else pc["root"]
         layer_trainable = T / pc["n_layers"] if adapters else pc["layer"]
-        compute_copies = (c * (pc["root"] + root_trainable) + 2 * c * pc["layer"]
+        # the current layer and the prefetched next one: a model of one decoder layer has no next
+        compute_copies = (c * (pc["root"] + root_trainable) + min(2, pc["n_layers"]) * c * pc["layer"]
                           + 4 * layer_trainable)
     else:
         # autocast's cached bf16 copies of the trainable fp32 weights
