@@ -190,10 +190,10 @@ def main(argv=None):
                                              sampler=order[first * args.batch_size:],
                                              num_workers=args.num_workers)
         tw = time.time()
-        scale.reset_peak_memory(device)
         for s, batch in zip(range(first, steps_per_epoch), loader):
             ts = time.time()
             time_data = ts - tw  # waiting for the DataLoader's decoded videos
+            scale.reset_peak_memory(device)  # this step's peak (not the last step's save)
             batch = bad_videos.note(batch)  # without --skip-bad a bad video stops here, named
             out = grpo.rl_step(run, vadr.to_device(batch, device), args, step, hooks)  # l. 5-12
             step += 1
@@ -213,7 +213,6 @@ def main(argv=None):
             if done:
                 break
             tw = time.time()
-            scale.reset_peak_memory(device)  # the next step's peak, without this step's save
     pbar.close()
     bad_videos.report()
     if vadr.is_main() and (svg := report.draw_rl_log(args.out)):  # every log key: docs/log-keys.md

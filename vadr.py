@@ -550,17 +550,6 @@ def sft_loss_sum(model, batch) -> tuple[torch.Tensor, int]:
 
 # ---- 6. Models: a local checkpoint directory --------------------------------------------
 
-def latest_checkpoint(run_dir: str) -> str | None:
-    """The checkpoint run_dir/latest names, or None (unreadable, or no plain name like step-N)."""
-    try:
-        with open(os.path.join(run_dir, "latest"), encoding="utf-8") as f:
-            name = f.read(4096).strip()
-    except (OSError, UnicodeDecodeError):
-        return None
-    plain = re.fullmatch(r"[\w.-]*[\w-][\w.-]*", name)  # not '', '.', '..' nor a path
-    return os.path.join(run_dir, name) if plain else None
-
-
 def load_model(name_or_dir: str, dtype=None, device=None):
     """-> (Qwen2_5_VLForConditionalGeneration, tokenizer) from one local Hugging Face directory;
     nothing is ever downloaded. A run directory, a LoRA run and `--model toy` are resolved to

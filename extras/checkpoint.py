@@ -46,7 +46,7 @@ import torch
 from safetensors import SafetensorError
 
 import data
-from vadr import (InputError, barrier, gather_objects, is_main, latest_checkpoint, unwrap,
+from vadr import (InputError, barrier, gather_objects, is_main, unwrap,
                   world_size)
 
 TRAINING_STATE = "training_state.pt"
@@ -258,6 +258,17 @@ def resolve_resume(path: str) -> str:
     directory whose only intact checkpoint is its `init` (the toy's untrained model) starts at
     step 0."""
     return resolve_checkpoint(path, "--resume")
+
+
+def latest_checkpoint(run_dir: str) -> str | None:
+    """The checkpoint run_dir/latest names, or None (unreadable, or no plain name like step-N)."""
+    try:
+        with open(os.path.join(run_dir, "latest"), encoding="utf-8") as f:
+            name = f.read(4096).strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    plain = re.fullmatch(r"[\w.-]*[\w-][\w.-]*", name)  # not '', '.', '..' nor a path
+    return os.path.join(run_dir, name) if plain else None
 
 
 def resolve_checkpoint(path: str, flag: str = "--model") -> str:

@@ -17,6 +17,7 @@ import os
 
 import data
 import vadr
+from extras import checkpoint
 
 
 PREDICTION_KEYS = ("source", "video", "output")  # what run_inference writes on every row
@@ -121,7 +122,7 @@ def model_identity(model: str) -> dict:
         return {"name": "toy"}
     ckpt = model
     if not os.path.isfile(os.path.join(model, "config.json")):
-        ckpt = vadr.latest_checkpoint(model) or model
+        ckpt = checkpoint.latest_checkpoint(model) or model
     files = {}
     if os.path.isdir(ckpt):  # else the loader's own error follows
         for n in sorted(os.listdir(ckpt)):

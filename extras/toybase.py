@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 import data
 import vadr
-from extras import lora, scoring, toy, toymodel
+from extras import checkpoint, lora, scoring, toy, toymodel
 
 PRETRAIN_SEED = 1_000_003  # the pretraining world's seed: its videos share nothing with data/toy (test)
 PRETRAIN_CAPTIONS = "Toy-Pretrain.jsonl"  # caption-kind manifest of grounded captions (stage B)
@@ -277,7 +277,7 @@ def read_corpus(path: str) -> list[str]:
 def ship(caption_run: str, tower_dir: str, world: str, check: dict, out: str, card: dict):
     """Copy the caption run's final weights and tokenizer into `out` (a plain Hugging Face
     directory), with the tokenizer's corpus and a model card (README.md) built from `card`."""
-    src = vadr.latest_checkpoint(caption_run) or caption_run
+    src = checkpoint.latest_checkpoint(caption_run) or caption_run
     os.makedirs(out, exist_ok=True)
     for name in SHIP_FILES:
         if os.path.isfile(os.path.join(src, name)):

@@ -16,7 +16,7 @@ import torch
 
 from extras import checkpoint
 from vadr import (AUTHORS_INFER_PIXELS, AUTHORS_TRAIN_PIXELS, DEFAULT_MAX_PIXELS,
-                  DEFAULT_MIN_PIXELS, FRAME_RULES, GRID_TIMES, barrier, gather_objects, is_main, latest_checkpoint, shard_for_rank, unwrap)
+                  DEFAULT_MIN_PIXELS, FRAME_RULES, GRID_TIMES, barrier, gather_objects, is_main, shard_for_rank, unwrap)
 
 
 # Video presets (docs/paper-vs-authors.md s.5): the paper where it speaks (16 uniform frames, max
@@ -127,7 +127,7 @@ def epoch_order(n_rows: int, epoch: int, seed: int, global_batch: int, rank: int
 
 def finish_run(args, model, dist_info: dict, step: int):
     """Print where the last checkpoint is, check the ranks agree (DDP) and leave the process group."""
-    latest = latest_checkpoint(args.out)
+    latest = checkpoint.latest_checkpoint(args.out)
     if is_main() and latest:
         print(f"done: {step} steps, checkpoint {latest}")
     if dist_info["distributed"]:

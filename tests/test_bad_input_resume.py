@@ -184,7 +184,7 @@ def test_latest_naming_a_missing_or_no_directory(pristine, run, capsys):
     for junk in (b"\xff\xfe\x00", b"", b"../../elsewhere", b"/abs/step-3", b".."):
         with open(os.path.join(run, "latest"), "wb") as f:
             f.write(junk)
-        assert vadr.latest_checkpoint(run) is None
+        assert checkpoint.latest_checkpoint(run) is None
         assert checkpoint.resolve_resume(run) == os.path.join(run, "step-3")
         assert capsys.readouterr().err == (
             f"warning: --resume {run}: {run}/latest names no checkpoint directory; ignored\n")
