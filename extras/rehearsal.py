@@ -5,7 +5,8 @@ head count, window size, mRoPE section and the 152,064-token vocabulary) with th
 --layers decoder layers and --vision-depth vision blocks (the last one full attention, like blocks
 7, 15, 23, 31 of the 7B), random weights saved in bf16, on toy videos whose frames are exactly the
 paper's per-frame budget (224 x 448 = 128 * 28 * 28 pixels: 16 x 32 patches, 8 windows of 112 px).
-Each phase is the project's own command, run for --steps steps as its own process:
+Each phase is the project's own command, run as its own process for --steps steps (full-parameter
+phases) or --lora-steps steps (LoRA phases):
 
   phase       command                                                       model
   sft_fsdp    torchrun --nproc_per_node 2 train_sft.py --fsdp (full weights)  small-vocab checkpoint
@@ -72,8 +73,11 @@ def parse_args(argv=None):
     ap.add_argument("--vision-depth", type=int, default=4, help="vision blocks kept, the last full attention (7B: 32)")
     ap.add_argument("--frames", type=int, default=4, help="frames per video (paper: 16)")
     ap.add_argument("--steps", type=int, default=2,
-                    help="optimizer steps per training phase; the last one is measured (AdamW "
-                         "allocates its state in the first step's optimizer.step, after backward)")
+                    help="optimizer steps of the full-parameter (FSDP2) phases; the last one is measured "
+                         "(AdamW allocates its state in the first step's optimizer.step, after backward)")
+    ap.add_argument("--lora-steps", type=int, default=1,
+                    help="optimizer steps of the LoRA phases (sft_lora, rl_lora, rl_merged); a first step "
+                         "is measured against the model's peak less AdamW's state, which it does not hold yet")
     ap.add_argument("--max-new-tokens", type=int, default=32, help="RL and eval completion cap (paper: 768)")
     ap.add_argument("--num-generations", type=int, default=4, help="G (paper: 4)")
     ap.add_argument("--lora-rank", type=int, default=64, help="LoRA rank of the one-GPU route")
@@ -81,7 +85,7 @@ def parse_args(argv=None):
     ap.add_argument("--phases", default=",".join(PHASES), help="comma-separated subset of " + ",".join(PHASES))
     ap.add_argument("--max-gb", type=float, default=20.0, help="fail when all processes together hold more")
     args = ap.parse_args(argv)
-    for k in ("layers", "rl_fsdp_layers", "vision_depth", "frames", "steps", "max_new_tokens", "num_generations",
+    for k in ("layers", "rl_fsdp_layers", "vision_depth", "frames", "steps", "lora_steps", "max_new_tokens", "num_generations",
               "lora_rank", "threads"):
         if getattr(args, k) < 1:
             ap.error(f"--{k.replace('_', '-')} must be at least 1")
@@ -140,16 +144,17 @@ def phase_commands(args, world: dict, ck: dict) -> dict:
     R, py = args.out, sys.executable
     video = ["--video-root", world["videos"], "--frames", str(args.frames),
              "--max-pixels", str(FRAME_HW[0] * FRAME_HW[1]), "--device", "cpu"]
-    steps = ["--max-steps", str(args.steps), "--batch-size", "1", "--overwrite"]
-    sft = ["--data", world["sft_train"], "--preset", "paper", "--grad-accum", "1", *video, *steps]
+    sft = ["--data", world["sft_train"], "--preset", "paper", "--grad-accum", "1", "--batch-size", "1",
+           "--overwrite", *video]
     rl = ["--data", world["rl"], "--preset", "paper", "--length-ranges-from", world["sft_train"],
           "--num-generations", str(args.num_generations), "--max-new-tokens", str(args.max_new_tokens),
-          *video, *steps]
-    lora = ["--lora-rank", str(args.lora_rank)]
+          "--batch-size", "1", "--overwrite", *video]
+    full = ["--max-steps", str(args.steps)]
+    lora = ["--lora-rank", str(args.lora_rank), "--max-steps", str(args.lora_steps)]
     torchrun = [py, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
     j = lambda name: os.path.join(R, name)
     return {
-        "sft_fsdp": (torchrun + ["train_sft.py", "--model", ck["small"], *sft, "--fsdp", "--out", j("sft_fsdp")], 2,
+        "sft_fsdp": (torchrun + ["train_sft.py", "--model", ck["small"], *sft, *full, "--fsdp", "--out", j("sft_fsdp")], 2,
                      j("sft_fsdp")),
         "sft_lora": ([py, "train_sft.py", "--model", ck["full"], *sft, *lora, "--out", j("sft_lora")], 1,
                      j("sft_lora")),
@@ -158,7 +163,7 @@ def phase_commands(args, world: dict, ck: dict) -> dict:
         "merge": ([py, "train_sft.py", "--merge", j("sft_lora"), "--out", j("merged")], 1, j("merged")),
         "rl_merged": ([py, "train_rl.py", "--model", j("merged"), *rl, *lora, "--out", j("rl_merged")], 1,
                       j("rl_merged")),
-        "rl_fsdp": (torchrun + ["train_rl.py", "--model", ck["small_rl"], *rl, "--fsdp", "--out", j("rl_fsdp")], 2,
+        "rl_fsdp": (torchrun + ["train_rl.py", "--model", ck["small_rl"], *rl, *full, "--fsdp", "--out", j("rl_fsdp")], 2,
                     j("rl_fsdp")),
         "eval": ([py, "eval.py", "--model", j("rl_lora"), "--data", world["sft_test"], "--video-root",
                   world["videos"], "--frames", str(args.frames), "--max-pixels", str(FRAME_HW[0] * FRAME_HW[1]),
@@ -226,14 +231,24 @@ def step_shapes(tok, row: dict, run: dict, stage: str) -> dict:
 
 
 def predict(name: str, run: dict, config, tok, world_rows: dict) -> float:
-    """GiB per process the memory model predicts for the phase's step (CPU: fp32)."""
+    """GiB per process the memory model predicts for the phase's measured (last) step (CPU: fp32).
+    A run of one step is measured in its first step, which holds no AdamW state until its
+    optimizer.step, after backward: then the peak is the larger of the model's peak less that
+    state and the moment of optimizer.step (weights, reference, gradients and the new state)."""
     stage = "sft" if name.startswith("sft") else "rl"
     row = world_rows["sft" if stage == "sft" else "rl"]
     ns = argparse.Namespace(**run)
     world = run.get("world_size", 1)
     est = scale.estimate_memory(config, ns, stage, world=world, device_type="cpu",
                                 shapes=step_shapes(tok, row, run, stage))
-    return est["peak"] / scale.GiB
+    return (est["peak"] if run["max_steps"] > 1 else first_step_peak(est)) / scale.GiB
+
+
+def first_step_peak(est: dict) -> float:
+    """A first step's peak from estimate_memory's terms: the peak without AdamW's state, or the
+    moment of optimizer.step (weights, reference, gradients and the state just allocated)."""
+    at_step = est["weights"] + est["reference"] + est["gradients"] + est["optimizer"]
+    return max(est["peak"] - est["optimizer"], at_step)
 
 
 def predict_eval(config, tok, row: dict, rl_run: dict) -> float:

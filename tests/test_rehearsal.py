@@ -44,3 +44,12 @@ def test_the_model_keeps_every_7b_width_with_the_real_tokenizer(tmp_path):
     assert cut.video_token_id == ref.video_token_id == tok.convert_tokens_to_ids("<|video_pad|>")
     # 224 x 448 frames are the paper's budget exactly: 128 merged tokens per frame pair, unresized
     assert rehearsal.FRAME_HW[0] * rehearsal.FRAME_HW[1] == 128 * 28 * 28
+
+
+def test_first_step_peak_by_hand():
+    """A one-step LoRA phase is measured before AdamW's state exists: the model's peak less the
+    state, unless the moment of optimizer.step (weights + reference + gradients + state) is higher."""
+    est = dict(weights=6.0, reference=0.0, gradients=0.25, optimizer=0.5, peak=8.0)
+    assert rehearsal.first_step_peak(est) == 7.5                      # 8 - 0.5 > 6 + 0.25 + 0.5
+    est = dict(weights=4.0, reference=1.0, gradients=2.0, optimizer=4.0, peak=10.0)
+    assert rehearsal.first_step_peak(est) == 11.0                     # 4 + 1 + 2 + 4 > 10 - 4
