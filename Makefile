@@ -130,84 +130,93 @@ toy-ablation-smoke:
 		RL_ARGS="--max-steps 2 --frames 4 --max-new-tokens 16 --num-workers 0" \
 		EVAL_ARGS="--max-new-tokens 16 --frames 4 --num-workers 0"
 
-# VANGUARD (docs/vanguard.md), on the shipped toy base: stage 1 (a head on its frozen
-# features), stage 2 (LoRA, answer + box), stage 3 (LoRA on top, P2C-CoT + box); the baselines
-# train one LoRA run from the base for stage 2 + stage 3's steps: monolithic (CoT + box
-# from the start) and classification-only (the category alone). Every run uses the same seed.
+# VANGUARD (docs/vanguard.md), on the shipped toy base, once per seed of V_SEEDS into $(VRUN)/seed<N>:
+# stage 1 (a head on the base's frozen features), stage 2 (LoRA, answer + box), stage 3 (LoRA on
+# top, P2C-CoT + box); the baselines train one LoRA run from the base for stage 2 + stage 3's steps:
+# monolithic (CoT + box from the start) and classification-only (the category alone). One table
+# for all seeds: $(VRUN)/table.md. `make -j2 toy-vanguard` runs the seeds side by side.
 # VANGUARD's slot labels and boxes come from SFT-train's rows, of which the paper-shaped default
 # world has few (90), so it trains on a world of its own with 240 (its rows carry bbox), whose
-# test split is as large as make toy's. The base is make toy's: the two worlds draw from
-# one renderer and one set of texts, and share no video. (Seed 0 with 240 / 60 / 240 / 2,000 draws
-# the very videos the default world had before it took the paper's proportions.)
+# test split is as large as make toy's; the two worlds draw from one renderer and one set of
+# texts, and share no video.
 VRUN ?= runs/toy-vanguard
 VDATA ?= data/toy-vanguard
 V_WORLD_ARGS ?= --n-sft 240 --n-rl 240
-VTEST = $(call test_set,$(VDATA))
-V_STEPS2 ?= 300
-V_STEPS3 ?= 300
+V_SEEDS ?= 0 1
+V_SEED ?= 0
+V_STEPS2 ?= 150
+V_STEPS3 ?= 150
 V_ARGS ?= --lora-rank 16 --lora-train-embeddings
 V_HEAD_ARGS ?=
+V_ROWS ?= stage3 stage2 mono cls
+V_RL_FROM ?= stage2
+V_RL_STEPS ?= 60
 V_TOTAL = $(shell expr $(V_STEPS2) + $(V_STEPS3))
-V_TRAIN = --data $(VDATA)/Vad-Reasoning-SFT-train.jsonl --video-root $(VDATA)/videos --preset toy $(V_ARGS)
-V_BOXES := $(VRUN)/boxes_train.jsonl
+VTEST = $(call test_set,$(VDATA))
+V_BOXES := $(VDATA)/boxes_train.jsonl
+V_TRAIN = --boxes $(V_BOXES) --data $(VDATA)/Vad-Reasoning-SFT-train.jsonl --video-root $(VDATA)/videos \
+	--preset toy --seed $(V_SEED) $(V_ARGS)
 V_MODEL_stage2 = $(BASE)
 V_MODEL_stage3 = $(VRUN)/stage2
 V_MODEL_mono = $(BASE)
 V_MODEL_cls = $(BASE)
-V_FLAGS_stage2 = stage2 --max-steps $(V_STEPS2)
-V_FLAGS_stage3 = stage3 --max-steps $(V_STEPS3)
-V_FLAGS_mono = stage3 --max-steps $(V_TOTAL)
-V_FLAGS_cls = stage3 --target label --max-steps $(V_TOTAL)
-.PRECIOUS: $(VRUN)/%/done $(VRUN)/eval_%.json $(VRUN)/boxes_%.jsonl
+V_FLAGS_stage2 = --target grounding --max-steps $(V_STEPS2)
+V_FLAGS_stage3 = --target cot --max-steps $(V_STEPS3)
+V_FLAGS_mono = --target cot --max-steps $(V_TOTAL)
+V_FLAGS_cls = --target label --max-steps $(V_TOTAL)
+.PRECIOUS: $(VRUN)/%/done $(VRUN)/eval_%.json $(VDATA)/boxes_%.jsonl
 
 $(VDATA)/toy_world.json: $(FORCE)
 	$(PY) -m extras.toy --out $(VDATA) $(WORLD_ARGS) $(V_WORLD_ARGS)
 
-$(VRUN)/boxes_%.jsonl: $(VDATA)/toy_world.json  # the GT boxes of SFT-train / SFT-test
-	mkdir -p $(VRUN) && $(PY) -m extras.vanguard boxes --data $(VDATA)/Vad-Reasoning-SFT-$*.jsonl \
-		--video-root $(VDATA)/videos --out $@
+$(VDATA)/boxes_%.jsonl: $(VDATA)/toy_world.json  # the GT boxes of SFT-train / SFT-test
+	$(PY) -m extras.vanguard boxes --data $(VDATA)/Vad-Reasoning-SFT-$*.jsonl --video-root $(VDATA)/videos --out $@
 
 $(VRUN)/stage1/done: $(BASE)/model.safetensors $(VDATA)/toy_world.json
 	$(PY) -m extras.vanguard stage1 --model $(BASE) --data $(VDATA)/Vad-Reasoning-SFT-train.jsonl \
-		--video-root $(VDATA)/videos --out $(VRUN)/stage1 $(V_HEAD_ARGS)
+		--video-root $(VDATA)/videos --seed $(V_SEED) --out $(VRUN)/stage1 $(V_HEAD_ARGS)
 	touch $@
 
 $(VRUN)/frame_scores.jsonl: $(VRUN)/stage1/done
 	$(PY) -m extras.vanguard scores --model $(BASE) --head $(VRUN)/stage1 $(VTEST) --out $@
 
+# stages 2-3 and the baselines: train_sft.py's --boxes and --target (what `python -m
+# extras.vanguard stage2|stage3` runs); a LoRA run is a --model for the next stage, RL and eval.py
 $(VRUN)/stage3/done: $(VRUN)/stage2/done
 $(VRUN)/%/done: $(BASE)/model.safetensors $(V_BOXES) $(VDATA)/toy_world.json
-	$(PY) -m extras.vanguard $(V_FLAGS_$*) --boxes $(V_BOXES) --model $(V_MODEL_$*) $(V_TRAIN) \
-		--out $(VRUN)/$* $(call RESUME,$(VRUN)/$*)
-	rm -rf $(VRUN)/merged_$*  # a redone or resumed run is merged again (--merge never overwrites)
-	$(PY) train_sft.py --merge $(VRUN)/$* --out $(VRUN)/merged_$*  # adapters folded in, for eval.py
+	$(PY) train_sft.py --model $(V_MODEL_$*) $(V_FLAGS_$*) $(V_TRAIN) --out $(VRUN)/$* $(call RESUME,$(VRUN)/$*)
 	touch $@
 
-# the staged rows carry the stage-1 head's frame scores; every row its boxes against the GT boxes
-$(VRUN)/eval_%.json: $(VRUN)/%/done $(VRUN)/boxes_test.jsonl $(VRUN)/frame_scores.jsonl
+# every row's boxes against the GT boxes; the staged rows also carry the stage-1 head's frame scores
+$(VRUN)/eval_%.json: $(VRUN)/%/done $(VDATA)/boxes_test.jsonl $(VRUN)/frame_scores.jsonl
 	[ $(VRUN)/preds_$*.jsonl -nt $< ] || rm -f $(VRUN)/preds_$*.jsonl
-	$(PY) eval.py --model $(VRUN)/$(if $(filter rl%,$*),$*,merged_$*) $(VTEST) --out $(VRUN)/preds_$*.jsonl \
-		--name $* $(EVAL_ARGS)
-	$(PY) eval.py --score $(VRUN)/preds_$*.jsonl --gt $(VDATA)/Vad-Reasoning-SFT-test.jsonl --name $* \
-		--boxes $(VRUN)/boxes_test.jsonl $(if $(filter stage%,$*),--frame-scores $(VRUN)/frame_scores.jsonl) --json $@
+	$(PY) eval.py --model $(VRUN)/$* $(VTEST) --out $(VRUN)/preds_$*.jsonl --name $* --json $@ \
+		--boxes $(VDATA)/boxes_test.jsonl $(if $(filter stage%,$*),--frame-scores $(VRUN)/frame_scores.jsonl) $(EVAL_ARGS)
 
-toy-vanguard: $(VRUN)/eval_stage3.json $(VRUN)/eval_stage2.json $(VRUN)/eval_mono.json $(VRUN)/eval_cls.json
-	$(PY) -m extras.vanguard table --data $(VDATA)/Vad-Reasoning-SFT-test.jsonl --out $(VRUN)
-
-# Beyond both papers: AVA-GRPO from the staged model, without and with the spatial verification
-# reward (train_rl.py --spatial-verification), scored on box IoU -> the last two rows of table.md
-$(VRUN)/rl/done $(VRUN)/rl_spatial/done: $(VRUN)/%/done: $(VRUN)/stage3/done
-	$(PY) train_rl.py --model $(VRUN)/merged_stage3 --data $(VDATA)/Vad-Reasoning-RL.jsonl --video-root $(VDATA)/videos \
-		--length-ranges-from $(VDATA)/Vad-Reasoning-SFT-train.jsonl --preset toy --out $(VRUN)/$* \
-		$(if $(filter rl_spatial,$*),--spatial-verification) $(call RESUME,$(VRUN)/$*) $(RL_ARGS)
+# Beyond both papers: AVA-GRPO from the stage-2 model (V_RL_FROM), without and with the spatial
+# verification reward (train_rl.py --spatial-verification), scored on box IoU (toy-vanguard-spatial)
+$(VRUN)/rl/done $(VRUN)/rl_spatial/done: $(VRUN)/%/done: $(VRUN)/$(V_RL_FROM)/done
+	$(PY) train_rl.py --model $(VRUN)/$(V_RL_FROM) --data $(VDATA)/Vad-Reasoning-RL.jsonl --video-root $(VDATA)/videos \
+		--length-ranges-from $(VDATA)/Vad-Reasoning-SFT-train.jsonl --preset toy --seed $(V_SEED) --out $(VRUN)/$* \
+		--max-steps $(V_RL_STEPS) $(if $(filter rl_spatial,$*),--spatial-verification) $(call RESUME,$(VRUN)/$*) $(RL_ARGS)
 	touch $@
 
-toy-vanguard-spatial: toy-vanguard $(VRUN)/eval_rl.json $(VRUN)/eval_rl_spatial.json
-	$(PY) -m extras.vanguard table --data $(VDATA)/Vad-Reasoning-SFT-test.jsonl --out $(VRUN)
+# one seed's rows (V_SEED, VRUN=<run>/seed<N>); toy-vanguard runs it for each seed, then the table
+toy-vanguard-seed: $(foreach r,$(V_ROWS),$(VRUN)/eval_$(r).json)
+
+V_SEED_GOALS := $(addprefix toy-vanguard-seed-,$(V_SEEDS))
+.PHONY: toy-vanguard-seed $(V_SEED_GOALS)
+$(V_SEED_GOALS): toy-vanguard-seed-%: $(VDATA)/boxes_train.jsonl $(VDATA)/boxes_test.jsonl
+	$(MAKE) toy-vanguard-seed V_SEED=$* VRUN=$(VRUN)/seed$* V_ROWS="$(V_ROWS)" REDO=  # the world is made: once
+
+toy-vanguard: $(V_SEED_GOALS)
+	$(PY) -m extras.vanguard table --data $(VDATA)/Vad-Reasoning-SFT-test.jsonl --out $(VRUN) --seeds $(V_SEEDS)
+
+toy-vanguard-spatial:  # + stage 2 -> AVA-GRPO without / with the spatial verification reward
+	$(MAKE) toy-vanguard V_ROWS="$(V_ROWS) rl rl_spatial"
 
 toy-vanguard-smoke:
-	$(MAKE) toy-vanguard-spatial DATA=$(SMOKE)/data RUN=$(SMOKE) VRUN=$(SMOKE)/vanguard \
-		VDATA=$(SMOKE)/vdata V_WORLD_ARGS="--seed 1" \
+	$(MAKE) toy-vanguard-spatial VRUN=$(SMOKE)/vanguard VDATA=$(SMOKE)/vdata V_WORLD_ARGS="--seed 1" \
 		WORLD_ARGS="$(SMOKE_WORLD)" V_STEPS2=2 V_STEPS3=2 \
 		V_ARGS="--lora-rank 4 --lora-train-embeddings --frames 4 --num-workers 0" V_HEAD_ARGS="--frames 4 --epochs 2" \
 		RL_ARGS="--max-steps 2 --frames 4 --max-new-tokens 16 --num-workers 0" \
@@ -228,7 +237,7 @@ toy-base-smoke:  # make toy-base, a few steps per stage, into $(SMOKE)/toy-base 
 
 # The real model's shapes rehearsed on this CPU (extras/rehearsal.py, docs/scale.md "The rehearsal"):
 # Qwen2.5-VL's real tokenizer built offline (needs the test extras of requirements.txt), then every
-# phase for two steps at Qwen2.5-VL-7B's widths with 2 decoder layers and 4 vision blocks.
+# phase (2 steps full-parameter, 1 with LoRA) at Qwen2.5-VL-7B's widths with 2 decoder layers and 4 vision blocks.
 REH ?= runs/rehearsal
 REH_TOK ?= runs/qwen-tokenizer
 REH_ARGS ?=

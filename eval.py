@@ -372,7 +372,8 @@ def run_inference(args) -> int:
         print(f"predictions: {args.out}")
         if args.json:  # score straight away against the same manifest
             run_scoring(args.out, args.data, args.json, args.with_paper, args.name, args.skip_bad,
-                        args.allow_missing, keys={_key(r) for r in rows})
+                        args.allow_missing, keys={_key(r) for r in rows}, boxes=args.boxes,
+                        frame_scores=args.frame_scores)
     vadr.barrier()
     if dist_info["distributed"]:
         torch.distributed.destroy_process_group()

@@ -544,7 +544,7 @@ def train_stage1(args) -> dict:
     cfg = dict(dim=int(feats.shape[1]), hidden=args.hidden, categories=list(vadr.CATEGORIES),
                frames=args.frames, min_pixels=args.min_pixels, max_pixels=args.max_pixels,
                backbone=args.model, n_slots=int(len(feats)), positive_slots=int(labels.sum()),
-               log=log)
+               seed=args.seed, epochs=args.epochs, lr=args.lr, log=log)
     with open(os.path.join(args.out, "head_config.json"), "w") as f:
         json.dump(cfg, f, indent=1)
     return cfg
@@ -610,40 +610,49 @@ def score_frames(args) -> list[dict]:
 # ---- the curriculum's table (make toy-vanguard) --------------------------------------------------
 
 # (stem of eval_<stem>.json / preds_<stem>.jsonl, row): the staged run, its stage-2 checkpoint
-# alone, the two baselines, and RL from the staged model (make toy-vanguard-spatial); the
-# stage-1 head's frame scores go with the staged SFT rows (RL trains the vision tower too).
+# alone, the two baselines, and RL (make toy-vanguard-spatial; the row names the run it started
+# from, its run_config's --model); the stage-1 head's frame scores go with the staged SFT rows.
 VANGUARD_ROWS = [("stage3", "staged: head -> grounding -> CoT"),
                  ("stage2", "after stage 2 (grounding, no CoT)"),
                  ("mono", "monolithic: CoT + boxes from the start"),
                  ("cls", "classification-only"),
-                 ("rl", "staged + AVA-GRPO"),
-                 ("rl_spatial", "staged + AVA-GRPO + spatial verification")]
+                 ("rl", "{} + AVA-GRPO"),
+                 ("rl_spatial", "{} + AVA-GRPO + spatial verification")]
 VANGUARD_COLUMNS = [("frame AUC (head)", "frame_head.auc"), ("frame AUC (<when>)", "frame.auc"),
                     ("video F1", "detection.f1"), ("box mIoU", "box.miou"),
                     ("box acc@0.5", "box.acc@0.5"), ("format", "format.pass_rate")]
 
 
-def vanguard_table(run_dir: str, gt_path: str) -> str:
-    """RUN_DIR/table.md: one row per eval_<stem>.json of VANGUARD_ROWS, the columns above plus the
-    share of predictions that are Abnormal (eval.py's authors' label rule) against the truth."""
+def vanguard_table(run_dir: str, gt_path: str, seeds: list[int] | None = None) -> str:
+    """RUN_DIR/table.md: one row per model of VANGUARD_ROWS and seed (RUN_DIR/seed<N>/eval_<stem>.json;
+    without seeds, RUN_DIR/eval_<stem>.json), the columns above plus the share of predictions that
+    are Abnormal (eval.py's authors' label rule) against the truth."""
     gt = scoring.read_jsonl(gt_path)[0]
     true_rate = float(np.mean([metrics.gt_label(g) == "Abnormal" for g in gt]))
     head = [h for h, _ in VANGUARD_COLUMNS] + ["predicted Abnormal (true %.3f)" % true_rate]
+    dirs = [(str(s), os.path.join(run_dir, f"seed{s}")) for s in seeds] if seeds else [("-", run_dir)]
     lines = ["# VANGUARD's curriculum on the toy world", "",
              f"Test set: {gt_path} ({len(gt)} videos). The head's frame AUC is the stage-1 "
              "classifier on the frozen backbone (LoRA leaves the vision tower as it is).", "",
-             "| model | " + " | ".join(head) + " |", "|---|" + "---:|" * len(head)]
+             "| model | seed | " + " | ".join(head) + " |", "|---|---:|" + "---:|" * len(head)]
     for stem, name in VANGUARD_ROWS:
-        path = os.path.join(run_dir, f"eval_{stem}.json")
-        if not os.path.isfile(path):
-            continue
-        m = scoring.read_json_object(path, "eval.py's metrics JSON (--json)")
-        preds = scoring.read_jsonl(os.path.join(run_dir, f"preds_{stem}.jsonl"))[0]
-        labels = [metrics.authors_label(vadr.parse_completion(r.get("output") or "")["which"])
-                  for r in preds]
-        rate = float(np.mean([lab == "Abnormal" for lab in labels])) if labels else None
-        cells = [metrics.fmt(metrics.get_metric(m, k)) for _, k in VANGUARD_COLUMNS]
-        lines.append(f"| {name} | " + " | ".join(cells + [metrics.fmt(rate)]) + " |")
+        for seed, d in dirs:
+            path = os.path.join(d, f"eval_{stem}.json")
+            if not os.path.isfile(path):
+                continue
+            m = scoring.read_json_object(path, "eval.py's metrics JSON (--json)")
+            preds = scoring.read_jsonl(os.path.join(d, f"preds_{stem}.jsonl"))[0]
+            labels = [metrics.authors_label(vadr.parse_completion(r.get("output") or "")["which"])
+                      for r in preds]
+            rate = float(np.mean([lab == "Abnormal" for lab in labels])) if labels else None
+            cells = [metrics.fmt(metrics.get_metric(m, k)) for _, k in VANGUARD_COLUMNS]
+            if "{}" in name:  # RL: from which run (its run_config.json's --model)
+                cfg = os.path.join(d, stem, "run_config.json")
+                src = scoring.read_json_object(cfg, "train_rl.py's run_config.json").get("model", "?")
+                row = name.format(os.path.basename(os.path.normpath(str(src))))
+            else:
+                row = name
+            lines.append(f"| {row} | {seed} | " + " | ".join(cells + [metrics.fmt(rate)]) + " |")
     text = "\n".join(lines) + "\n"
     with open(os.path.join(run_dir, "table.md"), "w") as f:
         f.write(text)
@@ -727,6 +736,8 @@ def main(argv=None):
     s1.add_argument("--hidden", type=int, default=128, help="the head's hidden width")
     s1.add_argument("--seed", type=int, default=0, help="head init and slot order")
     sub.choices["scores"].add_argument("--head", required=True, help="a stage1 --out directory")
+    sub.choices["table"].add_argument("--seeds", type=int, nargs="+", default=None,
+                                      help="one row per seed, from RUN/seed<N>/ (make toy-vanguard)")
     args = ap.parse_args(argv)
     if args.cmd == "stage1":
         _check_stage1_flags(args)
@@ -743,7 +754,7 @@ def main(argv=None):
         if os.path.realpath(os.path.join(args.out, "table.md")) == os.path.realpath(args.data):
             raise vadr.InputError(f"table: --data {args.data} is {args.out}/table.md, which the "
                                   "table would replace; pass the test manifest")
-        print(vanguard_table(args.out, args.data))
+        print(vanguard_table(args.out, args.data, args.seeds))
     else:
         _check_output("scores", args)
         score_frames(args)

@@ -96,28 +96,30 @@ def test_make_toy_smoke_runs_every_stage(smoke):
     p2 = subprocess.run(["make", "-n", "toy-ablation-smoke", f"PY={sys.executable}", f"SMOKE={tmp_path}"], cwd=ROOT,
                         capture_output=True, text=True)
     assert "train_sft.py" not in p2.stdout and "train_rl.py" not in p2.stdout
-    # VANGUARD's curriculum on the same world and stage-0 model: every run, merge, eval and table row
-    # the stage-0 model is make toy's: the one caption training is toy-base-smoke's own
-    assert stdout.count("train_sft.py --task caption") == 1
+    # VANGUARD's curriculum on two seeds from the shipped base: every run, eval and table row per seed
+    assert "train_sft.py --task caption" not in stdout.split("toy-vanguard")[1]  # no stage 0 of its own
     v = tmp_path / "vanguard"
     targets = {"stage2": "grounding", "stage3": "cot", "mono": "cot", "cls": "label"}
-    for stem, target in targets.items():
-        assert json.load(open(v / stem / "vanguard_config.json"))["target"] == target, stem
-        cfg = json.load(open(v / stem / "run_config.json"))
-        assert (cfg["max_steps"], cfg["lora_rank"]) == (4 if stem in ("mono", "cls") else 2, 4), stem
-        assert os.path.isfile(v / f"merged_{stem}" / "config.json"), stem
-        m = json.load(open(v / f"eval_{stem}.json"))
-        assert m["counts"]["n_gt"] == 4 and m["box"]["n"] == 2, stem
-        assert ("frame_head" in m) == stem.startswith("stage"), stem  # the head goes with the staged rows
-    for stem in ("rl", "rl_spatial"):  # AVA-GRPO from the staged model, without / with the spatial reward
-        cfg = json.load(open(v / stem / "run_config.json"))
-        assert cfg["spatial_verification"] == (stem == "rl_spatial") and cfg["model"] == str(v / "merged_stage3")
-        assert len(open(v / stem / "log.jsonl").read().splitlines()) == 2
-        assert json.load(open(v / f"eval_{stem}.json"))["box"]["n"] == 2
-    assert json.load(open(v / "stage3" / "step-2" / "adapter_config.json"))["base_model"] == str(v / "stage2" / "step-2")
+    for seed in (0, 1):
+        s = v / f"seed{seed}"
+        assert json.load(open(s / "stage1" / "head_config.json"))["seed"] == seed
+        for stem, target in targets.items():
+            cfg = json.load(open(s / stem / "run_config.json"))
+            assert (cfg["target"], cfg["seed"], cfg["boxes"]) == (target, seed, str(tmp_path / "vdata" / "boxes_train.jsonl"))
+            assert (cfg["max_steps"], cfg["lora_rank"]) == (4 if stem in ("mono", "cls") else 2, 4), stem
+            m = json.load(open(s / f"eval_{stem}.json"))
+            assert m["counts"]["n_gt"] == 4 and m["box"]["n"] == 2, stem
+            assert ("frame_head" in m) == stem.startswith("stage"), stem  # the head goes with the staged rows
+        for stem in ("rl", "rl_spatial"):  # AVA-GRPO from the stage-2 run, without / with the spatial reward
+            cfg = json.load(open(s / stem / "run_config.json"))
+            assert cfg["spatial_verification"] == (stem == "rl_spatial") and cfg["model"] == str(s / "stage2")
+            assert cfg["seed"] == seed and len(open(s / stem / "log.jsonl").read().splitlines()) == 2
+            assert json.load(open(s / f"eval_{stem}.json"))["box"]["n"] == 2
+        assert json.load(open(s / "stage3" / "step-2" / "adapter_config.json"))["base_model"] == str(s / "stage2" / "step-2")
     vtable = open(v / "table.md").read()
     for stem, row in __import__("extras.vanguard", fromlist=["x"]).VANGUARD_ROWS:
-        assert vtable.count(f"| {row} |") == 1, row
+        for seed in (0, 1):
+            assert vtable.count(f"| {row.format('stage2')} | {seed} |") == 1, (row, seed)
     assert "predicted Abnormal (true 0.500)" in vtable
 
 

@@ -195,6 +195,30 @@ def test_eval_score_with_boxes_and_frame_scores(stage1, tmp_path, capsys):
         vanguard.load_boxes(str(tmp_path / "missing.jsonl"))
 
 
+def test_eval_inference_scores_boxes_and_frame_scores_at_json(stage1, tmp_path):
+    """eval.py --model ... --json with --boxes/--frame-scores scores them straight after generation,
+    the same figures as --score on the written predictions; without --json, one line before loading."""
+    import json
+    w = stage1["world"]
+    boxes = tmp_path / "boxes.jsonl"
+    vanguard.main(["boxes", "--data", w["sft_test"], "--video-root", w["videos"], "--out", str(boxes)])
+    common = ["--data", w["sft_test"], "--video-root", w["videos"], "--frames", "4", "--max-new-tokens", "4",
+              "--num-workers", "0", "--device", "cpu", "--boxes", str(boxes), "--frame-scores", str(stage1["preds"])]
+    with pytest.raises(vadr.InputError, match="--boxes is scored into --json; add --json"):
+        eval_mod.main(["--model", "toy", "--out", str(tmp_path / "p0.jsonl"), *common])
+    with pytest.raises(vadr.InputError, match="--frame-scores .*nope.jsonl: no such file"):
+        eval_mod.main(["--model", "toy", "--out", str(tmp_path / "p0.jsonl"), "--json", str(tmp_path / "m0.json"),
+                       *common[:-1], str(tmp_path / "nope.jsonl")])
+    assert not (tmp_path / "p0.jsonl").exists()
+    eval_mod.main(["--model", "toy", "--out", str(tmp_path / "p.jsonl"), "--json", str(tmp_path / "m.json"), *common])
+    m = json.load(open(tmp_path / "m.json"))
+    eval_mod.main(["--score", str(tmp_path / "p.jsonl"), "--gt", w["sft_test"], "--json", str(tmp_path / "s.json"),
+                   "--boxes", str(boxes), "--frame-scores", str(stage1["preds"])])
+    s = json.load(open(tmp_path / "s.json"))
+    assert m["box"] == s["box"] and m["box"]["n"] == len(vanguard.load_boxes(str(boxes))) > 0
+    assert m["frame_head"] == s["frame_head"] and m["frame_head"]["n_missing"] == 0
+
+
 # ---------------------------------------------------------------- stage 2: the box inside <where>
 
 def test_box_target_puts_the_box_in_where_and_keeps_the_format(tiny_world):
@@ -434,5 +458,16 @@ def test_vanguard_table_rows_and_predicted_abnormal_rate(tmp_path):
     text = vanguard.vanguard_table(str(tmp_path), str(tmp_path / "gt.jsonl"))
     assert "predicted Abnormal (true 0.750)" in text
     # 'no tags' has no <which>: Abnormal under the authors' rule, so 2 of 4 are Abnormal
-    assert "| staged: head -> grounding -> CoT | 0.912 | 0.500 | 0.800 | 0.250 | 0.000 | 1.000 | 0.500 |" in text
+    assert "| staged: head -> grounding -> CoT | - | 0.912 | 0.500 | 0.800 | 0.250 | 0.000 | 1.000 | 0.500 |" in text
     assert text.count("\n| ") == 2 and (tmp_path / "table.md").read_text() == text  # header + the one row
+    # --seeds: RUN/seed<N>/, one row per model and seed; an RL row names the run it started from
+    for seed, f1 in ((0, 0.5), (3, 0.25)):
+        d = tmp_path / f"seed{seed}"
+        (d / "rl").mkdir(parents=True)
+        (d / "rl" / "run_config.json").write_text(json.dumps(dict(model=str(tmp_path / f"seed{seed}" / "stage2"))))
+        (d / "preds_rl.jsonl").write_text((tmp_path / "preds_stage3.jsonl").read_text())
+        (d / "eval_rl.json").write_text(json.dumps(dict(detection=dict(f1=f1))))
+    text = vanguard.vanguard_table(str(tmp_path), str(tmp_path / "gt.jsonl"), seeds=[0, 3])
+    assert text.count("\n| ") == 3
+    assert "| stage2 + AVA-GRPO | 0 | - | - | 0.500 | - | - | - | 0.500 |" in text
+    assert "| stage2 + AVA-GRPO | 3 | - | - | 0.250 | - | - | - | 0.500 |" in text
