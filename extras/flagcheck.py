@@ -182,8 +182,7 @@ def _check_eval_paths(args, script: str):
     scoring.check_writable(args.out, "--out", script, is_dir=False)
     if os.path.isfile(args.out):
         predictions.check_predictions_file(args.out)
-    extra = {f: p for f, p in (("--boxes", getattr(args, "boxes", None)),
-                               ("--frame-scores", getattr(args, "frame_scores", None))) if p}
+    extra = {f: p for f, p in (("--boxes", args.boxes), ("--frame-scores", args.frame_scores)) if p}
     for flag, path in extra.items():  # VANGUARD's scoring inputs, read after generation: here now
         if not args.json:
             raise InputError(f"{script}: {flag} is scored into --json; add --json METRICS.json")
