@@ -115,9 +115,8 @@ def parse_args(argv=None):
     g = ap.add_argument_group("VANGUARD stages 2-3 (extras/vanguard.py)")
     g.add_argument("--boxes", default=None, help="box JSONL (python -m extras.vanguard boxes): "
                    "the targets write each abnormal video's box inside <where>")
-    g.add_argument("--target", default=None, type=vanguard.target_arg,
-                   help="with --boxes: cot (the default), grounding or label, or several joined "
-                        "by '+' (cot+grounding: every row once per target, a layered stage)")
+    g.add_argument("--target", default=None, choices=vanguard.TARGETS,
+                   help="with --boxes: cot (the default), grounding or label")
     # which flags were given (for --resume), the preset (toy with --model toy or without --data;
     # TOY_CAPTION for --task caption; a random --model toy has no vision encoder to keep frozen)
     return cli.resolve_sft_args(ap, ap.parse_args(argv), argv, PAPER, TOY, TOY_CAPTION)
@@ -172,12 +171,7 @@ def main(argv=None):
     content = checkpoint.data_content(rows)
     if resume_dir:
         checkpoint.check_same_data(args, checkpoint.saved_config(resume_dir), "sft", content)
-    # the data set: SFT items (a layered VANGUARD --target holds each row once per kind)
-    video = dict(vadr.video_args(args), cache_videos=args.cache_videos)
-    ds = vanguard.BoxSFTDataset(rows, boxes, args.prompt_variant, args.target, **video) if boxes \
-        else toy.CaptionDataset(rows, **video) if args.task == "caption" \
-        else data.SFTDataset(rows, prompt_variant=args.prompt_variant, **video)
-    global_batch, steps_per_epoch, total_steps = training.plan_steps(args, len(ds), world,
+    global_batch, steps_per_epoch, total_steps = training.plan_steps(args, len(rows), world,
                                                                      args.grad_accum)
 
     # ---- model: the weights (+ LoRA adapters with --lora-rank); a resumed run reloads its own
@@ -204,6 +198,10 @@ def main(argv=None):
     # run_config.json; on resume the log lines after the checkpoint are dropped (they are redone)
     log_path = checkpoint.start_log(args.out, config, start["step"] if resume_dir else None)
 
+    video = dict(vadr.video_args(args), cache_videos=args.cache_videos)
+    ds = vanguard.BoxSFTDataset(rows, boxes, args.prompt_variant, args.target, **video) if boxes \
+        else toy.CaptionDataset(rows, **video) if args.task == "caption" \
+        else data.SFTDataset(rows, prompt_variant=args.prompt_variant, **video)
     ds = badvideos.SkipBadVideos(ds, replace=args.skip_bad)  # --skip-bad at decode time too
     collate = badvideos.make_collate(data.make_collate(tok, with_targets=True))
     bad_videos = badvideos.Tally(args.data, args.skip_bad)
@@ -219,7 +217,7 @@ def main(argv=None):
         if done:
             break
         first = start["step_in_epoch"] if epoch == start["epoch"] else 0
-        order = training.epoch_order(len(ds), epoch, args.seed, global_batch, rank, world)
+        order = training.epoch_order(len(rows), epoch, args.seed, global_batch, rank, world)
         loader = DataLoader(ds, batch_size=args.batch_size, sampler=order[first * per_step:],
                             collate_fn=collate, num_workers=args.num_workers,
                             persistent_workers=False)

@@ -31,8 +31,7 @@ import vadr
 class SkipBadVideos(torch.utils.data.Dataset):
     """ds[i] (a data.SFTDataset or subclass), plus 'bad_videos': [(row, error)] skipped on the
     way. A bad video gives dict(row, bad_videos, failed=True), unless replace: then the next rows
-    (i+1, i+2, ... wrapping) are tried, and only a manifest of which none decodes fails. Item i
-    is row i % len(rows) (a layered VANGUARD data set holds each row more than once)."""
+    (i+1, i+2, ... wrapping) are tried, and only a manifest of which none decodes fails."""
 
     def __init__(self, ds, replace: bool):
         self.ds, self.replace, self.rows = ds, replace, ds.rows
@@ -47,8 +46,8 @@ class SkipBadVideos(torch.utils.data.Dataset):
             try:
                 return dict(self.ds[j], bad_videos=bad)
             except vadr.VideoError as e:
-                bad.append((self.rows[j % len(self.rows)], str(e)))
-        return dict(row=self.rows[i % len(self.rows)], bad_videos=bad, failed=True)
+                bad.append((self.rows[j], str(e)))
+        return dict(row=self.rows[i], bad_videos=bad, failed=True)
 
 
 def _collate(items: list[dict], inner) -> dict:

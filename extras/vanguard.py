@@ -277,26 +277,6 @@ def write_boxes(args) -> int:
 TARGETS = ("cot", "grounding", "label")
 
 
-def target_kinds(target: str) -> tuple[str, ...]:
-    """--target -> its kinds: one of TARGETS, or several joined by '+' ('grounding+label'), a
-    layered stage whose data set holds every row once per kind (earlier stages' objectives kept
-    beside the new one; docs/vanguard.md "Layered targets"). ValueError names what is allowed."""
-    kinds = tuple(str(target).split("+"))
-    if not all(k in TARGETS for k in kinds) or len(set(kinds)) != len(kinds):
-        raise ValueError(f"--target must be one of {', '.join(TARGETS)} or several of them "
-                         f"joined by '+' (grounding+label), got {target!r}")
-    return kinds
-
-
-def target_arg(target: str) -> str:
-    """argparse type of train_sft.py --target (target_kinds' rule, one line on error)."""
-    try:
-        target_kinds(target)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    return target
-
-
 def with_box(answer: str, box) -> str:
     """The answer with ' [x1, y1, x2, y2]' (box_text) before its first </where>."""
     i = answer.find("</where>")
@@ -310,33 +290,23 @@ def label_answer(row: dict) -> str:
 
 
 class BoxSFTDataset(data.SFTDataset):
-    """SFT items whose target (target_kinds) writes the box of an abnormal video (boxes:
-    load_boxes) inside <where>, beside the place phrase; rows without a box keep today's answer.
-    A layered target ('cot+grounding') holds each row once per kind: item i is row i % N with
-    kind i // N, so an epoch sees every row with every target."""
+    """SFT items whose target (TARGETS) writes the box of an abnormal video (boxes: load_boxes)
+    inside <where>, beside the place phrase; rows without a box keep today's answer."""
 
     def __init__(self, rows: list[dict], boxes: dict, prompt_variant: str = "fine",
                  target: str = "cot", **video):
+        if target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
         super().__init__(rows, prompt_variant, **video)
-        self.boxes, self.kinds = boxes, target_kinds(target)
+        self.boxes, self.kind = boxes, target
 
-    def __len__(self):
-        return len(self.rows) * len(self.kinds)
-
-    def __getitem__(self, i: int) -> dict:
-        n = len(self.rows)
-        row = self.rows[i % n]  # the video cache is keyed by the row, not the item
-        return dict(video=self.video(i % n), prompt=self.prompt,
-                    target=self.target(row, self.kinds[i // n]), row=row)
-
-    def target(self, row: dict, kind: str | None = None) -> str:
-        kind = kind or self.kinds[0]
-        if kind == "label":
+    def target(self, row: dict) -> str:
+        if self.kind == "label":
             return label_answer(row)
         box = self.boxes.get((str(row["source"]), str(row["video"])))
         abnormal = box and row["label"] == "Abnormal"
         answer = with_box(row["answer"], box) if abnormal else row["answer"]
-        return answer if kind == "grounding" else row["think"] + "\n" + answer
+        return answer if self.kind == "grounding" else row["think"] + "\n" + answer
 
 
 def sft_boxes(args, rows: list[dict]) -> dict | None:
@@ -731,10 +701,9 @@ def _stage_flags(cmd: str, rest: list[str]) -> tuple[list[str], str, str, str]:
         raise vadr.InputError(f"{cmd} needs --boxes BOXES.jsonl "
                               "(python -m extras.vanguard boxes writes one)")
     target = _pop_flag(rest, "--target", cmd) or {"stage2": "grounding", "stage3": "cot"}[cmd]
-    try:
-        target_kinds(target)
-    except ValueError as e:
-        raise vadr.InputError(f"{cmd}: {e}") from None
+    if target not in TARGETS:
+        raise vadr.InputError(f"{cmd}: --target must be one of {', '.join(TARGETS)}, "
+                              f"got {target!r}")
     return rest, boxes, target, cmd
 
 

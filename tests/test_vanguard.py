@@ -245,16 +245,6 @@ def test_box_target_puts_the_box_in_where_and_keeps_the_format(tiny_world):
     with pytest.raises(ValueError, match="target must be one of"):
         vanguard.BoxSFTDataset([ab], boxes, target="boxes", num_frames=4)
     assert vanguard.with_box("<answer>no where tag</answer>", (0, 0, 1, 1)) == "<answer>no where tag</answer>"
-    # layered: item i is row i % 2 with kind i // 2; one decoded video per row, whatever the kind
-    lay = vanguard.BoxSFTDataset([ab, no], boxes, target="cot+grounding", num_frames=4, cache_videos=True)
-    items = [lay[i] for i in range(len(lay))]
-    assert len(lay) == 4 and [it["row"]["video"] for it in items] == [ab["video"], no["video"]] * 2
-    assert [it["target"] for it in items] == [t, ds.target(no), g.target(ab), plain.target(no).split("\n", 1)[1]]
-    assert items[0]["video"] is items[2]["video"] and sorted(lay.cache) == [0, 1]
-    assert vanguard.target_kinds("grounding+label") == ("grounding", "label")
-    for bad in ("cot+cot", "cot+box", "", "cot+"):
-        with pytest.raises(ValueError, match="or several of them joined by"):
-            vanguard.target_kinds(bad)
 
 
 def test_stage2_trains_lora_on_box_targets(tiny_world, tmp_path, monkeypatch):
@@ -268,8 +258,7 @@ def test_stage2_trains_lora_on_box_targets(tiny_world, tmp_path, monkeypatch):
                    "--out", str(boxes)])
     seen = []
     real = vanguard.BoxSFTDataset.target
-    monkeypatch.setattr(vanguard.BoxSFTDataset, "target",
-                        lambda self, r, kind=None: seen.append(real(self, r, kind)) or seen[-1])
+    monkeypatch.setattr(vanguard.BoxSFTDataset, "target", lambda self, r: seen.append(real(self, r)) or seen[-1])
     flags = ["--data", tiny_world["sft_train"], "--video-root", tiny_world["videos"], "--max-steps", "1",
              "--frames", "4", "--lora-rank", "4", "--device", "cpu", "--num-workers", "0", "--batch-size", "4"]
     out = tmp_path / "sft"
@@ -302,15 +291,6 @@ def test_stage2_trains_lora_on_box_targets(tiny_world, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="stage3: --boxes needs a value"):
         vanguard.main(["stage3", "--boxes", "--target", "cot"])
     assert vanguard._stage_flags("stage3", ["--boxes", "b", "--model", "m"]) == (["--model", "m"], "b", "cot", "stage3")
-    # a layered target: every row once per kind, so an epoch has twice the steps
-    n_rows = len(data.read_manifest(tiny_world["sft_train"], "sft", video_root=tiny_world["videos"]))
-    seen.clear()
-    train_sft.main(["--boxes", str(boxes), "--target", "grounding+label", *flags, "--out", str(tmp_path / "s5")])
-    cfg = json.load(open(tmp_path / "s5" / "run_config.json"))
-    assert (cfg["target"], cfg["steps_per_epoch"], cfg["n_rows"]) == ("grounding+label", 2 * n_rows // 4, n_rows)
-    with pytest.raises(SystemExit) as e:  # argparse's one line, before anything is loaded
-        train_sft.main(["--boxes", str(boxes), "--target", "cot+box", *flags, "--out", str(tmp_path / "s6")])
-    assert e.value.code == 2 and not (tmp_path / "s6").exists()
 
 
 # ---------------------------------------------------------------- spatial verification
