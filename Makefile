@@ -6,7 +6,7 @@
 #   make toy-rl-only    also the "+AVA-GRPO alone" row (RL from the base)
 #   make toy-base       rebuild toy-base/ from scratch: the toy pretraining (docs/toy-base.md)
 #   make toy-ablation   the reward ablation of the paper's Table 10 -> runs/toy/ablation/table10.md
-#   make toy-vanguard   VANGUARD's curriculum and its baselines, seeds 0 and 1 -> runs/toy-vanguard/table.md
+#   make toy-vanguard   VANGUARD's curriculum and its baselines, seeds 0 and 1 -> runs/toy-vanguard/table.md (~50 min)
 #   make toy-vanguard-spatial  + AVA-GRPO from stage 2 without / with the spatial verification reward
 #   make rehearsal      Qwen2.5-VL-7B's widths (depth cut) through SFT, RL and eval on this CPU (docs/scale.md)
 # Smoke runs, a few steps per stage into runs/toy-smoke/ (README.md "Smoke runs: plumbing, not
@@ -134,7 +134,8 @@ toy-ablation-smoke:
 # stage 1 (a head on the base's frozen features), stage 2 (LoRA, answer + box), stage 3 (LoRA on
 # top, P2C-CoT + box); the baselines train one LoRA run from the base for stage 2 + stage 3's steps:
 # monolithic (CoT + box from the start) and classification-only (the category alone). One table
-# for all seeds: $(VRUN)/table.md. `make -j2 toy-vanguard` runs the seeds side by side.
+# for all seeds: $(VRUN)/table.md. `make -j2 toy-vanguard` runs the seeds side by side. 450 + 450
+# steps: the schedule at which the staged model grounds here (V_STEPS2=150 V_STEPS3=150 does not).
 # VANGUARD's slot labels and boxes come from SFT-train's rows, of which the paper-shaped default
 # world has few (90), so it trains on a world of its own with 240 (its rows carry bbox), whose
 # test split is as large as make toy's; the two worlds draw from one renderer and one set of
@@ -144,8 +145,8 @@ VDATA ?= data/toy-vanguard
 V_WORLD_ARGS ?= --n-sft 240 --n-rl 240
 V_SEEDS ?= 0 1
 V_SEED ?= 0
-V_STEPS2 ?= 150
-V_STEPS3 ?= 150
+V_STEPS2 ?= 450
+V_STEPS3 ?= 450
 V_ARGS ?= --lora-rank 16 --lora-train-embeddings
 V_HEAD_ARGS ?=
 V_ROWS ?= stage3 stage2 mono cls
