@@ -6,7 +6,7 @@
 #   make toy-rl-only    also the "+AVA-GRPO alone" row (RL from the base)
 #   make toy-base       rebuild toy-base/ from scratch: the toy pretraining (docs/toy-base.md)
 #   make toy-ablation   the reward ablation of the paper's Table 10 -> runs/toy/ablation/table10.md
-#   make toy-vanguard   VANGUARD's curriculum and its baselines, seeds 0 and 1 -> runs/toy-vanguard/table.md (~50 min)
+#   make toy-vanguard   VANGUARD's curriculum and its baselines, seeds 0 and 1 -> runs/toy-vanguard/table.md (46 min)
 #   make toy-vanguard-spatial  + AVA-GRPO from stage 2 without / with the spatial verification reward
 #   make rehearsal      Qwen2.5-VL-7B's widths (depth cut) through SFT, RL and eval on this CPU (docs/scale.md)
 # Smoke runs, a few steps per stage into runs/toy-smoke/ (README.md "Smoke runs: plumbing, not
